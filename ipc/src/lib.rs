@@ -1,0 +1,31 @@
+//! The supervisor's protocol, spoken over its Unix socket by the gateway and
+//! the operators' debug tool.
+//!
+//! - [`handshake`]: 8 bytes each way (magic + version) open every connection.
+//! - [`frame`]: the pure codec: 4-byte big-endian length + bincode body,
+//!   bounded before allocation, trailing bytes rejected. No I/O.
+//! - [`message`]: the closed [`Request`] / [`Response`] enums.
+//! - [`types`]: validated newtypes ([`JobId`], [`UserName`], [`Limits`], ...):
+//!   a value that decoded is a value that validated.
+//! - [`error`]: the wire error [`IpcError`] and the local [`FrameError`].
+//! - [`codec`]: the tokio-util adapter and the async handshake.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod types;
+
+pub use error::{ErrorCode, FrameError, IpcError};
+pub use frame::MAX_FRAME_LEN;
+pub use handshake::PROTOCOL_VERSION;
+pub use message::{
+    Call, EnforcedLimits, JobInfo, JobSpec, JobState, ListCursor, MAX_OUTPUT_CHUNK, OutputData,
+    Request, Response, ServerInfo, Termination, Usage,
+};
+pub use types::{
+    Args, Command, Env, EnvVar, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize,
+    RequestId, Role, UnixMillis, UserName, WorkingDir,
+};

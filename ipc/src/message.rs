@@ -1,0 +1,278 @@
+//! The messages: a client sends [`Call`]s, the supervisor answers with
+//! [`Response`]s.
+//!
+//! The exchange on one connection is strictly one call at a time: every call
+//! gets exactly one response, except [`Request::StreamOutput`], which gets any
+//! number of [`Response::Output`] frames followed by one [`Response::End`] (or
+//! one [`Response::Error`]). A client that wants to stop a stream early closes
+//! the connection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::IpcError;
+use crate::types::{
+    Args, Command, Env, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize, RequestId,
+    UnixMillis, WorkingDir,
+};
+
+/// The most bytes one [`Response::Output`] frame carries.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// One request and on whose behalf it is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// The remote caller the gateway acts for. The gateway must always set it;
+    /// a local operator leaves it unset and acts as `local:<account>`. The
+    /// supervisor decides from the connection's peer credentials which of the
+    /// two a connection may do.
+    pub on_behalf_of: Option<Identity>,
+    /// What is asked.
+    pub request: Request,
+}
+
+/// Every operation of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Protocol version, uptime, cgroup facts. Answered with [`Response::Pong`].
+    Ping,
+    /// Start a job. Answered with [`Response::Job`] once the command was
+    /// exec'd, or an error.
+    StartJob(JobSpec),
+    /// Stop a job. Answered with [`Response::Job`] once no process of it
+    /// remains.
+    StopJob {
+        /// The job.
+        job: JobId,
+        /// The grace period between SIGTERM and kill; the server's default
+        /// when unset, and never more than its maximum.
+        grace: Option<GraceMs>,
+    },
+    /// A job's status. Answered with [`Response::Job`].
+    GetJob {
+        /// The job.
+        job: JobId,
+    },
+    /// The jobs the caller may see, newest first. Answered with
+    /// [`Response::Jobs`].
+    ListJobs {
+        /// Only jobs in this state.
+        state: Option<JobState>,
+        /// At most this many.
+        limit: PageSize,
+        /// Only jobs after this one in the listing order (the previous page's
+        /// `next`).
+        after: Option<ListCursor>,
+    },
+    /// A job's output from `offset`. Answered with [`Response::Output`]
+    /// frames, then [`Response::End`].
+    StreamOutput {
+        /// The job.
+        job: JobId,
+        /// The first byte to send.
+        offset: u64,
+        /// Keep sending while the job runs; when false, end after the bytes
+        /// written so far.
+        follow: bool,
+    },
+}
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The command: an absolute path or a name looked up in `PATH`.
+    pub command: Command,
+    /// Its arguments (not counting the command).
+    pub args: Args,
+    /// Variables added to the clean environment.
+    pub env: Env,
+    /// The working directory; the server's default when unset.
+    pub working_dir: Option<WorkingDir>,
+    /// Limits; each unset one takes the server's default.
+    pub limits: Limits,
+    /// An idempotency token.
+    pub request_id: Option<RequestId>,
+}
+
+/// Where a list page ended: the last job it held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCursor {
+    /// That job's creation time.
+    pub created_at: UnixMillis,
+    /// That job's id.
+    pub job: JobId,
+}
+
+/// Every answer of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to [`Request::Ping`].
+    Pong(ServerInfo),
+    /// One job's status.
+    Job(Box<JobInfo>),
+    /// A page of jobs.
+    Jobs {
+        /// The jobs, newest first.
+        jobs: Vec<JobInfo>,
+        /// Set when more jobs follow: pass it as `after`.
+        next: Option<ListCursor>,
+    },
+    /// Output bytes of a stream.
+    Output {
+        /// The offset of the first byte of `data` in the job's output.
+        offset: u64,
+        /// The bytes.
+        data: OutputData,
+    },
+    /// The last frame of a stream: the job's status when it ended.
+    End(Box<JobInfo>),
+    /// The call failed.
+    Error(IpcError),
+}
+
+/// Output bytes, at most [`MAX_OUTPUT_CHUNK`] of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_bytes::ByteBuf")]
+pub struct OutputData(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl OutputData {
+    /// Validates a chunk of output.
+    pub fn new(data: Vec<u8>) -> Result<Self, Invalid> {
+        if data.len() > MAX_OUTPUT_CHUNK {
+            return Err(Invalid {
+                field: "output".into(),
+                reason: format!(
+                    "{} bytes in one frame, the limit is {MAX_OUTPUT_CHUNK}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(Self(data))
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes, owned.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl TryFrom<serde_bytes::ByteBuf> for OutputData {
+    type Error = Invalid;
+
+    fn try_from(buf: serde_bytes::ByteBuf) -> Result<Self, Invalid> {
+        Self::new(buf.into_vec())
+    }
+}
+
+/// Facts about the supervisor, for operators and health checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The protocol version it speaks.
+    pub protocol_version: u16,
+    /// How long it has been running, in milliseconds.
+    pub uptime_ms: u64,
+    /// Who it takes the caller to be.
+    pub caller: Owner,
+    /// The cgroup under which it creates job cgroups.
+    pub cgroup_root: String,
+    /// The cgroup v2 controllers available to jobs (e.g. `cpu`, `memory`).
+    pub controllers: Vec<String>,
+}
+
+/// The state of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// Its command is running.
+    Running,
+    /// It was stopped by a request.
+    Stopped,
+    /// Its command exited (or was killed by a signal) by itself.
+    Finished,
+    /// It could not run to completion for a reason of the system.
+    Failed,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_ended(self) -> bool {
+        self != Self::Running
+    }
+}
+
+/// How a job's command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Termination {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal with this number killed it.
+    Signaled(i32),
+}
+
+/// Which limits the kernel enforces on a job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcedLimits {
+    /// `cpu.max` is in force.
+    pub cpu: bool,
+    /// `memory.max` is in force.
+    pub memory: bool,
+    /// `io.max` is in force.
+    pub io: bool,
+    /// `pids.max` is in force.
+    pub pids: bool,
+}
+
+/// What a job used, read from its cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time, user + system, in microseconds.
+    pub cpu_usec: u64,
+    /// Peak memory in bytes, where the kernel reports it.
+    pub memory_peak_bytes: Option<u64>,
+    /// Bytes read from block devices.
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices.
+    pub io_write_bytes: u64,
+}
+
+/// A job's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Its id.
+    pub id: JobId,
+    /// Who started it.
+    pub owner: Owner,
+    /// The command.
+    pub command: Command,
+    /// The arguments.
+    pub args: Args,
+    /// Its state.
+    pub state: JobState,
+    /// Its init process's pid in the host's pid namespace.
+    pub pid: Option<u32>,
+    /// How its command ended, once it has.
+    pub termination: Option<Termination>,
+    /// The OOM killer killed a process of the job.
+    pub oom_killed: bool,
+    /// When it was asked for.
+    pub created_at: UnixMillis,
+    /// When its command was exec'd.
+    pub started_at: Option<UnixMillis>,
+    /// When it ended.
+    pub ended_at: Option<UnixMillis>,
+    /// The limits in effect.
+    pub limits: Limits,
+    /// Which of them the kernel enforces.
+    pub enforced: EnforcedLimits,
+    /// What it used.
+    pub usage: Usage,
+    /// Bytes of output it wrote, including dropped ones.
+    pub output_bytes: u64,
+    /// Bytes dropped over the per-job output cap.
+    pub output_truncated_bytes: u64,
+    /// Why it FAILED, when it did.
+    pub failure: Option<String>,
+}
