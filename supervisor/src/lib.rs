@@ -1,3 +1,18 @@
-//! The supervisor: the root-owned job engine (spawning jobs into namespaces and
-//! cgroups, capturing their output, recording their status) and the Unix-socket
-//! service around it. Built in the engine and service issues.
+//! The supervisor: the root-owned job engine and (in its service issue) the
+//! Unix-socket service around it.
+//!
+//! - [`cgroup`]: finding the cgroup2 mount, our subtree, job cgroups, limits,
+//!   usage, kill.
+//! - [`sys`]: the raw system calls (clone3 into cgroup and namespaces, fork,
+//!   ioctl): the only `unsafe` code of the workspace.
+//! - [`init`]: the job's init, pid 1 of its namespaces (a mode of the binary).
+//! - [`handoff`]: the contract between the supervisor and a job's init.
+//! - [`engine`]: starting, stopping, watching and reading jobs.
+//! - [`atomic`]: atomic file replacement for records.
+
+pub mod atomic;
+pub mod cgroup;
+pub mod engine;
+pub mod handoff;
+pub mod init;
+pub mod sys;

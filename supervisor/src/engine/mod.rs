@@ -1,0 +1,443 @@
+//! The job engine: starts jobs (a cgroup, a clone3 of the init into it, the
+//! init's report), stops them (SIGTERM, grace, SIGKILL of every process), and
+//! answers status, list and output queries. It knows nothing of callers or
+//! permissions: the service in front of it decides who may do what.
+//!
+//! - [`job`]: one job's state and record.
+//! - [`spawn`]: clone3 and the handoff to the init.
+//! - [`monitor`]: waiting for the init to exit and settling the job.
+//! - [`output`]: output readers and the inotify watcher that wakes them.
+
+pub mod job;
+pub mod monitor;
+pub mod output;
+pub mod spawn;
+
+use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jobworker_ipc::{
+    EnforcedLimits, IpcError, JobId, JobInfo, JobSpec, JobState, Limits, ListCursor, Owner,
+    UnixMillis,
+};
+
+use crate::cgroup::{CgroupTree, Controllers};
+use crate::handoff::{InitReport, InitSpec};
+use job::{Job, Status};
+pub use output::{Chunk, OutputStream};
+
+/// The `PATH` a job gets unless its request sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long the init may take to stop everything after SIGUSR1, before the
+/// engine kills the job's cgroup (init included).
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The engine's settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where job directories go (`<state_dir>/jobs/<id>`).
+    pub state_dir: PathBuf,
+    /// The program exec'd as each job's init (the supervisor binary).
+    pub init_program: PathBuf,
+    /// The uid jobs run as.
+    pub job_uid: u32,
+    /// The gid jobs run as.
+    pub job_gid: u32,
+    /// Limits of a job that asks for none.
+    pub default_limits: Limits,
+    /// Refuse a job whose limits cannot all be enforced.
+    pub strict_limits: bool,
+    /// Output bytes kept per job.
+    pub output_cap: u64,
+    /// The grace period of a stop, and the longest a request may ask for.
+    pub grace: Duration,
+    /// The block device io limits apply to; `None` means the one holding
+    /// the state directory.
+    pub io_device: Option<(u32, u32)>,
+    /// The working directory of a job that asks for none.
+    pub working_dir: String,
+}
+
+/// Why the engine could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state directory could not be prepared.
+    #[error("preparing the state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The block device for io limits could not be found.
+    #[error("finding the block device of {path}: {source}")]
+    IoDevice {
+        /// The state directory.
+        path: PathBuf,
+        /// The error.
+        source: crate::cgroup::CgroupError,
+    },
+    /// inotify could not be set up.
+    #[error("setting up inotify for output followers: {0}")]
+    Inotify(std::io::Error),
+}
+
+/// The job engine.
+pub struct Engine {
+    config: EngineConfig,
+    cgroups: CgroupTree,
+    controllers: Controllers,
+    io_device: Option<(u32, u32)>,
+    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    watcher: Arc<output::Watcher>,
+    started: Instant,
+}
+
+impl Engine {
+    /// An engine over a prepared cgroup subtree (see [`CgroupTree::setup`]).
+    /// Must be called inside a tokio runtime: it spawns the output watcher.
+    pub fn new(
+        config: EngineConfig,
+        cgroups: CgroupTree,
+        controllers: Controllers,
+    ) -> Result<Arc<Self>, EngineError> {
+        let jobs_dir = config.state_dir.join("jobs");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&jobs_dir)
+            .map_err(|source| EngineError::StateDir {
+                path: jobs_dir.clone(),
+                source,
+            })?;
+        let io_device = match config.io_device {
+            Some(device) => Some(device),
+            None => crate::cgroup::block_device_of(&config.state_dir).map_err(|source| {
+                EngineError::IoDevice {
+                    path: config.state_dir.clone(),
+                    source,
+                }
+            })?,
+        };
+        let watcher = output::Watcher::new().map_err(EngineError::Inotify)?;
+        tokio::spawn(Arc::clone(&watcher).run());
+        Ok(Arc::new(Self {
+            config,
+            cgroups,
+            controllers,
+            io_device,
+            jobs: Mutex::new(HashMap::new()),
+            watcher,
+            started: Instant::now(),
+        }))
+    }
+
+    /// How long the engine has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The cgroup subtree root.
+    pub fn cgroup_root(&self) -> &Path {
+        self.cgroups.root()
+    }
+
+    /// The controllers jobs get.
+    pub fn controllers(&self) -> Controllers {
+        self.controllers
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job with this id.
+    pub fn job(&self, id: JobId) -> Result<Arc<Job>, IpcError> {
+        self.jobs()
+            .get(&id)
+            .cloned()
+            .ok_or(IpcError::NotFound { job: id })
+    }
+
+    /// Starts a job; returns once its command was exec'd, or with the reason
+    /// it could not be (then nothing of the job remains).
+    pub async fn start(self: &Arc<Self>, owner: Owner, spec: JobSpec) -> Result<JobInfo, IpcError> {
+        let id = JobId::random();
+        let created_at = UnixMillis::now();
+        let limits = spec.limits.or(self.config.default_limits);
+        let dir = self.config.state_dir.join("jobs").join(id.to_string());
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
+
+        let (cgroup, enforced) =
+            match self
+                .cgroups
+                .create_job(&id.to_string(), &limits, self.io_device)
+            {
+                Ok(created) => created,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(internal(format!("creating the job's cgroup: {e}")));
+                }
+            };
+        if self.config.strict_limits
+            && let Some(limit) = unenforced(&limits, &enforced)
+        {
+            let _ = cgroup.remove();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(IpcError::FailedPrecondition {
+                reason: format!(
+                    "the {limit} limit cannot be enforced on this host (no {limit} controller \
+                     under {}) and strict limits are configured",
+                    self.cgroups.root().display()
+                ),
+            });
+        }
+
+        let init_spec = self.init_spec(&id, &dir, &spec);
+        let started = match spawn::start(&self.config.init_program, &cgroup, &init_spec).await {
+            Ok(started) => started,
+            Err(reason) => {
+                let _ = cgroup.remove();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(internal(reason));
+            }
+        };
+        let failure = match started.report {
+            Ok(InitReport::Started) => None,
+            Ok(InitReport::Failed(reason)) => Some(IpcError::FailedPrecondition { reason }),
+            Err(reason) => Some(internal(reason)),
+        };
+        if let Some(error) = failure {
+            // The init exits by itself after a failed exec; kill its cgroup in
+            // case it hangs, and leave nothing behind.
+            let _ = cgroup.kill();
+            let _ = monitor::wait_exit(started.pidfd).await;
+            let cleanup = cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = cleanup.wait_empty(Duration::from_secs(10));
+                cleanup.remove()
+            })
+            .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(error);
+        }
+
+        let job = Arc::new(Job::new(
+            id,
+            owner,
+            spec.command,
+            spec.args,
+            limits,
+            enforced,
+            created_at,
+            spec.request_id,
+            dir,
+            cgroup,
+            Status {
+                state: JobState::Running,
+                pid: Some(started.pid),
+                termination: None,
+                oom_killed: false,
+                started_at: Some(UnixMillis::now()),
+                ended_at: None,
+                usage: Default::default(),
+                output_bytes: 0,
+                truncated_bytes: 0,
+                failure: None,
+                stop_requested: false,
+            },
+        ));
+        let watch_pidfd = started
+            .pidfd
+            .try_clone()
+            .map_err(|e| internal(format!("duplicating the init's pidfd: {e}")))?;
+        *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.pidfd);
+        if let Err(e) = self.watcher.watch(&job) {
+            tracing::warn!(job = %id, error = %e, "watching the output log; followers wake only at the job's end");
+        }
+        if let Err(e) = job.persist() {
+            tracing::error!(job = %id, error = %e, "writing the job's record");
+        }
+        self.jobs().insert(id, Arc::clone(&job));
+        let engine = Arc::clone(self);
+        let monitored = Arc::clone(&job);
+        tokio::spawn(async move {
+            if let Err(e) = monitor::wait_exit(watch_pidfd).await {
+                tracing::error!(job = %monitored.id, error = %e, "waiting for the job's init");
+            }
+            monitor::settle(&monitored).await;
+            *monitored.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            engine.watcher.unwatch(&monitored);
+        });
+        Ok(job.info())
+    }
+
+    fn init_spec(&self, id: &JobId, dir: &Path, spec: &JobSpec) -> InitSpec {
+        let mut env = Vec::with_capacity(spec.env.as_slice().len() + 1);
+        if !spec.env.as_slice().iter().any(|var| var.name == "PATH") {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        env.extend(
+            spec.env
+                .as_slice()
+                .iter()
+                .map(|var| format!("{}={}", var.name, var.value)),
+        );
+        InitSpec {
+            job_dir: dir.to_path_buf(),
+            command: spec.command.as_str().to_owned(),
+            args: spec.args.as_slice().to_vec(),
+            env,
+            working_dir: spec.working_dir.as_ref().map_or_else(
+                || self.config.working_dir.clone(),
+                |d| d.as_str().to_owned(),
+            ),
+            uid: self.config.job_uid,
+            gid: self.config.job_gid,
+            hostname: format!("job-{}", id.short()),
+            output_cap: self.config.output_cap,
+        }
+    }
+
+    /// Stops a job: SIGTERM to its init (which forwards it to the command),
+    /// the grace period, then SIGKILL to every process of the job. Returns
+    /// once nothing of the job runs. Stopping an ended job returns it as is.
+    pub async fn stop(&self, id: JobId, grace: Option<Duration>) -> Result<JobInfo, IpcError> {
+        let job = self.job(id)?;
+        let grace = grace.map_or(self.config.grace, |g| g.min(self.config.grace));
+        let mut changes = job.subscribe();
+        let already_ended = {
+            let mut status = job.status();
+            status.stop_requested |= !status.state.is_ended();
+            status.state.is_ended()
+        };
+        if already_ended {
+            return Ok(job.info());
+        }
+        let _ = job.persist();
+        self.signal_init(&job, rustix::process::Signal::TERM);
+        if !wait_ended(&job, &mut changes, grace).await {
+            self.signal_init(&job, rustix::process::Signal::USR1);
+            if !wait_ended(&job, &mut changes, KILL_GRACE).await {
+                if let Err(e) = job.cgroup.kill() {
+                    tracing::error!(job = %id, error = %e, "killing the job's cgroup");
+                }
+                if !wait_ended(&job, &mut changes, Duration::from_secs(30)).await {
+                    return Err(internal(format!(
+                        "job {id} did not end after its cgroup was killed"
+                    )));
+                }
+            }
+        }
+        Ok(job.info())
+    }
+
+    fn signal_init(&self, job: &Job, signal: rustix::process::Signal) {
+        if let Some(pidfd) = job.pidfd.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && let Err(e) = rustix::process::pidfd_send_signal(pidfd, signal)
+            && e != rustix::io::Errno::SRCH
+        {
+            tracing::warn!(job = %job.id, error = %e, "signalling the job's init");
+        }
+    }
+
+    /// The status of a job.
+    pub fn get(&self, id: JobId) -> Result<JobInfo, IpcError> {
+        Ok(self.job(id)?.info())
+    }
+
+    /// Jobs for which `visible` holds, newest first, in `state` if given, at
+    /// most `limit`, after `after`; with the cursor of the next page if more
+    /// follow.
+    pub fn list(
+        &self,
+        visible: impl Fn(&Job) -> bool,
+        state: Option<JobState>,
+        limit: usize,
+        after: Option<ListCursor>,
+    ) -> (Vec<JobInfo>, Option<ListCursor>) {
+        let mut jobs: Vec<Arc<Job>> = self
+            .jobs()
+            .values()
+            .filter(|job| visible(job))
+            .filter(|job| after.is_none_or(|c| (job.created_at, job.id) < (c.created_at, c.job)))
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|job| std::cmp::Reverse((job.created_at, job.id)));
+        let infos: Vec<JobInfo> = jobs
+            .iter()
+            .map(|job| job.info())
+            .filter(|info| state.is_none_or(|s| info.state == s))
+            .take(limit + 1)
+            .collect();
+        page(infos, limit)
+    }
+
+    /// A reader of a job's output.
+    pub fn output(&self, id: JobId, offset: u64, follow: bool) -> Result<OutputStream, IpcError> {
+        Ok(OutputStream::new(self.job(id)?, offset, follow))
+    }
+}
+
+/// Cuts `infos` (up to `limit + 1` of them) to a page and its cursor.
+fn page(mut infos: Vec<JobInfo>, limit: usize) -> (Vec<JobInfo>, Option<ListCursor>) {
+    if infos.len() <= limit {
+        return (infos, None);
+    }
+    infos.truncate(limit);
+    let next = infos.last().map(|last| ListCursor {
+        created_at: last.created_at,
+        job: last.id,
+    });
+    (infos, next)
+}
+
+/// Waits up to `timeout` for the job to end.
+async fn wait_ended(
+    job: &Job,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    timeout: Duration,
+) -> bool {
+    let ended = async {
+        loop {
+            changes.borrow_and_update();
+            if job.is_ended() {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, ended).await.is_ok() && job.is_ended()
+}
+
+/// The first requested limit that is not enforced.
+fn unenforced(limits: &Limits, enforced: &EnforcedLimits) -> Option<&'static str> {
+    [
+        (limits.cpu_millicores().is_some() && !enforced.cpu, "cpu"),
+        (
+            limits.memory_bytes().is_some() && !enforced.memory,
+            "memory",
+        ),
+        (
+            (limits.io_read_bps().is_some() || limits.io_write_bps().is_some()) && !enforced.io,
+            "io",
+        ),
+        (limits.pids().is_some() && !enforced.pids, "pids"),
+    ]
+    .into_iter()
+    .find_map(|(missing, name)| missing.then_some(name))
+}
+
+fn internal(reason: String) -> IpcError {
+    tracing::error!(%reason, "internal error");
+    IpcError::Internal { reason }
+}

@@ -1,0 +1,102 @@
+//! Watching a job's init until it exits, then settling the job: its exit
+//! record (written by the init), its usage and OOM kills (read from its cgroup
+//! before the cgroup goes), its state, and its cgroup emptied and removed.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobworker_ipc::{JobState, Termination, UnixMillis};
+
+use super::job::Job;
+use crate::handoff::{EXIT_FILE, ExitRecord};
+
+/// How long a job's cgroup may take to empty after `cgroup.kill`.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the process behind `pidfd` has exited (a pidfd becomes
+/// readable then), and reaps it if it is our child.
+pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<()> {
+    let fd = crate::sys::register(pidfd, tokio::io::Interest::READABLE)?;
+    let _ready = fd.readable().await?;
+    // Not our child after a supervisor restart: then there is nothing to reap.
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(fd.get_ref().get_ref().as_fd()),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    );
+    Ok(())
+}
+
+/// Settles a job whose init has exited.
+pub async fn settle(job: &Arc<Job>) {
+    let exit: Option<ExitRecord> = std::fs::read(job.dir.join(EXIT_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let cgroup = job.cgroup.clone();
+    let settled = tokio::task::spawn_blocking(move || {
+        let usage = cgroup.usage();
+        let oom = cgroup.oom_killed().unwrap_or(false);
+        // The init killed the rest of the job before it exited, and the kernel
+        // kills a pid namespace whose init dies; this is the backstop.
+        let _ = cgroup.kill();
+        let emptied = cgroup.wait_empty(EMPTY_TIMEOUT);
+        (usage.ok(), oom, emptied.map_err(|e| e.to_string()))
+    })
+    .await;
+    let (usage, oom_killed, emptied) = match settled {
+        Ok(settled) => settled,
+        Err(e) => (None, false, Err(format!("the settling task failed: {e}"))),
+    };
+
+    {
+        let mut status = job.status();
+        status.pid = None;
+        status.oom_killed = oom_killed;
+        if let Some(usage) = usage {
+            status.usage = usage;
+        }
+        match &exit {
+            Some(record) => {
+                status.termination = Some(record.termination);
+                status.ended_at = Some(record.ended_at);
+                status.output_bytes = record.output_bytes;
+                status.truncated_bytes = record.truncated_bytes;
+                status.state = if status.stop_requested {
+                    JobState::Stopped
+                } else {
+                    JobState::Finished
+                };
+            }
+            None => {
+                status.ended_at = Some(UnixMillis::now());
+                status.output_bytes = std::fs::metadata(job.output_path()).map_or(0, |m| m.len());
+                if status.stop_requested {
+                    // Killed through its cgroup after the grace period.
+                    status.termination = Some(Termination::Signaled(libc::SIGKILL));
+                    status.state = JobState::Stopped;
+                } else {
+                    status.state = JobState::Failed;
+                    status.failure =
+                        Some("the job's init ended without recording how the command ended".into());
+                }
+            }
+        }
+    }
+    match emptied {
+        Ok(true) => {
+            if let Err(e) = job.cgroup.remove() {
+                tracing::warn!(job = %job.id, error = %e, "removing the job's cgroup");
+            }
+        }
+        Ok(false) => {
+            tracing::error!(job = %job.id, "the job's cgroup did not empty after cgroup.kill")
+        }
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "waiting for the job's cgroup to empty")
+        }
+    }
+    if let Err(e) = job.persist() {
+        tracing::error!(job = %job.id, error = %e, "writing the job's record");
+    }
+    job.notify();
+}

@@ -1,0 +1,121 @@
+//! The contract between the supervisor and a job's init: what the supervisor
+//! sends the init over the control socket ([`InitSpec`]), what the init
+//! answers once the command was exec'd or could not be ([`InitReport`]), and
+//! what the init leaves in the job's directory when the command has ended
+//! ([`ExitRecord`] in [`EXIT_FILE`], the output in [`OUTPUT_FILE`]).
+//!
+//! Messages on the control socket are a 4-byte big-endian length and a JSON
+//! body of at most [`MAX_MESSAGE`] bytes. Both ends are ours and the socket is
+//! private to them, but the reader still bounds what it allocates.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use jobworker_ipc::{Termination, UnixMillis};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The job's output log in its directory.
+pub const OUTPUT_FILE: &str = "output.log";
+/// The init's exit record in the job's directory.
+pub const EXIT_FILE: &str = "exit.json";
+/// The largest control message.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// What the init must run, and how.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// The job's directory, where the output log and exit record go.
+    pub job_dir: PathBuf,
+    /// The command as requested: an absolute path or a name to find in PATH.
+    pub command: String,
+    /// Its arguments, not counting argv[0].
+    pub args: Vec<String>,
+    /// The whole environment, `NAME=value` (PATH first).
+    pub env: Vec<String>,
+    /// The working directory.
+    pub working_dir: String,
+    /// The uid and gid the command runs as.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// The hostname of the job's uts namespace.
+    pub hostname: String,
+    /// Output bytes kept in the log; the rest is drained and counted.
+    pub output_cap: u64,
+}
+
+/// The init's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitReport {
+    /// The command was exec'd.
+    Started,
+    /// It could not be; the message says why and names the command or path.
+    Failed(String),
+}
+
+/// How the command ended, written by the init once every process of the job
+/// is gone and every output byte is in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The command's exit code or signal.
+    pub termination: Termination,
+    /// Output bytes the job wrote, including dropped ones.
+    pub output_bytes: u64,
+    /// Output bytes dropped over the cap.
+    pub truncated_bytes: u64,
+    /// When the command ended.
+    pub ended_at: UnixMillis,
+}
+
+/// Writes one control message.
+pub fn write_message<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(msg)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&len| len as usize <= MAX_MESSAGE)
+        .ok_or_else(|| io::Error::other("control message too large"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// Reads one control message.
+pub fn read_message<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<T> {
+    let mut prefix = [0; 4];
+    r.read_exact(&mut prefix)?;
+    let mut body = vec![0; body_len(prefix)?];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The body length a message's 4-byte prefix announces, checked against
+/// [`MAX_MESSAGE`] before anything is allocated for it.
+pub fn body_len(prefix: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("control message of {len} bytes, the limit is {MAX_MESSAGE}"),
+        ));
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_are_bounded() {
+        let mut buf = Vec::new();
+        write_message(&mut buf, &InitReport::Failed("cannot execute x".into())).unwrap();
+        let back: InitReport = read_message(&mut buf.as_slice()).unwrap();
+        assert_eq!(back, InitReport::Failed("cannot execute x".into()));
+
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let err = read_message::<InitReport>(&mut huge.as_slice()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}

@@ -1,0 +1,228 @@
+//! Forking the job's command with everything it must not have taken away:
+//! supplementary groups cleared, uid/gid set to the job account, every
+//! capability dropped (bounding, ambient, inheritable, permitted, effective),
+//! no_new_privs set, stdin on `/dev/null`, stdout and stderr on the output
+//! pipe, no other fd, the given environment only.
+//!
+//! Exec errors are synchronous: the child reports a failure on a close-on-exec
+//! pipe (an exec that succeeds closes it with nothing written), so `spawn`
+//! returns only once the command runs or it is known why it cannot.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use rustix::thread::CapabilitySet;
+
+use crate::handoff::InitSpec;
+use crate::sys;
+
+/// A step of the child's preparation, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Stdio = 1,
+    Privileges = 2,
+    WorkingDir = 3,
+    Exec = 4,
+}
+
+impl Step {
+    fn from_byte(b: u8) -> Option<Self> {
+        [Self::Stdio, Self::Privileges, Self::WorkingDir, Self::Exec]
+            .into_iter()
+            .find(|s| *s as u8 == b)
+    }
+}
+
+/// Everything the child needs, prepared before the fork.
+struct Prepared {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    working_dir: CString,
+    uid: Uid,
+    gid: Gid,
+    last_cap: u32,
+}
+
+fn c_string(what: &str, s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
+    let path_var = spec
+        .env
+        .iter()
+        .find_map(|var| var.strip_prefix("PATH="))
+        .unwrap_or("");
+    let candidates = if spec.command.contains('/') {
+        vec![c_string("command", &spec.command)?]
+    } else {
+        path_var
+            .split(':')
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| c_string("PATH", &format!("{dir}/{}", spec.command)))
+            .collect::<Result<_, _>>()?
+    };
+    let argv = std::iter::once(spec.command.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .map(|arg| c_string("argument", arg))
+        .collect::<Result<_, _>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|var| c_string("environment", var))
+        .collect::<Result<_, _>>()?;
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&n: &u32| n < 64)
+        .ok_or("reading /proc/sys/kernel/cap_last_cap")?;
+    Ok(Prepared {
+        candidates,
+        argv,
+        envp,
+        working_dir: c_string("working directory", &spec.working_dir)?,
+        uid: Uid::from_raw(spec.uid),
+        gid: Gid::from_raw(spec.gid),
+        last_cap,
+    })
+}
+
+/// Starts the command; returns its pid and the read end of its output pipe.
+pub fn spawn(spec: &InitSpec) -> Result<(Pid, OwnedFd), String> {
+    let prepared = prepare(spec)?;
+    let (output_r, output_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("creating the output pipe: {e}"))?;
+    // A larger pipe means fewer wakeups for a chatty job; the default size
+    // works too, so a refusal is not an error.
+    let _ = rustix::pipe::fcntl_setpipe_size(&output_r, 1 << 20);
+    let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("creating the status pipe: {e}"))?;
+
+    match sys::fork().map_err(|e| format!("forking the command: {e}"))? {
+        ForkResult::Child => {
+            drop(output_r);
+            drop(status_r);
+            let (step, errno) = exec_child(&prepared, output_w);
+            let mut report = [0u8; 5];
+            report[0] = step as u8;
+            report[1..].copy_from_slice(&(errno as i32).to_le_bytes());
+            let _ = File::from(status_w).write_all(&report);
+            sys::exit_now(127)
+        }
+        ForkResult::Parent { child } => {
+            drop(output_w);
+            drop(status_w);
+            let mut report = Vec::new();
+            File::from(status_r)
+                .read_to_end(&mut report)
+                .map_err(|e| format!("reading the exec status: {e}"))?;
+            if report.is_empty() {
+                return Ok((child, output_r));
+            }
+            let _ = nix::sys::wait::waitpid(child, None);
+            Err(describe_failure(spec, &report))
+        }
+    }
+}
+
+fn describe_failure(spec: &InitSpec, report: &[u8]) -> String {
+    let step = report.first().copied().and_then(Step::from_byte);
+    let errno = report
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_le_bytes)
+        .map_or(Errno::UnknownErrno, Errno::from_raw);
+    let reason = std::io::Error::from_raw_os_error(errno as i32);
+    match step {
+        Some(Step::Exec) => format!("cannot execute {}: {reason}", spec.command),
+        Some(Step::WorkingDir) => format!(
+            "cannot enter the working directory {}: {reason}",
+            spec.working_dir
+        ),
+        Some(Step::Privileges) => format!(
+            "cannot switch to uid {} gid {} without capabilities: {reason}",
+            spec.uid, spec.gid
+        ),
+        Some(Step::Stdio) | None => format!("cannot set up the command's stdio: {reason}"),
+    }
+}
+
+/// The child's side: never returns on success (the exec replaces it).
+fn exec_child(p: &Prepared, output: OwnedFd) -> (Step, Errno) {
+    if let Err(e) = stdio(output) {
+        return (Step::Stdio, e);
+    }
+    if let Err(e) = drop_privileges(p) {
+        return (Step::Privileges, e);
+    }
+    if let Err(e) = nix::unistd::chdir(p.working_dir.as_c_str()) {
+        return (Step::WorkingDir, e);
+    }
+    if let Err(e) = sys::close_fds_from(3, sys::CloseMode::CloseOnExec) {
+        return (Step::Stdio, Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+    }
+    // Like execvp: a candidate that does not exist lets the search go on; one
+    // that exists but cannot be run is reported if nothing else can be.
+    let mut error = Errno::ENOENT;
+    for path in &p.candidates {
+        let Err(e) = nix::unistd::execve(path, &p.argv, &p.envp);
+        match e {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES | Errno::EPERM | Errno::ENOEXEC => error = e,
+            other => return (Step::Exec, other),
+        }
+    }
+    (Step::Exec, error)
+}
+
+fn stdio(output: OwnedFd) -> Result<(), Errno> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    sys::default_sigpipe().map_err(|_| Errno::EINVAL)?;
+    nix::unistd::setsid()?;
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    rustix::stdio::dup2_stdin(null.as_fd()).map_err(to_errno)?;
+    rustix::stdio::dup2_stdout(output.as_fd()).map_err(to_errno)?;
+    rustix::stdio::dup2_stderr(output.as_fd()).map_err(to_errno)?;
+    Ok(())
+}
+
+fn drop_privileges(p: &Prepared) -> Result<(), Errno> {
+    // The bounding set can only shrink while we still hold CAP_SETPCAP, so
+    // it goes first.
+    for cap in 0..=p.last_cap {
+        rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(
+            1 << cap,
+        ))
+        .map_err(to_errno)?;
+    }
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresgid(p.gid, p.gid, p.gid)?;
+    nix::unistd::setresuid(p.uid, p.uid, p.uid)?;
+    rustix::thread::clear_ambient_capability_set().map_err(to_errno)?;
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .map_err(to_errno)?;
+    rustix::thread::set_no_new_privs(true).map_err(to_errno)?;
+    Ok(())
+}
+
+fn to_errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}

@@ -1,0 +1,112 @@
+//! The job's init: pid 1 of the job's namespaces, exec'd by the supervisor
+//! right after clone3 (as `jobworker-supervisor init`). It is single-threaded
+//! and owes the supervisor nothing once the command runs:
+//!
+//! 1. reads its [`InitSpec`] from the control socket at fd 3;
+//! 2. sets up the namespaces ([`setup`]): private mounts, a fresh `/proc`,
+//!    `lo` up, the hostname;
+//! 3. forks the command with its privileges dropped ([`command`]) and tells
+//!    the supervisor whether the exec succeeded;
+//! 4. pumps the command's output into the log, forwards SIGTERM/SIGINT,
+//!    reaps orphans ([`pump`]);
+//! 5. when the command has ended, kills whatever is left of the job, drains
+//!    the last output and writes the [`ExitRecord`].
+//!
+//! Because the init, not the supervisor, holds the output pipe and records the
+//! exit, a supervisor restart loses neither bytes nor exit statuses.
+
+mod command;
+mod pump;
+mod setup;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+
+use jobworker_ipc::UnixMillis;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::handoff::{self, EXIT_FILE, ExitRecord, InitReport, InitSpec, OUTPUT_FILE};
+use crate::{atomic, sys};
+
+/// The signals the init handles through its signalfd.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGCHLD,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Runs the init; the process exits with its result.
+pub fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("jobworker-supervisor init: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    sys::close_fds_from(sys::INIT_CONTROL_FD + 1, sys::CloseMode::Close)
+        .map_err(|e| format!("closing inherited fds: {e}"))?;
+    let control = sys::take_control_fd().map_err(|e| format!("control socket: {e}"))?;
+    let mut control = UnixStream::from(control);
+    let spec: InitSpec =
+        handoff::read_message(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
+
+    let signals = handled_signals();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| format!("creating the signalfd: {e}"))?;
+
+    let started = start(&spec);
+    let report = match &started {
+        Ok(_) => InitReport::Started,
+        Err(message) => InitReport::Failed(message.clone()),
+    };
+    // The supervisor may be gone (restarted); the job goes on regardless.
+    let _ = handoff::write_message(&mut control, &report);
+    drop(control);
+    let (child, output, log) = started?;
+
+    let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
+        .map_err(|e| format!("pumping output: {e}"))?;
+    let record = ExitRecord {
+        termination: outcome.termination,
+        output_bytes: outcome.output_bytes,
+        truncated_bytes: outcome.dropped_bytes,
+        ended_at: UnixMillis::now(),
+    };
+    let path = spec.job_dir.join(EXIT_FILE);
+    atomic::write_json(&path, &record).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Sets up the namespaces, opens the log and starts the command.
+fn start(spec: &InitSpec) -> Result<(nix::unistd::Pid, std::os::fd::OwnedFd, File), String> {
+    setup::namespaces(&spec.hostname)?;
+    let log = open_log(&spec.job_dir.join(OUTPUT_FILE))?;
+    let (child, output) = command::spawn(spec)?;
+    Ok((child, output, log))
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("opening the output log {}: {e}", path.display()))
+}

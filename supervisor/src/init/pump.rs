@@ -1,0 +1,147 @@
+//! The init's event loop: output from the pipe into the log (up to the cap,
+//! the rest drained and counted), SIGTERM/SIGINT forwarded to the command,
+//! SIGUSR1 ("stop now") turned into SIGKILL for every process of the job,
+//! orphans reaped. When the command has ended, whatever is left of the job is
+//! killed (so no one holds the pipe open) and the pipe is drained to its end.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use jobworker_ipc::Termination;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// What the pump saw.
+pub struct Outcome {
+    /// How the command ended.
+    pub termination: Termination,
+    /// Bytes the job wrote.
+    pub output_bytes: u64,
+    /// Bytes dropped over the cap (or because the log could not be written).
+    pub dropped_bytes: u64,
+}
+
+/// Counts output and writes what fits under the cap into the log.
+struct Sink {
+    log: File,
+    cap: u64,
+    written: u64,
+    dropped: u64,
+    failed: bool,
+}
+
+impl Sink {
+    fn take(&mut self, data: &[u8]) {
+        let room = usize::try_from(self.cap.saturating_sub(self.written)).unwrap_or(usize::MAX);
+        let mut keep = if self.failed { 0 } else { data.len().min(room) };
+        if keep > 0 {
+            match self.log.write_all(&data[..keep]) {
+                Ok(()) => self.written += keep as u64,
+                Err(e) => {
+                    eprintln!(
+                        "jobworker-supervisor init: writing the output log: {e}; \
+                         output is dropped from here on"
+                    );
+                    self.failed = true;
+                    keep = 0;
+                }
+            }
+        }
+        self.dropped += (data.len() - keep) as u64;
+    }
+}
+
+/// Runs until the command has ended and the pipe is drained.
+pub fn run(
+    command: Pid,
+    output: OwnedFd,
+    log: File,
+    cap: u64,
+    signals: &SignalFd,
+) -> io::Result<Outcome> {
+    let mut output = Some(File::from(output));
+    let mut sink = Sink {
+        log,
+        cap,
+        written: 0,
+        dropped: 0,
+        failed: false,
+    };
+    let mut termination = None;
+    let mut rest_killed = false;
+    let mut buf = vec![0u8; 64 * 1024];
+
+    while termination.is_none() || output.is_some() {
+        let (output_ready, signal_ready) = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            if let Some(pipe) = &output {
+                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (fds.get(1).is_some_and(ready), ready(&fds[0]))
+        };
+        if output_ready && let Some(pipe) = output.as_mut() {
+            match pipe.read(&mut buf) {
+                Ok(0) => output = None,
+                Ok(n) => sink.take(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if signal_ready {
+            while let Some(info) = signals.read_signal()? {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) if termination.is_none() => {
+                        let _ = kill(command, sig);
+                    }
+                    Ok(Signal::SIGUSR1) => {
+                        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+                    }
+                    _ => {}
+                }
+            }
+            reap(command, &mut termination)?;
+        }
+        if termination.is_some() && !rest_killed {
+            // The job is its command: what it left behind goes with it. As
+            // pid 1, kill(-1) reaches every other process of the namespace.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            rest_killed = true;
+        }
+    }
+    // Everyone got SIGKILL; collect them so none lingers as a zombie.
+    while waitpid(Pid::from_raw(-1), None).is_ok() {}
+    sink.log.sync_data()?;
+    Ok(Outcome {
+        termination: termination.ok_or_else(|| io::Error::other("command status lost"))?,
+        output_bytes: sink.written + sink.dropped,
+        dropped_bytes: sink.dropped,
+    })
+}
+
+/// Reaps every exited child; records the command's status when it is one.
+fn reap(command: Pid, termination: &mut Option<Termination>) -> io::Result<()> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => {
+                *termination = Some(Termination::Exited(code));
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => {
+                *termination = Some(Termination::Signaled(signal as i32));
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

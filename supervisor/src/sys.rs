@@ -1,0 +1,277 @@
+//! The supervisor's raw system calls: the only module of the workspace with
+//! `unsafe` code. Everything here is a thin wrapper that the rest of the crate
+//! calls safely:
+//!
+//! - [`clone_init`]: clone3 straight into a job's cgroup and new namespaces,
+//!   then exec the job's init. The child of a clone in the multithreaded
+//!   supervisor runs only raw system calls on memory prepared before the
+//!   clone: no allocation, no locks, no logging.
+//! - [`fork`]: fork in the job's init, which is single-threaded.
+//! - [`loopback_up`]: the `SIOCSIFFLAGS` ioctl that brings `lo` up.
+//! - [`default_sigpipe`], [`close_fds_from`], [`take_control_fd`]: process
+//!   hygiene around exec.
+#![allow(
+    unsafe_code,
+    reason = "the supervisor's syscall module: clone3, fork, ioctl, sigaction"
+)]
+
+use std::ffi::{CStr, CString, c_char};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The fd number at which the job's init finds its end of the control
+/// socket.
+pub const INIT_CONTROL_FD: RawFd = 3;
+
+/// `CLONE_INTO_CGROUP` (libc's constant is deprecated and overflows `c_int`).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The namespaces every job gets.
+const NAMESPACES: u64 = (libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC) as u64;
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// The job's init, as started by [`clone_init`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid in the host's pid namespace.
+    pub pid: u32,
+    /// A pidfd of it.
+    pub pidfd: OwnedFd,
+}
+
+/// Clones a child directly into the cgroup `cgroup` (no moment outside it)
+/// and into new pid, mount, network, uts and ipc namespaces; the child puts
+/// `control` at fd [`INIT_CONTROL_FD`], clears its signal mask and execs
+/// `program` with `argv` and `envp`. If the exec fails, the child exits with
+/// status 127.
+///
+/// All memory the child touches is prepared here before the clone.
+pub fn clone_init(
+    cgroup: BorrowedFd<'_>,
+    control: BorrowedFd<'_>,
+    program: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+) -> io::Result<Spawned> {
+    let argv_ptrs: Vec<*const c_char> = argv
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp_ptrs: Vec<*const c_char> = envp
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let control_fd = control.as_raw_fd();
+    let cgroup_fd =
+        u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: sigset_t is plain data; an all-zero value is a valid (empty)
+    // set, and sigemptyset makes that explicit.
+    let empty_mask = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    };
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP | NAMESPACES,
+        pidfd: &raw mut pidfd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_fd,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with no stack behaves like fork: the child continues on
+    // a copy of this thread's stack. `args` is a valid clone_args of the size
+    // we pass. In the child, only async-signal-safe raw system calls run, on
+    // memory prepared above (argv/envp pointer arrays, the signal mask), and
+    // the child never returns from this block: it execs or _exits.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
+    if ret == 0 {
+        // SAFETY: we are the child (see above). Each call is a raw system
+        // call; none allocates or takes a lock.
+        unsafe {
+            if control_fd == INIT_CONTROL_FD {
+                libc::syscall(libc::SYS_fcntl, control_fd, libc::F_SETFD, 0);
+            } else {
+                libc::syscall(libc::SYS_dup3, control_fd, INIT_CONTROL_FD, 0);
+            }
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &raw const empty_mask,
+                std::ptr::null::<libc::sigset_t>(),
+                8usize, // the kernel's sigset_t: 64 signals
+            );
+            libc::syscall(
+                libc::SYS_execve,
+                program.as_ptr(),
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+            );
+            libc::_exit(127);
+        }
+    }
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = u32::try_from(ret).map_err(|_| io::Error::other("clone3 returned a bad pid"))?;
+    // SAFETY: with CLONE_PIDFD, a successful clone3 stored a new pidfd that
+    // nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Spawned { pid, pidfd })
+}
+
+/// Forks the calling process. Only the job's init calls this, and the init
+/// is single-threaded: it checks that first and refuses otherwise.
+pub fn fork() -> io::Result<nix::unistd::ForkResult> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {threads} threads"
+        )));
+    }
+    // SAFETY: the process is single-threaded (checked above), so the child
+    // cannot inherit a lock held by another thread; it may allocate freely.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a valid
+    // ifreq that outlives the call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above, with SIOCSIFFLAGS reading the ifreq.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores the default action of SIGPIPE, which the Rust runtime ignores and
+/// which would otherwise stay ignored in the exec'd command.
+pub fn default_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal
+    // context.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }
+    .map(drop)
+    .map_err(io::Error::from)
+}
+
+/// What [`close_fds_from`] does to each fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Close it now.
+    Close,
+    /// Mark it close-on-exec.
+    CloseOnExec,
+}
+
+/// Closes (or marks close-on-exec) every fd from `first` on.
+pub fn close_fds_from(first: RawFd, mode: CloseMode) -> io::Result<()> {
+    let first = u32::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let flags = match mode {
+        CloseMode::Close => 0,
+        CloseMode::CloseOnExec => libc::CLOSE_RANGE_CLOEXEC,
+    };
+    // SAFETY: close_range only closes fds or changes their flags; callers
+    // hold no OwnedFd at or above `first` (the init calls it before it opens
+    // anything, the command's child just before exec).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of the control socket the supervisor left at
+/// [`INIT_CONTROL_FD`]. Called once, by the job's init.
+pub fn take_control_fd() -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the fd's flags.
+    if unsafe { libc::fcntl(INIT_CONTROL_FD, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open (checked above), was put there by clone_init for
+    // this process, and nothing else in the init owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(INIT_CONTROL_FD) })
+}
+
+/// Ends the calling process at once, without running exit handlers or
+/// flushing stdio: for a forked child whose exec failed.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// A value that owns an fd, registered with tokio's reactor. It cannot be
+/// taken out, so its fd stays open and the same for as long as the
+/// registration lives.
+pub struct Registered<T: AsFd>(T);
+
+impl<T: AsFd> Registered<T> {
+    /// The value.
+    pub fn get_ref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: AsFd> AsRawFd for Registered<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers an fd-owning value with tokio's reactor for readiness. Must run
+/// inside a tokio runtime.
+pub fn register<T: AsFd>(
+    inner: T,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<Registered<T>>> {
+    // SAFETY: `Registered` owns `inner` and never gives it away, so the fd it
+    // returns stays open and refers to the same file for the AsyncFd's whole
+    // life (it is closed only when the AsyncFd drops it).
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(Registered(inner), interest) }
+        .map_err(|e| e.into_parts().1)
+}

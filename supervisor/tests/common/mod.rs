@@ -1,0 +1,174 @@
+//! A real engine for tests: root required, a private cgroup subtree on this
+//! host's cgroup2 mount, a temporary state directory, the real supervisor
+//! binary as the jobs' init. Everything is removed again on drop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use jobworker_ipc::{Args, Command, Env, JobInfo, JobSpec, Limits, Owner, UserName};
+use jobworker_supervisor::cgroup::{self, CgroupTree};
+use jobworker_supervisor::engine::{Chunk, Engine, EngineConfig};
+
+/// The unprivileged account jobs run as in tests.
+pub const NOBODY: u32 = 65534;
+
+/// Fails the test, loudly, unless it runs as root on a host with cgroup2.
+pub fn require_root_and_cgroup2() -> PathBuf {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests start real jobs in namespaces and cgroups and must run as root"
+    );
+    cgroup::cgroup2_mount().expect("these tests need a cgroup2 mount (see /proc/self/mountinfo)")
+}
+
+/// A running engine and what to clean up after it.
+pub struct TestEngine {
+    pub engine: Arc<Engine>,
+    pub cgroup_root: PathBuf,
+    pub state: tempfile::TempDir,
+}
+
+impl TestEngine {
+    /// An engine with default settings.
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// An engine whose config `adjust` may change.
+    pub fn with(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let mount = require_root_and_cgroup2();
+        let cgroup_root = mount.join(format!(
+            "jobworker-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut tree = CgroupTree::discover(Some(&cgroup_root)).expect("test cgroup root");
+        let controllers = tree.setup(None).expect("setting up the test cgroup root");
+        let state = tempfile::tempdir().expect("state dir");
+        let mut config = EngineConfig {
+            state_dir: state.path().to_path_buf(),
+            init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-supervisor")),
+            job_uid: NOBODY,
+            job_gid: NOBODY,
+            default_limits: Limits::default(),
+            strict_limits: false,
+            output_cap: 64 << 20,
+            grace: Duration::from_secs(5),
+            io_device: None,
+            working_dir: "/".into(),
+        };
+        adjust(&mut config);
+        let engine = Engine::new(config, tree, controllers).expect("engine");
+        Self {
+            engine,
+            cgroup_root,
+            state,
+        }
+    }
+
+    /// The directories under `<cgroup root>/jobs`.
+    pub fn job_cgroups(&self) -> Vec<String> {
+        std::fs::read_dir(self.cgroup_root.join("jobs"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The directories under `<state>/jobs`.
+    pub fn job_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.path().join("jobs"))
+            .expect("state/jobs")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Starts `command args...` as the local operator `root`.
+    pub async fn start(
+        &self,
+        command: &str,
+        args: &[&str],
+    ) -> Result<JobInfo, jobworker_ipc::IpcError> {
+        self.start_spec(spec(command, args)).await
+    }
+
+    /// Starts a job from a full spec.
+    pub async fn start_spec(&self, spec: JobSpec) -> Result<JobInfo, jobworker_ipc::IpcError> {
+        self.engine
+            .start(Owner::Local(UserName::new("root").expect("name")), spec)
+            .await
+    }
+
+    /// Reads a job's whole output (following it to its end) and its final
+    /// status.
+    pub async fn output(&self, job: &JobInfo) -> (Vec<u8>, JobInfo) {
+        read_all(&self.engine, job, 0).await
+    }
+}
+
+/// A spec for `command args...` with no limits, env or working directory.
+pub fn spec(command: &str, args: &[&str]) -> JobSpec {
+    JobSpec {
+        command: Command::new(command).expect("command"),
+        args: Args::new(args.iter().map(|a| (*a).to_owned()).collect()).expect("args"),
+        env: Env::default(),
+        working_dir: None,
+        limits: Limits::default(),
+        request_id: None,
+    }
+}
+
+/// Follows a job's output from `offset` to its end.
+pub async fn read_all(engine: &Engine, job: &JobInfo, offset: u64) -> (Vec<u8>, JobInfo) {
+    let mut stream = engine.output(job.id, offset, true).expect("output stream");
+    let mut bytes = Vec::new();
+    let mut expected = offset;
+    loop {
+        match stream.next().await.expect("reading output") {
+            Some(Chunk::Data {
+                offset,
+                bytes: data,
+            }) => {
+                assert_eq!(offset, expected, "chunks are contiguous");
+                expected += data.len() as u64;
+                bytes.extend_from_slice(&data);
+            }
+            Some(Chunk::End(info)) => return (bytes, *info),
+            None => panic!("stream ended without an end frame"),
+        }
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        remove_cgroup_tree(&self.cgroup_root);
+    }
+}
+
+/// Kills and removes a test cgroup subtree, leaves first.
+fn remove_cgroup_tree(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().is_dir() {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = std::fs::write(root.join("cgroup.kill"), "1");
+    for _ in 0..200 {
+        if std::fs::remove_dir(root).is_ok() || !root.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("could not remove test cgroup {}", root.display());
+}

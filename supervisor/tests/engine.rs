@@ -1,0 +1,376 @@
+//! The job engine with real jobs: clone3 into real namespaces and a real
+//! cgroup on this host's cgroup2 mount, the real supervisor binary as init.
+//! Run as root; the tests fail (never skip) otherwise.
+#![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
+
+mod common;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{TestEngine, read_all, spec};
+use jobworker_ipc::{IpcError, JobState, Termination};
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// A world-readable scratch directory (the job runs as nobody).
+fn public_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn echo_gives_exactly_its_output() {
+    let t = TestEngine::new();
+    let job = t.start("/bin/echo", &["hello"]).await.unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert!(job.pid.is_some());
+    let (output, end) = t.output(&job).await;
+    assert_eq!(output, b"hello\n");
+    assert_eq!(end.state, JobState::Finished);
+    assert_eq!(end.termination, Some(Termination::Exited(0)));
+    assert_eq!(end.output_bytes, 6);
+    assert_eq!(end.output_truncated_bytes, 0);
+    assert!(end.ended_at.is_some() && end.started_at.is_some());
+    let log = std::fs::read(
+        t.state
+            .path()
+            .join("jobs")
+            .join(job.id.to_string())
+            .join("output.log"),
+    );
+    assert_eq!(log.unwrap(), b"hello\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes_and_signals_are_recorded() {
+    let t = TestEngine::new();
+    let exit3 = t.start("sh", &["-c", "exit 3"]).await.unwrap();
+    let killed = t.start("sh", &["-c", "kill -9 $$"]).await.unwrap();
+    let (_, end) = t.output(&exit3).await;
+    assert_eq!(end.termination, Some(Termination::Exited(3)));
+    assert_eq!(end.state, JobState::Finished);
+    let (_, end) = t.output(&killed).await;
+    assert_eq!(end.termination, Some(Termination::Signaled(9)));
+    assert_eq!(end.state, JobState::Finished);
+}
+
+async fn run_text(t: &TestEngine, command: &str, args: &[&str]) -> String {
+    let job = t.start(command, args).await.unwrap();
+    let (output, end) = t.output(&job).await;
+    let text = String::from_utf8(output).unwrap();
+    assert_eq!(
+        end.termination,
+        Some(Termination::Exited(0)),
+        "{command} {args:?}: {text}"
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_are_isolated() {
+    let t = TestEngine::new();
+
+    let pids = run_text(&t, "sh", &["-c", "ls /proc | grep -E '^[0-9]+$'"]).await;
+    let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(pids.contains(&1), "the init is pid 1: {pids:?}");
+    assert!(pids.len() <= 4, "only the job's own processes: {pids:?}");
+
+    let dev = run_text(&t, "cat", &["/proc/net/dev"]).await;
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{dev}");
+    let lo_up = run_text(&t, "cat", &["/sys/class/net/lo/operstate"]).await;
+    assert_ne!(lo_up.trim(), "down", "lo is up");
+
+    let hostname = run_text(&t, "hostname", &[]).await;
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    assert_ne!(hostname.trim(), host);
+    assert!(hostname.starts_with("job-"), "{hostname}");
+
+    let uid = run_text(&t, "id", &["-u"]).await;
+    assert_eq!(uid.trim(), "65534");
+    let groups = run_text(&t, "id", &["-G"]).await;
+    assert_eq!(groups.trim(), "65534", "no supplementary groups");
+
+    let status = run_text(
+        &t,
+        "grep",
+        &["-E", "^(Cap|NoNewPrivs)", "/proc/self/status"],
+    )
+    .await;
+    for line in status.lines() {
+        let (key, value) = line.split_once(':').unwrap();
+        let expected = if key == "NoNewPrivs" {
+            "1"
+        } else {
+            "0000000000000000"
+        };
+        assert_eq!(value.trim(), expected, "{line}");
+    }
+    assert_eq!(status.lines().count(), 6, "{status}");
+
+    let fds = run_text(&t, "ls", &["/proc/self/fd"]).await;
+    let mut fds: Vec<u32> = fds.lines().map(|l| l.parse().unwrap()).collect();
+    fds.sort_unstable();
+    // 0, 1, 2, and the directory ls itself opened to list them.
+    assert_eq!(&fds[..3], [0, 1, 2]);
+    assert!(fds.len() <= 4, "no inherited descriptors: {fds:?}");
+
+    let env = run_text(&t, "env", &[]).await;
+    assert_eq!(
+        env.trim(),
+        format!("PATH={}", jobworker_supervisor::engine::DEFAULT_PATH)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_job_is_in_its_cgroup_from_its_first_instruction() {
+    let t = TestEngine::new();
+    let job = t.start("/bin/cat", &["/proc/self/cgroup"]).await.unwrap();
+    let (output, _) = t.output(&job).await;
+    let line = String::from_utf8(output).unwrap();
+    let v2 = line.lines().find(|l| l.starts_with("0::")).unwrap();
+    assert!(
+        v2.ends_with(&format!("/jobs/{}", job.id)),
+        "cat ran in {v2}, not in its job cgroup"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_leaves_no_process_behind() {
+    let t = TestEngine::new();
+    let job = t
+        .start("sh", &["-c", "sleep 1000 & sleep 1000"])
+        .await
+        .unwrap();
+    let cgroup = t.cgroup_root.join("jobs").join(job.id.to_string());
+    let pids = wait_for_pids(&cgroup, 4).await;
+    let stopped = t.engine.stop(job.id, None).await.unwrap();
+    assert_eq!(stopped.state, JobState::Stopped);
+    assert!(stopped.pid.is_none());
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the stopped job survived"
+        );
+    }
+    assert!(t.job_cgroups().is_empty(), "the job's cgroup is gone");
+    let again = t.engine.stop(job.id, None).await.unwrap();
+    assert_eq!(again, stopped, "stopping an ended job returns it as it is");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let t = TestEngine::new();
+    let job = t
+        .start(
+            "sh",
+            &["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+        )
+        .await
+        .unwrap();
+    let mut stream = t.engine.output(job.id, 0, true).unwrap();
+    let first = stream.next().await.unwrap();
+    assert!(matches!(
+        first,
+        Some(jobworker_supervisor::engine::Chunk::Data { .. })
+    ));
+    let stopped = t
+        .engine
+        .stop(job.id, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(stopped.state, JobState::Stopped);
+    assert_eq!(
+        stopped.termination,
+        Some(Termination::Signaled(9)),
+        "SIGTERM was ignored, so SIGKILL ended it"
+    );
+    assert!(t.job_cgroups().is_empty());
+}
+
+async fn wait_for_pids(cgroup: &std::path::Path, at_least: usize) -> Vec<u32> {
+    for _ in 0..500 {
+        let pids: Vec<u32> = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        if pids.len() >= at_least {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the job never had {at_least} processes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_readers_get_identical_bytes() {
+    let t = TestEngine::new();
+    let job = t
+        .start("sh", &["-c", "head -c 52428800 /dev/urandom"])
+        .await
+        .unwrap();
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let engine = t.engine.clone();
+            let job = job.clone();
+            tokio::spawn(async move {
+                let (bytes, end) = read_all(&engine, &job, 0).await;
+                (bytes.len(), hash(&bytes), end)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for reader in readers {
+        results.push(reader.await.unwrap());
+    }
+    let log = std::fs::read(
+        t.state
+            .path()
+            .join("jobs")
+            .join(job.id.to_string())
+            .join("output.log"),
+    )
+    .unwrap();
+    assert_eq!(log.len(), 50 << 20);
+    for (len, h, end) in &results {
+        assert_eq!(*len, log.len());
+        assert_eq!(*h, hash(&log));
+        assert_eq!(end.state, JobState::Finished);
+        assert_eq!(end.output_bytes, 50 << 20);
+    }
+
+    let (late, _) = read_all(&t.engine, &job, 0).await;
+    assert_eq!(
+        hash(&late),
+        hash(&log),
+        "a reader after the end gets everything"
+    );
+    let (rest, _) = read_all(&t.engine, &job, 1_000_000).await;
+    assert_eq!(
+        rest,
+        log[1_000_000..],
+        "a reader at an offset gets the rest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_byte_value_round_trips() {
+    let t = TestEngine::new();
+    let dir = public_dir();
+    let path = dir.path().join("bytes");
+    let all: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    std::fs::write(&path, &all).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let job = t.start("cat", &[path.to_str().unwrap()]).await.unwrap();
+    let (output, _) = t.output(&job).await;
+    assert_eq!(output, all);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_that_cannot_run_fail_at_start_and_leave_nothing() {
+    let t = TestEngine::new();
+    let err = t.start("/nonexistent", &[]).await.unwrap_err();
+    let IpcError::FailedPrecondition { reason } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        reason.contains("/nonexistent") && reason.contains("No such file"),
+        "{reason}"
+    );
+
+    let dir = public_dir();
+    let script = dir.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = t.start(script.to_str().unwrap(), &[]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not-executable") && err.to_string().contains("Permission denied"),
+        "{err}"
+    );
+
+    let err = t.start("no-such-command-anywhere", &[]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no-such-command-anywhere"),
+        "{err}"
+    );
+
+    let mut in_missing_dir = spec("/bin/true", &[]);
+    in_missing_dir.working_dir = Some(jobworker_ipc::WorkingDir::new("/nonexistent-dir").unwrap());
+    let err = t.start_spec(in_missing_dir).await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
+
+    let (jobs, _) = t.engine.list(|_| true, None, 100, None);
+    assert!(jobs.is_empty(), "no job remains: {jobs:?}");
+    assert!(t.job_dirs().is_empty(), "no job directory remains");
+    assert!(t.job_cgroups().is_empty(), "no job cgroup remains");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_over_the_cap_is_dropped_and_counted() {
+    let t = TestEngine::with(|c| c.output_cap = 1000);
+    let job = t.start("head", &["-c", "5000", "/dev/zero"]).await.unwrap();
+    let (output, end) = t.output(&job).await;
+    assert_eq!(output.len(), 1000);
+    assert_eq!(end.state, JobState::Finished);
+    assert_eq!(end.termination, Some(Termination::Exited(0)));
+    assert_eq!(end.output_bytes, 5000);
+    assert_eq!(end.output_truncated_bytes, 4000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unenforceable_limits_are_reported_or_refused() {
+    let limits =
+        jobworker_ipc::Limits::new(Some(500), Some(64 << 20), None, Some(1 << 20), Some(32))
+            .unwrap();
+    let t = TestEngine::new();
+    let controllers = t.engine.controllers();
+    let mut limited = spec("/bin/true", &[]);
+    limited.limits = limits;
+    let job = t.start_spec(limited.clone()).await.unwrap();
+    assert_eq!(job.limits, limits);
+    assert_eq!(job.enforced.cpu, controllers.cpu);
+    assert_eq!(job.enforced.memory, controllers.memory);
+    assert_eq!(job.enforced.pids, controllers.pids);
+    t.output(&job).await;
+
+    let strict = TestEngine::with(|c| c.strict_limits = true);
+    let all_enforceable =
+        controllers.cpu && controllers.memory && controllers.io && controllers.pids;
+    match strict.start_spec(limited).await {
+        Ok(job) => {
+            assert!(
+                all_enforceable,
+                "strict limits let an unenforceable job start"
+            );
+            strict.output(&job).await;
+        }
+        Err(err) => {
+            assert!(
+                !all_enforceable,
+                "strict limits refused an enforceable job: {err}"
+            );
+            assert!(
+                matches!(err, IpcError::FailedPrecondition { ref reason } if reason.contains("cannot be enforced")),
+                "{err:?}"
+            );
+            assert!(strict.job_dirs().is_empty());
+        }
+    }
+}
