@@ -49,6 +49,18 @@ const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// The supervisor runs in the root cgroup and no root was configured:
+    /// it will not make its subtree at the top of the host's hierarchy.
+    #[error(
+        "the supervisor runs in the root cgroup of {}; set cgroup_root (e.g. {}) \
+         or start it with systemd (Delegate=yes)",
+        mount.display(),
+        mount.join("jobworker").display()
+    )]
+    RootCgroup {
+        /// The cgroup2 mount point.
+        mount: PathBuf,
+    },
     /// A file-system operation on a cgroup (or proc, or sysfs) file failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -308,6 +320,14 @@ impl CgroupTree {
         }
     }
 
+    /// The cgroup of job `name`, whether or not its directory exists (a job
+    /// that has ended has none left).
+    pub fn job_handle(&self, name: &str) -> Result<JobCgroup, CgroupError> {
+        Ok(JobCgroup {
+            path: self.job_path(name)?,
+        })
+    }
+
     /// The existing cgroup of job `name` (after a restart), if its directory
     /// exists and the name is valid.
     pub fn job(&self, name: &str) -> Option<JobCgroup> {
@@ -406,6 +426,11 @@ fn own_cgroup_root(mount: &parse::Mount) -> Result<PathBuf, CgroupError> {
                 mount: mount.point.clone(),
                 mount_root: mount.root.clone(),
             })?;
+    if relative.as_os_str().is_empty() {
+        return Err(CgroupError::RootCgroup {
+            mount: mount.point.clone(),
+        });
+    }
     let own = mount.point.join(relative);
     match own.parent() {
         Some(parent)
@@ -416,6 +441,26 @@ fn own_cgroup_root(mount: &parse::Mount) -> Result<PathBuf, CgroupError> {
         }
         _ => Ok(own),
     }
+}
+
+/// A test-only sabotage switch: the limits it names (comma-separated `cpu`,
+/// `memory`, `io`, `pids`) are reported as enforced but never written, so
+/// that the tests which measure limits on a real kernel can be shown to fail.
+/// Never set it in production; the supervisor warns at startup when it is.
+pub const SKIP_LIMITS_ENV: &str = "JOBWORKER_TESTING_SKIP_LIMITS";
+
+/// Whether [`SKIP_LIMITS_ENV`] names `controller`.
+fn sabotaged(controller: &str) -> bool {
+    std::env::var(SKIP_LIMITS_ENV).is_ok_and(|v| v.split(',').any(|c| c.trim() == controller))
+}
+
+/// Writes `value` to a limit file unless the limit is sabotaged.
+fn write_limit(controller: &str, path: &Path, value: &str) -> Result<(), CgroupError> {
+    if sabotaged(controller) {
+        tracing::warn!(path = %path.display(), "{SKIP_LIMITS_ENV}: not writing this limit");
+        return Ok(());
+    }
+    write(path, value)
 }
 
 /// Writes the limits of a new job cgroup at `dir` (see
@@ -430,16 +475,16 @@ fn write_limits(
     if available.cpu
         && let Some(millicores) = limits.cpu_millicores()
     {
-        write(&dir.join("cpu.max"), &parse::cpu_max(millicores))?;
+        write_limit("cpu", &dir.join("cpu.max"), &parse::cpu_max(millicores))?;
         enforced.cpu = true;
     }
     if available.memory
         && let Some(bytes) = limits.memory_bytes()
     {
-        write(&dir.join("memory.max"), &bytes.to_string())?;
+        write_limit("memory", &dir.join("memory.max"), &bytes.to_string())?;
         let swap = dir.join("memory.swap.max");
         if exists(&swap)? {
-            write(&swap, "0")?;
+            write_limit("memory", &swap, "0")?;
         }
         enforced.memory = true;
     }
@@ -447,13 +492,13 @@ fn write_limits(
         && let Some(device) = io_device
         && let Some(line) = parse::io_max(device, limits.io_read_bps(), limits.io_write_bps())
     {
-        write(&dir.join("io.max"), &line)?;
+        write_limit("io", &dir.join("io.max"), &line)?;
         enforced.io = true;
     }
     if available.pids
         && let Some(pids) = limits.pids()
     {
-        write(&dir.join("pids.max"), &pids.to_string())?;
+        write_limit("pids", &dir.join("pids.max"), &pids.to_string())?;
         enforced.pids = true;
     }
     Ok(enforced)

@@ -1,6 +1,8 @@
-//! The supervisor: the root-owned job engine and (in its service issue) the
-//! Unix-socket service around it.
+//! The supervisor: the root-owned job engine and the Unix-socket service
+//! around it.
 //!
+//! - [`config`]: the TOML configuration, resolved and validated.
+//! - [`service`]: the socket, peer credentials, authorization, connections.
 //! - [`cgroup`]: finding the cgroup2 mount, our subtree, job cgroups, limits,
 //!   usage, kill.
 //! - [`sys`]: the raw system calls (clone3 into cgroup and namespaces, fork,
@@ -12,7 +14,9 @@
 
 pub mod atomic;
 pub mod cgroup;
+pub mod config;
 pub mod engine;
 pub mod handoff;
 pub mod init;
+pub mod service;
 pub mod sys;

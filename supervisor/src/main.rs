@@ -1,20 +1,185 @@
 //! `jobworker-supervisor`: the root-owned job supervisor.
 //!
+//! It reads its configuration, takes its socket from systemd (or binds it),
+//! prepares its cgroup subtree, accounts for the jobs on disk, tells systemd
+//! it is ready, and serves the ipc protocol until SIGTERM or SIGINT. Jobs
+//! outlive it: a restarted supervisor re-adopts them.
+//!
 //! `jobworker-supervisor init` is the job's init, exec'd by the supervisor
-//! inside each job's namespaces; it is not meant to be run by hand. Serving
-//! the Unix socket arrives with the service issue.
+//! inside each job's namespaces; it is not meant to be run by hand.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jobworker_supervisor::cgroup::{CgroupTree, SKIP_LIMITS_ENV};
+use jobworker_supervisor::config::{self, Config};
+use jobworker_supervisor::engine::{Engine, EngineConfig, Retention};
+use jobworker_supervisor::service::{self, conn::Context, listen};
+use jobworker_supervisor::{init, sys};
+
+/// How often the retention policy runs besides at each job's end.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The jobworker supervisor: runs jobs in their own namespaces and cgroups
+/// for the gateway and local operators, over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The configuration file (TOML).
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Validate the configuration, print the effective values, and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// The job init (started by the supervisor inside a job's namespaces).
+    #[command(hide = true)]
+    Init,
+}
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("init") => jobworker_supervisor::init::main(),
+    let cli = Cli::parse();
+    if let Some(Mode::Init) = cli.mode {
+        return init::main();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobworker-supervisor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any thread exists: taking the activation socket edits the
+    // environment, and binding sets the umask.
+    let activated = sys::take_activation_socket().context("taking the socket from systemd")?;
+    let config = Config::load(&cli.config)?;
+    if cli.check_config {
+        print!("{}", config.describe());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let (listener, origin) =
+        listen::listener(activated, &config.file.socket_path, config.socket_gid)
+            .context("opening the supervisor's socket")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the socket non-blocking")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(config, listener, origin))
+}
+
+async fn serve(
+    config: Config,
+    listener: std::os::unix::net::UnixListener,
+    origin: listen::Origin,
+) -> anyhow::Result<()> {
+    if std::env::var_os(SKIP_LIMITS_ENV).is_some() {
+        tracing::warn!(
+            "{SKIP_LIMITS_ENV} is set: the limits it names are reported but NOT enforced \
+             (a testing switch; never use it in production)"
+        );
+    }
+    let mut tree = CgroupTree::discover(config.file.cgroup_root.as_deref())
+        .context("finding the cgroup subtree")?;
+    let controllers = tree
+        .setup(Some(std::process::id()))
+        .with_context(|| format!("preparing the cgroup subtree {}", tree.root().display()))?;
+    let engine = Engine::new(engine_config(&config)?, tree, controllers)?;
+    let recovered = engine.recover()?;
+    tracing::info!(
+        ended = recovered.ended,
+        adopted = recovered.adopted,
+        settled = recovered.settled,
+        orphans = recovered.orphans,
+        "jobs on disk accounted for"
+    );
+    engine.enforce_retention();
+    let retention = Arc::clone(&engine);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            tick.tick().await;
+            retention.enforce_retention();
+        }
+    });
+
+    let listener =
+        tokio::net::UnixListener::from_std(listener).context("registering the socket")?;
+    tracing::info!(
+        socket = ?origin,
+        cgroup_root = %engine.cgroup_root().display(),
+        controllers = ?controllers.names(),
+        state_dir = %config.file.state_dir.display(),
+        "serving"
+    );
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd we are ready");
+    }
+    let ctx = Arc::new(Context { config, engine });
+    service::serve(listener, ctx, shutdown_signal()).await;
+    tracing::info!("shutting down; running jobs go on and are re-adopted at the next start");
+    Ok(())
+}
+
+fn engine_config(config: &Config) -> anyhow::Result<EngineConfig> {
+    Ok(EngineConfig {
+        state_dir: config.file.state_dir.clone(),
+        // The running binary itself, even if an upgrade replaced the file.
+        init_program: PathBuf::from("/proc/self/exe"),
+        job_uid: config.job_uid,
+        job_gid: config.job_gid,
+        default_limits: config.default_limits,
+        max_limits: config.max_limits,
+        retention: Retention {
+            max_age_ms: config.file.retention.max_age_secs.saturating_mul(1000),
+            max_total_bytes: config.file.retention.max_total_bytes,
+        },
+        strict_limits: config.file.strict_limits,
+        output_cap: config.file.output_cap_bytes,
+        grace: config.grace,
+        io_device: config.io_device,
+        working_dir: config.file.working_dir.clone(),
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
         _ => {
-            eprintln!(
-                "usage: jobworker-supervisor init   (the job init, started by the supervisor itself)"
-            );
-            ExitCode::from(2)
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop me with SIGKILL");
+            std::future::pending::<()>().await;
         }
     }
 }

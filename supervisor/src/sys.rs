@@ -275,3 +275,22 @@ pub fn register<T: AsFd>(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(Registered(inner), interest) }
         .map_err(|e| e.into_parts().1)
 }
+
+/// Takes the listening socket systemd passed by socket activation, if any
+/// (exactly one is expected), and unsets `LISTEN_PID`/`LISTEN_FDS`. Must be
+/// called before the process starts a second thread.
+pub fn take_activation_socket() -> io::Result<Option<OwnedFd>> {
+    // SAFETY: the caller runs this at the start of main, before any other
+    // thread exists, so removing environment variables races with nothing.
+    let fds: Vec<RawFd> = unsafe { sd_notify::listen_fds_and_unset_env() }?.collect();
+    match fds.as_slice() {
+        [] => Ok(None),
+        // SAFETY: systemd passed this fd to this very process (sd-notify
+        // checked LISTEN_PID) for it to own; nothing else here uses it.
+        [fd] => Ok(Some(unsafe { OwnedFd::from_raw_fd(*fd) })),
+        more => Err(io::Error::other(format!(
+            "systemd passed {} sockets; the supervisor listens on exactly one",
+            more.len()
+        ))),
+    }
+}

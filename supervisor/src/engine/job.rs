@@ -48,6 +48,43 @@ pub struct Status {
     pub stop_requested: bool,
 }
 
+impl Status {
+    /// A job being started: running, no pid yet.
+    pub fn starting() -> Self {
+        Self {
+            state: JobState::Running,
+            pid: None,
+            termination: None,
+            oom_killed: false,
+            started_at: None,
+            ended_at: None,
+            usage: Usage::default(),
+            output_bytes: 0,
+            truncated_bytes: 0,
+            failure: None,
+            stop_requested: false,
+        }
+    }
+
+    /// The status a record holds.
+    pub fn from_record(record: &Record) -> Self {
+        let info = &record.info;
+        Self {
+            state: info.state,
+            pid: info.pid,
+            termination: info.termination,
+            oom_killed: info.oom_killed,
+            started_at: info.started_at,
+            ended_at: info.ended_at,
+            usage: info.usage,
+            output_bytes: info.output_bytes,
+            truncated_bytes: info.output_truncated_bytes,
+            failure: info.failure.clone(),
+            stop_requested: record.stop_requested,
+        }
+    }
+}
+
 /// The job's record on disk.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Record {

@@ -7,10 +7,14 @@
 //! - [`spawn`]: clone3 and the handoff to the init.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
 //! - [`output`]: output readers and the inotify watcher that wakes them.
+//! - [`recovery`]: accounting for every job on disk after a restart.
+//! - [`retention`]: removing the oldest ended jobs.
 
 pub mod job;
 pub mod monitor;
 pub mod output;
+pub mod recovery;
+pub mod retention;
 pub mod spawn;
 
 use std::collections::HashMap;
@@ -28,6 +32,7 @@ use crate::cgroup::{CgroupTree, Controllers};
 use crate::handoff::{InitReport, InitSpec};
 use job::{Job, Status};
 pub use output::{Chunk, OutputStream};
+pub use retention::Retention;
 
 /// The `PATH` a job gets unless its request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -49,6 +54,10 @@ pub struct EngineConfig {
     pub job_gid: u32,
     /// Limits of a job that asks for none.
     pub default_limits: Limits,
+    /// The most a job may ask for; an unset limit with a maximum gets it.
+    pub max_limits: Limits,
+    /// How long ended jobs are kept.
+    pub retention: Retention,
     /// Refuse a job whose limits cannot all be enforced.
     pub strict_limits: bool,
     /// Output bytes kept per job.
@@ -95,6 +104,9 @@ pub struct Engine {
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
     watcher: Arc<output::Watcher>,
     started: Instant,
+    /// Held across a start that carries a request id, so that two retries of
+    /// one request cannot both start a job.
+    idempotency: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -133,6 +145,7 @@ impl Engine {
             jobs: Mutex::new(HashMap::new()),
             watcher,
             started: Instant::now(),
+            idempotency: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -164,17 +177,39 @@ impl Engine {
     }
 
     /// Starts a job; returns once its command was exec'd, or with the reason
-    /// it could not be (then nothing of the job remains).
+    /// it could not be (then nothing of the job remains). A request id that
+    /// `owner` used before returns that job instead.
     pub async fn start(self: &Arc<Self>, owner: Owner, spec: JobSpec) -> Result<JobInfo, IpcError> {
+        let _one_at_a_time = match &spec.request_id {
+            Some(request_id) => {
+                let guard = self.idempotency.lock().await;
+                let earlier = self
+                    .jobs()
+                    .values()
+                    .find(|job| job.owner == owner && job.request_id.as_ref() == Some(request_id))
+                    .cloned();
+                if let Some(job) = earlier {
+                    return Ok(job.info());
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let limits = spec
+            .limits
+            .or(self.config.default_limits)
+            .or(self.config.max_limits);
+        if let Some(key) = crate::config::over_max(&limits, &self.config.max_limits) {
+            return Err(IpcError::ResourceExhausted {
+                reason: format!("limits.{key} is above the maximum this server allows"),
+            });
+        }
         let id = JobId::random();
-        let created_at = UnixMillis::now();
-        let limits = spec.limits.or(self.config.default_limits);
         let dir = self.config.state_dir.join("jobs").join(id.to_string());
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
-
         let (cgroup, enforced) =
             match self
                 .cgroups
@@ -199,13 +234,33 @@ impl Engine {
                 ),
             });
         }
-
         let init_spec = self.init_spec(&id, &dir, &spec);
-        let started = match spawn::start(&self.config.init_program, &cgroup, &init_spec).await {
+        let job = Arc::new(Job::new(
+            id,
+            owner,
+            spec.command,
+            spec.args,
+            limits,
+            enforced,
+            UnixMillis::now(),
+            spec.request_id,
+            dir,
+            cgroup,
+            Status::starting(),
+        ));
+        // Recorded before the clone: a supervisor that dies from here on
+        // finds the job on disk (and its cgroup) after a restart.
+        if let Err(e) = job.persist() {
+            let _ = job.cgroup.remove();
+            let _ = std::fs::remove_dir_all(&job.dir);
+            return Err(internal(format!("writing the job's record: {e}")));
+        }
+
+        let started = match spawn::start(&self.config.init_program, &job.cgroup, &init_spec).await {
             Ok(started) => started,
             Err(reason) => {
-                let _ = cgroup.remove();
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = job.cgroup.remove();
+                let _ = std::fs::remove_dir_all(&job.dir);
                 return Err(internal(reason));
             }
         };
@@ -217,66 +272,66 @@ impl Engine {
         if let Some(error) = failure {
             // The init exits by itself after a failed exec; kill its cgroup in
             // case it hangs, and leave nothing behind.
-            let _ = cgroup.kill();
+            let _ = job.cgroup.kill();
             let _ = monitor::wait_exit(started.pidfd).await;
-            let cleanup = cgroup.clone();
+            let cleanup = job.cgroup.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = cleanup.wait_empty(Duration::from_secs(10));
                 cleanup.remove()
             })
             .await;
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&job.dir);
             return Err(error);
         }
 
-        let job = Arc::new(Job::new(
-            id,
-            owner,
-            spec.command,
-            spec.args,
-            limits,
-            enforced,
-            created_at,
-            spec.request_id,
-            dir,
-            cgroup,
-            Status {
-                state: JobState::Running,
-                pid: Some(started.pid),
-                termination: None,
-                oom_killed: false,
-                started_at: Some(UnixMillis::now()),
-                ended_at: None,
-                usage: Default::default(),
-                output_bytes: 0,
-                truncated_bytes: 0,
-                failure: None,
-                stop_requested: false,
-            },
-        ));
-        let watch_pidfd = started
-            .pidfd
-            .try_clone()
-            .map_err(|e| internal(format!("duplicating the init's pidfd: {e}")))?;
-        *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.pidfd);
-        if let Err(e) = self.watcher.watch(&job) {
-            tracing::warn!(job = %id, error = %e, "watching the output log; followers wake only at the job's end");
+        {
+            let mut status = job.status();
+            status.pid = Some(started.pid);
+            status.started_at = Some(UnixMillis::now());
         }
         if let Err(e) = job.persist() {
             tracing::error!(job = %id, error = %e, "writing the job's record");
         }
-        self.jobs().insert(id, Arc::clone(&job));
-        let engine = Arc::clone(self);
-        let monitored = Arc::clone(&job);
-        tokio::spawn(async move {
-            if let Err(e) = monitor::wait_exit(watch_pidfd).await {
-                tracing::error!(job = %monitored.id, error = %e, "waiting for the job's init");
-            }
-            monitor::settle(&monitored).await;
-            *monitored.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            engine.watcher.unwatch(&monitored);
-        });
+        self.adopt(&job, started.pidfd);
         Ok(job.info())
+    }
+
+    /// Takes charge of a running job: its pidfd, its output watch, and a task
+    /// that settles it when its init exits.
+    fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: std::os::fd::OwnedFd) {
+        match pidfd.try_clone() {
+            Ok(watched) => {
+                *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(pidfd);
+                self.supervise(job, Some(watched));
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "duplicating the init's pidfd");
+                self.supervise(job, Some(pidfd));
+            }
+        }
+    }
+
+    /// Registers `job` and spawns the task that settles it: after its init
+    /// (behind `pidfd`) exits, or at once when there is none.
+    fn supervise(self: &Arc<Self>, job: &Arc<Job>, pidfd: Option<std::os::fd::OwnedFd>) {
+        if let Err(e) = self.watcher.watch(job) {
+            tracing::warn!(job = %job.id, error = %e,
+                "watching the output log; followers wake only at the job's end");
+        }
+        self.jobs().insert(job.id, Arc::clone(job));
+        let engine = Arc::clone(self);
+        let job = Arc::clone(job);
+        tokio::spawn(async move {
+            if let Some(pidfd) = pidfd
+                && let Err(e) = monitor::wait_exit(pidfd).await
+            {
+                tracing::error!(job = %job.id, error = %e, "waiting for the job's init");
+            }
+            monitor::settle(&job).await;
+            *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            engine.watcher.unwatch(&job);
+            engine.enforce_retention();
+        });
     }
 
     fn init_spec(&self, id: &JobId, dir: &Path, spec: &JobSpec) -> InitSpec {

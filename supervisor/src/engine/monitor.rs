@@ -48,6 +48,21 @@ pub async fn settle(job: &Arc<Job>) {
         Err(e) => (None, false, Err(format!("the settling task failed: {e}"))),
     };
 
+    // The cgroup goes before the job counts as ended: whoever waits for the
+    // end (a stop) then finds nothing of the job left.
+    match emptied {
+        Ok(true) => {
+            if let Err(e) = job.cgroup.remove() {
+                tracing::warn!(job = %job.id, error = %e, "removing the job's cgroup");
+            }
+        }
+        Ok(false) => {
+            tracing::error!(job = %job.id, "the job's cgroup did not empty after cgroup.kill")
+        }
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "waiting for the job's cgroup to empty")
+        }
+    }
     {
         let mut status = job.status();
         status.pid = None;
@@ -61,7 +76,9 @@ pub async fn settle(job: &Arc<Job>) {
                 status.ended_at = Some(record.ended_at);
                 status.output_bytes = record.output_bytes;
                 status.truncated_bytes = record.truncated_bytes;
-                status.state = if status.stop_requested {
+                status.state = if status.failure.is_some() {
+                    JobState::Failed
+                } else if status.stop_requested {
                     JobState::Stopped
                 } else {
                     JobState::Finished
@@ -76,23 +93,11 @@ pub async fn settle(job: &Arc<Job>) {
                     status.state = JobState::Stopped;
                 } else {
                     status.state = JobState::Failed;
-                    status.failure =
-                        Some("the job's init ended without recording how the command ended".into());
+                    status.failure.get_or_insert_with(|| {
+                        "the job's init ended without recording how the command ended".into()
+                    });
                 }
             }
-        }
-    }
-    match emptied {
-        Ok(true) => {
-            if let Err(e) = job.cgroup.remove() {
-                tracing::warn!(job = %job.id, error = %e, "removing the job's cgroup");
-            }
-        }
-        Ok(false) => {
-            tracing::error!(job = %job.id, "the job's cgroup did not empty after cgroup.kill")
-        }
-        Err(e) => {
-            tracing::error!(job = %job.id, error = %e, "waiting for the job's cgroup to empty")
         }
     }
     if let Err(e) = job.persist() {

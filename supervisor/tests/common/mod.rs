@@ -2,7 +2,7 @@
 //! host's cgroup2 mount, a temporary state directory, the real supervisor
 //! binary as the jobs' init. Everything is removed again on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -54,6 +54,8 @@ impl TestEngine {
             job_uid: NOBODY,
             job_gid: NOBODY,
             default_limits: Limits::default(),
+            max_limits: Limits::default(),
+            retention: jobworker_supervisor::engine::Retention::default(),
             strict_limits: false,
             output_cap: 64 << 20,
             grace: Duration::from_secs(5),
@@ -149,26 +151,6 @@ pub async fn read_all(engine: &Engine, job: &JobInfo, offset: u64) -> (Vec<u8>, 
 
 impl Drop for TestEngine {
     fn drop(&mut self) {
-        remove_cgroup_tree(&self.cgroup_root);
+        crate::cleanup::remove_cgroup_tree(&self.cgroup_root);
     }
-}
-
-/// Kills and removes a test cgroup subtree, leaves first.
-fn remove_cgroup_tree(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.path().is_dir() {
-            remove_cgroup_tree(&entry.path());
-        }
-    }
-    let _ = std::fs::write(root.join("cgroup.kill"), "1");
-    for _ in 0..200 {
-        if std::fs::remove_dir(root).is_ok() || !root.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!("could not remove test cgroup {}", root.display());
 }

@@ -1,0 +1,490 @@
+//! The supervisor's configuration: a TOML file (default
+//! `/etc/jobworker/supervisor.toml`) in which every key is optional and has a
+//! safe default. Unknown keys and invalid values are errors that name the key.
+//! [`FileConfig`] is the file as written; [`Config`] is what it resolves to
+//! (user and group names looked up, limits validated, durations typed).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jobworker_ipc::Limits;
+use nix::unistd::{Gid, Group, Uid, User};
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is read from by default.
+pub const DEFAULT_PATH: &str = "/etc/jobworker/supervisor.toml";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the
+    /// wrong type (toml's message names the key and the line).
+    #[error("in {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A key has a value that cannot be used.
+    #[error("in {path}: `{key}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, dotted (e.g. `max_limits.memory_bytes`).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Limits as written in the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// CPU in millicores (1000 = one CPU).
+    pub cpu_millicores: Option<u32>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Block device read bandwidth in bytes per second.
+    pub io_read_bytes_per_sec: Option<u64>,
+    /// Block device write bandwidth in bytes per second.
+    pub io_write_bytes_per_sec: Option<u64>,
+    /// Tasks (processes and threads).
+    pub pids: Option<u32>,
+}
+
+/// How long ended jobs are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Ended jobs older than this many seconds are removed (0: never).
+    pub max_age_secs: u64,
+    /// While ended jobs take more than this many bytes on disk, the oldest
+    /// are removed (0: no limit).
+    pub max_total_bytes: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 7 * 24 * 3600,
+            max_total_bytes: 10 << 30,
+        }
+    }
+}
+
+/// The configuration file as written, with defaults for missing keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// The Unix socket the supervisor binds when it is not socket-activated.
+    pub socket_path: PathBuf,
+    /// The group that owns the socket (mode 0660); root's group when unset.
+    pub socket_group: Option<String>,
+    /// The account (name or uid) of the gateway: it may act for the remote
+    /// identities it asserts. No gateway when unset.
+    pub gateway_user: Option<String>,
+    /// Members of this group act as the local admin `local:<name>`, like root.
+    pub operator_group: Option<String>,
+    /// Where job directories and records live.
+    pub state_dir: PathBuf,
+    /// The cgroup under which job cgroups are made; the supervisor's own
+    /// cgroup when unset (with systemd: its service's delegated cgroup).
+    pub cgroup_root: Option<PathBuf>,
+    /// The account jobs run as (name or uid).
+    pub job_user: String,
+    /// The group jobs run as (name or gid); the job user's group when unset.
+    pub job_group: Option<String>,
+    /// Allow `job_user` to be root. Jobs as root keep no capabilities but
+    /// still own every root-owned file: say so explicitly.
+    pub allow_root_jobs: bool,
+    /// Refuse to start a job whose limits the host cannot enforce (instead
+    /// of starting it and reporting them as not enforced).
+    pub strict_limits: bool,
+    /// The block device (`MAJ:MIN`) io limits apply to; the one holding
+    /// `state_dir` when unset.
+    pub io_device: Option<String>,
+    /// The working directory of a job that asks for none.
+    pub working_dir: String,
+    /// Output bytes kept per job; more is drained, counted and dropped.
+    pub output_cap_bytes: u64,
+    /// Grace period between SIGTERM and SIGKILL when stopping a job, in
+    /// milliseconds; also the longest a stop request may ask for.
+    pub grace_period_ms: u64,
+    /// How long a client has to complete the ipc handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// How long a connection may sit idle between requests, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// The most connections served at once; more are refused and logged.
+    pub max_connections: usize,
+    /// Limits of jobs that ask for none.
+    pub default_limits: LimitsConfig,
+    /// The most a job may ask for; a job that asks for no value of a limit
+    /// that has a maximum gets the maximum.
+    pub max_limits: LimitsConfig,
+    /// How long ended jobs are kept.
+    pub retention: RetentionConfig,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            socket_path: PathBuf::from("/run/jobworker/supervisor.sock"),
+            socket_group: None,
+            gateway_user: None,
+            operator_group: None,
+            state_dir: PathBuf::from("/var/lib/jobworker"),
+            cgroup_root: None,
+            job_user: "nobody".into(),
+            job_group: None,
+            allow_root_jobs: false,
+            strict_limits: false,
+            io_device: None,
+            working_dir: "/".into(),
+            output_cap_bytes: 64 << 20,
+            grace_period_ms: 5000,
+            handshake_timeout_ms: 5000,
+            idle_timeout_ms: 300_000,
+            max_connections: 1024,
+            default_limits: LimitsConfig::default(),
+            max_limits: LimitsConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// The configuration resolved and validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file's values.
+    pub file: FileConfig,
+    /// `socket_group`, resolved.
+    pub socket_gid: Option<u32>,
+    /// `gateway_user`, resolved.
+    pub gateway_uid: Option<u32>,
+    /// `operator_group`, resolved.
+    pub operator_gid: Option<u32>,
+    /// `job_user`, resolved.
+    pub job_uid: u32,
+    /// `job_group` (or the job user's group), resolved.
+    pub job_gid: u32,
+    /// `io_device`, parsed.
+    pub io_device: Option<(u32, u32)>,
+    /// `default_limits`, validated.
+    pub default_limits: Limits,
+    /// `max_limits`, validated.
+    pub max_limits: Limits,
+    /// `grace_period_ms`.
+    pub grace: Duration,
+    /// `handshake_timeout_ms`.
+    pub handshake_timeout: Duration,
+    /// `idle_timeout_ms`.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and resolves the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and resolves `text`, read from `path` (for messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Self::resolve(path, file)
+    }
+
+    fn resolve(path: &Path, file: FileConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            reason,
+        };
+        let positive = |key: &str, value: u64| {
+            if value == 0 {
+                Err(invalid(key, "must be greater than 0".into()))
+            } else {
+                Ok(Duration::from_millis(value))
+            }
+        };
+        if !file.socket_path.is_absolute() {
+            return Err(invalid("socket_path", "must be an absolute path".into()));
+        }
+        if !file.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path".into()));
+        }
+        if !file.working_dir.starts_with('/') {
+            return Err(invalid("working_dir", "must be an absolute path".into()));
+        }
+        if file.max_connections == 0 {
+            return Err(invalid("max_connections", "must be greater than 0".into()));
+        }
+
+        let job_user = lookup_user(&file.job_user).map_err(|r| invalid("job_user", r))?;
+        let job_uid = job_user.uid.as_raw();
+        let job_gid = match &file.job_group {
+            Some(group) => lookup_group(group).map_err(|r| invalid("job_group", r))?,
+            None => job_user.gid.as_raw(),
+        };
+        if (job_uid == 0 || job_gid == 0) && !file.allow_root_jobs {
+            return Err(invalid(
+                "job_user",
+                "jobs would run as root (uid or gid 0); pick an unprivileged account, or set \
+                 allow_root_jobs = true if you really mean it"
+                    .into(),
+            ));
+        }
+        let gateway_uid = file
+            .gateway_user
+            .as_deref()
+            .map(lookup_user)
+            .transpose()
+            .map_err(|r| invalid("gateway_user", r))?
+            .map(|user| user.uid.as_raw());
+        if gateway_uid == Some(0) {
+            return Err(invalid(
+                "gateway_user",
+                "the gateway must not run as root".into(),
+            ));
+        }
+        let operator_gid = file
+            .operator_group
+            .as_deref()
+            .map(lookup_group)
+            .transpose()
+            .map_err(|r| invalid("operator_group", r))?;
+        let socket_gid = file
+            .socket_group
+            .as_deref()
+            .map(lookup_group)
+            .transpose()
+            .map_err(|r| invalid("socket_group", r))?;
+        let io_device = file
+            .io_device
+            .as_deref()
+            .map(parse_device)
+            .transpose()
+            .map_err(|r| invalid("io_device", r))?;
+        let default_limits = limits(&file.default_limits)
+            .map_err(|(k, r)| invalid(&format!("default_limits.{k}"), r))?;
+        let max_limits =
+            limits(&file.max_limits).map_err(|(k, r)| invalid(&format!("max_limits.{k}"), r))?;
+        if let Some(key) = over_max(&default_limits, &max_limits) {
+            return Err(invalid(
+                &format!("default_limits.{key}"),
+                format!("is above max_limits.{key}"),
+            ));
+        }
+        Ok(Self {
+            socket_gid,
+            gateway_uid,
+            operator_gid,
+            job_uid,
+            job_gid,
+            io_device,
+            default_limits,
+            max_limits,
+            grace: positive("grace_period_ms", file.grace_period_ms)?,
+            handshake_timeout: positive("handshake_timeout_ms", file.handshake_timeout_ms)?,
+            idle_timeout: positive("idle_timeout_ms", file.idle_timeout_ms)?,
+            file,
+        })
+    }
+
+    /// The effective configuration as TOML, with what names resolved to.
+    pub fn describe(&self) -> String {
+        let mut out = toml::to_string(&self.file)
+            .unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"));
+        out.push_str(&format!(
+            "\n# resolved: jobs run as uid {} gid {}; gateway uid {}; operator gid {}; socket gid {}\n",
+            self.job_uid,
+            self.job_gid,
+            show(self.gateway_uid),
+            show(self.operator_gid),
+            show(self.socket_gid),
+        ));
+        out
+    }
+}
+
+fn show(id: Option<u32>) -> String {
+    id.map_or_else(|| "none".into(), |id| id.to_string())
+}
+
+/// Looks up an account by name or number.
+fn lookup_user(name: &str) -> Result<User, String> {
+    let found = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(name),
+    };
+    found
+        .map_err(|e| format!("looking up user {name:?}: {e}"))?
+        .ok_or_else(|| format!("no such user {name:?}"))
+}
+
+/// Looks up a group by name or number.
+fn lookup_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    Group::from_name(name)
+        .map_err(|e| format!("looking up group {name:?}: {e}"))?
+        .map(|group| group.gid.as_raw())
+        .ok_or_else(|| format!("no such group {name:?}"))
+}
+
+fn parse_device(text: &str) -> Result<(u32, u32), String> {
+    text.split_once(':')
+        .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
+        .ok_or_else(|| format!("{text:?} is not MAJOR:MINOR (e.g. \"254:0\")"))
+}
+
+fn limits(c: &LimitsConfig) -> Result<Limits, (String, String)> {
+    Limits::new(
+        c.cpu_millicores,
+        c.memory_bytes,
+        c.io_read_bytes_per_sec,
+        c.io_write_bytes_per_sec,
+        c.pids,
+    )
+    .map_err(|e| {
+        let key = e.field.trim_start_matches("limits.").to_owned();
+        (key, e.reason)
+    })
+}
+
+/// The first limit of `limits` above its maximum in `max`.
+pub fn over_max(limits: &Limits, max: &Limits) -> Option<&'static str> {
+    let over =
+        |value: Option<u64>, max: Option<u64>| matches!((value, max), (Some(v), Some(m)) if v > m);
+    [
+        (
+            over(
+                limits.cpu_millicores().map(u64::from),
+                max.cpu_millicores().map(u64::from),
+            ),
+            "cpu_millicores",
+        ),
+        (
+            over(limits.memory_bytes(), max.memory_bytes()),
+            "memory_bytes",
+        ),
+        (
+            over(limits.io_read_bps(), max.io_read_bps()),
+            "io_read_bytes_per_sec",
+        ),
+        (
+            over(limits.io_write_bps(), max.io_write_bps()),
+            "io_write_bytes_per_sec",
+        ),
+        (
+            over(limits.pids().map(u64::from), max.pids().map(u64::from)),
+            "pids",
+        ),
+    ]
+    .into_iter()
+    .find_map(|(over, key)| over.then_some(key))
+}
+
+/// The operator group's members, as the group database lists them.
+pub fn group_members(gid: u32) -> Vec<String> {
+    Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|group| group.mem)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn an_empty_file_gives_safe_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.file, FileConfig::default());
+        assert_eq!(config.job_uid, 65534, "nobody");
+        assert_ne!(config.job_gid, 0);
+        assert_eq!(config.gateway_uid, None);
+        assert_eq!(config.grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("sokcet_path = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("sokcet_path"), "{err}");
+        let err = parse("[retention]\nmax_days = 3").unwrap_err().to_string();
+        assert!(err.contains("max_days"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("socket_path = \"relative\"", "socket_path"),
+            ("job_user = \"no-such-user-here\"", "job_user"),
+            ("job_user = \"root\"", "job_user"),
+            ("gateway_user = \"root\"", "gateway_user"),
+            ("operator_group = \"no-such-group-here\"", "operator_group"),
+            ("io_device = \"sda\"", "io_device"),
+            ("grace_period_ms = 0", "grace_period_ms"),
+            (
+                "[default_limits]\nmemory_bytes = 10",
+                "default_limits.memory_bytes",
+            ),
+            ("[max_limits]\npids = 0", "max_limits.pids"),
+            (
+                "[default_limits]\npids = 100\n[max_limits]\npids = 10",
+                "default_limits.pids",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+        let err = parse("grace_period_ms = \"5s\"").unwrap_err().to_string();
+        assert!(err.contains("grace_period_ms"), "{err}");
+    }
+
+    #[test]
+    fn root_jobs_need_saying_so() {
+        let config = parse("job_user = \"root\"\nallow_root_jobs = true").unwrap();
+        assert_eq!(config.job_uid, 0);
+    }
+
+    #[test]
+    fn names_and_numbers_resolve() {
+        let config =
+            parse("job_user = \"65534\"\njob_group = \"65534\"\ngateway_user = \"nobody\"\nio_device = \"8:0\"")
+                .unwrap();
+        assert_eq!((config.job_uid, config.job_gid), (65534, 65534));
+        assert_eq!(config.gateway_uid, Some(65534));
+        assert_eq!(config.io_device, Some((8, 0)));
+    }
+
+    #[test]
+    fn the_description_parses_back() {
+        let config = parse("[max_limits]\nmemory_bytes = 1073741824").unwrap();
+        let again = parse(&config.describe()).unwrap();
+        assert_eq!(again.file, config.file);
+    }
+}

@@ -1,0 +1,188 @@
+//! Accounting for every job on disk when the supervisor starts again (after a
+//! crash, `kill -9`, or a restart that left the jobs running):
+//!
+//! - an ended job is loaded as it was recorded;
+//! - a running job whose init still runs is re-adopted: its pidfd is watched,
+//!   its output followed, stop and status work on it;
+//! - a running job whose init has exited meanwhile is settled from the exit
+//!   record the init left (its real exit status);
+//! - a job whose state cannot be recovered (no init and no exit record, a
+//!   record that cannot be read, a start that never completed) is FAILED with
+//!   the reason, and whatever is left of it is killed through its cgroup;
+//! - a job cgroup with no job directory is killed and removed.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobworker_ipc::{Args, Command, JobId, JobInfo, JobState, Owner, UnixMillis, UserName};
+
+use super::job::{Job, Record, Status, record_path};
+use super::{Engine, EngineError};
+use crate::handoff::EXIT_FILE;
+
+/// How many jobs recovery found in each condition.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs that had ended.
+    pub ended: usize,
+    /// Running jobs re-adopted.
+    pub adopted: usize,
+    /// Jobs that ended while the supervisor was down (or could not be
+    /// recovered), settled now.
+    pub settled: usize,
+    /// Job cgroups without a job, killed and removed.
+    pub orphans: usize,
+}
+
+impl Engine {
+    /// Loads every job of the state directory; see the module docs.
+    pub fn recover(self: &Arc<Self>) -> Result<Recovered, EngineError> {
+        let jobs_dir = self.config.state_dir.join("jobs");
+        let entries = std::fs::read_dir(&jobs_dir).map_err(|source| EngineError::StateDir {
+            path: jobs_dir.clone(),
+            source,
+        })?;
+        let mut recovered = Recovered::default();
+        let mut known = HashSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = name.parse::<JobId>() else {
+                tracing::warn!(path = %entry.path().display(), "not a job directory; left alone");
+                continue;
+            };
+            known.insert(name);
+            match self.recover_job(id, &entry.path()) {
+                Ok(Kind::Ended) => recovered.ended += 1,
+                Ok(Kind::Adopted) => recovered.adopted += 1,
+                Ok(Kind::Settled) => recovered.settled += 1,
+                Err(e) => tracing::error!(job = %id, error = %e, "recovering a job"),
+            }
+        }
+        for name in self.cgroups.job_names().unwrap_or_default() {
+            if known.contains(&name) {
+                continue;
+            }
+            if let Some(cgroup) = self.cgroups.job(&name) {
+                tracing::warn!(cgroup = %cgroup.path().display(), "a job cgroup without a job: killing it");
+                let _ = cgroup.kill();
+                let _ = cgroup.wait_empty(Duration::from_secs(10));
+                if let Err(e) = cgroup.remove() {
+                    tracing::error!(cgroup = %cgroup.path().display(), error = %e, "removing an orphan cgroup");
+                }
+                recovered.orphans += 1;
+            }
+        }
+        Ok(recovered)
+    }
+
+    fn recover_job(self: &Arc<Self>, id: JobId, dir: &Path) -> Result<Kind, String> {
+        let cgroup = self
+            .cgroups
+            .job_handle(&id.to_string())
+            .map_err(|e| e.to_string())?;
+        let record = match read_record(dir) {
+            Ok(record) if record.info.id == id => record,
+            Ok(_) => unreadable(id, "its record names another job".into()),
+            Err(reason) => unreadable(id, reason),
+        };
+        let status = Status::from_record(&record);
+        let info = record.info;
+        let job = Arc::new(Job::new(
+            id,
+            info.owner,
+            info.command,
+            info.args,
+            info.limits,
+            info.enforced,
+            info.created_at,
+            record.request_id,
+            dir.to_path_buf(),
+            cgroup,
+            status,
+        ));
+        if info.state.is_ended() {
+            // A crash while settling may have left the (empty) cgroup.
+            if job.cgroup.path().exists() {
+                let _ = job.cgroup.kill();
+                let _ = job.cgroup.wait_empty(Duration::from_secs(10));
+                let _ = job.cgroup.remove();
+            }
+            self.jobs().insert(id, job);
+            return Ok(Kind::Ended);
+        }
+        if dir.join(EXIT_FILE).exists() {
+            self.supervise(&job, None);
+            return Ok(Kind::Settled);
+        }
+        if let Some(pidfd) = info.pid.and_then(|pid| live_init(&job, pid)) {
+            self.adopt(&job, pidfd);
+            return Ok(Kind::Adopted);
+        }
+        // A job being stopped whose init is gone was killed through its
+        // cgroup: settling records it STOPPED. Any other is FAILED.
+        let mut status = job.status();
+        if !status.stop_requested && status.failure.is_none() {
+            status.failure = Some(match info.pid {
+                None => "the supervisor stopped while the job was starting".into(),
+                Some(_) => "the job's init is gone and left no exit record".into(),
+            });
+        }
+        drop(status);
+        self.supervise(&job, None);
+        Ok(Kind::Settled)
+    }
+}
+
+enum Kind {
+    Ended,
+    Adopted,
+    Settled,
+}
+
+fn read_record(dir: &Path) -> Result<Record, String> {
+    let path = record_path(dir);
+    let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("decoding {}: {e}", path.display()))
+}
+
+/// A record for a job whose own record cannot be read: FAILED, with why. Its
+/// owner is unknown, so only admins see it.
+fn unreadable(id: JobId, reason: String) -> Record {
+    tracing::error!(job = %id, %reason, "a job's record cannot be read; reporting it FAILED");
+    let unknown = "unknown";
+    let now = UnixMillis::now();
+    Record {
+        info: JobInfo {
+            id,
+            owner: Owner::Local(UserName::new("root").expect("a valid constant")),
+            command: Command::new(unknown).expect("a valid constant"),
+            args: Args::default(),
+            state: JobState::Running,
+            pid: None,
+            termination: None,
+            oom_killed: false,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            limits: Default::default(),
+            enforced: Default::default(),
+            usage: Default::default(),
+            output_bytes: 0,
+            output_truncated_bytes: 0,
+            failure: Some(format!("its record could not be recovered: {reason}")),
+        },
+        request_id: None,
+        stop_requested: false,
+    }
+}
+
+/// The init behind `pid`, if it still runs and is that job's: a pidfd opened
+/// for the pid, then checked to be in the job's cgroup (so a reused pid is
+/// never taken for the init).
+fn live_init(job: &Job, pid: u32) -> Option<std::os::fd::OwnedFd> {
+    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    job.cgroup.pids().ok()?.contains(&pid).then_some(pidfd)
+}

@@ -1,0 +1,86 @@
+//! Removing ended jobs: those older than the maximum age, then the oldest
+//! while all job directories together take more than the maximum size. A
+//! running job is never removed (its bytes still count toward the total).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jobworker_ipc::UnixMillis;
+
+use super::Engine;
+use super::job::Job;
+
+/// How long ended jobs are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Ended jobs older than this (milliseconds since they ended) go; 0 keeps
+    /// them regardless of age.
+    pub max_age_ms: u64,
+    /// While all job directories take more bytes than this, the oldest ended
+    /// jobs go; 0 sets no limit.
+    pub max_total_bytes: u64,
+}
+
+impl Engine {
+    /// Applies the retention policy now; returns how many jobs it removed.
+    pub fn enforce_retention(&self) -> usize {
+        let Retention {
+            max_age_ms,
+            max_total_bytes,
+        } = self.config.retention;
+        let jobs: Vec<Arc<Job>> = self.jobs().values().cloned().collect();
+        let mut sized: Vec<(Arc<Job>, u64)> = jobs
+            .into_iter()
+            .map(|job| {
+                let size = dir_size(&job.dir);
+                (job, size)
+            })
+            .collect();
+        let mut total: u64 = sized.iter().map(|(_, size)| size).sum();
+        let mut ended: Vec<(Arc<Job>, UnixMillis, u64)> = sized
+            .drain(..)
+            .filter_map(|(job, size)| {
+                let ended_at = job.status().ended_at?;
+                Some((job, ended_at, size))
+            })
+            .collect();
+        ended.sort_by_key(|(job, ended_at, _)| (*ended_at, job.created_at));
+
+        let now = UnixMillis::now();
+        let mut removed = 0;
+        for (job, ended_at, size) in ended {
+            let too_old = max_age_ms > 0 && now.0.saturating_sub(ended_at.0) > max_age_ms;
+            let too_big = max_total_bytes > 0 && total > max_total_bytes;
+            if !too_old && !too_big {
+                continue;
+            }
+            self.jobs().remove(&job.id);
+            match std::fs::remove_dir_all(&job.dir) {
+                Ok(()) => {
+                    total = total.saturating_sub(size);
+                    removed += 1;
+                    tracing::info!(job = %job.id, too_old, too_big, "retention removed an ended job");
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, dir = %job.dir.display(),
+                        "retention could not remove a job directory");
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// The bytes the files directly in `dir` take.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .filter(|meta| meta.is_file())
+                .map(|meta| meta.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

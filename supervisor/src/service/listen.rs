@@ -1,0 +1,77 @@
+//! The supervisor's listening socket: the one systemd passed (socket
+//! activation), or one it binds itself at the configured path with mode 0660
+//! and the configured group. Binding happens before the runtime starts, while
+//! the process is single-threaded, so the umask can make the socket private
+//! from its first moment.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::{Gid, chown};
+
+/// Where the listening socket came from.
+#[derive(Debug)]
+pub enum Origin {
+    /// systemd passed it.
+    Activated,
+    /// We bound it at this path.
+    Bound(std::path::PathBuf),
+}
+
+/// The listening socket: `activated` if systemd passed one, else bound at
+/// `path`, mode 0660, group `gid`.
+pub fn listener(
+    activated: Option<OwnedFd>,
+    path: &Path,
+    gid: Option<u32>,
+) -> io::Result<(UnixListener, Origin)> {
+    if let Some(fd) = activated {
+        return Ok((UnixListener::from(fd), Origin::Activated));
+    }
+    let context = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| context("creating the directory of", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is in use: another supervisor is serving it",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| context("removing the stale socket", e))?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(context("inspecting", e)),
+    }
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(previous);
+    let listener = bound.map_err(|e| context("binding", e))?;
+    if let Some(gid) = gid {
+        chown(path, None, Some(Gid::from_raw(gid)))
+            .map_err(|e| context("setting the group of", e.into()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| context("setting the mode of", e))?;
+    Ok((listener, Origin::Bound(path.to_path_buf())))
+}

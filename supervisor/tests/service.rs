@@ -1,0 +1,518 @@
+//! The supervisor as a daemon: the real binary, its real socket, real peer
+//! credentials (other uids through `setpriv`), socket activation through
+//! `systemd-socket-activate`, `kill -9` and restart. Run as root, with
+//! `socat` installed; the tests fail (never skip) otherwise.
+#![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
+
+mod cleanup;
+mod daemon;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use daemon::{BINARY, Daemon, decode_responses, encode_call};
+use futures::{SinkExt, StreamExt};
+use jobworker_ipc::{
+    Args, Call, Env, IpcError, JobId, JobInfo, JobSpec, JobState, Limits, Owner, PageSize, Request,
+    RequestId, Response, Role, Termination, UserName, frame, handshake,
+};
+
+fn spec(command: &str, args: &[&str]) -> JobSpec {
+    JobSpec {
+        command: jobworker_ipc::Command::new(command).unwrap(),
+        args: Args::new(args.iter().map(|a| (*a).to_owned()).collect()).unwrap(),
+        env: Env::default(),
+        working_dir: None,
+        limits: Limits::default(),
+        request_id: None,
+    }
+}
+
+fn start(command: &str, args: &[&str]) -> Request {
+    Request::StartJob(spec(command, args))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_operator_can_do_everything() {
+    let d = Daemon::start("");
+    let Response::Pong(info) = d.local(Request::Ping).await else {
+        panic!("no pong");
+    };
+    assert_eq!(info.caller, Owner::Local(UserName::new("root").unwrap()));
+    assert_eq!(info.cgroup_root, d.cgroup_root.display().to_string());
+
+    let job = d.local_job(start("/bin/echo", &["hi"])).await;
+    assert_eq!(job.owner.to_string(), "local:root");
+    let (output, end) = d.output(&job).await;
+    assert_eq!(output, b"hi\n");
+    assert_eq!(end.termination, Some(Termination::Exited(0)));
+    let got = d.local_job(Request::GetJob { job: job.id }).await;
+    assert_eq!(got.state, JobState::Finished);
+
+    let sleeper = d.local_job(start("sleep", &["1000"])).await;
+    let Response::Jobs { jobs, next } = d
+        .local(Request::ListJobs {
+            state: None,
+            limit: PageSize::DEFAULT,
+            after: None,
+        })
+        .await
+    else {
+        panic!("no list");
+    };
+    assert_eq!(
+        jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [sleeper.id, job.id],
+        "newest first"
+    );
+    assert!(next.is_none());
+    let Response::Jobs { jobs, .. } = d
+        .local(Request::ListJobs {
+            state: Some(JobState::Running),
+            limit: PageSize::new(1).unwrap(),
+            after: None,
+        })
+        .await
+    else {
+        panic!("no list");
+    };
+    assert_eq!(jobs.len(), 1);
+    let stopped = d
+        .local_job(Request::StopJob {
+            job: sleeper.id,
+            grace: None,
+        })
+        .await;
+    assert_eq!(stopped.state, JobState::Stopped);
+
+    let missing = JobId::random();
+    assert_eq!(
+        d.local(Request::GetJob { job: missing }).await,
+        Response::Error(IpcError::NotFound { job: missing })
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("audit") && log.contains("op=\"start\""),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauthorized_uid_is_refused() {
+    let d = Daemon::start("");
+    let call = Call {
+        on_behalf_of: None,
+        request: Request::Ping,
+    };
+    let reply = d.raw_as("nobody", &encode_call(&call));
+    assert!(reply.is_empty(), "nobody got {} bytes back", reply.len());
+    assert!(d.log_text().contains("connection refused"));
+    // The supervisor still serves others.
+    assert!(matches!(d.local(Request::Ping).await, Response::Pong(_)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_acts_for_users_within_their_rights() {
+    let d = Daemon::start("");
+    let started = |responses: Vec<Response>| match responses.as_slice() {
+        [Response::Job(info)] => (**info).clone(),
+        other => panic!("expected a job, got {other:?}"),
+    };
+    let bobs = started(d.as_gateway("bob", Role::User, start("sleep", &["1000"])));
+    assert_eq!(bobs.owner, Owner::Remote(UserName::new("bob").unwrap()));
+    let alices = started(d.as_gateway("alice", Role::User, start("/bin/true", &[])));
+
+    for request in [
+        Request::GetJob { job: bobs.id },
+        Request::StopJob {
+            job: bobs.id,
+            grace: None,
+        },
+        Request::StreamOutput {
+            job: bobs.id,
+            offset: 0,
+            follow: false,
+        },
+    ] {
+        assert_eq!(
+            d.as_gateway("alice", Role::User, request),
+            [Response::Error(IpcError::NotFound { job: bobs.id })],
+            "alice must not see bob's job"
+        );
+    }
+    let list = d.as_gateway(
+        "alice",
+        Role::User,
+        Request::ListJobs {
+            state: None,
+            limit: PageSize::DEFAULT,
+            after: None,
+        },
+    );
+    let [Response::Jobs { jobs, .. }] = list.as_slice() else {
+        panic!("{list:?}");
+    };
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [alices.id]);
+
+    let reader = d.as_gateway("rita", Role::Reader, start("/bin/true", &[]));
+    assert!(
+        matches!(
+            reader.as_slice(),
+            [Response::Error(IpcError::PermissionDenied { .. })]
+        ),
+        "{reader:?}"
+    );
+    let seen = d.as_gateway("rita", Role::Reader, Request::GetJob { job: bobs.id });
+    assert!(matches!(seen.as_slice(), [Response::Job(_)]), "{seen:?}");
+
+    // Only the gateway may assert identities, and it must.
+    let call = Call {
+        on_behalf_of: Some(jobworker_ipc::Identity {
+            user: UserName::new("mallory").unwrap(),
+            role: Role::Admin,
+        }),
+        request: Request::Ping,
+    };
+    let mut client = d.connect().await;
+    client.send(call).await.unwrap();
+    assert!(matches!(
+        client.next().await.unwrap().unwrap(),
+        Response::Error(IpcError::PermissionDenied { .. })
+    ));
+    let anonymous = Call {
+        on_behalf_of: None,
+        request: Request::Ping,
+    };
+    let reply = decode_responses(&d.raw_as(daemon::GATEWAY_USER, &encode_call(&anonymous)));
+    assert!(matches!(
+        reply.as_slice(),
+        [Response::Error(IpcError::PermissionDenied { .. })]
+    ));
+
+    let admin = d.as_gateway(
+        "root",
+        Role::Admin,
+        Request::StopJob {
+            job: bobs.id,
+            grace: None,
+        },
+    );
+    assert!(matches!(admin.as_slice(), [Response::Job(info)] if info.state == JobState::Stopped));
+}
+
+/// Sends `bytes` on a fresh connection as root and returns what came back
+/// until the supervisor closed the connection.
+async fn raw(d: &Daemon, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return reply,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            // Closing with our bytes unread makes the kernel reset the
+            // connection: closed all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return reply,
+            Err(e) => panic!("reading the reply: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_close_only_their_connection() {
+    let d = Daemon::start("");
+    let hello = handshake::hello().to_vec();
+    let with_hello = |rest: &[u8]| [hello.as_slice(), rest].concat();
+
+    let garbage = with_hello(&[0, 0, 0, 5, 0xFF, 0xFE, 0xFD, 0xFC, 0xFB]);
+    let oversized = with_hello(&u32::MAX.to_be_bytes());
+    let mut wrong_version = hello.clone();
+    wrong_version[6..].copy_from_slice(&999u16.to_be_bytes());
+    // A call whose identity has a NUL byte: encode a valid one, then patch.
+    let call = Call {
+        on_behalf_of: Some(jobworker_ipc::Identity {
+            user: UserName::new("alice").unwrap(),
+            role: Role::User,
+        }),
+        request: Request::Ping,
+    };
+    let mut nul = Vec::new();
+    frame::encode(&call, &mut nul).unwrap();
+    let at = nul.windows(5).position(|w| w == b"alice").unwrap();
+    nul[at + 2] = 0;
+    let nul_identity = with_hello(&nul);
+
+    for (what, bytes) in [
+        ("garbage", garbage),
+        ("oversized length", oversized),
+        ("wrong protocol version", wrong_version),
+        ("identity with a NUL byte", nul_identity),
+        ("not even a hello", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ] {
+        let reply = raw(&d, &bytes).await;
+        // At most our hello came back: no response frame, connection closed.
+        assert!(reply.len() <= 8, "{what}: got {} bytes", reply.len());
+        assert!(
+            matches!(d.local(Request::Ping).await, Response::Pong(_)),
+            "the next connection is served after {what}"
+        );
+    }
+    let log = d.log_text();
+    assert!(
+        log.contains("bad frame") && log.contains("handshake failed"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_activation_serves_the_passed_socket_and_reports_ready() {
+    let mut d = Daemon::start("");
+    d.kill9();
+    std::fs::remove_file(&d.socket).unwrap();
+    let notify_path = d.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let activated = d.dir.path().join("activated.sock");
+    let mut manager = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&activated)
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .args([BINARY, "--config"])
+        .arg(&d.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian's systemd package) is needed");
+    // The configured socket_path is not used: the passed socket is.
+    for _ in 0..200 {
+        if activated.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stream = tokio::net::UnixStream::connect(&activated).await.unwrap();
+    let mut client = jobworker_ipc::codec::client(stream).await.unwrap();
+    client
+        .send(Call {
+            on_behalf_of: None,
+            request: Request::Ping,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.next().await.unwrap().unwrap(),
+        Response::Pong(_)
+    ));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    assert!(!d.socket.exists(), "the configured path was not bound");
+    let _ = manager.kill();
+    let _ = manager.wait();
+}
+
+async fn wait_state(d: &Daemon, job: JobId, state: JobState) -> JobInfo {
+    for _ in 0..500 {
+        let info = d.local_job(Request::GetJob { job }).await;
+        if info.state == state {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {job} never reached {state:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_outlive_a_killed_supervisor() {
+    let mut d = Daemon::start("");
+    let finished = d.local_job(start("sh", &["-c", "echo done"])).await;
+    wait_state(&d, finished.id, JobState::Finished).await;
+    let counter = d
+        .local_job(start(
+            "sh",
+            &[
+                "-c",
+                "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ))
+        .await;
+    let later = d.local_job(start("sh", &["-c", "sleep 1; exit 5"])).await;
+
+    d.kill9();
+    // `later` ends while nobody supervises; `counter` keeps counting.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    d.spawn();
+
+    let info = wait_state(&d, finished.id, JobState::Finished).await;
+    assert_eq!(info.termination, Some(Termination::Exited(0)));
+    assert_eq!(d.output(&info).await.0, b"done\n");
+    let info = wait_state(&d, later.id, JobState::Finished).await;
+    assert_eq!(
+        info.termination,
+        Some(Termination::Exited(5)),
+        "its real exit status"
+    );
+    let info = d.local_job(Request::GetJob { job: counter.id }).await;
+    assert_eq!(info.state, JobState::Running, "re-adopted");
+    assert_eq!(info.pid, counter.pid);
+
+    // Follow the re-adopted job, then stop it: every count appears once.
+    let follower = {
+        let stream = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        let mut client = jobworker_ipc::codec::client(stream).await.unwrap();
+        client
+            .send(Call {
+                on_behalf_of: None,
+                request: Request::StreamOutput {
+                    job: counter.id,
+                    offset: 0,
+                    follow: true,
+                },
+            })
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            loop {
+                match client.next().await.unwrap().unwrap() {
+                    Response::Output { data, .. } => bytes.extend_from_slice(data.as_slice()),
+                    Response::End(info) => return (bytes, *info),
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = d
+        .local_job(Request::StopJob {
+            job: counter.id,
+            grace: None,
+        })
+        .await;
+    assert_eq!(stopped.state, JobState::Stopped);
+    let (bytes, end) = follower.await.unwrap();
+    assert_eq!(end.state, JobState::Stopped);
+    let text = String::from_utf8(bytes).unwrap();
+    let counts: Vec<u64> = text.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        counts.len() >= 25,
+        "{} counts in 2.5 s and more",
+        counts.len()
+    );
+    assert!(
+        counts.iter().enumerate().all(|(i, &c)| c == i as u64),
+        "a gap or a repeat in {counts:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(d.cgroup_root.join("jobs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "job cgroups left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unrecoverable_job_is_failed_and_killed() {
+    let mut d = Daemon::start("");
+    let job = d.local_job(start("sleep", &["1000"])).await;
+    d.kill9();
+    // Its init is killed while nobody watches, and leaves no exit record.
+    let init = job.pid.unwrap();
+    let _ = Command::new("kill")
+        .args(["-9", &init.to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.spawn();
+    let info = wait_state(&d, job.id, JobState::Failed).await;
+    assert!(info.failure.unwrap().contains("no exit record"));
+    assert!(!d.cgroup_root.join("jobs").join(job.id.to_string()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_removes_the_oldest_ended_jobs_and_never_a_running_one() {
+    let d = Daemon::start("[retention]\nmax_age_secs = 0\nmax_total_bytes = 250000\n");
+    let running = d.local_job(start("sleep", &["1000"])).await;
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let job = d
+            .local_job(start("head", &["-c", "100000", "/dev/zero"]))
+            .await;
+        d.output(&job).await;
+        ended.push(job);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        d.local(Request::GetJob { job: ended[0].id }).await,
+        Response::Error(IpcError::NotFound { job: ended[0].id }),
+        "the oldest ended job went"
+    );
+    assert!(!d.state.join("jobs").join(ended[0].id.to_string()).exists());
+    for job in &ended[1..] {
+        assert_eq!(
+            d.local_job(Request::GetJob { job: job.id }).await.state,
+            JobState::Finished
+        );
+    }
+    assert_eq!(
+        d.local_job(Request::GetJob { job: running.id }).await.state,
+        JobState::Running
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_id_gives_one_job() {
+    let d = Daemon::start("");
+    let mut retried = spec("sleep", &["1000"]);
+    retried.request_id = Some(RequestId::new("retry-42").unwrap());
+    let first = d.local_job(Request::StartJob(retried.clone())).await;
+    let second = d.local_job(Request::StartJob(retried)).await;
+    assert_eq!(first.id, second.id);
+    let Response::Jobs { jobs, .. } = d
+        .local(Request::ListJobs {
+            state: None,
+            limit: PageSize::DEFAULT,
+            after: None,
+        })
+        .await
+    else {
+        panic!("no list");
+    };
+    assert_eq!(jobs.len(), 1);
+}
+
+#[test]
+fn check_config_prints_the_effective_config_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "state_dir = \"/srv/jobs\"\n").unwrap();
+    let out = Command::new(BINARY)
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("state_dir = \"/srv/jobs\"") && text.contains("job_user = \"nobody\""),
+        "{text}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "stat_dir = \"/srv/jobs\"\n").unwrap();
+    let out = Command::new(BINARY)
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stat_dir"));
+}
