@@ -269,7 +269,8 @@ pub struct JobInfo {
     pub enforced: EnforcedLimits,
     /// What it used.
     pub usage: Usage,
-    /// Bytes of output it wrote, including dropped ones.
+    /// Bytes of output it wrote: while it runs, those in its log so far;
+    /// once it has ended, all of them, including any dropped over the cap.
     pub output_bytes: u64,
     /// Bytes dropped over the per-job output cap.
     pub output_truncated_bytes: u64,

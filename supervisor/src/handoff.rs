@@ -60,6 +60,9 @@ pub enum InitReport {
 pub struct ExitRecord {
     /// The command's exit code or signal.
     pub termination: Termination,
+    /// A stop request reached the init before the command ended (so the job
+    /// was stopped, rather than finished by itself).
+    pub stopped: bool,
     /// Output bytes the job wrote, including dropped ones.
     pub output_bytes: u64,
     /// Output bytes dropped over the cap.

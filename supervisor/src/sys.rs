@@ -8,8 +8,8 @@
 //!   clone: no allocation, no locks, no logging.
 //! - [`fork`]: fork in the job's init, which is single-threaded.
 //! - [`loopback_up`]: the `SIOCSIFFLAGS` ioctl that brings `lo` up.
-//! - [`default_sigpipe`], [`close_fds_from`], [`take_control_fd`]: process
-//!   hygiene around exec.
+//! - [`default_signal_dispositions`], [`close_fds_from`], [`take_control_fd`]:
+//!   process hygiene around exec.
 #![allow(
     unsafe_code,
     reason = "the supervisor's syscall module: clone3, fork, ioctl, sigaction"
@@ -185,19 +185,45 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// Restores the default action of SIGPIPE, which the Rust runtime ignores and
-/// which would otherwise stay ignored in the exec'd command.
-pub fn default_sigpipe() -> io::Result<()> {
-    // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal
-    // context.
-    unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        )
+/// The kernel's `struct sigaction` for `rt_sigaction` on x86_64 and
+/// aarch64 (not glibc's, which is larger and reordered).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Puts every signal back to its default action: signals the supervisor (or
+/// whoever started it) ignores, SIGPIPE among them since the Rust runtime
+/// ignores it, would otherwise stay ignored in the exec'd command. The raw
+/// system call reaches the signals glibc reserves for itself (32, 33), which
+/// its `signal()` refuses to touch.
+pub fn default_signal_dispositions() {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid kernel sigaction that installs no
+        // handler (SIG_DFL), so no code can run in signal context; the old
+        // action is not asked for; the mask size is the kernel's (64 bits).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &raw const default,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
     }
-    .map(drop)
-    .map_err(io::Error::from)
 }
 
 /// What [`close_fds_from`] does to each fd.

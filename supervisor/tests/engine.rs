@@ -111,7 +111,7 @@ async fn jobs_are_isolated() {
     let status = run_text(
         &t,
         "grep",
-        &["-E", "^(Cap|NoNewPrivs)", "/proc/self/status"],
+        &["-E", "^(Cap|NoNewPrivs|SigBlk|SigIgn)", "/proc/self/status"],
     )
     .await;
     for line in status.lines() {
@@ -123,7 +123,7 @@ async fn jobs_are_isolated() {
         };
         assert_eq!(value.trim(), expected, "{line}");
     }
-    assert_eq!(status.lines().count(), 6, "{status}");
+    assert_eq!(status.lines().count(), 8, "{status}");
 
     let fds = run_text(&t, "ls", &["/proc/self/fd"]).await;
     let mut fds: Vec<u32> = fds.lines().map(|l| l.parse().unwrap()).collect();
@@ -374,4 +374,43 @@ async fn unenforceable_limits_are_reported_or_refused() {
             assert!(strict.job_dirs().is_empty());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_racing_with_the_commands_own_end_leaves_it_finished() {
+    let t = TestEngine::new();
+    let job = t.start("sh", &["-c", "sleep 0.2; exit 7"]).await.unwrap();
+    let cgroup = t.cgroup_root.join("jobs").join(job.id.to_string());
+    // Wait until only the init is left (the command has ended), then stop.
+    for _ in 0..2000 {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        if procs.lines().count() <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let info = t.engine.stop(job.id, None).await.unwrap();
+    assert_eq!(info.termination, Some(Termination::Exited(7)));
+    assert_eq!(info.state, JobState::Finished, "it ended by itself");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grace_period_over_the_maximum_is_refused() {
+    let t = TestEngine::with(|c| c.grace = Duration::from_secs(2));
+    let job = t.start("sleep", &["1000"]).await.unwrap();
+    let err = t
+        .engine
+        .stop(job.id, Some(Duration::from_secs(3)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IpcError::InvalidArgument { ref field, .. } if field == "grace_period"),
+        "{err:?}"
+    );
+    let stopped = t
+        .engine
+        .stop(job.id, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(stopped.state, JobState::Stopped);
 }

@@ -122,6 +122,9 @@ pub struct Job {
     pub pidfd: Mutex<Option<OwnedFd>>,
     status: Mutex<Status>,
     changed: watch::Sender<u64>,
+    /// Held while the record is built and written, so that the last write
+    /// holds the latest status.
+    persisting: Mutex<()>,
 }
 
 impl Job {
@@ -154,6 +157,7 @@ impl Job {
             pidfd: Mutex::new(None),
             status: Mutex::new(status),
             changed: watch::channel(0).0,
+            persisting: Mutex::new(()),
         }
     }
 
@@ -219,6 +223,7 @@ impl Job {
 
     /// Writes the record atomically.
     pub fn persist(&self) -> std::io::Result<()> {
+        let _one_at_a_time = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
         let record = Record {
             info: self.info(),
             request_id: self.request_id.clone(),

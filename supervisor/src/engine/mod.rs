@@ -62,7 +62,8 @@ pub struct EngineConfig {
     pub strict_limits: bool,
     /// Output bytes kept per job.
     pub output_cap: u64,
-    /// The grace period of a stop, and the longest a request may ask for.
+    /// The grace period of a stop, and the longest a request may ask for (a
+    /// longer one is refused).
     pub grace: Duration,
     /// The block device io limits apply to; `None` means the one holding
     /// the state directory.
@@ -180,6 +181,15 @@ impl Engine {
     /// it could not be (then nothing of the job remains). A request id that
     /// `owner` used before returns that job instead.
     pub async fn start(self: &Arc<Self>, owner: Owner, spec: JobSpec) -> Result<JobInfo, IpcError> {
+        // In a task of its own: a caller that goes away (a dropped connection,
+        // a shutdown) must not cancel a start half-way and orphan the job.
+        let engine = Arc::clone(self);
+        tokio::spawn(async move { engine.start_job(owner, spec).await })
+            .await
+            .unwrap_or_else(|e| Err(internal(format!("the start task failed: {e}"))))
+    }
+
+    async fn start_job(self: Arc<Self>, owner: Owner, spec: JobSpec) -> Result<JobInfo, IpcError> {
         let _one_at_a_time = match &spec.request_id {
             Some(request_id) => {
                 let guard = self.idempotency.lock().await;
@@ -270,10 +280,17 @@ impl Engine {
             Err(reason) => Some(internal(reason)),
         };
         if let Some(error) = failure {
-            // The init exits by itself after a failed exec; kill its cgroup in
-            // case it hangs, and leave nothing behind.
+            // The init exits by itself after a failed exec; kill it (and its
+            // cgroup) in case it hangs, reap it, and leave nothing behind.
+            let _ =
+                rustix::process::pidfd_send_signal(&started.pidfd, rustix::process::Signal::KILL);
             let _ = job.cgroup.kill();
-            let _ = monitor::wait_exit(started.pidfd).await;
+            if tokio::time::timeout(Duration::from_secs(10), monitor::wait_exit(started.pidfd))
+                .await
+                .is_err()
+            {
+                tracing::error!(job = %id, "a failed job's init did not exit after SIGKILL");
+            }
             let cleanup = job.cgroup.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = cleanup.wait_empty(Duration::from_secs(10));
@@ -366,7 +383,20 @@ impl Engine {
     /// once nothing of the job runs. Stopping an ended job returns it as is.
     pub async fn stop(&self, id: JobId, grace: Option<Duration>) -> Result<JobInfo, IpcError> {
         let job = self.job(id)?;
-        let grace = grace.map_or(self.config.grace, |g| g.min(self.config.grace));
+        let grace = match grace {
+            None => self.config.grace,
+            Some(asked) if asked <= self.config.grace => asked,
+            Some(asked) => {
+                return Err(IpcError::InvalidArgument {
+                    field: "grace_period".into(),
+                    reason: format!(
+                        "{} ms is longer than this server's maximum of {} ms",
+                        asked.as_millis(),
+                        self.config.grace.as_millis()
+                    ),
+                });
+            }
+        };
         let mut changes = job.subscribe();
         let already_ended = {
             let mut status = job.status();
@@ -430,7 +460,7 @@ impl Engine {
             .iter()
             .map(|job| job.info())
             .filter(|info| state.is_none_or(|s| info.state == s))
-            .take(limit + 1)
+            .take(limit.saturating_add(1))
             .collect();
         page(infos, limit)
     }

@@ -76,9 +76,12 @@ pub async fn settle(job: &Arc<Job>) {
                 status.ended_at = Some(record.ended_at);
                 status.output_bytes = record.output_bytes;
                 status.truncated_bytes = record.truncated_bytes;
+                // Stopped only if the stop reached the init while the
+                // command still ran: a stop that raced with the command's own
+                // end leaves the job FINISHED, as it ended by itself.
                 status.state = if status.failure.is_some() {
                     JobState::Failed
-                } else if status.stop_requested {
+                } else if record.stopped {
                     JobState::Stopped
                 } else {
                     JobState::Finished

@@ -45,9 +45,12 @@ pub async fn start(
         .map_err(|e| format!("clone3 into {}: {e}", cgroup.path().display()))?;
     drop(theirs);
 
-    ours.set_nonblocking(true)
-        .map_err(|e| format!("control socket: {e}"))?;
-    let report = match tokio::net::UnixStream::from_std(ours) {
+    // From here on the init runs: every failure becomes its report, so that
+    // the caller kills and reaps it.
+    let report = match ours
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(ours))
+    {
         Ok(mut control) => tokio::time::timeout(REPORT_TIMEOUT, exchange(&mut control, spec))
             .await
             .unwrap_or_else(|_| Err("the job's init did not report within 30 s".into())),

@@ -1,7 +1,8 @@
 //! Forking the job's command with everything it must not have taken away:
 //! supplementary groups cleared, uid/gid set to the job account, every
 //! capability dropped (bounding, ambient, inheritable, permitted, effective),
-//! no_new_privs set, stdin on `/dev/null`, stdout and stderr on the output
+//! no_new_privs set, every signal at its default action and none blocked, an
+//! OOM score of its own, stdin on `/dev/null`, stdout and stderr on the output
 //! pipe, no other fd, the given environment only.
 //!
 //! Exec errors are synchronous: the child reports a failure on a close-on-exec
@@ -18,6 +19,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use rustix::thread::CapabilitySet;
 
+use super::setup::{OOM_EXEMPT, OOM_SCORE_ADJ};
 use crate::handoff::InitSpec;
 use crate::sys;
 
@@ -184,7 +186,14 @@ fn exec_child(p: &Prepared, output: OwnedFd) -> (Step, Errno) {
 
 fn stdio(output: OwnedFd) -> Result<(), Errno> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-    sys::default_sigpipe().map_err(|_| Errno::EINVAL)?;
+    sys::default_signal_dispositions();
+    // Undo the init's exemption from the OOM killer (raising a score is
+    // always allowed); the command must be the one the OOM killer picks.
+    let score = std::fs::read_to_string(OOM_SCORE_ADJ).unwrap_or_default();
+    if score.trim() == OOM_EXEMPT {
+        std::fs::write(OOM_SCORE_ADJ, "0")
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    }
     nix::unistd::setsid()?;
     let null = nix::fcntl::open(
         "/dev/null",

@@ -25,7 +25,6 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 
-use jobworker_ipc::UnixMillis;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -62,6 +61,9 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("closing inherited fds: {e}"))?;
     let control = sys::take_control_fd().map_err(|e| format!("control socket: {e}"))?;
     let mut control = UnixStream::from(control);
+    // Its own session: a terminal's Ctrl-C or hangup that reaches the
+    // supervisor's process group must not reach the jobs.
+    nix::unistd::setsid().map_err(|e| format!("starting a session: {e}"))?;
     let spec: InitSpec =
         handoff::read_message(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
 
@@ -85,9 +87,10 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("pumping output: {e}"))?;
     let record = ExitRecord {
         termination: outcome.termination,
+        stopped: outcome.stopped,
         output_bytes: outcome.output_bytes,
         truncated_bytes: outcome.dropped_bytes,
-        ended_at: UnixMillis::now(),
+        ended_at: outcome.ended_at,
     };
     let path = spec.job_dir.join(EXIT_FILE);
     atomic::write_json(&path, &record).map_err(|e| format!("writing {}: {e}", path.display()))

@@ -2,13 +2,14 @@
 //! the rest drained and counted), SIGTERM/SIGINT forwarded to the command,
 //! SIGUSR1 ("stop now") turned into SIGKILL for every process of the job,
 //! orphans reaped. When the command has ended, whatever is left of the job is
-//! killed (so no one holds the pipe open) and the pipe is drained to its end.
+//! killed and reaped, and what remains in the pipe is drained (without waiting
+//! for an end of file that a process outside the job could hold back).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
-use jobworker_ipc::Termination;
+use jobworker_ipc::{Termination, UnixMillis};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
@@ -20,6 +21,11 @@ use nix::unistd::Pid;
 pub struct Outcome {
     /// How the command ended.
     pub termination: Termination,
+    /// When the command ended.
+    pub ended_at: UnixMillis,
+    /// A stop (SIGTERM, SIGINT or SIGUSR1) reached the init before the
+    /// command ended.
+    pub stopped: bool,
     /// Bytes the job wrote.
     pub output_bytes: u64,
     /// Bytes dropped over the cap (or because the log could not be written).
@@ -73,10 +79,11 @@ pub fn run(
         failed: false,
     };
     let mut termination = None;
-    let mut rest_killed = false;
+    let mut ended_at = UnixMillis(0);
+    let mut stopped = false;
     let mut buf = vec![0u8; 64 * 1024];
 
-    while termination.is_none() || output.is_some() {
+    while termination.is_none() {
         let (output_ready, signal_ready) = {
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if let Some(pipe) = &output {
@@ -100,45 +107,71 @@ pub fn run(
         if signal_ready {
             while let Some(info) = signals.read_signal()? {
                 match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) if termination.is_none() => {
+                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                        stopped = true;
                         let _ = kill(command, sig);
                     }
                     Ok(Signal::SIGUSR1) => {
+                        stopped = true;
                         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     }
                     _ => {}
                 }
             }
-            reap(command, &mut termination)?;
-        }
-        if termination.is_some() && !rest_killed {
-            // The job is its command: what it left behind goes with it. As
-            // pid 1, kill(-1) reaches every other process of the namespace.
-            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-            rest_killed = true;
+            if reap(command, &mut termination)? {
+                ended_at = UnixMillis::now();
+            }
         }
     }
-    // Everyone got SIGKILL; collect them so none lingers as a zombie.
+    // The job is its command: what it left behind goes with it. As pid 1,
+    // kill(-1) reaches every other process of the namespace; collect them
+    // all, so that none lingers as a zombie and none still writes.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(Pid::from_raw(-1), None).is_ok() {}
+    if let Some(mut pipe) = output {
+        drain(&mut pipe, &mut sink, &mut buf)?;
+    }
     sink.log.sync_data()?;
     Ok(Outcome {
         termination: termination.ok_or_else(|| io::Error::other("command status lost"))?,
+        ended_at,
+        stopped,
         output_bytes: sink.written + sink.dropped,
         dropped_bytes: sink.dropped,
     })
 }
 
-/// Reaps every exited child; records the command's status when it is one.
-fn reap(command: Pid, termination: &mut Option<Termination>) -> io::Result<()> {
+/// Reads what is left in the pipe once every process of the job is gone. It
+/// does not wait for EOF: a process outside the job that got hold of the
+/// pipe's write end must not keep the job from ending.
+fn drain(pipe: &mut File, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
+    rustix::fs::fcntl_setfl(&*pipe, rustix::fs::OFlags::NONBLOCK)?;
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => sink.take(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reaps every exited child; records the command's status when it is one,
+/// and says whether it was.
+fn reap(command: Pid, termination: &mut Option<Termination>) -> io::Result<bool> {
+    let mut found = false;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == command => {
                 *termination = Some(Termination::Exited(code));
+                found = true;
             }
             Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => {
                 *termination = Some(Termination::Signaled(signal as i32));
+                found = true;
             }
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(found),
             Ok(_) => {}
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
