@@ -87,6 +87,10 @@ mod tests {
         });
         let content = fs::read(&path).unwrap();
         assert!(content.iter().all(|&b| b == content[0]), "mixed content");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

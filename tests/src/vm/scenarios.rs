@@ -243,10 +243,7 @@ pub async fn memory(bed: &Bed) -> Result<Outcome> {
     );
     checks.check(
         peak.is_some_and(|p| p <= LIMIT),
-        format!(
-            "the job's memory.peak reached {} > the limit",
-            shown(peak)
-        ),
+        format!("the job's memory.peak reached {} > the limit", shown(peak)),
     );
     checks.check(
         jobs_peak.is_some_and(|p| p <= CEILING),
