@@ -257,6 +257,14 @@ impl Config {
             .transpose()
             .map_err(|r| invalid("gateway_user", r))?
             .map(|user| user.uid.as_raw());
+        if gateway_uid == Some(job_uid) {
+            return Err(invalid(
+                "gateway_user",
+                "is the job account too: any job could then act as the gateway and claim \
+                 to be any user; give the gateway and the jobs different accounts"
+                    .into(),
+            ));
+        }
         if gateway_uid == Some(0) {
             return Err(invalid(
                 "gateway_user",
@@ -444,6 +452,10 @@ mod tests {
             ("job_user = \"no-such-user-here\"", "job_user"),
             ("job_user = \"root\"", "job_user"),
             ("gateway_user = \"root\"", "gateway_user"),
+            (
+                "gateway_user = \"nobody\"\njob_user = \"nobody\"",
+                "gateway_user",
+            ),
             ("operator_group = \"no-such-group-here\"", "operator_group"),
             ("io_device = \"sda\"", "io_device"),
             ("grace_period_ms = 0", "grace_period_ms"),
@@ -474,10 +486,10 @@ mod tests {
     #[test]
     fn names_and_numbers_resolve() {
         let config =
-            parse("job_user = \"65534\"\njob_group = \"65534\"\ngateway_user = \"nobody\"\nio_device = \"8:0\"")
+            parse("job_user = \"65534\"\njob_group = \"65534\"\ngateway_user = \"daemon\"\nio_device = \"8:0\"")
                 .unwrap();
         assert_eq!((config.job_uid, config.job_gid), (65534, 65534));
-        assert_eq!(config.gateway_uid, Some(65534));
+        assert_eq!(config.gateway_uid, Some(1));
         assert_eq!(config.io_device, Some((8, 0)));
     }
 
