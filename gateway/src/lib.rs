@@ -1,4 +1,31 @@
-//! The gateway: terminates mTLS gRPC, derives the caller's identity from the
-//! client certificate, authorizes the call and forwards it to the supervisor.
-//! It never runs as root. Built in the gateway issue.
+//! The gateway: the only network-facing process of jobworker. It terminates
+//! mutual TLS 1.3 gRPC, takes the caller's identity from the client
+//! certificate, authorizes the call and forwards it to the supervisor over
+//! its Unix socket, asserting the identity. It never runs as root.
+//!
+//! - [`config`]: the TOML configuration, resolved and validated.
+//! - [`tls`]: the rustls server configuration (TLS 1.3 only, client
+//!   certificates required), its files, and reloading them.
+//! - [`listener`]: accepting connections, TLS handshakes with a timeout, the
+//!   connection limit.
+//! - [`identity`]: the caller's user name and role from their certificate.
+//! - [`authz`]: who may make which call on which job: one pure function.
+//! - [`supervisor`]: the supervisor's client: a connection per output
+//!   stream, a small pool for unary calls.
+//! - [`convert`]: proto <-> ipc messages, ipc errors -> gRPC statuses.
+//! - [`service`]: the job service (`jobworker.v1.JobService`).
+//! - [`server`]: the gRPC server with health and reflection, signals.
+//! - [`privileges`]: dropping root after binding, and checking nothing is
+//!   left.
 #![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod config;
+pub mod convert;
+pub mod identity;
+pub mod listener;
+pub mod privileges;
+pub mod server;
+pub mod service;
+pub mod supervisor;
+pub mod tls;

@@ -1,0 +1,391 @@
+//! The gateway's configuration: a TOML file (default
+//! `/etc/jobworker/gateway.toml`) in which every key is optional and has a
+//! default. Unknown keys and invalid values are errors that name the key.
+//! [`FileConfig`] is the file as written; [`Config`] is what it resolves to
+//! (the listen address parsed, the run-as account looked up, durations typed).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{Group, Uid, User};
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is read from by default.
+pub const DEFAULT_PATH: &str = "/etc/jobworker/gateway.toml";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading the configuration {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a value of the
+    /// wrong type (toml's message names the key and the line).
+    #[error("in {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A key has a value that cannot be used.
+    #[error("in {path}: `{key}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The configuration file as written, with defaults for missing keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// The TCP address to listen on (`IP:PORT`; port 0 picks a free one).
+    pub listen: String,
+    /// The server certificate chain (PEM, leaf first). The three TLS files
+    /// are read again on SIGHUP by the gateway's own (unprivileged) account,
+    /// so they must be readable by it: the key owned by `run_as_user`.
+    pub server_cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, SEC1 or PKCS#1); refused if
+    /// group or others have any access to it (mode 0600 or 0400).
+    pub server_key: PathBuf,
+    /// The CA certificates (PEM) that client certificates must chain to; a
+    /// separate CA from the one that signed `server_cert`.
+    pub client_ca: PathBuf,
+    /// The supervisor's Unix socket.
+    pub supervisor_socket: PathBuf,
+    /// The account (name or uid) the gateway switches to when started as
+    /// root. Required when started as root.
+    pub run_as_user: Option<String>,
+    /// The group (name or gid) the gateway switches to; the run-as user's
+    /// primary group when unset.
+    pub run_as_group: Option<String>,
+    /// How long a client has to complete the TLS handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// The most TLS connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// The most concurrent gRPC calls (HTTP/2 streams) on one connection.
+    pub max_concurrent_streams: u32,
+    /// The most `StreamOutput` calls open at once (each holds a supervisor
+    /// connection); more are refused with RESOURCE_EXHAUSTED.
+    pub max_output_streams: usize,
+    /// The most unary calls in flight to the supervisor at once (each holds
+    /// a supervisor connection); more wait for a free slot.
+    pub max_unary_calls: usize,
+    /// The most idle supervisor connections kept for unary calls.
+    pub max_idle_supervisor_connections: usize,
+    /// The largest request message accepted, in bytes (any service).
+    pub max_request_bytes: usize,
+    /// How long connecting to the supervisor (and its handshake) may take,
+    /// in milliseconds.
+    pub supervisor_connect_timeout_ms: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            server_cert: PathBuf::from("/etc/jobworker/tls/server.pem"),
+            server_key: PathBuf::from("/etc/jobworker/tls/server.key"),
+            client_ca: PathBuf::from("/etc/jobworker/tls/client-ca.pem"),
+            supervisor_socket: PathBuf::from("/run/jobworker/supervisor.sock"),
+            run_as_user: None,
+            run_as_group: None,
+            handshake_timeout_ms: 10_000,
+            max_connections: 1024,
+            max_concurrent_streams: 256,
+            max_output_streams: 512,
+            max_unary_calls: 256,
+            max_idle_supervisor_connections: 16,
+            max_request_bytes: MAX_REQUEST_BYTES,
+            supervisor_connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The largest `max_request_bytes`: a request is forwarded as one ipc frame,
+/// so nothing larger could be valid.
+pub const MAX_REQUEST_BYTES: usize = jobworker_ipc::MAX_FRAME_LEN;
+
+/// The smallest `max_request_bytes`.
+pub const MIN_REQUEST_BYTES: usize = 1024;
+
+/// The unprivileged account the gateway switches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    /// The account's name (for its supplementary groups).
+    pub user: String,
+    /// Its uid (never 0).
+    pub uid: u32,
+    /// The gid to run with (never 0).
+    pub gid: u32,
+}
+
+/// The configuration resolved and validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file's values.
+    pub file: FileConfig,
+    /// `listen`, parsed.
+    pub listen: SocketAddr,
+    /// `run_as_user` and `run_as_group`, resolved.
+    pub run_as: Option<RunAs>,
+    /// `handshake_timeout_ms`.
+    pub handshake_timeout: Duration,
+    /// `supervisor_connect_timeout_ms`.
+    pub supervisor_connect_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and resolves the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and resolves `text`, read from `path` (for messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Self::resolve(path, file)
+    }
+
+    fn resolve(path: &Path, file: FileConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            reason,
+        };
+        let positive_ms = |key: &str, value: u64| {
+            if value == 0 {
+                Err(invalid(key, "must be greater than 0".into()))
+            } else {
+                Ok(Duration::from_millis(value))
+            }
+        };
+        let listen: SocketAddr = file.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!(
+                    "{:?} is not an IP:PORT address (e.g. \"127.0.0.1:8443\" or \"[::]:8443\")",
+                    file.listen
+                ),
+            )
+        })?;
+        for (key, value) in [
+            ("server_cert", &file.server_cert),
+            ("server_key", &file.server_key),
+            ("client_ca", &file.client_ca),
+            ("supervisor_socket", &file.supervisor_socket),
+        ] {
+            if !value.is_absolute() {
+                return Err(invalid(key, "must be an absolute path".into()));
+            }
+        }
+        for (key, value) in [
+            ("max_connections", file.max_connections),
+            (
+                "max_concurrent_streams",
+                file.max_concurrent_streams as usize,
+            ),
+            ("max_output_streams", file.max_output_streams),
+            ("max_unary_calls", file.max_unary_calls),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES).contains(&file.max_request_bytes) {
+            return Err(invalid(
+                "max_request_bytes",
+                format!(
+                    "{} is out of range {MIN_REQUEST_BYTES}..={MAX_REQUEST_BYTES}",
+                    file.max_request_bytes
+                ),
+            ));
+        }
+        let run_as = match (&file.run_as_user, &file.run_as_group) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "run_as_group",
+                    "is set without run_as_user; set both, or neither".into(),
+                ));
+            }
+            (Some(user), group) => {
+                let account = lookup_user(user).map_err(|r| invalid("run_as_user", r))?;
+                if account.uid.is_root() {
+                    return Err(invalid(
+                        "run_as_user",
+                        "the gateway must not run as root; pick an unprivileged account".into(),
+                    ));
+                }
+                let (gid, key) = match group {
+                    Some(group) => (
+                        lookup_group(group).map_err(|r| invalid("run_as_group", r))?,
+                        "run_as_group",
+                    ),
+                    None => (account.gid.as_raw(), "run_as_user"),
+                };
+                if gid == 0 {
+                    return Err(invalid(
+                        key,
+                        "the gateway must not run with group 0 (root); pick another group".into(),
+                    ));
+                }
+                Some(RunAs {
+                    user: account.name,
+                    uid: account.uid.as_raw(),
+                    gid,
+                })
+            }
+        };
+        Ok(Self {
+            listen,
+            run_as,
+            handshake_timeout: positive_ms("handshake_timeout_ms", file.handshake_timeout_ms)?,
+            supervisor_connect_timeout: positive_ms(
+                "supervisor_connect_timeout_ms",
+                file.supervisor_connect_timeout_ms,
+            )?,
+            file,
+        })
+    }
+
+    /// The effective configuration as TOML, with what names resolved to.
+    pub fn describe(&self) -> String {
+        let mut out = toml::to_string(&self.file)
+            .unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"));
+        match &self.run_as {
+            Some(run_as) => out.push_str(&format!(
+                "\n# resolved: when started as root, runs as {} (uid {} gid {})\n",
+                run_as.user, run_as.uid, run_as.gid
+            )),
+            None => out.push_str(
+                "\n# resolved: no run-as account; the gateway refuses to start as root\n",
+            ),
+        }
+        out
+    }
+}
+
+/// Looks up an account by name or number.
+fn lookup_user(name: &str) -> Result<User, String> {
+    let found = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(name),
+    };
+    found
+        .map_err(|e| format!("looking up user {name:?}: {e}"))?
+        .ok_or_else(|| format!("no such user {name:?}"))
+}
+
+/// Looks up a group by name or number.
+fn lookup_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    Group::from_name(name)
+        .map_err(|e| format!("looking up group {name:?}: {e}"))?
+        .map(|group| group.gid.as_raw())
+        .ok_or_else(|| format!("no such group {name:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.file, FileConfig::default());
+        assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(config.run_as, None);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("lisen = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("listen = \"localhost\"", "listen"),
+            ("server_cert = \"server.pem\"", "server_cert"),
+            ("server_key = \"k\"", "server_key"),
+            ("client_ca = \"ca.pem\"", "client_ca"),
+            ("supervisor_socket = \"s.sock\"", "supervisor_socket"),
+            ("run_as_user = \"no-such-user-here\"", "run_as_user"),
+            ("run_as_user = \"root\"", "run_as_user"),
+            ("run_as_user = \"0\"", "run_as_user"),
+            ("run_as_group = \"nogroup\"", "run_as_group"),
+            (
+                "run_as_user = \"nobody\"\nrun_as_group = \"no-such-group-here\"",
+                "run_as_group",
+            ),
+            (
+                "run_as_user = \"nobody\"\nrun_as_group = \"root\"",
+                "run_as_group",
+            ),
+            ("handshake_timeout_ms = 0", "handshake_timeout_ms"),
+            (
+                "supervisor_connect_timeout_ms = 0",
+                "supervisor_connect_timeout_ms",
+            ),
+            ("max_connections = 0", "max_connections"),
+            ("max_concurrent_streams = 0", "max_concurrent_streams"),
+            ("max_output_streams = 0", "max_output_streams"),
+            ("max_unary_calls = 0", "max_unary_calls"),
+            ("max_request_bytes = 10", "max_request_bytes"),
+            ("max_request_bytes = 1073741824", "max_request_bytes"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+        let err = parse("handshake_timeout_ms = \"5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("handshake_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_run_as_account_resolves() {
+        let config = parse("run_as_user = \"nobody\"\nrun_as_group = \"nogroup\"").unwrap();
+        let run_as = config.run_as.unwrap();
+        assert_eq!((run_as.user.as_str(), run_as.uid), ("nobody", 65534));
+        assert_ne!(run_as.gid, 0);
+        let by_number = parse("run_as_user = \"65534\"").unwrap().run_as.unwrap();
+        assert_eq!(by_number.user, "nobody");
+        assert_eq!(by_number.gid, 65534, "nobody's primary group");
+    }
+
+    #[test]
+    fn the_description_parses_back() {
+        let config = parse("listen = \"[::1]:9443\"\nrun_as_user = \"nobody\"").unwrap();
+        let again = parse(&config.describe()).unwrap();
+        assert_eq!(again.file, config.file);
+    }
+}

@@ -1,0 +1,164 @@
+//! Who the caller is, from the client certificate the TLS handshake
+//! verified: the subject CN is the user name (a valid
+//! [`jobworker_ipc::UserName`]), the role is the UTF8String in extension
+//! OID 1.2.840.10070.8.1. A certificate without a usable identity still
+//! completes the handshake; each call on its connection is then refused with
+//! PERMISSION_DENIED and the reason (see [`IdentityError`]).
+
+use jobworker_certs::{RoleError, common_name_from_der, role_from_der};
+use jobworker_ipc::{Identity, Role, UserName};
+
+/// Why a verified client certificate names no usable identity. The messages
+/// are meant for the certificate's holder.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The connection has no client certificate (never after a completed
+    /// handshake, which requires one).
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    /// The subject has no single UTF-8 common name.
+    #[error("the client certificate names no user: {0}")]
+    CommonName(String),
+    /// The common name is not a valid user name.
+    #[error("the client certificate's common name {name:?} is not a valid user name: {reason}")]
+    UserName {
+        /// The common name.
+        name: String,
+        /// Why it is not valid.
+        reason: String,
+    },
+    /// No role extension, more than one, a malformed one, or an unknown role.
+    #[error("the client certificate grants no role: {0}")]
+    Role(String),
+}
+
+/// The identity a DER client certificate names.
+pub fn identity_from_der(der: &[u8]) -> Result<Identity, IdentityError> {
+    let name = common_name_from_der(der).map_err(|e| IdentityError::CommonName(e.to_string()))?;
+    let user = UserName::new(name.clone()).map_err(|e| IdentityError::UserName {
+        name,
+        reason: e.reason,
+    })?;
+    let role = role_from_der(der).map_err(|e| IdentityError::Role(role_reason(&e)))?;
+    Ok(Identity {
+        user,
+        role: match role {
+            jobworker_certs::Role::Admin => Role::Admin,
+            jobworker_certs::Role::User => Role::User,
+            jobworker_certs::Role::Reader => Role::Reader,
+        },
+    })
+}
+
+/// The identity of a connection's peer from its certificate chain (leaf
+/// first), as the TLS library reports it.
+pub fn identity_of_chain(chain: Option<&[impl AsRef<[u8]>]>) -> Result<Identity, IdentityError> {
+    match chain.and_then(<[_]>::first) {
+        Some(leaf) => identity_from_der(leaf.as_ref()),
+        None => Err(IdentityError::NoCertificate),
+    }
+}
+
+fn role_reason(e: &RoleError) -> String {
+    match e {
+        RoleError::Missing => "it has no role extension (1.2.840.10070.8.1)".into(),
+        RoleError::Duplicate { count } => {
+            format!("it has {count} role extensions (1.2.840.10070.8.1); exactly one is allowed")
+        }
+        RoleError::Malformed { .. } => {
+            "its role extension (1.2.840.10070.8.1) is malformed: not a DER UTF8String".into()
+        }
+        RoleError::Unknown(unknown) => format!(
+            "its role extension names an unknown role {:?} (expected admin, user or reader)",
+            unknown.0
+        ),
+        RoleError::Certificate(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair};
+
+    use super::*;
+
+    /// A self-signed certificate with this CN and these role extension
+    /// contents (raw DER); signing does not matter to identity parsing.
+    fn cert(cn: Option<&str>, roles: &[Vec<u8>]) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.custom_extensions = roles
+            .iter()
+            .map(|content| {
+                CustomExtension::from_oid_content(jobworker_certs::ROLE_OID, content.clone())
+            })
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn utf8(s: &str) -> Vec<u8> {
+        let mut der = vec![0x0c, u8::try_from(s.len()).unwrap()];
+        der.extend_from_slice(s.as_bytes());
+        der
+    }
+
+    #[test]
+    fn cn_and_role_make_the_identity() {
+        for (role, expected) in [
+            ("admin", Role::Admin),
+            ("user", Role::User),
+            ("reader", Role::Reader),
+        ] {
+            let identity = identity_from_der(&cert(Some("alice"), &[utf8(role)])).unwrap();
+            assert_eq!(identity.user.as_str(), "alice");
+            assert_eq!(identity.role, expected);
+        }
+    }
+
+    #[test]
+    fn every_refusal_says_which() {
+        let cases: [(Vec<u8>, &str); 7] = [
+            (cert(Some("alice"), &[]), "has no role extension"),
+            (
+                cert(Some("alice"), &[utf8("user"), utf8("admin")]),
+                "has 2 role extensions",
+            ),
+            (
+                // An OCTET STRING, not a UTF8String.
+                cert(Some("alice"), &[vec![0x04, 0x04, b'u', b's', b'e', b'r']]),
+                "malformed",
+            ),
+            (
+                cert(Some("alice"), &[utf8("superuser")]),
+                "unknown role \"superuser\"",
+            ),
+            (
+                cert(Some("local:root"), &[utf8("admin")]),
+                "not a valid user name",
+            ),
+            (cert(None, &[utf8("admin")]), "names no user"),
+            (b"not a certificate".to_vec(), "names no user"),
+        ];
+        for (der, expected) in cases {
+            let err = identity_from_der(&der).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_leaf_of_the_chain_counts() {
+        let none: Option<&[Vec<u8>]> = None;
+        assert_eq!(identity_of_chain(none), Err(IdentityError::NoCertificate));
+        let empty: Option<&[Vec<u8>]> = Some(&[]);
+        assert_eq!(identity_of_chain(empty), Err(IdentityError::NoCertificate));
+        let chain = [cert(Some("bob"), &[utf8("user")])];
+        assert_eq!(
+            identity_of_chain(Some(&chain[..])).unwrap().user.as_str(),
+            "bob"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! `jobworker-gateway`: the mTLS gRPC front door of jobworker.
+//!
+//! It reads its configuration and its TLS files and binds its port (as root
+//! if it was started as root), drops to its unprivileged account before
+//! accepting any connection, and serves until SIGTERM or SIGINT. SIGHUP
+//! reloads the TLS files. `--check-config` validates the configuration and
+//! the TLS files, prints the effective values, and exits.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use jobworker_gateway::config::{self, Config};
+use jobworker_gateway::tls::{self, Reloadable, TlsFiles};
+use jobworker_gateway::{privileges, server};
+
+/// The jobworker gateway: serves the job service over gRPC with mutual TLS
+/// 1.3 and forwards each authorized call to the supervisor.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The configuration file (TOML).
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Validate the configuration and the TLS files, print the effective
+    /// values, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobworker-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    let files = TlsFiles {
+        server_cert: config.file.server_cert.clone(),
+        server_key: config.file.server_key.clone(),
+        client_ca: config.file.client_ca.clone(),
+    };
+    if cli.check_config {
+        tls::load(&files).context("checking the TLS files")?;
+        print!("{}", config.describe());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+
+    // As started (root, usually): the key may be readable by root only, and
+    // the port may be privileged.
+    let tls = Arc::new(Reloadable::load(files).context("loading the TLS files")?);
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {} (`listen`)", config.listen))?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listening socket non-blocking")?;
+
+    // Still one thread: the switch applies to the whole process.
+    let running =
+        privileges::drop_privileges(config.run_as.as_ref()).context("dropping privileges")?;
+    tracing::info!(
+        uid = running.uid,
+        gid = running.gid,
+        switched_from_root = running.switched,
+        "running unprivileged"
+    );
+    for (path, e) in tls.unreadable() {
+        tracing::warn!(
+            file = %path.display(),
+            error = %e,
+            "the gateway's account cannot read this file, so reloading on SIGHUP will fail \
+             until it can (make the TLS files readable by the gateway's user)"
+        );
+    }
+
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(server::run(config, listener, tls))?;
+    tracing::info!("stopped");
+    Ok(())
+}

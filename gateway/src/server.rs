@@ -1,0 +1,163 @@
+//! Serving: the job service, health (`grpc.health.v1`) and reflection on one
+//! port behind the same mTLS, over the connections of [`crate::listener`].
+//! SIGHUP reloads the TLS files ([`crate::tls::Reloadable`]); SIGTERM and
+//! SIGINT stop accepting, let calls in progress finish for up to
+//! [`SHUTDOWN_GRACE`], then end. Health follows the supervisor's
+//! reachability: NOT_SERVING while the last attempt to reach it failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobworker_proto::services::{self, JOB_SERVICE_NAME};
+use jobworker_proto::v1::job_service_server::JobServiceServer;
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::listener::{self, AcceptLimits};
+use crate::service::JobService;
+use crate::supervisor::{PoolLimits, Supervisor};
+use crate::tls::Reloadable;
+
+/// How long calls in progress (streams that follow a job, say) may go on
+/// after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// HTTP/2 keepalive pings, so that a vanished client's streams end.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Installing a signal handler failed.
+    #[error("installing the {0} handler: {1}")]
+    Signal(&'static str, std::io::Error),
+    /// The listening socket could not be used.
+    #[error("using the listening socket: {0}")]
+    Listener(std::io::Error),
+    /// The reflection service could not be built.
+    #[error("building the reflection service: {0}")]
+    Reflection(String),
+    /// The gRPC server failed.
+    #[error("serving gRPC: {0}")]
+    Transport(String),
+}
+
+/// Serves on `listener` until SIGTERM or SIGINT.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    tls: Arc<Reloadable>,
+) -> Result<(), ServeError> {
+    // First, so that a signal is never met with the default action.
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| ServeError::Signal("SIGHUP", e))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| ServeError::Signal("SIGTERM", e))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| ServeError::Signal("SIGINT", e))?;
+
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Listener)?;
+    let address = listener.local_addr().map_err(ServeError::Listener)?;
+    let supervisor = Arc::new(Supervisor::new(
+        config.file.supervisor_socket.clone(),
+        config.supervisor_connect_timeout,
+        PoolLimits {
+            max_unary_calls: config.file.max_unary_calls,
+            max_output_streams: config.file.max_output_streams,
+            max_idle: config.file.max_idle_supervisor_connections,
+        },
+    ));
+    let max_request = config.file.max_request_bytes;
+    let (reporter, health) = services::health(ServingStatus::Serving).await;
+    let health = health.max_decoding_message_size(max_request);
+    tokio::spawn(follow_health(reporter, supervisor.reachability()));
+    let reflection = services::reflection()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?
+        .max_decoding_message_size(max_request);
+
+    let reloading = Arc::clone(&tls);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match reloading.reload() {
+                Ok(()) => tracing::info!("SIGHUP: reloaded the certificate, key and client CA"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "SIGHUP: reloading the TLS files failed; keeping the ones in use"
+                ),
+            }
+        }
+    });
+
+    let incoming = listener::incoming(
+        listener,
+        tls,
+        AcceptLimits {
+            handshake_timeout: config.handshake_timeout,
+            max_connections: config.file.max_connections,
+        },
+    );
+    let jobs =
+        JobServiceServer::new(JobService::new(supervisor)).max_decoding_message_size(max_request);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = Server::builder()
+        .max_concurrent_streams(Some(config.file.max_concurrent_streams))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(jobs)
+        .add_service(health)
+        .add_service(reflection);
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        // A dropped sender stops the server too.
+        let _ = stopped.await;
+    }));
+    tracing::info!("listening on {address}");
+
+    let served = tokio::select! {
+        served = &mut server => served,
+        _ = terminate.recv() => shut_down(stop, server, "SIGTERM").await,
+        _ = interrupt.recv() => shut_down(stop, server, "SIGINT").await,
+    };
+    match served {
+        Ok(result) => result.map_err(|e| ServeError::Transport(e.to_string())),
+        Err(e) => Err(ServeError::Transport(e.to_string())),
+    }
+}
+
+type Served = Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>;
+
+async fn shut_down(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    signal: &str,
+) -> Served {
+    tracing::info!("{signal}: shutting down");
+    let _ = stop.send(());
+    let abort = server.abort_handle();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "calls still open after the grace period are cut");
+            abort.abort();
+            Ok(Ok(()))
+        }
+    }
+}
+
+/// Keeps the health status in step with the supervisor's reachability.
+async fn follow_health(
+    reporter: HealthReporter,
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+) {
+    while reachable.changed().await.is_ok() {
+        let status = if *reachable.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(JOB_SERVICE_NAME, status).await;
+        reporter.set_service_status("", status).await;
+    }
+}
