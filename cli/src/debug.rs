@@ -1,0 +1,545 @@
+//! `jobworker-debug`: the operators' tool on the host. It speaks the ipc
+//! protocol straight to the supervisor's socket, as the local operator
+//! identity the supervisor grants by peer credentials (root, or a member of
+//! the operator group); it never needs the gateway or certificates.
+//!
+//! Commands: `ping` (protocol version, uptime, caller, cgroup root,
+//! controllers), `jobs [--state S]`, `job ID`, `logs [-f] [--offset N] ID`,
+//! `stop [--grace D] ID`. Job ids may be abbreviated to a unique prefix.
+//!
+//! `--frames` (a global flag) prints every frame exchanged to stderr: its
+//! direction (`->` sent, `<-` received), its size on the wire, and its
+//! message's `Debug` form, with output data shown as a length and a short
+//! escaped preview and any message cut at [`TRACE_MAX_CHARS`] characters.
+//!
+//! A supervisor that closes the connection before its handshake refuses
+//! this peer; that is reported as one line that says who may connect.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use jobworker_ipc::codec::{ClientFramed, FrameCodec};
+use jobworker_ipc::handshake::{self, HELLO_LEN, MAGIC};
+use jobworker_ipc::types::MAX_PAGE_SIZE;
+use jobworker_ipc::{
+    Call, FrameError, GraceMs, JobId, JobInfo, ListCursor, PageSize, Request, Response, ServerInfo,
+    frame,
+};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+
+use crate::exit::{self, CliError};
+use crate::ids::{self, IdArg};
+use crate::render::{self, JobView, State, write_stdout};
+use crate::settings;
+
+/// The supervisor's socket when neither `--socket` nor `JOBWORKER_SOCKET`
+/// names one.
+pub const DEFAULT_SOCKET: &str = "/run/jobworker/supervisor.sock";
+
+/// The longest a traced message is shown, in characters.
+pub const TRACE_MAX_CHARS: usize = 2000;
+
+/// How many bytes of output data a traced frame previews.
+const TRACE_PREVIEW_BYTES: usize = 64;
+
+/// How long the supervisor has to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most pages a listing reads.
+const MAX_PAGES: usize = 100_000;
+
+fn after_help() -> String {
+    format!(
+        "{}\n\nThe supervisor accepts root and members of its operator group; anyone else is refused.",
+        exit::EXIT_CODES_HELP
+    )
+}
+
+/// Talks to the jobworker supervisor over its Unix socket, as a local operator.
+///
+/// Job ids may be abbreviated to any unique prefix.
+#[derive(Debug, Parser)]
+#[command(name = "jobworker-debug", version, after_help = after_help())]
+pub struct Cli {
+    /// The supervisor's socket
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "JOBWORKER_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+    /// Print every frame sent and received to stderr (direction, size, message)
+    #[arg(long, global = true)]
+    pub frames: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The debug tool's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The supervisor's protocol version, uptime, cgroup root and controllers.
+    Ping {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every job, newest first.
+    Jobs {
+        /// Only jobs in this state
+        #[arg(long, value_enum)]
+        state: Option<State>,
+        /// Print one JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job's status.
+    Job {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+        /// The job's id, or a unique prefix of it
+        id: String,
+    },
+    /// A job's output, raw, to stdout.
+    Logs {
+        /// Keep following the output until the job ends
+        #[arg(short, long)]
+        follow: bool,
+        /// Start at this byte of the output
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: u64,
+        /// The job's id, or a unique prefix of it
+        id: String,
+    },
+    /// Stop a job: SIGTERM, a grace period, then kill.
+    Stop {
+        /// The grace period after SIGTERM (e.g. 5s); the supervisor's default when unset
+        #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
+        grace: Option<Duration>,
+        /// Print the job as one JSON object
+        #[arg(long)]
+        json: bool,
+        /// The job's id, or a unique prefix of it
+        id: String,
+    },
+}
+
+/// One connection to the supervisor, as the local operator.
+pub struct Connection {
+    framed: ClientFramed<UnixStream>,
+    trace: bool,
+}
+
+fn is_hang_up(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// What a supervisor that closes before its handshake means for this peer.
+fn closed_before_handshake() -> CliError {
+    if nix::unistd::geteuid().is_root() {
+        CliError::ClosedEarly
+    } else {
+        CliError::Refused
+    }
+}
+
+fn describe_hello(hello: &[u8; HELLO_LEN]) -> String {
+    let (magic, version) = hello.split_at(MAGIC.len());
+    format!(
+        "hello: magic {:?}, version {}",
+        magic.escape_ascii().to_string(),
+        u16::from_be_bytes([version[0], version[1]])
+    )
+}
+
+/// The size of a message's frame on the wire (length prefix included).
+fn frame_size<T: Serialize>(msg: &T) -> String {
+    let mut buf = Vec::new();
+    match frame::encode(msg, &mut buf) {
+        Ok(()) => buf.len().to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// A message's `Debug` form, cut at [`TRACE_MAX_CHARS`] characters.
+fn debug_text(msg: &impl Debug) -> String {
+    let mut text = format!("{msg:?}");
+    if let Some((cut, _)) = text.char_indices().nth(TRACE_MAX_CHARS) {
+        let rest = text[cut..].chars().count();
+        text.truncate(cut);
+        text.push_str(&format!("… ({rest} more characters)"));
+    }
+    text
+}
+
+/// How a traced response reads: output data as a length and a preview.
+pub fn describe_response(response: &Response) -> String {
+    match response {
+        Response::Output { offset, data } => {
+            let bytes = data.as_slice();
+            let preview = &bytes[..bytes.len().min(TRACE_PREVIEW_BYTES)];
+            let more = if bytes.len() > preview.len() {
+                "…"
+            } else {
+                ""
+            };
+            format!(
+                "Output {{ offset: {offset}, data: {} bytes \"{}\"{more} }}",
+                bytes.len(),
+                preview.escape_ascii()
+            )
+        }
+        other => debug_text(other),
+    }
+}
+
+impl Connection {
+    /// Connects to the socket and performs the handshake.
+    pub async fn open(path: &Path, trace: bool) -> Result<Self, CliError> {
+        let socket_error = |error| CliError::Socket {
+            path: path.display().to_string(),
+            error,
+        };
+        let mut stream = UnixStream::connect(path).await.map_err(socket_error)?;
+        let hello = handshake::hello();
+        if trace {
+            eprintln!("-> {HELLO_LEN} bytes {}", describe_hello(&hello));
+        }
+        let mut theirs = [0; HELLO_LEN];
+        let exchange = async {
+            stream.write_all(&hello).await?;
+            stream.flush().await?;
+            stream.read_exact(&mut theirs).await.map(|_| ())
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if is_hang_up(&e) => return Err(closed_before_handshake()),
+            Ok(Err(source)) => {
+                return Err(CliError::Frame {
+                    what: "the handshake with the supervisor".into(),
+                    error: FrameError::Io {
+                        op: "handshake",
+                        source,
+                    },
+                });
+            }
+            Err(_) => {
+                return Err(CliError::Unexpected(format!(
+                    "{} did not answer the handshake within {}s: is it the supervisor's socket?",
+                    path.display(),
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        if trace {
+            eprintln!("<- {HELLO_LEN} bytes {}", describe_hello(&theirs));
+        }
+        handshake::check_hello(&theirs).map_err(|error| CliError::Frame {
+            what: "the handshake with the supervisor".into(),
+            error,
+        })?;
+        Ok(Self {
+            framed: Framed::new(stream, FrameCodec::new()),
+            trace,
+        })
+    }
+
+    /// Sends one request as the local operator.
+    pub async fn send(&mut self, request: Request) -> Result<(), CliError> {
+        let call = Call {
+            on_behalf_of: None,
+            request,
+        };
+        if self.trace {
+            eprintln!("-> {} bytes {}", frame_size(&call), debug_text(&call));
+        }
+        self.framed
+            .send(call)
+            .await
+            .map_err(|error| CliError::Frame {
+                what: "sending a call to the supervisor".into(),
+                error,
+            })
+    }
+
+    /// Receives one response; `what` names the call, for messages.
+    pub async fn receive(&mut self, what: &str) -> Result<Response, CliError> {
+        match self.framed.next().await {
+            Some(Ok(response)) => {
+                if self.trace {
+                    eprintln!(
+                        "<- {} bytes {}",
+                        frame_size(&response),
+                        describe_response(&response)
+                    );
+                }
+                match response {
+                    Response::Error(error) => Err(CliError::Ipc {
+                        what: what.to_owned(),
+                        error,
+                    }),
+                    response => Ok(response),
+                }
+            }
+            Some(Err(error)) => Err(CliError::Frame {
+                what: format!("reading the answer to {what}"),
+                error,
+            }),
+            None => Err(CliError::HungUp {
+                what: what.to_owned(),
+            }),
+        }
+    }
+
+    /// One request and its one response.
+    pub async fn call(&mut self, request: Request, what: &str) -> Result<Response, CliError> {
+        self.send(request).await?;
+        self.receive(what).await
+    }
+
+    /// One request answered with a job.
+    async fn job(&mut self, request: Request, what: &str) -> Result<JobInfo, CliError> {
+        match self.call(request, what).await? {
+            Response::Job(info) => Ok(*info),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
+    /// Every job (in `state`, if given), all pages.
+    pub async fn list_all(&mut self, state: Option<State>) -> Result<Vec<JobInfo>, CliError> {
+        let mut jobs = Vec::new();
+        let mut after: Option<ListCursor> = None;
+        let limit = PageSize::new(MAX_PAGE_SIZE).unwrap_or(PageSize::DEFAULT);
+        for _ in 0..MAX_PAGES {
+            let request = Request::ListJobs {
+                state: state.map(State::to_ipc),
+                limit,
+                after,
+            };
+            match self.call(request, "listing jobs").await? {
+                Response::Jobs { jobs: page, next } => {
+                    jobs.extend(page);
+                    match next {
+                        Some(cursor) if Some(cursor) != after => after = Some(cursor),
+                        _ => return Ok(jobs),
+                    }
+                }
+                other => return Err(unexpected("listing jobs", &other)),
+            }
+        }
+        Err(CliError::Unexpected(format!(
+            "listing jobs: the supervisor sent more than {MAX_PAGES} pages"
+        )))
+    }
+
+    /// The id an argument names: itself, or the one job it is a prefix of.
+    pub async fn resolve_id(&mut self, arg: &str) -> Result<JobId, CliError> {
+        let id = match ids::parse(arg)? {
+            IdArg::Full(id) => id,
+            IdArg::Prefix(prefix) => {
+                let jobs = self.list_all(None).await?;
+                let ids: Vec<String> = jobs.iter().map(|job| job.id.to_string()).collect();
+                ids::resolve(arg, &prefix, ids.iter().map(String::as_str))?
+            }
+        };
+        JobId::from_str(&id).map_err(|e| CliError::Usage(e.to_string()))
+    }
+}
+
+fn unexpected(what: &str, response: &Response) -> CliError {
+    CliError::Unexpected(format!(
+        "unexpected answer to {what} from the supervisor: {}",
+        describe_response(response)
+    ))
+}
+
+fn ping_text(info: &ServerInfo) -> String {
+    let uptime = Duration::from_secs(info.uptime_ms / 1000);
+    let controllers = if info.controllers.is_empty() {
+        "none (job limits are not enforced on this host)".to_owned()
+    } else {
+        info.controllers.join(" ")
+    };
+    format!(
+        "protocol version: {}\nuptime:           {}\ncaller:           {}\ncgroup root:      {}\ncontrollers:      {controllers}\n",
+        info.protocol_version,
+        humantime::format_duration(uptime),
+        info.caller,
+        info.cgroup_root,
+    )
+}
+
+fn ping_json(info: &ServerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "protocol_version": info.protocol_version,
+        "uptime_ms": info.uptime_ms,
+        "caller": info.caller.to_string(),
+        "cgroup_root": info.cgroup_root,
+        "controllers": info.controllers,
+    })
+}
+
+async fn print_job(info: &JobInfo, json: bool) -> Result<(), CliError> {
+    let view = JobView::from(info);
+    if json {
+        write_stdout(format!("{}\n", view.to_json()).as_bytes()).await
+    } else {
+        write_stdout(view.status_text().as_bytes()).await
+    }
+}
+
+/// Runs a parsed command line; the exit code.
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let mut conn = Connection::open(&cli.socket, cli.frames).await?;
+    match cli.command {
+        Command::Ping { json } => match conn.call(Request::Ping, "ping").await? {
+            Response::Pong(info) => {
+                let text = if json {
+                    format!("{}\n", ping_json(&info))
+                } else {
+                    ping_text(&info)
+                };
+                write_stdout(text.as_bytes()).await?;
+            }
+            other => return Err(unexpected("ping", &other)),
+        },
+        Command::Jobs { state, json } => {
+            let jobs: Vec<JobView> = conn
+                .list_all(state)
+                .await?
+                .iter()
+                .map(JobView::from)
+                .collect();
+            let text = if json {
+                format!("{}\n", render::jobs_json(&jobs))
+            } else {
+                render::list_table(&jobs)
+            };
+            write_stdout(text.as_bytes()).await?;
+        }
+        Command::Job { json, id } => {
+            let job = conn.resolve_id(&id).await?;
+            let info = conn
+                .job(Request::GetJob { job }, &format!("getting job {job}"))
+                .await?;
+            print_job(&info, json).await?;
+        }
+        Command::Logs { follow, offset, id } => {
+            let job = conn.resolve_id(&id).await?;
+            let what = format!("reading the output of job {job}");
+            conn.send(Request::StreamOutput {
+                job,
+                offset,
+                follow,
+            })
+            .await?;
+            loop {
+                match conn.receive(&what).await? {
+                    Response::Output { data, .. } => write_stdout(data.as_slice()).await?,
+                    Response::End(_) => break,
+                    other => return Err(unexpected(&what, &other)),
+                }
+            }
+        }
+        Command::Stop { grace, json, id } => {
+            let job = conn.resolve_id(&id).await?;
+            let grace = grace
+                .map(|d| {
+                    let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+                    GraceMs::new(ms).map_err(|e| CliError::Usage(format!("--grace: {e}")))
+                })
+                .transpose()?;
+            let info = conn
+                .job(
+                    Request::StopJob { job, grace },
+                    &format!("stopping job {job}"),
+                )
+                .await?;
+            if json {
+                print_job(&info, true).await?;
+            } else {
+                let view = JobView::from(&info);
+                write_stdout(format!("{}: {}\n", view.id, view.outcome()).as_bytes()).await?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use jobworker_ipc::{OutputData, Owner, UserName};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["jobworker-debug", "jobs", "--frames", "--socket", "/s"]).unwrap();
+        assert!(cli.frames);
+        assert_eq!(cli.socket, PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn traced_output_is_cut_short() {
+        let data =
+            OutputData::new(vec![b'x'; 70_000.min(jobworker_ipc::MAX_OUTPUT_CHUNK)]).unwrap();
+        let text = describe_response(&Response::Output { offset: 5, data });
+        assert!(
+            text.starts_with("Output { offset: 5, data: 65536 bytes \"xxxx"),
+            "{text}"
+        );
+        assert!(text.len() < 200, "{text}");
+        let long = Response::Pong(ServerInfo {
+            protocol_version: 1,
+            uptime_ms: 0,
+            caller: Owner::Local(UserName::new("root").unwrap()),
+            cgroup_root: "c".repeat(5000),
+            controllers: vec![],
+        });
+        let text = describe_response(&long);
+        assert!(text.ends_with("more characters)"), "{text}");
+        assert!(text.chars().count() < TRACE_MAX_CHARS + 40);
+    }
+
+    #[test]
+    fn hellos_read_well() {
+        assert_eq!(
+            describe_hello(&handshake::hello()),
+            "hello: magic \"JOBWKR\", version 1"
+        );
+    }
+
+    #[test]
+    fn ping_says_when_nothing_is_enforced() {
+        let info = ServerInfo {
+            protocol_version: 1,
+            uptime_ms: 61_000,
+            caller: Owner::Local(UserName::new("root").unwrap()),
+            cgroup_root: "/sys/fs/cgroup/jobs".into(),
+            controllers: vec![],
+        };
+        let text = ping_text(&info);
+        assert!(text.contains("uptime:           1m 1s"), "{text}");
+        assert!(text.contains("caller:           local:root"), "{text}");
+        assert!(text.contains("not enforced"), "{text}");
+        assert_eq!(ping_json(&info)["caller"], "local:root");
+    }
+}

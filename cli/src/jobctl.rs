@@ -1,0 +1,731 @@
+//! `jobctl`: the command line (clap derive) and the commands, each a few
+//! gRPC calls to the gateway over mutual TLS.
+//!
+//! - `start [limits] -- CMD [ARGS...]` prints the new job's id.
+//! - `run [limits] -- CMD [ARGS...]` starts a job, streams its output live
+//!   and exits with its exit code (128 + the signal's number if a signal
+//!   killed it). Ctrl-C stops the job (SIGTERM, the server's grace period,
+//!   then kill), prints the rest of its output and exits 130; a second
+//!   Ctrl-C exits 130 at once.
+//! - `stop [--grace 5s] ID`, `status ID`, `list [--state S]`.
+//! - `logs [-f] [--offset N] ID` writes the output's raw bytes to stdout.
+//! - `completions bash|zsh|fish|...` prints a shell completion script.
+//!
+//! Job ids may be abbreviated to a unique prefix ([`crate::ids`]); `start`,
+//! `stop`, `status` and `list` take `--json`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use jobworker_proto::v1;
+use jobworker_proto::v1::output_chunk::Kind;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::client::{self, Client, rpc_error};
+use crate::exit::{self, CliError};
+use crate::ids::{self, IdArg};
+use crate::render::{self, JobView, State, write_stdout};
+use crate::settings::{self, Layer, Settings, Sources};
+use crate::units;
+
+/// The most jobs asked for per list page.
+const PAGE_SIZE: u32 = 1000;
+
+/// The most pages a listing reads, against a server that never ends one.
+const MAX_PAGES: usize = 100_000;
+
+fn after_help() -> String {
+    format!(
+        "{}\n\n{}\n\n`jobctl run` exits with the job's exit code instead (128 + N if signal N killed it; 130 after Ctrl-C).",
+        exit::EXIT_CODES_HELP,
+        settings::SETTINGS_HELP
+    )
+}
+
+/// Runs commands as jobs on a jobworker server, over mutual TLS.
+///
+/// Job ids may be abbreviated to any unique prefix.
+#[derive(Debug, Parser)]
+#[command(name = "jobctl", version, after_help = after_help())]
+pub struct Cli {
+    /// How to reach the gateway.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The connection flags; each overrides its `JOBCTL_*` variable and the
+/// config file.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionArgs {
+    /// The gateway: https://HOST:PORT or HOST:PORT [env: JOBCTL_SERVER]
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    pub server: Option<String>,
+    /// The CA certificate that signed the gateway's certificate (PEM) [env: JOBCTL_CA]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Your client certificate (PEM) [env: JOBCTL_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Your client certificate's private key (PEM) [env: JOBCTL_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The name to verify in the gateway's certificate, if not the server's host [env: JOBCTL_SERVER_NAME]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// How long connecting may take, e.g. 10s [env: JOBCTL_CONNECT_TIMEOUT]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = settings::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// The config file [env: JOBCTL_CONFIG] [default: ~/.config/jobctl/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConnectionArgs {
+    /// The flags as a settings layer.
+    pub fn flags(&self) -> Layer {
+        Layer {
+            server: self.server.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: self.server_name.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// The settings: these flags, then the environment (read through
+    /// `lookup`), then the config file.
+    pub fn resolve(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, CliError> {
+        let env = settings::env_layer(&lookup)?;
+        let (file, sources) = match settings::config_path(self.config.as_deref(), &lookup) {
+            Some((path, explicit)) => (
+                settings::file_layer(&path, explicit)?,
+                Sources {
+                    config_file: Some(path),
+                },
+            ),
+            None => (Layer::default(), Sources::default()),
+        };
+        settings::resolve(self.flags(), env, file, &sources)
+    }
+}
+
+/// `jobctl`'s commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a job and print its id.
+    Start(StartArgs),
+    /// Start a job, stream its output live, and exit with its exit code.
+    #[command(
+        after_help = "Exits with the job's exit code, or 128 + N if signal N killed it. \
+        Ctrl-C stops the job (SIGTERM, the server's grace period, then kill), prints the rest of \
+        its output and exits 130; a second Ctrl-C exits 130 without waiting."
+    )]
+    Run(RunArgs),
+    /// Stop a job: SIGTERM, a grace period, then kill. Prints its final state.
+    Stop(StopArgs),
+    /// Show a job's state, exit status, limits, usage and output size.
+    Status(StatusArgs),
+    /// List the jobs you may see, newest first.
+    List(ListArgs),
+    /// Write a job's output (stdout and stderr combined) to stdout, byte for byte.
+    Logs(LogsArgs),
+    /// Print a shell completion script, e.g. `jobctl completions bash > /etc/bash_completion.d/jobctl`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What to run, and its limits.
+#[derive(Debug, Args)]
+pub struct JobSpecArgs {
+    /// CPU limit: millicores (500m) or CPUs (0.5, 1.5, 2)
+    #[arg(long, value_name = "CPU", value_parser = units::parse_cpu)]
+    pub cpu: Option<u32>,
+    /// Memory limit in bytes, with an optional K, M, G, T suffix (powers of 1024): 256M
+    #[arg(long, value_name = "BYTES", value_parser = units::parse_bytes)]
+    pub memory: Option<u64>,
+    /// Block device read limit in bytes per second: 10M
+    #[arg(long, value_name = "BYTES/S", value_parser = units::parse_rate)]
+    pub io_read: Option<u64>,
+    /// Block device write limit in bytes per second: 10M
+    #[arg(long, value_name = "BYTES/S", value_parser = units::parse_rate)]
+    pub io_write: Option<u64>,
+    /// The most tasks (processes and threads) the job may have
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u32>,
+    /// A variable added to the job's environment (which otherwise holds only PATH); repeatable
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The job's working directory (an absolute path on the server)
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// A token that makes retries safe: the same token starts at most one job
+    #[arg(long, value_name = "TOKEN")]
+    pub request_id: Option<String>,
+    /// The command and its arguments (after `--`)
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+impl JobSpecArgs {
+    fn request(&self) -> Result<v1::StartJobRequest, CliError> {
+        let (command, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| CliError::Usage("no command given: put it after --".into()))?;
+        let limits = v1::Limits {
+            cpu_millicores: self.cpu,
+            memory_bytes: self.memory,
+            io_read_bytes_per_sec: self.io_read,
+            io_write_bytes_per_sec: self.io_write,
+            pids: self.pids,
+        };
+        Ok(v1::StartJobRequest {
+            command: command.clone(),
+            args: args.to_vec(),
+            env: self
+                .env
+                .iter()
+                .map(|(name, value)| v1::EnvVar {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            working_dir: self.workdir.clone(),
+            limits: Some(limits).filter(|l| *l != v1::Limits::default()),
+            request_id: self.request_id.clone(),
+        })
+    }
+}
+
+/// `jobctl start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Print {"job_id": "..."} instead of the bare id
+    #[arg(long)]
+    pub json: bool,
+    /// What to run.
+    #[command(flatten)]
+    pub spec: JobSpecArgs,
+}
+
+/// `jobctl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to run.
+    #[command(flatten)]
+    pub spec: JobSpecArgs,
+}
+
+/// `jobctl stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// How long the job may take to exit after SIGTERM before it is killed (e.g. 5s);
+    /// the server's default and maximum apply
+    #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
+    pub grace: Option<Duration>,
+    /// Print the job as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The job's id, or a unique prefix of it
+    pub id: String,
+}
+
+/// `jobctl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the job as one JSON object
+    #[arg(long)]
+    pub json: bool,
+    /// The job's id, or a unique prefix of it
+    pub id: String,
+}
+
+/// `jobctl list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state
+    #[arg(long, value_enum)]
+    pub state: Option<State>,
+    /// Print the jobs as one JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobctl logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep following the output until the job ends
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start at this byte of the output
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: u64,
+    /// The job's id, or a unique prefix of it
+    pub id: String,
+}
+
+/// Runs a parsed command line; `lookup` reads the environment. Returns the
+/// exit code.
+pub async fn run(cli: Cli, lookup: impl Fn(&str) -> Option<String>) -> Result<u8, CliError> {
+    let settings = || cli.connection.resolve(&lookup);
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "jobctl", &mut out);
+            write_stdout(&out).await?;
+        }
+        Command::Run(args) => return run_job(&settings()?, &args.spec).await,
+        Command::Start(args) => start_command(&mut connect(settings()?).await?, args).await?,
+        Command::Stop(args) => stop_command(&mut connect(settings()?).await?, args).await?,
+        Command::Status(args) => status_command(&mut connect(settings()?).await?, args).await?,
+        Command::List(args) => list_command(&mut connect(settings()?).await?, args).await?,
+        Command::Logs(args) => logs_command(&mut connect(settings()?).await?, args).await?,
+    }
+    Ok(0)
+}
+
+async fn connect(settings: Settings) -> Result<Client, CliError> {
+    client::connect(&settings).await
+}
+
+async fn start_command(client: &mut Client, args: StartArgs) -> Result<(), CliError> {
+    let id = start(client, &args.spec).await?;
+    let text = if args.json {
+        serde_json::json!({ "job_id": id }).to_string()
+    } else {
+        id
+    };
+    print_line(&text).await
+}
+
+async fn stop_command(client: &mut Client, args: StopArgs) -> Result<(), CliError> {
+    let id = resolve_id(client, &args.id).await?;
+    let grace = args.grace.map(|d| prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    });
+    let response = client
+        .stop_job(v1::StopJobRequest {
+            job_id: id.clone(),
+            grace_period: grace,
+        })
+        .await
+        .map_err(|s| rpc_error(format!("stopping job {id}"), &s))?
+        .into_inner();
+    let job = response.job.map(|j| JobView::from(&j)).ok_or_else(|| {
+        CliError::Unexpected(format!(
+            "the server stopped job {id} but did not say how it ended"
+        ))
+    })?;
+    if args.json {
+        print_line(&job.to_json().to_string()).await
+    } else {
+        print_line(&format!("{}: {}", job.id, job.outcome())).await
+    }
+}
+
+async fn status_command(client: &mut Client, args: StatusArgs) -> Result<(), CliError> {
+    let id = resolve_id(client, &args.id).await?;
+    let job = client
+        .get_job(v1::GetJobRequest { job_id: id.clone() })
+        .await
+        .map_err(|s| rpc_error(format!("getting job {id}"), &s))?
+        .into_inner();
+    let job = JobView::from(&job);
+    if args.json {
+        print_line(&job.to_json().to_string()).await
+    } else {
+        write_stdout(job.status_text().as_bytes()).await
+    }
+}
+
+async fn list_command(client: &mut Client, args: ListArgs) -> Result<(), CliError> {
+    let jobs: Vec<JobView> = list_all(client, args.state)
+        .await?
+        .iter()
+        .map(JobView::from)
+        .collect();
+    if args.json {
+        print_line(&render::jobs_json(&jobs).to_string()).await
+    } else {
+        write_stdout(render::list_table(&jobs).as_bytes()).await
+    }
+}
+
+async fn logs_command(client: &mut Client, args: LogsArgs) -> Result<(), CliError> {
+    let id = resolve_id(client, &args.id).await?;
+    let mut stream = OutputStream::open(client, &id, args.offset, args.follow).await?;
+    while let Some(event) = stream.next().await? {
+        match event {
+            Event::Data(data) => write_stdout(&data).await?,
+            Event::End(job) => {
+                note_truncation(&job);
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a job; its id.
+async fn start(client: &mut Client, spec: &JobSpecArgs) -> Result<String, CliError> {
+    let request = spec.request()?;
+    let what = format!("starting {}", render::shell_quote(&spec.command));
+    let response = client
+        .start_job(request)
+        .await
+        .map_err(|s| rpc_error(what, &s))?
+        .into_inner();
+    Ok(response.job_id)
+}
+
+/// Every job the caller may see (in `state`, if given), all pages.
+async fn list_all(client: &mut Client, state: Option<State>) -> Result<Vec<v1::Job>, CliError> {
+    let mut jobs = Vec::new();
+    let mut token = String::new();
+    for _ in 0..MAX_PAGES {
+        let page = client
+            .list_jobs(v1::ListJobsRequest {
+                state: state.map(|s| s.to_proto().into()),
+                page_size: PAGE_SIZE,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|s| rpc_error("listing jobs", &s))?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() || page.next_page_token == token {
+            return Ok(jobs);
+        }
+        token = page.next_page_token;
+    }
+    Err(CliError::Unexpected(format!(
+        "listing jobs: the server sent more than {MAX_PAGES} pages"
+    )))
+}
+
+/// The full id an argument names: itself, or the one job it is a prefix of.
+async fn resolve_id(client: &mut Client, arg: &str) -> Result<String, CliError> {
+    match ids::parse(arg)? {
+        IdArg::Full(id) => Ok(id),
+        IdArg::Prefix(prefix) => {
+            let jobs = list_all(client, None).await?;
+            ids::resolve(arg, &prefix, jobs.iter().map(|job| job.id.as_str()))
+        }
+    }
+}
+
+/// One event of an output stream.
+enum Event {
+    /// Output bytes.
+    Data(Vec<u8>),
+    /// The job's status at the stream's end.
+    End(Box<JobView>),
+}
+
+/// A job's output stream.
+struct OutputStream {
+    id: String,
+    inner: tonic::Streaming<v1::OutputChunk>,
+}
+
+impl OutputStream {
+    async fn open(
+        client: &mut Client,
+        id: &str,
+        offset: u64,
+        follow: bool,
+    ) -> Result<Self, CliError> {
+        let inner = client
+            .stream_output(v1::StreamOutputRequest {
+                job_id: id.to_owned(),
+                offset,
+                follow: Some(follow),
+            })
+            .await
+            .map_err(|s| rpc_error(format!("reading the output of job {id}"), &s))?
+            .into_inner();
+        Ok(Self {
+            id: id.to_owned(),
+            inner,
+        })
+    }
+
+    /// The next event; `None` when the stream ended.
+    async fn next(&mut self) -> Result<Option<Event>, CliError> {
+        loop {
+            let chunk = self
+                .inner
+                .message()
+                .await
+                .map_err(|s| rpc_error(format!("reading the output of job {}", self.id), &s))?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            match chunk.kind {
+                // An empty message carries nothing: wait for the next.
+                None => {}
+                Some(Kind::Output(output)) => return Ok(Some(Event::Data(output.data))),
+                Some(Kind::End(job)) => return Ok(Some(Event::End(Box::new(JobView::from(&job))))),
+            }
+        }
+    }
+}
+
+/// `jobctl run`: start, stream, exit with the job's code.
+async fn run_job(settings: &Settings, spec: &JobSpecArgs) -> Result<u8, CliError> {
+    // Listen for Ctrl-C before anything starts, so that none is lost.
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::Unexpected(format!("listening for Ctrl-C: {e}")))?;
+    let mut client = tokio::select! {
+        client = client::connect(settings) => client?,
+        _ = interrupt.recv() => return Ok(exit::INTERRUPTED),
+    };
+    // Once asked for, a start is seen through, so that a job started by a
+    // request in flight is stopped rather than left behind.
+    let id = start(&mut client, spec).await?;
+    let mut stream = OutputStream::open(&mut client, &id, 0, true).await?;
+    let mut stopping = None;
+    let end = loop {
+        tokio::select! {
+            event = stream.next() => match event? {
+                Some(Event::Data(data)) => write_stdout(&data).await?,
+                Some(Event::End(job)) => break *job,
+                None => {
+                    return Err(CliError::Unexpected(format!(
+                        "the output stream of job {id} ended without the job's final status; see `jobctl status {id}`"
+                    )));
+                }
+            },
+            _ = interrupted(&mut interrupt) => {
+                if stopping.is_some() {
+                    return Ok(exit::INTERRUPTED);
+                }
+                eprintln!("jobctl: interrupted: stopping job {id} (Ctrl-C again to stop waiting)");
+                let mut stopper = client.clone();
+                let request = v1::StopJobRequest { job_id: id.clone(), grace_period: None };
+                stopping = Some(tokio::spawn(async move { stopper.stop_job(request).await }));
+            }
+        }
+    };
+    if let Some(stop) = stopping {
+        match stop.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => return Err(rpc_error(format!("stopping job {id}"), &status)),
+            Err(e) => return Err(CliError::Unexpected(format!("stopping job {id}: {e}"))),
+        }
+        return Ok(exit::INTERRUPTED);
+    }
+    note_truncation(&end);
+    if end.oom_killed {
+        eprintln!("jobctl: job {id}: the kernel's OOM killer killed a process of the job");
+    }
+    exit_code_of(&end)
+}
+
+async fn interrupted(signal: &mut Signal) {
+    if signal.recv().await.is_none() {
+        // The signal stream cannot end while the runtime lives; if it did,
+        // no Ctrl-C could arrive any more.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The exit code `run` passes on: the job's exit code, 128 + the signal
+/// that killed it, or an error for a job that has neither (FAILED).
+pub fn exit_code_of(job: &JobView) -> Result<u8, CliError> {
+    if let Some(code) = job.exit_code {
+        return Ok(u8::try_from(code.rem_euclid(256)).unwrap_or(exit::OTHER));
+    }
+    if let Some(signal) = job.signal {
+        return Ok(u8::try_from(128 + signal.clamp(0, 127)).unwrap_or(exit::OTHER));
+    }
+    Err(CliError::JobFailed {
+        id: job.id.clone(),
+        failure: job
+            .failure
+            .clone()
+            .unwrap_or_else(|| format!("it ended {} without an exit status", job.outcome())),
+    })
+}
+
+fn note_truncation(job: &JobView) {
+    if job.output_truncated_bytes > 0 {
+        eprintln!(
+            "jobctl: note: {} bytes of job {}'s output were dropped over the server's output cap",
+            job.output_truncated_bytes, job.id
+        );
+    }
+}
+
+async fn print_line(text: &str) -> Result<(), CliError> {
+    write_stdout(format!("{text}\n").as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("jobctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn start_takes_limits_and_a_command() {
+        let cli = parse(&[
+            "start",
+            "--cpu",
+            "500m",
+            "--memory",
+            "256M",
+            "--io-read",
+            "10M",
+            "--io-write",
+            "1M/s",
+            "--pids",
+            "64",
+            "--env",
+            "A=1",
+            "-e",
+            "B=x=y",
+            "--workdir",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ])
+        .unwrap();
+        let Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        let request = args.spec.request().unwrap();
+        assert_eq!(request.command, "sh");
+        assert_eq!(request.args, ["-c", "echo hi"]);
+        assert_eq!(request.env[1].name, "B");
+        assert_eq!(request.env[1].value, "x=y");
+        assert_eq!(request.working_dir.as_deref(), Some("/tmp"));
+        let limits = request.limits.unwrap();
+        assert_eq!(limits.cpu_millicores, Some(500));
+        assert_eq!(limits.memory_bytes, Some(256 << 20));
+        assert_eq!(limits.io_read_bytes_per_sec, Some(10 << 20));
+        assert_eq!(limits.io_write_bytes_per_sec, Some(1 << 20));
+        assert_eq!(limits.pids, Some(64));
+    }
+
+    #[test]
+    fn no_limits_send_none() {
+        let cli = parse(&["run", "true"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let request = args.spec.request().unwrap();
+        assert_eq!(request.limits, None);
+        assert_eq!(request.command, "true");
+    }
+
+    #[test]
+    fn arguments_after_the_command_belong_to_it() {
+        let cli = parse(&["run", "--cpu", "1", "ls", "-l", "--cpu"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.spec.command, ["ls", "-l", "--cpu"]);
+        assert_eq!(args.spec.cpu, Some(1000));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["start"][..],
+            &["start", "--cpu", "lots", "--", "x"],
+            &["start", "--memory", "12q", "--", "x"],
+            &["start", "--env", "NOVALUE", "--", "x"],
+            &["list", "--state", "sleeping"],
+            &["stop", "--grace", "soon", "abc"],
+            &["status"],
+            &["completions", "tcsh"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(exit::USAGE), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connection_flags_are_global() {
+        let cli = parse(&["list", "--server", "h:1", "--ca", "/ca.pem"]).unwrap();
+        assert_eq!(cli.connection.server.as_deref(), Some("h:1"));
+        let flags = cli.connection.flags();
+        assert_eq!(flags.ca, Some(PathBuf::from("/ca.pem")));
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let cli = parse(&["--server", "flag:1", "--cert", "/c", "--key", "/k", "list"]).unwrap();
+        let settings = cli
+            .connection
+            .resolve(|name| match name {
+                "JOBCTL_SERVER" => Some("env:2".into()),
+                "JOBCTL_CA" => Some("/env-ca".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(settings.server, "https://flag:1");
+        assert_eq!(settings.ca, PathBuf::from("/env-ca"));
+    }
+
+    #[test]
+    fn exit_codes_of_jobs() {
+        let job = |exit_code, signal| JobView {
+            exit_code,
+            signal,
+            ..JobView::default()
+        };
+        assert_eq!(exit_code_of(&job(Some(7), None)).unwrap(), 7);
+        assert_eq!(exit_code_of(&job(Some(0), None)).unwrap(), 0);
+        assert_eq!(exit_code_of(&job(None, Some(15))).unwrap(), 143);
+        assert_eq!(exit_code_of(&job(None, Some(9))).unwrap(), 137);
+        let failed = JobView {
+            state: Some(State::Failed),
+            failure: Some("lost".into()),
+            ..JobView::default()
+        };
+        let err = exit_code_of(&failed).unwrap_err();
+        assert_eq!(err.exit_code(), exit::OTHER);
+        assert!(err.to_string().contains("lost"));
+    }
+
+    #[test]
+    fn help_documents_exit_codes_and_settings() {
+        let help = Cli::command().render_long_help().to_string();
+        for expected in [
+            "Exit codes",
+            "JOBCTL_SERVER",
+            "config.toml",
+            "5    job not found",
+        ] {
+            assert!(help.contains(expected), "{expected:?} not in help:\n{help}");
+        }
+    }
+}

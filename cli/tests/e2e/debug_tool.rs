@@ -1,0 +1,177 @@
+//! `jobworker-debug` against a real supervisor, without the gateway.
+
+use std::process::Command;
+
+use crate::common::{CLI_TIMEOUT, DEBUG, Supervisor, run_with_timeout};
+
+#[test]
+fn ping_reports_the_supervisor() {
+    let supervisor = Supervisor::start("daemon");
+    let text = supervisor.debug(&["ping"]).ok();
+    assert!(text.contains("protocol version: 1\n"), "{text}");
+    assert!(text.contains("caller:           local:root\n"), "{text}");
+    let root = supervisor.cgroup_root.display().to_string();
+    assert!(text.contains(&root), "{text}");
+    assert!(text.contains("controllers:"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&supervisor.debug(&["ping", "--json"]).ok()).unwrap();
+    assert_eq!(json["protocol_version"], 1);
+    assert_eq!(json["caller"], "local:root");
+    assert!(json["controllers"].is_array());
+}
+
+#[test]
+fn lists_shows_streams_and_stops_jobs() {
+    let supervisor = Supervisor::start("daemon");
+    let printer = supervisor
+        .start_local_job("sh", &["-c", "printf 'one\\ntwo\\n'"])
+        .to_string();
+    let sleeper = supervisor.start_local_job("sleep", &["600"]).to_string();
+
+    // Follow the printer to its end: exactly its bytes.
+    let logs = supervisor.debug(&["logs", "-f", &printer]);
+    assert_eq!(logs.ok(), "one\ntwo\n");
+
+    let table = supervisor.debug(&["jobs"]).ok();
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(
+        table.contains(&printer) && table.contains(&sleeper),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&supervisor.debug(&["jobs", "--json"]).ok()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    let running: serde_json::Value = serde_json::from_str(
+        &supervisor
+            .debug(&["jobs", "--json", "--state", "running"])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(running.as_array().unwrap().len(), 1);
+    assert_eq!(running[0]["id"], sleeper.as_str());
+
+    // A prefix is enough.
+    let status = supervisor.debug(&["job", &sleeper[..8]]).ok();
+    assert!(
+        status.contains(&format!("Job:         {sleeper}")),
+        "{status}"
+    );
+    assert!(status.contains("Owner:       local:root"), "{status}");
+    assert!(status.contains("State:       RUNNING"), "{status}");
+
+    let stopped = supervisor.debug(&["stop", "--grace", "1s", &sleeper]).ok();
+    assert!(
+        stopped.starts_with(&format!("{sleeper}: STOPPED")),
+        "{stopped}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&supervisor.debug(&["job", "--json", &sleeper]).ok()).unwrap();
+    assert_eq!(json["state"], "stopped");
+}
+
+#[test]
+fn frames_traces_every_frame() {
+    let supervisor = Supervisor::start("daemon");
+    let ping = supervisor.debug(&["--frames", "ping"]);
+    ping.ok();
+    let lines: Vec<&str> = ping.stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", ping.stderr);
+    assert_eq!(lines[0], "-> 8 bytes hello: magic \"JOBWKR\", version 1");
+    assert_eq!(lines[1], "<- 8 bytes hello: magic \"JOBWKR\", version 1");
+    assert!(
+        lines[2].starts_with("-> ")
+            && lines[2].contains("Call { on_behalf_of: None, request: Ping }"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].starts_with("<- ") && lines[3].contains("Pong(ServerInfo {"),
+        "{}",
+        lines[3]
+    );
+
+    // Output data is shown as a size and a short preview, not in full.
+    let big = supervisor
+        .start_local_job("head", &["-c", "200000", "/dev/zero"])
+        .to_string();
+    let logs = supervisor.debug(&["--frames", "logs", "-f", &big]);
+    logs.ok();
+    assert_eq!(
+        logs.stdout,
+        vec![0; 200_000],
+        "the bytes go to stdout, exactly"
+    );
+    assert!(
+        logs.stderr
+            .contains("Output { offset: 0, data: 65536 bytes \"\\x00\\x00"),
+        "{}",
+        logs.stderr
+    );
+    assert!(logs.stderr.contains("End(JobInfo {"), "{}", logs.stderr);
+    assert!(logs.stderr.lines().all(|line| line.len() < 2500));
+}
+
+#[test]
+fn unknown_jobs_are_not_found() {
+    let supervisor = Supervisor::start("daemon");
+    let absent = supervisor.debug(&["job", "6f1c2d3e-4f50-4617-8a9b-0c1d2e3f4a5b"]);
+    assert_eq!(absent.code(), 5, "{absent:?}");
+    assert!(
+        absent
+            .one_line_error()
+            .starts_with("jobworker-debug: getting job 6f1c2d3e")
+    );
+    let prefix = supervisor.debug(&["logs", "abc"]);
+    assert_eq!(prefix.code(), 5, "{prefix:?}");
+    assert!(prefix.one_line_error().contains("no job matches \"abc\""));
+    let bad = supervisor.debug(&["job", "not-hex"]);
+    assert_eq!(bad.code(), 2, "{bad:?}");
+    bad.one_line_error();
+}
+
+#[test]
+fn a_missing_socket_is_a_connection_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    let outcome = run_with_timeout(
+        Command::new(DEBUG).arg("--socket").arg(&socket).arg("ping"),
+        CLI_TIMEOUT,
+    );
+    assert_eq!(outcome.code(), 3, "{outcome:?}");
+    let line = outcome.one_line_error();
+    assert!(line.contains("is jobworker-supervisor running?"), "{line}");
+    // The environment names the socket too.
+    let outcome = run_with_timeout(
+        Command::new(DEBUG)
+            .env("JOBWORKER_SOCKET", &socket)
+            .arg("jobs"),
+        CLI_TIMEOUT,
+    );
+    assert_eq!(outcome.code(), 3, "{outcome:?}");
+    assert!(
+        outcome
+            .one_line_error()
+            .contains(&socket.display().to_string())
+    );
+}
+
+#[test]
+fn other_users_are_refused() {
+    // nobody is neither root, the gateway (daemon here), nor an operator;
+    // the socket's group is nogroup, so its connect() succeeds and the
+    // supervisor's peer-credential check refuses it.
+    let supervisor = Supervisor::start("daemon");
+    let outcome = run_with_timeout(
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", DEBUG])
+            .arg("--socket")
+            .arg(&supervisor.socket)
+            .arg("ping"),
+        CLI_TIMEOUT,
+    );
+    assert_eq!(outcome.code(), 4, "{outcome:?}");
+    assert_eq!(
+        outcome.one_line_error(),
+        "jobworker-debug: the supervisor refused this connection: run as root or as a member of the operator group"
+    );
+}
