@@ -92,6 +92,12 @@ async fn jobs_are_isolated() {
         .map(str::trim)
         .collect();
     assert_eq!(interfaces, ["lo"], "{dev}");
+    let sys_net = run_text(&t, "ls", &["/sys/class/net"]).await;
+    assert_eq!(
+        sys_net.trim(),
+        "lo",
+        "sysfs shows the job's network namespace"
+    );
     let lo_up = run_text(&t, "cat", &["/sys/class/net/lo/operstate"]).await;
     assert_ne!(lo_up.trim(), "down", "lo is up");
 

@@ -1,6 +1,7 @@
 //! Setting up the job's namespaces from the inside: the mount tree made
 //! private (nothing the job mounts propagates to the host), a fresh `/proc`
-//! of the job's own pid namespace, the loopback interface up, the hostname,
+//! of the job's own pid namespace, a fresh read-only `/sys` of its network
+//! namespace, the loopback interface up, the hostname,
 //! and the init itself exempt from the OOM killer where the host allows it.
 
 use nix::mount::{MsFlags, mount};
@@ -30,6 +31,17 @@ pub fn namespaces(hostname: &str) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("mounting /proc: {e}"))?;
+    // A sysfs mounted here shows the job's network namespace: /sys/class/net
+    // lists only lo, not the host's interfaces. Read-only: it is the host's
+    // kernel all the same.
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting /sys: {e}"))?;
     sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
     // The OOM killer should pick the job's processes, not the init that
     // records how they ended (the command puts its own score back). Where
