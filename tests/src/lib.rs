@@ -2,7 +2,9 @@
 //!
 //! [`vm`] is the library side of the VM test bed (`tests/vm/run`): an ipc
 //! client of the real supervisor, readers of the kernel's cgroup files, and
-//! the scenarios that the in-guest driver `vm-scenarios` runs.
+//! the scenarios that the in-guest driver `vm-scenarios` runs. [`bench`] is
+//! the benchmark harness behind the `bench` binary (BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod vm;

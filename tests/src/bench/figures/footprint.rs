@@ -1,0 +1,207 @@
+//! Figure 5, footprint: the supervisor's and the gateway's resident memory
+//! (VmRSS of /proc/<pid>/status) idle, with N finished jobs on record, and
+//! with M concurrent output streams (M clients, each on its own mTLS
+//! connection, following one job that prints a line every 100 ms); and the
+//! disk taken per job record (allocated blocks of `<state>/jobs/`, divided
+//! by the number of jobs). Each value is one reading: median = p99.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use jobworker_proto::v1;
+
+use crate::bench::Options;
+use crate::bench::report::{Report, Unit};
+use crate::bench::stack::{self, Stack, StackOptions};
+use crate::bench::stats::Samples;
+
+/// (allocated bytes, apparent bytes) of everything under `dir`.
+fn disk_usage(dir: &Path) -> Result<(u64, u64)> {
+    let mut allocated = 0;
+    let mut apparent = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        allocated += meta.blocks() * 512;
+        apparent += meta.len();
+        if meta.is_dir() {
+            let (a, b) = disk_usage(&entry.path())?;
+            allocated += a;
+            apparent += b;
+        }
+    }
+    Ok((allocated, apparent))
+}
+
+fn one(value: u64) -> Samples {
+    Samples::from_values(vec![value as f64])
+}
+
+/// Runs the figure.
+pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
+    let f = "5 footprint";
+    let stack = Stack::start(&StackOptions::default())?;
+    let (sup, gw) = (stack.supervisor_pid(), stack.gateway_pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report.add(
+        f,
+        "fp.sup.idle",
+        "supervisor VmRSS, idle",
+        Unit::Bytes,
+        one(stack::rss_bytes(sup)?),
+        None,
+    );
+    report.add(
+        f,
+        "fp.gw.idle",
+        "gateway VmRSS, idle",
+        Unit::Bytes,
+        one(stack::rss_bytes(gw)?),
+        None,
+    );
+
+    // N finished jobs, from 16 clients.
+    let jobs = options.footprint_jobs;
+    let clients = 16.min(jobs.max(1));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = stack.client().await?;
+        let count = jobs / clients + usize::from(c < jobs % clients);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..count {
+                let id = client
+                    .start_job(stack::start_request("/bin/true", &[]))
+                    .await
+                    .context("StartJob")?
+                    .into_inner()
+                    .job_id;
+                stack::follow(&mut client, &id).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let jobs_dir = stack.state_dir.join("jobs");
+    let records = std::fs::read_dir(&jobs_dir)?.count();
+    if records < jobs {
+        bail!(
+            "{records} job records in {}, expected {jobs}",
+            jobs_dir.display()
+        );
+    }
+    report.add(
+        f,
+        "fp.sup.jobs",
+        format!("supervisor VmRSS, {jobs} finished jobs on record"),
+        Unit::Bytes,
+        one(stack::rss_bytes(sup)?),
+        Some("fp.sup.idle"),
+    );
+    report.add(
+        f,
+        "fp.gw.jobs",
+        format!("gateway VmRSS, after {jobs} jobs"),
+        Unit::Bytes,
+        one(stack::rss_bytes(gw)?),
+        Some("fp.gw.idle"),
+    );
+    let (allocated, apparent) = disk_usage(&jobs_dir)?;
+    let n = records as u64;
+    report.add(
+        f,
+        "fp.disk.job",
+        "disk per finished job record (allocated blocks; /bin/true, no output)",
+        Unit::Bytes,
+        one(allocated / n),
+        None,
+    );
+    report.add(
+        f,
+        "fp.disk.job.apparent",
+        "disk per finished job record (apparent size)",
+        Unit::Bytes,
+        one(apparent / n),
+        None,
+    );
+
+    // M concurrent streams on one job.
+    let streams = options.footprint_streams;
+    let mut control = stack.client().await?;
+    let id = control
+        .start_job(stack::start_request(
+            "/bin/sh",
+            &["-c", "while :; do echo tick; sleep 0.1; done"],
+        ))
+        .await
+        .context("StartJob")?
+        .into_inner()
+        .job_id;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
+    let mut followers = Vec::new();
+    for _ in 0..streams {
+        let mut client = stack.client().await?;
+        let id = id.clone();
+        let ready = ready_tx.clone();
+        followers.push(tokio::spawn(async move {
+            let mut stream = client
+                .stream_output(v1::StreamOutputRequest {
+                    job_id: id,
+                    offset: 0,
+                    follow: Some(true),
+                })
+                .await?
+                .into_inner();
+            let mut told = false;
+            while let Some(chunk) = stream.message().await? {
+                if !told {
+                    let _ = ready.send(()).await;
+                    told = true;
+                }
+                if matches!(chunk.kind, Some(v1::output_chunk::Kind::End(_))) {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..streams {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await
+            .context("the streams did not all start within 60 s")?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report.add(
+        f,
+        "fp.sup.streams",
+        format!("supervisor VmRSS, {streams} concurrent streams"),
+        Unit::Bytes,
+        one(stack::rss_bytes(sup)?),
+        Some("fp.sup.idle"),
+    );
+    report.add(
+        f,
+        "fp.gw.streams",
+        format!("gateway VmRSS, {streams} concurrent streams ({streams} mTLS connections)"),
+        Unit::Bytes,
+        one(stack::rss_bytes(gw)?),
+        Some("fp.gw.idle"),
+    );
+    control
+        .stop_job(v1::StopJobRequest {
+            job_id: id,
+            grace_period: None,
+        })
+        .await
+        .context("StopJob")?;
+    for follower in followers {
+        follower.await??;
+    }
+    drop(stack);
+    Ok(())
+}
