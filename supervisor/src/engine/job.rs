@@ -5,7 +5,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use jobworker_ipc::{
     Args, Command, EnforcedLimits, JobId, JobInfo, JobState, Limits, Owner, RequestId, Termination,
@@ -125,6 +125,9 @@ pub struct Job {
     /// Held while the record is built and written, so that the last write
     /// holds the latest status.
     persisting: Mutex<()>,
+    /// The bytes its directory takes, once it has ended (it no longer
+    /// changes then), so that retention measures each job once.
+    pub ended_size: OnceLock<u64>,
 }
 
 impl Job {
@@ -158,6 +161,7 @@ impl Job {
             status: Mutex::new(status),
             changed: watch::channel(0).0,
             persisting: Mutex::new(()),
+            ended_size: OnceLock::new(),
         }
     }
 

@@ -29,10 +29,16 @@ impl Engine {
             max_total_bytes,
         } = self.config.retention;
         let jobs: Vec<Arc<Job>> = self.jobs().values().cloned().collect();
+        // An ended job's directory no longer changes: it is measured once.
+        // A running one (a record and a growing log) is measured each time.
         let mut sized: Vec<(Arc<Job>, u64)> = jobs
             .into_iter()
             .map(|job| {
-                let size = dir_size(&job.dir);
+                let size = if job.is_ended() {
+                    *job.ended_size.get_or_init(|| dir_size(&job.dir))
+                } else {
+                    dir_size(&job.dir)
+                };
                 (job, size)
             })
             .collect();
