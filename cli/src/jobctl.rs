@@ -500,7 +500,25 @@ async fn run_job(settings: &Settings, spec: &JobSpecArgs) -> Result<u8, CliError
     // Once asked for, a start is seen through, so that a job started by a
     // request in flight is stopped rather than left behind.
     let id = start(&mut client, spec).await?;
-    let mut stream = OutputStream::open(&mut client, &id, 0, true).await?;
+    match follow(&mut client, &id, &mut interrupt).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            // Whatever ended `run` early (stdout closed, the stream broke),
+            // the job it started must not go on unattended.
+            stop_before_leaving(&client, &id).await;
+            Err(e)
+        }
+    }
+}
+
+/// How long `run` waits for a stop it sends before it leaves anyway.
+const LEAVING_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a second Ctrl-C waits for the stop to reach the server.
+const SECOND_INTERRUPT_WAIT: Duration = Duration::from_secs(2);
+
+/// Streams the job's output until it ends; Ctrl-C stops it.
+async fn follow(client: &mut Client, id: &str, interrupt: &mut Signal) -> Result<u8, CliError> {
+    let mut stream = OutputStream::open(client, id, 0, true).await?;
     let mut stopping = None;
     let end = loop {
         tokio::select! {
@@ -513,13 +531,16 @@ async fn run_job(settings: &Settings, spec: &JobSpecArgs) -> Result<u8, CliError
                     )));
                 }
             },
-            _ = interrupted(&mut interrupt) => {
-                if stopping.is_some() {
+            _ = interrupted(interrupt) => {
+                if let Some(stop) = stopping.take() {
+                    // Give the stop a moment to reach the server: leaving at
+                    // once would cancel it and leave the job running.
+                    let _ = tokio::time::timeout(SECOND_INTERRUPT_WAIT, stop).await;
                     return Ok(exit::INTERRUPTED);
                 }
                 eprintln!("jobctl: interrupted: stopping job {id} (Ctrl-C again to stop waiting)");
                 let mut stopper = client.clone();
-                let request = v1::StopJobRequest { job_id: id.clone(), grace_period: None };
+                let request = v1::StopJobRequest { job_id: id.to_owned(), grace_period: None };
                 stopping = Some(tokio::spawn(async move { stopper.stop_job(request).await }));
             }
         }
@@ -537,6 +558,21 @@ async fn run_job(settings: &Settings, spec: &JobSpecArgs) -> Result<u8, CliError
         eprintln!("jobctl: job {id}: the kernel's OOM killer killed a process of the job");
     }
     exit_code_of(&end)
+}
+
+/// Stops a job `run` started before `run` gives up on it (best effort, with
+/// a time limit; the error that ended `run` is what gets reported).
+async fn stop_before_leaving(client: &Client, id: &str) {
+    let mut stopper = client.clone();
+    let request = v1::StopJobRequest {
+        job_id: id.to_owned(),
+        grace_period: None,
+    };
+    match tokio::time::timeout(LEAVING_STOP_TIMEOUT, stopper.stop_job(request)).await {
+        Ok(Ok(_)) => eprintln!("jobctl: stopped job {id}"),
+        Ok(Err(status)) => eprintln!("jobctl: could not stop job {id}: {}", status.message()),
+        Err(_) => eprintln!("jobctl: job {id} did not stop in time; check `jobctl status {id}`"),
+    }
 }
 
 async fn interrupted(signal: &mut Signal) {
