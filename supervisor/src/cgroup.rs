@@ -1070,7 +1070,11 @@ mod tests {
         };
         let writer = thread::spawn(move || {
             thread::sleep(Duration::from_millis(100));
-            fs::write(&events, "populated 0\n").unwrap();
+            // Overwritten in place with one write of the same length, as the
+            // kernel's file changes: fs::write would truncate first, and the
+            // waiter could wake up to an empty file no kernel ever shows.
+            let mut file = fs::OpenOptions::new().write(true).open(&events).unwrap();
+            io::Write::write_all(&mut file, b"populated 0\n").unwrap();
         });
         let start = Instant::now();
         assert!(job.wait_empty(Duration::from_secs(10)).unwrap());
