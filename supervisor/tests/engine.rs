@@ -3,7 +3,6 @@
 //! Run as root; the tests fail (never skip) otherwise.
 #![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
 
-mod cleanup;
 mod common;
 
 use std::collections::hash_map::DefaultHasher;

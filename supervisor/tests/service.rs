@@ -4,7 +4,6 @@
 //! `socat` installed; the tests fail (never skip) otherwise.
 #![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
 
-mod cleanup;
 mod daemon;
 
 use std::io::{Read, Write};

@@ -4,7 +4,9 @@
 //! client of the real supervisor, readers of the kernel's cgroup files, and
 //! the scenarios that the in-guest driver `vm-scenarios` runs. [`bench`] is
 //! the benchmark harness behind the `bench` binary (BENCHMARKS.md).
+//! [`cleanup`] removes test cgroup subtrees, for every crate's tests.
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cleanup;
 pub mod vm;

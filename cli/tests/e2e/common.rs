@@ -60,25 +60,7 @@ pub fn cgroup2_mount() -> PathBuf {
         .expect("these tests need a cgroup2 mount (none in /proc/self/mountinfo)")
 }
 
-/// Kills and removes a cgroup subtree, leaves first.
-pub fn remove_cgroup_tree(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.path().is_dir() {
-            remove_cgroup_tree(&entry.path());
-        }
-    }
-    let _ = std::fs::write(root.join("cgroup.kill"), "1");
-    for _ in 0..300 {
-        if std::fs::remove_dir(root).is_ok() || !root.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!("could not remove test cgroup {}", root.display());
-}
+pub use jobworker_tests::cleanup::remove_cgroup_tree;
 
 fn assert_root() {
     assert!(

@@ -281,26 +281,6 @@ impl Supervisor {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-
-    /// Removes the cgroup subtree, leaves first, killing what is left.
-    fn remove_cgroups(root: &Path) {
-        let Ok(entries) = std::fs::read_dir(root) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.path().is_dir() {
-                Self::remove_cgroups(&entry.path());
-            }
-        }
-        let _ = std::fs::write(root.join("cgroup.kill"), "1");
-        for _ in 0..200 {
-            if std::fs::remove_dir(root).is_ok() || !root.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("could not remove test cgroup {}", root.display());
-    }
 }
 
 impl Drop for Supervisor {
@@ -313,7 +293,7 @@ impl Drop for Supervisor {
                 self.log_text()
             );
         }
-        Self::remove_cgroups(&self.cgroup_root);
+        jobworker_tests::cleanup::remove_cgroup_tree(&self.cgroup_root);
     }
 }
 

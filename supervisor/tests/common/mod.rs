@@ -151,6 +151,6 @@ pub async fn read_all(engine: &Engine, job: &JobInfo, offset: u64) -> (Vec<u8>, 
 
 impl Drop for TestEngine {
     fn drop(&mut self) {
-        crate::cleanup::remove_cgroup_tree(&self.cgroup_root);
+        jobworker_tests::cleanup::remove_cgroup_tree(&self.cgroup_root);
     }
 }

@@ -246,6 +246,6 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("--- supervisor log ---\n{}", self.log_text());
         }
-        crate::cleanup::remove_cgroup_tree(&self.cgroup_root);
+        jobworker_tests::cleanup::remove_cgroup_tree(&self.cgroup_root);
     }
 }

@@ -69,25 +69,7 @@ pub fn fresh_cgroup(kind: &str) -> Result<PathBuf> {
     )))
 }
 
-/// Removes a cgroup subtree, leaves first, killing what is left in it.
-pub fn remove_cgroup_tree(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.path().is_dir() {
-            remove_cgroup_tree(&entry.path());
-        }
-    }
-    let _ = std::fs::write(root.join("cgroup.kill"), "1");
-    for _ in 0..300 {
-        if std::fs::remove_dir(root).is_ok() || !root.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!("bench: could not remove cgroup {}", root.display());
-}
+pub use crate::cleanup::remove_cgroup_tree;
 
 /// A cgroup directory removed (with its subtree) on drop.
 #[derive(Debug)]

@@ -1,10 +1,12 @@
-//! Removing a test's cgroup subtree: every process in it killed, every
-//! directory removed, leaves first.
+//! Removing a test's (or a benchmark's) cgroup subtree: every process in it
+//! killed through `cgroup.kill`, every directory removed, leaves first. Shared
+//! by the supervisor's, the gateway's and the CLI's tests and by the bench.
 
 use std::path::Path;
 use std::time::Duration;
 
-/// Kills and removes a test cgroup subtree, leaves first.
+/// Kills and removes the cgroup subtree at `root`, leaves first; a missing
+/// `root` is fine. Gives up (and says so) after about 3 s per directory.
 pub fn remove_cgroup_tree(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
@@ -15,7 +17,7 @@ pub fn remove_cgroup_tree(root: &Path) {
         }
     }
     let _ = std::fs::write(root.join("cgroup.kill"), "1");
-    for _ in 0..200 {
+    for _ in 0..300 {
         if std::fs::remove_dir(root).is_ok() || !root.exists() {
             return;
         }
