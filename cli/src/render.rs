@@ -10,7 +10,8 @@
 //!
 //! ```json
 //! {"id": "…", "owner": "alice", "command": "sh", "args": ["-c", "…"],
-//!  "state": "finished", "pid": 4242, "exit_code": 7, "signal": null,
+//!  "state": "finished", "pid": 4242, "uid": 61184, "gid": 61184,
+//!  "exit_code": 7, "signal": null,
 //!  "oom_killed": false, "created_at": "2026-01-01T00:00:00.000Z",
 //!  "started_at": "…", "ended_at": "…",
 //!  "limits": {"cpu_millicores": 500, "memory_bytes": null,
@@ -166,6 +167,10 @@ pub struct JobView {
     pub state: Option<State>,
     /// Its init's pid on the host.
     pub pid: Option<u32>,
+    /// The uid its processes run as.
+    pub uid: Option<u32>,
+    /// The gid its processes run as.
+    pub gid: Option<u32>,
     /// The command's exit code, when it exited.
     pub exit_code: Option<i32>,
     /// The signal that killed the command, when one did.
@@ -218,6 +223,8 @@ impl From<&v1::Job> for JobView {
             args: job.args.clone(),
             state: State::from_proto(job.state),
             pid: job.pid,
+            uid: job.uid,
+            gid: job.gid,
             exit_code: job.exit_code,
             signal: job.signal,
             oom_killed: job.oom_killed,
@@ -269,6 +276,8 @@ impl From<&JobInfo> for JobView {
             args: job.args.as_slice().to_vec(),
             state: Some(State::from_ipc(job.state)),
             pid: job.pid,
+            uid: job.uid,
+            gid: job.gid,
             exit_code,
             signal,
             oom_killed: job.oom_killed,
@@ -331,6 +340,8 @@ impl JobView {
             "args": self.args,
             "state": self.state.map_or("unspecified", State::name),
             "pid": self.pid,
+            "uid": self.uid,
+            "gid": self.gid,
             "exit_code": self.exit_code,
             "signal": self.signal,
             "oom_killed": self.oom_killed,
@@ -408,6 +419,9 @@ impl JobView {
         line("State:", &self.outcome());
         if let Some(pid) = self.pid {
             line("PID:", &pid.to_string());
+        }
+        if let (Some(uid), Some(gid)) = (self.uid, self.gid) {
+            line("Runs as:", &format!("uid {uid}, gid {gid}"));
         }
         line(
             "OOM killed:",
@@ -619,6 +633,8 @@ mod tests {
             args: vec!["-c".into(), "echo 'hi'; exit 7".into()],
             state: v1::JobState::Finished.into(),
             pid: Some(4242),
+            uid: Some(61184),
+            gid: Some(61184),
             exit_code: Some(7),
             created_at: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
@@ -666,11 +682,15 @@ mod tests {
         assert_eq!(value["limits"]["cpu_millicores"], 500);
         assert_eq!(value["limits"]["io_read_bytes_per_sec"], Value::Null);
         assert_eq!(value["enforced"]["pids"], true);
+        assert_eq!(
+            (&value["uid"], &value["gid"]),
+            (&json!(61184), &json!(61184))
+        );
         assert_eq!(value["usage"]["cpu_time_usec"], 12_000);
         assert_eq!(value["output_truncated_bytes"], 40);
         assert_eq!(value["failure"], Value::Null);
         let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 18, "{keys:?}");
+        assert_eq!(keys.len(), 20, "{keys:?}");
     }
 
     #[test]
@@ -731,6 +751,8 @@ mod tests {
             args: Args::new(vec!["5".into()]).unwrap(),
             state: jobworker_ipc::JobState::Stopped,
             pid: None,
+            uid: Some(61200),
+            gid: Some(61200),
             termination: Some(Termination::Signaled(15)),
             oom_killed: false,
             created_at: UnixMillis(1_700_000_000_005),

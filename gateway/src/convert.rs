@@ -182,6 +182,8 @@ pub fn job(info: JobInfo) -> v1::Job {
         args: info.args.as_slice().to_vec(),
         state: job_state(info.state).into(),
         pid: info.pid,
+        uid: info.uid,
+        gid: info.gid,
         exit_code,
         signal,
         oom_killed: info.oom_killed,
@@ -466,6 +468,8 @@ mod tests {
             args: Args::new(vec!["1".into()]).unwrap(),
             state: JobState::Finished,
             pid: Some(42),
+            uid: Some(61184),
+            gid: Some(61185),
             termination: Some(Termination::Signaled(9)),
             oom_killed: true,
             created_at: UnixMillis(1_700_000_000_123),
@@ -491,6 +495,7 @@ mod tests {
         assert_eq!(job.owner, "local:root");
         assert_eq!(job.state(), v1::JobState::Finished);
         assert_eq!((job.exit_code, job.signal), (None, Some(9)));
+        assert_eq!((job.uid, job.gid), (Some(61184), Some(61185)));
         assert_eq!(
             job.created_at,
             Some(prost_types::Timestamp {

@@ -253,6 +253,13 @@ pub struct JobInfo {
     pub state: JobState,
     /// Its init process's pid in the host's pid namespace.
     pub pid: Option<u32>,
+    /// The uid its command runs as (its own, unless the server runs every
+    /// job as one configured account). Unset in records of older versions.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The gid its command runs as.
+    #[serde(default)]
+    pub gid: Option<u32>,
     /// How its command ended, once it has.
     pub termination: Option<Termination>,
     /// The OOM killer killed a process of the job.

@@ -15,6 +15,8 @@ fn job_info() -> JobInfo {
         args: Args::new(vec!["hello".into(), "wörld\u{1}".into()]).unwrap(),
         state: JobState::Finished,
         pid: Some(4242),
+        uid: Some(61184),
+        gid: Some(61184),
         termination: Some(Termination::Signaled(9)),
         oom_killed: true,
         created_at: UnixMillis(1),

@@ -2,58 +2,82 @@
 //! it, rename it over the target, fsync the directory. A reader sees the old
 //! content or the new, never a part; a crash leaves one of the two.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::Serialize;
 
 /// Replaces `path` with `contents` atomically; the file gets mode 0600.
 pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temp_name(path);
+    let dir = File::open(path.parent().unwrap_or(Path::new(".")))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+    write_at(&dir, name, contents)
+}
+
+/// Replaces the file `name` in the open directory `dir` with `contents`
+/// atomically; the file gets mode 0600. For a writer that can no longer
+/// reach the directory by path (the job's init, once in its sandbox).
+pub fn write_at(dir: &File, name: &OsStr, contents: &[u8]) -> io::Result<()> {
+    let tmp = temp_name(name);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let mut file = File::from(fd);
         file.write_all(contents)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        rustix::fs::renameat(dir.as_fd(), &tmp, dir.as_fd(), name)?;
+        dir.sync_all()
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = rustix::fs::unlinkat(dir.as_fd(), &tmp, AtFlags::empty());
     }
     result
 }
 
 /// Replaces `path` with `value` as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let mut body = serde_json::to_vec_pretty(value)?;
-    body.push(b'\n');
-    write(path, &body)
+    write(path, &json(value)?)
 }
 
-/// A temporary name beside `path`, unique to this process and this call, so
+/// Replaces `name` in `dir` with `value` as pretty JSON, atomically.
+pub fn write_json_at<T: Serialize>(dir: &File, name: &OsStr, value: &T) -> io::Result<()> {
+    write_at(dir, name, &json(value)?)
+}
+
+fn json<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(value)?;
+    body.push(b'\n');
+    Ok(body)
+}
+
+/// A temporary name beside `name`, unique to this process and this call, so
 /// that concurrent writers never share (or delete) each other's file.
-fn temp_name(path: &Path) -> PathBuf {
+fn temp_name(name: &OsStr) -> OsString {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(
+    let mut tmp = name.to_os_string();
+    tmp.push(format!(
         ".tmp.{}.{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    path.with_file_name(name)
+    tmp
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

@@ -7,9 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use jobworker_ipc::Limits;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Serialize};
+
+use crate::engine::uids::JobIds;
+use crate::handoff::{BindPath, WORK_MOUNT};
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/supervisor.toml";
@@ -100,9 +105,14 @@ pub struct FileConfig {
     /// The cgroup under which job cgroups are made; the supervisor's own
     /// cgroup when unset (with systemd: its service's delegated cgroup).
     pub cgroup_root: Option<PathBuf>,
-    /// The account jobs run as (name or uid).
-    pub job_user: String,
-    /// The group jobs run as (name or gid); the job user's group when unset.
+    /// The uids (and gids) jobs get one of each, when `job_user` is unset.
+    pub job_uids: UidRangeConfig,
+    /// Run every job as this one account (name or uid) instead of a uid of
+    /// its own: weaker, since jobs can then reach each other's files,
+    /// processes and per-user kernel limits.
+    pub job_user: Option<String>,
+    /// The group jobs run as with `job_user` (name or gid); the job user's
+    /// group when unset.
     pub job_group: Option<String>,
     /// Allow `job_user` to be root. Jobs as root keep no capabilities but
     /// still own every root-owned file: say so explicitly.
@@ -115,6 +125,18 @@ pub struct FileConfig {
     pub io_device: Option<String>,
     /// The working directory of a job that asks for none.
     pub working_dir: String,
+    /// The size of each of a job's private tmpfs mounts (`/tmp`, `/var/tmp`,
+    /// `/dev/shm`, `/run/lock`); a quarter of the job's memory limit, or 64
+    /// MiB without one, when unset.
+    pub tmp_size_bytes: Option<u64>,
+    /// Host paths hidden from jobs (an empty read-only directory, or an
+    /// empty file).
+    pub masked_paths: Vec<PathBuf>,
+    /// Let jobs use io_uring (refused by the seccomp filter by default).
+    pub allow_io_uring: bool,
+    /// The most processes and threads a job without a pids limit may have
+    /// at once (`RLIMIT_NPROC` of its uid).
+    pub max_processes: u64,
     /// Output bytes kept per job; more is drained, counted and dropped.
     pub output_cap_bytes: u64,
     /// Grace period between SIGTERM and SIGKILL when stopping a job, in
@@ -133,6 +155,37 @@ pub struct FileConfig {
     pub max_limits: LimitsConfig,
     /// How long ended jobs are kept.
     pub retention: RetentionConfig,
+    /// Host paths shown to every job besides the read-only host tree.
+    pub bind_paths: Vec<BindPath>,
+}
+
+/// The range job uids come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UidRangeConfig {
+    /// The first uid.
+    pub first: u32,
+    /// The last uid (included).
+    pub last: u32,
+}
+
+impl Default for UidRangeConfig {
+    /// systemd's range for dynamic users, which no distribution gives to
+    /// accounts.
+    fn default() -> Self {
+        Self {
+            first: 61184,
+            last: 65519,
+        }
+    }
+}
+
+/// What hides the host from jobs unless the configuration says otherwise.
+pub fn default_masked_paths() -> Vec<PathBuf> {
+    ["/run", "/var/run", "/home", "/root"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
 }
 
 impl Default for FileConfig {
@@ -144,12 +197,17 @@ impl Default for FileConfig {
             operator_group: None,
             state_dir: PathBuf::from("/var/lib/jobworker"),
             cgroup_root: None,
-            job_user: "nobody".into(),
+            job_uids: UidRangeConfig::default(),
+            job_user: None,
             job_group: None,
             allow_root_jobs: false,
             strict_limits: false,
             io_device: None,
-            working_dir: "/".into(),
+            working_dir: WORK_MOUNT.into(),
+            tmp_size_bytes: None,
+            masked_paths: default_masked_paths(),
+            allow_io_uring: false,
+            max_processes: 4096,
             output_cap_bytes: 64 << 20,
             grace_period_ms: 5000,
             handshake_timeout_ms: 5000,
@@ -158,6 +216,7 @@ impl Default for FileConfig {
             default_limits: LimitsConfig::default(),
             max_limits: LimitsConfig::default(),
             retention: RetentionConfig::default(),
+            bind_paths: Vec::new(),
         }
     }
 }
@@ -173,10 +232,9 @@ pub struct Config {
     pub gateway_uid: Option<u32>,
     /// `operator_group`, resolved.
     pub operator_gid: Option<u32>,
-    /// `job_user`, resolved.
-    pub job_uid: u32,
-    /// `job_group` (or the job user's group), resolved.
-    pub job_gid: u32,
+    /// `job_user` and `job_group` resolved, or `job_uids` checked against
+    /// the host's accounts and groups.
+    pub job_ids: JobIds,
     /// `io_device`, parsed.
     pub io_device: Option<(u32, u32)>,
     /// `default_limits`, validated.
@@ -236,20 +294,6 @@ impl Config {
             return Err(invalid("max_connections", "must be greater than 0".into()));
         }
 
-        let job_user = lookup_user(&file.job_user).map_err(|r| invalid("job_user", r))?;
-        let job_uid = job_user.uid.as_raw();
-        let job_gid = match &file.job_group {
-            Some(group) => lookup_group(group).map_err(|r| invalid("job_group", r))?,
-            None => job_user.gid.as_raw(),
-        };
-        if (job_uid == 0 || job_gid == 0) && !file.allow_root_jobs {
-            return Err(invalid(
-                "job_user",
-                "jobs would run as root (uid or gid 0); pick an unprivileged account, or set \
-                 allow_root_jobs = true if you really mean it"
-                    .into(),
-            ));
-        }
         let gateway_uid = file
             .gateway_user
             .as_deref()
@@ -257,14 +301,6 @@ impl Config {
             .transpose()
             .map_err(|r| invalid("gateway_user", r))?
             .map(|user| user.uid.as_raw());
-        if gateway_uid == Some(job_uid) {
-            return Err(invalid(
-                "gateway_user",
-                "is the job account too: any job could then act as the gateway and claim \
-                 to be any user; give the gateway and the jobs different accounts"
-                    .into(),
-            ));
-        }
         if gateway_uid == Some(0) {
             return Err(invalid(
                 "gateway_user",
@@ -283,6 +319,9 @@ impl Config {
             .map(lookup_group)
             .transpose()
             .map_err(|r| invalid("socket_group", r))?;
+        let job_ids = job_ids(&file, gateway_uid, [operator_gid, socket_gid])
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        sandbox_paths(&file).map_err(|(key, reason)| invalid(key, reason))?;
         let io_device = file
             .io_device
             .as_deref()
@@ -303,8 +342,7 @@ impl Config {
             socket_gid,
             gateway_uid,
             operator_gid,
-            job_uid,
-            job_gid,
+            job_ids,
             io_device,
             default_limits,
             max_limits,
@@ -319,16 +357,151 @@ impl Config {
     pub fn describe(&self) -> String {
         let mut out = toml::to_string(&self.file)
             .unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"));
+        let jobs = match &self.job_ids {
+            JobIds::Shared { uid, gid } => format!("every job runs as uid {uid} gid {gid}"),
+            JobIds::PerJob { range, excluded } => format!(
+                "each job runs as a uid of its own from {}-{} ({} of them taken by accounts or groups of this host)",
+                range.start(),
+                range.end(),
+                excluded.len()
+            ),
+        };
         out.push_str(&format!(
-            "\n# resolved: jobs run as uid {} gid {}; gateway uid {}; operator gid {}; socket gid {}\n",
-            self.job_uid,
-            self.job_gid,
+            "\n# resolved: {jobs}; gateway uid {}; operator gid {}; socket gid {}\n",
             show(self.gateway_uid),
             show(self.operator_gid),
             show(self.socket_gid),
         ));
         out
     }
+}
+
+/// Where jobs get their uid and gid from `file`: `job_user`'s account, or
+/// the `job_uids` range less the host's accounts and groups. Neither may
+/// give a job the gateway's uid or one of the `privileged` gids (the
+/// operators' group, the socket's group): a job could then act as them.
+fn job_ids(
+    file: &FileConfig,
+    gateway_uid: Option<u32>,
+    privileged: [Option<u32>; 2],
+) -> Result<JobIds, (&'static str, String)> {
+    if let Some(user) = &file.job_user {
+        let account = lookup_user(user).map_err(|r| ("job_user", r))?;
+        let uid = account.uid.as_raw();
+        let gid = match &file.job_group {
+            Some(group) => lookup_group(group).map_err(|r| ("job_group", r))?,
+            None => account.gid.as_raw(),
+        };
+        if (uid == 0 || gid == 0) && !file.allow_root_jobs {
+            return Err((
+                "job_user",
+                "jobs would run as root (uid or gid 0); pick an unprivileged account, or set \
+                 allow_root_jobs = true if you really mean it"
+                    .into(),
+            ));
+        }
+        if gateway_uid == Some(uid) {
+            return Err((
+                "gateway_user",
+                "is the job account too: any job could then act as the gateway and claim \
+                 to be any user; give the gateway and the jobs different accounts"
+                    .into(),
+            ));
+        }
+        return Ok(JobIds::Shared { uid, gid });
+    }
+    if file.job_group.is_some() {
+        return Err((
+            "job_group",
+            "goes with job_user; jobs with uids of their own get the same number as gid".into(),
+        ));
+    }
+    let UidRangeConfig { first, last } = file.job_uids;
+    if first == 0 || first > last {
+        return Err((
+            "job_uids",
+            format!(
+                "{first}-{last} is not a range of non-root ids (first must be 1 or more, and at most last)"
+            ),
+        ));
+    }
+    let range = first..=last;
+    if let Some(uid) = gateway_uid.filter(|uid| range.contains(uid)) {
+        return Err((
+            "job_uids",
+            format!("contains the gateway's uid {uid}: a job could act as the gateway"),
+        ));
+    }
+    if let Some(gid) = privileged
+        .into_iter()
+        .flatten()
+        .find(|gid| range.contains(gid))
+    {
+        return Err((
+            "job_uids",
+            format!(
+                "contains gid {gid} of the operators' or the socket's group: a job could act as an operator"
+            ),
+        ));
+    }
+    let excluded = ids_in_use(&range).map_err(|r| ("job_uids", r))?;
+    if excluded.len() >= range.clone().count() {
+        return Err((
+            "job_uids",
+            format!("every id of {first}-{last} names an account or a group of this host"),
+        ));
+    }
+    Ok(JobIds::PerJob { range, excluded })
+}
+
+/// The ids of `range` that name an account in `/etc/passwd` or a group in
+/// `/etc/group`: no job ever gets them.
+fn ids_in_use(range: &std::ops::RangeInclusive<u32>) -> Result<BTreeSet<u32>, String> {
+    let mut ids = BTreeSet::new();
+    for file in ["/etc/passwd", "/etc/group"] {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
+        ids.extend(
+            text.lines()
+                .filter_map(|line| line.split(':').nth(2)?.parse::<u32>().ok())
+                .filter(|id| range.contains(id)),
+        );
+    }
+    Ok(ids)
+}
+
+/// Checks the sandbox's paths: absolute, and a bind's source present.
+fn sandbox_paths(file: &FileConfig) -> Result<(), (&'static str, String)> {
+    if let Some(path) = file.masked_paths.iter().find(|p| !p.is_absolute()) {
+        return Err((
+            "masked_paths",
+            format!("{} is not an absolute path", path.display()),
+        ));
+    }
+    for bind in &file.bind_paths {
+        if !bind.source.is_absolute() || !bind.target().is_absolute() {
+            return Err((
+                "bind_paths",
+                format!(
+                    "{} -> {}: both paths must be absolute",
+                    bind.source.display(),
+                    bind.target().display()
+                ),
+            ));
+        }
+        if !bind.source.exists() {
+            return Err((
+                "bind_paths",
+                format!("{} does not exist on this host", bind.source.display()),
+            ));
+        }
+    }
+    if file.tmp_size_bytes.is_some_and(|size| size < 4096) {
+        return Err(("tmp_size_bytes", "must be at least 4096".into()));
+    }
+    if file.max_processes == 0 {
+        return Err(("max_processes", "must be greater than 0".into()));
+    }
+    Ok(())
 }
 
 fn show(id: Option<u32>) -> String {
@@ -431,8 +604,13 @@ mod tests {
     fn an_empty_file_gives_safe_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.file, FileConfig::default());
-        assert_eq!(config.job_uid, 65534, "nobody");
-        assert_ne!(config.job_gid, 0);
+        let JobIds::PerJob { range, excluded } = &config.job_ids else {
+            panic!("each job gets a uid of its own: {:?}", config.job_ids);
+        };
+        assert_eq!(range, &(61184..=65519));
+        assert!(excluded.iter().all(|id| range.contains(id)));
+        assert_eq!(config.file.working_dir, "/work");
+        assert_eq!(config.file.masked_paths, default_masked_paths());
         assert_eq!(config.gateway_uid, None);
         assert_eq!(config.grace, Duration::from_secs(5));
     }
@@ -457,6 +635,23 @@ mod tests {
                 "gateway_user",
             ),
             ("operator_group = \"no-such-group-here\"", "operator_group"),
+            ("[job_uids]\nfirst = 0\nlast = 10", "job_uids"),
+            ("[job_uids]\nfirst = 20\nlast = 10", "job_uids"),
+            (
+                "gateway_user = \"nobody\"\n[job_uids]\nfirst = 65000\nlast = 65534",
+                "job_uids",
+            ),
+            (
+                "operator_group = \"nogroup\"\n[job_uids]\nfirst = 65000\nlast = 65534",
+                "job_uids",
+            ),
+            ("job_group = \"nogroup\"", "job_group"),
+            ("masked_paths = [\"relative\"]", "masked_paths"),
+            (
+                "[[bind_paths]]\nsource = \"/no/such/path/here\"",
+                "bind_paths",
+            ),
+            ("max_processes = 0", "max_processes"),
             ("io_device = \"sda\"", "io_device"),
             ("grace_period_ms = 0", "grace_period_ms"),
             (
@@ -480,7 +675,7 @@ mod tests {
     #[test]
     fn root_jobs_need_saying_so() {
         let config = parse("job_user = \"root\"\nallow_root_jobs = true").unwrap();
-        assert_eq!(config.job_uid, 0);
+        assert_eq!(config.job_ids, JobIds::Shared { uid: 0, gid: 0 });
     }
 
     #[test]
@@ -488,14 +683,37 @@ mod tests {
         let config =
             parse("job_user = \"65534\"\njob_group = \"65534\"\ngateway_user = \"daemon\"\nio_device = \"8:0\"")
                 .unwrap();
-        assert_eq!((config.job_uid, config.job_gid), (65534, 65534));
+        assert_eq!(
+            config.job_ids,
+            JobIds::Shared {
+                uid: 65534,
+                gid: 65534
+            }
+        );
         assert_eq!(config.gateway_uid, Some(1));
         assert_eq!(config.io_device, Some((8, 0)));
     }
 
     #[test]
+    fn accounts_of_the_host_are_never_job_uids() {
+        // nobody (65534) is in /etc/passwd on every Debian host.
+        let config = parse("[job_uids]\nfirst = 65530\nlast = 65535").unwrap();
+        let JobIds::PerJob { excluded, .. } = config.job_ids else {
+            panic!("per-job uids");
+        };
+        assert!(excluded.contains(&65534), "{excluded:?}");
+        let err = parse("[job_uids]\nfirst = 65534\nlast = 65534")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names an account or a group"), "{err}");
+    }
+
+    #[test]
     fn the_description_parses_back() {
-        let config = parse("[max_limits]\nmemory_bytes = 1073741824").unwrap();
+        let config = parse(
+            "[max_limits]\nmemory_bytes = 1073741824\n[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"/data\"\nwritable = true",
+        )
+        .unwrap();
         let again = parse(&config.describe()).unwrap();
         assert_eq!(again.file, config.file);
     }

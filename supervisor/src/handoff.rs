@@ -43,6 +43,51 @@ pub struct InitSpec {
     pub hostname: String,
     /// Output bytes kept in the log; the rest is drained and counted.
     pub output_cap: u64,
+    /// The job's view of the host and what it may not do.
+    pub sandbox: Sandbox,
+}
+
+/// The sandbox the init builds around the command (see `init::sandbox`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// The job's writable directory on the host, mounted at [`WORK_MOUNT`].
+    pub work_dir: PathBuf,
+    /// The size of each private tmpfs (`/tmp`, `/var/tmp`, `/dev/shm`,
+    /// `/run/lock`), in bytes.
+    pub tmp_size: u64,
+    /// Paths of the host hidden from the job (an empty read-only directory,
+    /// or `/dev/null` over a file).
+    pub masked_paths: Vec<PathBuf>,
+    /// The operator's extra bind mounts.
+    pub bind_paths: Vec<BindPath>,
+    /// Whether io_uring's system calls are allowed.
+    pub allow_io_uring: bool,
+    /// `RLIMIT_NPROC` of the command: processes of the job's uid.
+    pub max_processes: u64,
+}
+
+/// Where a job finds its writable directory.
+pub const WORK_MOUNT: &str = "/work";
+
+/// A host path an operator makes visible to every job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindPath {
+    /// The path on the host.
+    pub source: PathBuf,
+    /// Where the job sees it; the same path when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBuf>,
+    /// Whether the job may write there (read-only by default).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl BindPath {
+    /// Where the job sees it.
+    pub fn target(&self) -> &std::path::Path {
+        self.target.as_deref().unwrap_or(&self.source)
+    }
 }
 
 /// The init's answer.

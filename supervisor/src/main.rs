@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobworker_supervisor::cgroup::{CgroupTree, SKIP_LIMITS_ENV};
 use jobworker_supervisor::config::{self, Config};
-use jobworker_supervisor::engine::{Engine, EngineConfig, Retention};
+use jobworker_supervisor::engine::{Engine, EngineConfig, Retention, SandboxConfig};
 use jobworker_supervisor::service::{self, conn::Context, listen};
 use jobworker_supervisor::{init, sys};
 
@@ -78,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    raise_fd_limit();
     let (listener, origin) =
         listen::listener(activated, &config.file.socket_path, config.socket_gid)
             .context("opening the supervisor's socket")?;
@@ -89,6 +90,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(serve(config, listener, origin))
+}
+
+/// Raises the soft limit on open files to the hard one: each running job
+/// holds two pidfds and each stream a connection, and systemd's default soft
+/// limit of 1024 would cap them at a few hundred. Jobs get their own limits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "raising the open files limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "reading the open files limit"),
+    }
 }
 
 async fn serve(
@@ -149,8 +165,14 @@ fn engine_config(config: &Config) -> anyhow::Result<EngineConfig> {
         state_dir: config.file.state_dir.clone(),
         // The running binary itself, even if an upgrade replaced the file.
         init_program: PathBuf::from("/proc/self/exe"),
-        job_uid: config.job_uid,
-        job_gid: config.job_gid,
+        job_ids: config.job_ids.clone(),
+        sandbox: SandboxConfig {
+            tmp_size: config.file.tmp_size_bytes,
+            masked_paths: config.file.masked_paths.clone(),
+            bind_paths: config.file.bind_paths.clone(),
+            allow_io_uring: config.file.allow_io_uring,
+            max_processes: config.file.max_processes,
+        },
         default_limits: config.default_limits,
         max_limits: config.max_limits,
         retention: Retention {

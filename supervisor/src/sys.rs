@@ -10,6 +10,8 @@
 //! - [`loopback_up`]: the `SIOCSIFFLAGS` ioctl that brings `lo` up.
 //! - [`default_signal_dispositions`], [`close_fds_from`], [`take_control_fd`]:
 //!   process hygiene around exec.
+//! - [`set_mount_attributes`] (mount_setattr) and [`join_new_session_keyring`]
+//!   (keyctl): the two calls of the job's sandbox that rustix does not wrap.
 #![allow(
     unsafe_code,
     reason = "the supervisor's syscall module: clone3, fork, ioctl, sigaction"
@@ -31,7 +33,8 @@ const NAMESPACES: u64 = (libc::CLONE_NEWPID
     | libc::CLONE_NEWNS
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC) as u64;
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWCGROUP) as u64;
 
 /// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
 #[repr(C)]
@@ -60,7 +63,8 @@ pub struct Spawned {
 }
 
 /// Clones a child directly into the cgroup `cgroup` (no moment outside it)
-/// and into new pid, mount, network, uts and ipc namespaces; the child puts
+/// and into new pid, mount, network, uts, ipc and cgroup namespaces (the
+/// job's cgroup is the root of the latter); the child puts
 /// `control` at fd [`INIT_CONTROL_FD`], clears its signal mask and execs
 /// `program` with `argv` and `envp`. If the exec fails, the child exits with
 /// status 127.
@@ -262,6 +266,59 @@ pub fn take_control_fd() -> io::Result<OwnedFd> {
     // SAFETY: the fd is open (checked above), was put there by clone_init for
     // this process, and nothing else in the init owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(INIT_CONTROL_FD) })
+}
+
+/// Sets and clears mount attributes (`MOUNT_ATTR_*`) of the mount at
+/// `dirfd`/`path` (with `AT_EMPTY_PATH`: of `dirfd` itself, e.g. a tree from
+/// `open_tree`), and of every mount below it with `AT_RECURSIVE`. Also makes
+/// the mounts private.
+pub fn set_mount_attributes(
+    dirfd: BorrowedFd<'_>,
+    path: &CStr,
+    at_flags: libc::c_int,
+    set: u64,
+    clear: u64,
+) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is a valid NUL-terminated string and `attr` a valid
+    // mount_attr of the size passed; the kernel only reads both.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            at_flags,
+            &raw const attr,
+            size_of::<libc::mount_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives the calling process a new, anonymous session keyring owned by its
+/// current uid, so that no keyring of whoever started it is reachable.
+pub fn join_new_session_keyring() -> io::Result<()> {
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a NULL name takes no other
+    // pointer; it only changes the calling process's credentials.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<c_char>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Ends the calling process at once, without running exit handlers or

@@ -10,8 +10,9 @@ use std::hash::Hasher;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{TestEngine, read_all, spec};
+use common::{JOB_UIDS, TestEngine, read_all, spec};
 use jobworker_ipc::{IpcError, JobState, Termination};
+use jobworker_supervisor::handoff::BindPath;
 
 fn hash(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
@@ -20,10 +21,20 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 /// A world-readable scratch directory (the job runs as nobody).
-fn public_dir() -> tempfile::TempDir {
+/// A directory of the host's /tmp (which jobs do not see) and an engine
+/// whose jobs see it, read-only, through the operator's `bind_paths`.
+fn public_dir() -> (tempfile::TempDir, TestEngine) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+    let source = dir.path().to_path_buf();
+    let t = TestEngine::with(|c| {
+        c.sandbox.bind_paths.push(BindPath {
+            source,
+            target: None,
+            writable: false,
+        });
+    });
+    (dir, t)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,10 +119,16 @@ async fn jobs_are_isolated() {
     assert_ne!(hostname.trim(), host);
     assert!(hostname.starts_with("job-"), "{hostname}");
 
-    let uid = run_text(&t, "id", &["-u"]).await;
-    assert_eq!(uid.trim(), "65534");
-    let groups = run_text(&t, "id", &["-G"]).await;
-    assert_eq!(groups.trim(), "65534", "no supplementary groups");
+    let job = t.start("sh", &["-c", "id -u; id -g; id -G"]).await.unwrap();
+    let (output, end) = t.output(&job).await;
+    let uid = end.uid.expect("a job's status names its uid");
+    assert!(JOB_UIDS.contains(&uid), "uid {uid} from the job range");
+    assert_eq!(end.gid, Some(uid), "the same number as gid");
+    assert_eq!(
+        String::from_utf8(output).unwrap(),
+        format!("{uid}\n{uid}\n{uid}\n"),
+        "runs as its uid and gid, no supplementary groups"
+    );
 
     let status = run_text(
         &t,
@@ -147,14 +164,22 @@ async fn jobs_are_isolated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_job_is_in_its_cgroup_from_its_first_instruction() {
     let t = TestEngine::new();
+    // The job's cgroup namespace was made at the clone: its root is the
+    // cgroup the init was cloned into, so the job's cgroup itself reads "/".
     let job = t.start("/bin/cat", &["/proc/self/cgroup"]).await.unwrap();
     let (output, _) = t.output(&job).await;
-    let line = String::from_utf8(output).unwrap();
-    let v2 = line.lines().find(|l| l.starts_with("0::")).unwrap();
+    let text = String::from_utf8(output).unwrap();
+    let v2 = text.lines().find(|l| l.starts_with("0::")).unwrap();
+    assert_eq!(v2, "0::/", "the job sees its own cgroup as the root");
+    // And that cgroup is the job's, as the host sees it.
+    let job = t.start("sleep", &["30"]).await.unwrap();
+    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", job.pid.unwrap())).unwrap();
+    let v2 = host_view.lines().find(|l| l.starts_with("0::")).unwrap();
     assert!(
         v2.ends_with(&format!("/jobs/{}", job.id)),
-        "cat ran in {v2}, not in its job cgroup"
+        "the init runs in {v2}, not in its job cgroup"
     );
+    t.engine.stop(job.id, None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,8 +303,7 @@ async fn concurrent_readers_get_identical_bytes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_byte_value_round_trips() {
-    let t = TestEngine::new();
-    let dir = public_dir();
+    let (dir, t) = public_dir();
     let path = dir.path().join("bytes");
     let all: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
     std::fs::write(&path, &all).unwrap();
@@ -301,15 +325,19 @@ async fn commands_that_cannot_run_fail_at_start_and_leave_nothing() {
         "{reason}"
     );
 
-    let dir = public_dir();
+    let (dir, with_dir) = public_dir();
     let script = dir.path().join("not-executable");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = t.start(script.to_str().unwrap(), &[]).await.unwrap_err();
+    let err = with_dir
+        .start(script.to_str().unwrap(), &[])
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("not-executable") && err.to_string().contains("Permission denied"),
         "{err}"
     );
+    assert!(with_dir.job_dirs().is_empty(), "no job directory remains");
 
     let err = t.start("no-such-command-anywhere", &[]).await.unwrap_err();
     assert!(

@@ -118,6 +118,10 @@ pub struct Job {
     pub dir: PathBuf,
     /// Its cgroup.
     pub cgroup: JobCgroup,
+    /// The uid its processes run as (unknown for records of older versions).
+    pub uid: Option<u32>,
+    /// The gid its processes run as.
+    pub gid: Option<u32>,
     /// A pidfd of its init, while it runs.
     pub pidfd: Mutex<Option<OwnedFd>>,
     status: Mutex<Status>,
@@ -144,6 +148,7 @@ impl Job {
         request_id: Option<RequestId>,
         dir: PathBuf,
         cgroup: JobCgroup,
+        (uid, gid): (Option<u32>, Option<u32>),
         status: Status,
     ) -> Self {
         Self {
@@ -157,6 +162,8 @@ impl Job {
             request_id,
             dir,
             cgroup,
+            uid,
+            gid,
             pidfd: Mutex::new(None),
             status: Mutex::new(status),
             changed: watch::channel(0).0,
@@ -211,6 +218,8 @@ impl Job {
             args: self.args.clone(),
             state: status.state,
             pid: status.pid,
+            uid: self.uid,
+            gid: self.gid,
             termination: status.termination,
             oom_killed: status.oom_killed,
             created_at: self.created_at,

@@ -9,6 +9,7 @@
 //! - [`output`]: output readers and the inotify watcher that wakes them.
 //! - [`recovery`]: accounting for every job on disk after a restart.
 //! - [`retention`]: removing the oldest ended jobs.
+//! - [`uids`]: the uid and gid each job runs as.
 
 pub mod job;
 pub mod monitor;
@@ -16,6 +17,7 @@ pub mod output;
 pub mod recovery;
 pub mod retention;
 pub mod spawn;
+pub mod uids;
 
 use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -29,10 +31,11 @@ use jobworker_ipc::{
 };
 
 use crate::cgroup::{CgroupTree, Controllers};
-use crate::handoff::{InitReport, InitSpec};
+use crate::handoff::{BindPath, InitReport, InitSpec, Sandbox};
 use job::{Job, Status};
 pub use output::{Chunk, OutputStream};
 pub use retention::Retention;
+use uids::{JobIds, UidPool};
 
 /// The `PATH` a job gets unless its request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -41,6 +44,13 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// engine kills the job's cgroup (init included).
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
+/// A job's writable directory, in its directory on the host.
+pub const WORK_DIR: &str = "work";
+
+/// The size of a job's private tmpfs mounts when `tmp_size` is unset and the
+/// job has no memory limit; with one, a quarter of it.
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+
 /// The engine's settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -48,10 +58,10 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// The program exec'd as each job's init (the supervisor binary).
     pub init_program: PathBuf,
-    /// The uid jobs run as.
-    pub job_uid: u32,
-    /// The gid jobs run as.
-    pub job_gid: u32,
+    /// The uid and gid jobs run as.
+    pub job_ids: JobIds,
+    /// What every job's sandbox holds.
+    pub sandbox: SandboxConfig,
     /// Limits of a job that asks for none.
     pub default_limits: Limits,
     /// The most a job may ask for; an unset limit with a maximum gets it.
@@ -70,6 +80,21 @@ pub struct EngineConfig {
     pub io_device: Option<(u32, u32)>,
     /// The working directory of a job that asks for none.
     pub working_dir: String,
+}
+
+/// The parts of every job's sandbox that the configuration sets.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxConfig {
+    /// The size of each private tmpfs; see [`DEFAULT_TMP_SIZE`] when unset.
+    pub tmp_size: Option<u64>,
+    /// Host paths hidden from jobs.
+    pub masked_paths: Vec<PathBuf>,
+    /// Host paths shown to jobs besides the read-only host tree.
+    pub bind_paths: Vec<BindPath>,
+    /// Whether jobs may use io_uring.
+    pub allow_io_uring: bool,
+    /// `RLIMIT_NPROC` of a job without a pids limit.
+    pub max_processes: u64,
 }
 
 /// Why the engine could not be created.
@@ -104,6 +129,8 @@ pub struct Engine {
     io_device: Option<(u32, u32)>,
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
     watcher: Arc<output::Watcher>,
+    /// The uids jobs get, unless they all run as one account.
+    uid_pool: Option<Mutex<UidPool>>,
     started: Instant,
     /// Held across a start that carries a request id, so that two retries of
     /// one request cannot both start a job.
@@ -138,6 +165,12 @@ impl Engine {
         };
         let watcher = output::Watcher::new().map_err(EngineError::Inotify)?;
         tokio::spawn(Arc::clone(&watcher).run());
+        let uid_pool = match &config.job_ids {
+            JobIds::Shared { .. } => None,
+            JobIds::PerJob { range, excluded } => {
+                Some(Mutex::new(UidPool::new(range.clone(), excluded.clone())))
+            }
+        };
         Ok(Arc::new(Self {
             config,
             cgroups,
@@ -145,6 +178,7 @@ impl Engine {
             io_device,
             jobs: Mutex::new(HashMap::new()),
             watcher,
+            uid_pool,
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
         }))
@@ -214,28 +248,26 @@ impl Engine {
                 reason: format!("limits.{key} is above the maximum this server allows"),
             });
         }
+        // Everything made from here on is undone if the start fails.
+        let mut undo = Undo::new(&self);
+        let (uid, gid) = self.allocate_ids().await?;
+        undo.uid = self.uid_pool.as_ref().map(|_| uid);
         let id = JobId::random();
         let dir = self.config.state_dir.join("jobs").join(id.to_string());
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
-        let (cgroup, enforced) =
-            match self
-                .cgroups
-                .create_job(&id.to_string(), &limits, self.io_device)
-            {
-                Ok(created) => created,
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(internal(format!("creating the job's cgroup: {e}")));
-                }
-            };
+        undo.dir = Some(dir.clone());
+        make_work_dir(&dir.join(WORK_DIR), uid, gid).map_err(internal)?;
+        let (cgroup, enforced) = self
+            .cgroups
+            .create_job(&id.to_string(), &limits, self.io_device)
+            .map_err(|e| internal(format!("creating the job's cgroup: {e}")))?;
+        undo.cgroup = Some(cgroup.clone());
         if self.config.strict_limits
             && let Some(limit) = unenforced(&limits, &enforced)
         {
-            let _ = cgroup.remove();
-            let _ = std::fs::remove_dir_all(&dir);
             return Err(IpcError::FailedPrecondition {
                 reason: format!(
                     "the {limit} limit cannot be enforced on this host (no {limit} controller \
@@ -244,7 +276,7 @@ impl Engine {
                 ),
             });
         }
-        let init_spec = self.init_spec(&id, &dir, &spec);
+        let init_spec = self.init_spec(&id, &dir, &spec, &limits, (uid, gid));
         let job = Arc::new(Job::new(
             id,
             owner,
@@ -256,24 +288,17 @@ impl Engine {
             spec.request_id,
             dir,
             cgroup,
+            (Some(uid), Some(gid)),
             Status::starting(),
         ));
         // Recorded before the clone: a supervisor that dies from here on
         // finds the job on disk (and its cgroup) after a restart.
-        if let Err(e) = job.persist() {
-            let _ = job.cgroup.remove();
-            let _ = std::fs::remove_dir_all(&job.dir);
-            return Err(internal(format!("writing the job's record: {e}")));
-        }
+        job.persist()
+            .map_err(|e| internal(format!("writing the job's record: {e}")))?;
 
-        let started = match spawn::start(&self.config.init_program, &job.cgroup, &init_spec).await {
-            Ok(started) => started,
-            Err(reason) => {
-                let _ = job.cgroup.remove();
-                let _ = std::fs::remove_dir_all(&job.dir);
-                return Err(internal(reason));
-            }
-        };
+        let started = spawn::start(&self.config.init_program, &job.cgroup, &init_spec)
+            .await
+            .map_err(internal)?;
         let failure = match started.report {
             Ok(InitReport::Started) => None,
             Ok(InitReport::Failed(reason)) => Some(IpcError::FailedPrecondition { reason }),
@@ -281,7 +306,8 @@ impl Engine {
         };
         if let Some(error) = failure {
             // The init exits by itself after a failed exec; kill it (and its
-            // cgroup) in case it hangs, reap it, and leave nothing behind.
+            // cgroup) in case it hangs, reap it, and let `undo` remove the
+            // rest once the cgroup is empty.
             let _ =
                 rustix::process::pidfd_send_signal(&started.pidfd, rustix::process::Signal::KILL);
             let _ = job.cgroup.kill();
@@ -292,14 +318,12 @@ impl Engine {
                 tracing::error!(job = %id, "a failed job's init did not exit after SIGKILL");
             }
             let cleanup = job.cgroup.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = cleanup.wait_empty(Duration::from_secs(10));
-                cleanup.remove()
-            })
-            .await;
-            let _ = std::fs::remove_dir_all(&job.dir);
+            let _ =
+                tokio::task::spawn_blocking(move || cleanup.wait_empty(Duration::from_secs(10)))
+                    .await;
             return Err(error);
         }
+        undo.commit();
 
         {
             let mut status = job.status();
@@ -311,6 +335,91 @@ impl Engine {
         }
         self.adopt(&job, started.pidfd);
         Ok(job.info())
+    }
+
+    /// The uid and gid of a new job: its own from the pool (reclaiming the
+    /// oldest ended job's work directory if every uid is held), or the
+    /// shared account's.
+    async fn allocate_ids(&self) -> Result<(u32, u32), IpcError> {
+        let Some(pool) = &self.uid_pool else {
+            let JobIds::Shared { uid, gid } = self.config.job_ids else {
+                return Err(internal("no uid pool for per-job uids".into()));
+            };
+            return Ok((uid, gid));
+        };
+        loop {
+            if let Some(uid) = lock(pool).allocate() {
+                return Ok((uid, uid));
+            }
+            let Some(job) = self.oldest_ended_holding_uid() else {
+                let pool = lock(pool);
+                return Err(IpcError::ResourceExhausted {
+                    reason: format!(
+                        "every job uid of {}-{} is held by a running job ({} held); \
+                         widen job_uids or wait for jobs to end",
+                        pool.range().start(),
+                        pool.range().end(),
+                        pool.held()
+                    ),
+                });
+            };
+            let work = job.dir.join(WORK_DIR);
+            tracing::info!(job = %job.id, "every job uid is held: removing the work directory of the oldest ended job");
+            let removed = tokio::task::spawn_blocking(move || remove_work_dir(&work))
+                .await
+                .map_err(|e| internal(format!("the reclaiming task failed: {e}")))?;
+            removed.map_err(|e| internal(format!("reclaiming a job uid: {e}")))?;
+            self.release_ids(&job);
+        }
+    }
+
+    /// The ended job that has held its uid longest.
+    fn oldest_ended_holding_uid(&self) -> Option<Arc<Job>> {
+        let pool = lock(self.uid_pool.as_ref()?);
+        let mut ended: Vec<Arc<Job>> = self
+            .jobs()
+            .values()
+            .filter(|job| job.is_ended())
+            .filter(|job| job.uid.is_some_and(|uid| pool.is_held(uid)))
+            .cloned()
+            .collect();
+        drop(pool);
+        ended.sort_by_key(|job| (job.status().ended_at, job.created_at));
+        ended.into_iter().next()
+    }
+
+    /// Gives an ended job's uid back once nothing of the job is left: its
+    /// work directory is removed if it is empty (the common case); one with
+    /// files keeps the uid held until retention (or a shortage of uids)
+    /// removes it.
+    fn release_if_nothing_left(&self, job: &Job) {
+        if self.uid_pool.is_none() {
+            return;
+        }
+        match std::fs::remove_dir(job.dir.join(WORK_DIR)) {
+            Ok(()) => self.release_ids(job),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.release_ids(job),
+            Err(_) => {}
+        }
+    }
+
+    /// Holds the uid of a job recovered after a restart.
+    fn hold_recovered_uid(&self, job: &Job) {
+        let (Some(pool), Some(uid)) = (&self.uid_pool, job.uid) else {
+            return;
+        };
+        let mut pool = lock(pool);
+        if !pool.hold(uid) && pool.range().contains(&uid) {
+            tracing::warn!(job = %job.id, uid,
+                "a recovered job's uid is held by another job, or names an account of the host");
+        }
+    }
+
+    /// Gives a job's uid back to the pool.
+    fn release_ids(&self, job: &Job) {
+        if let (Some(pool), Some(uid)) = (&self.uid_pool, job.uid) {
+            lock(pool).release(uid);
+        }
     }
 
     /// Takes charge of a running job: its pidfd, its output watch, and a task
@@ -347,11 +456,19 @@ impl Engine {
             monitor::settle(&job).await;
             *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
             engine.watcher.unwatch(&job);
+            engine.release_if_nothing_left(&job);
             engine.enforce_retention();
         });
     }
 
-    fn init_spec(&self, id: &JobId, dir: &Path, spec: &JobSpec) -> InitSpec {
+    fn init_spec(
+        &self,
+        id: &JobId,
+        dir: &Path,
+        spec: &JobSpec,
+        limits: &Limits,
+        (uid, gid): (u32, u32),
+    ) -> InitSpec {
         let mut env = Vec::with_capacity(spec.env.as_slice().len() + 1);
         if !spec.env.as_slice().iter().any(|var| var.name == "PATH") {
             env.push(format!("PATH={DEFAULT_PATH}"));
@@ -362,6 +479,7 @@ impl Engine {
                 .iter()
                 .map(|var| format!("{}={}", var.name, var.value)),
         );
+        let sandbox = &self.config.sandbox;
         InitSpec {
             job_dir: dir.to_path_buf(),
             command: spec.command.as_str().to_owned(),
@@ -371,10 +489,22 @@ impl Engine {
                 || self.config.working_dir.clone(),
                 |d| d.as_str().to_owned(),
             ),
-            uid: self.config.job_uid,
-            gid: self.config.job_gid,
+            uid,
+            gid,
             hostname: format!("job-{}", id.short()),
             output_cap: self.config.output_cap,
+            sandbox: Sandbox {
+                work_dir: dir.join(WORK_DIR),
+                tmp_size: sandbox.tmp_size.unwrap_or_else(|| {
+                    limits
+                        .memory_bytes()
+                        .map_or(DEFAULT_TMP_SIZE, |memory| (memory / 4).max(1 << 20))
+                }),
+                masked_paths: sandbox.masked_paths.clone(),
+                bind_paths: sandbox.bind_paths.clone(),
+                allow_io_uring: sandbox.allow_io_uring,
+                max_processes: limits.pids().map_or(sandbox.max_processes, u64::from),
+            },
         }
     }
 
@@ -520,6 +650,69 @@ fn unenforced(limits: &Limits, enforced: &EnforcedLimits) -> Option<&'static str
     ]
     .into_iter()
     .find_map(|(missing, name)| missing.then_some(name))
+}
+
+/// What a failed start leaves behind, undone on drop unless committed: the
+/// job's uid, its directory, its cgroup.
+struct Undo<'a> {
+    engine: &'a Engine,
+    uid: Option<u32>,
+    dir: Option<PathBuf>,
+    cgroup: Option<crate::cgroup::JobCgroup>,
+}
+
+impl<'a> Undo<'a> {
+    fn new(engine: &'a Engine) -> Self {
+        Self {
+            engine,
+            uid: None,
+            dir: None,
+            cgroup: None,
+        }
+    }
+
+    /// The start succeeded: keep everything.
+    fn commit(mut self) {
+        self.uid = None;
+        self.dir = None;
+        self.cgroup = None;
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            let _ = cgroup.remove();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let (Some(pool), Some(uid)) = (&self.engine.uid_pool, self.uid.take()) {
+            lock(pool).release(uid);
+        }
+    }
+}
+
+/// The job's writable directory, owned by its uid and private to it.
+fn make_work_dir(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .and_then(|()| std::os::unix::fs::chown(path, Some(uid), Some(gid)))
+        .map_err(|e| format!("creating the work directory {}: {e}", path.display()))
+}
+
+/// Removes a job's work directory and everything in it (a job may leave
+/// directories it made unreadable: root removes them all the same).
+fn remove_work_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn internal(reason: String) -> IpcError {

@@ -100,8 +100,12 @@ impl Engine {
             record.request_id,
             dir.to_path_buf(),
             cgroup,
+            (info.uid, info.gid),
             status,
         ));
+        // Its uid stays held until nothing of the job is left, as before
+        // the restart: an ended job gives it back below if that is so.
+        self.hold_recovered_uid(&job);
         if info.state.is_ended() {
             // A crash while settling may have left the (empty) cgroup.
             if job.cgroup.path().exists() {
@@ -109,6 +113,7 @@ impl Engine {
                 let _ = job.cgroup.wait_empty(Duration::from_secs(10));
                 let _ = job.cgroup.remove();
             }
+            self.release_if_nothing_left(&job);
             self.jobs().insert(id, job);
             return Ok(Kind::Ended);
         }
@@ -161,6 +166,8 @@ fn unreadable(id: JobId, reason: String) -> Record {
             args: Args::default(),
             state: JobState::Running,
             pid: None,
+            uid: None,
+            gid: None,
             termination: None,
             oom_killed: false,
             created_at: now,

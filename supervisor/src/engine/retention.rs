@@ -63,6 +63,7 @@ impl Engine {
             self.jobs().remove(&job.id);
             match std::fs::remove_dir_all(&job.dir) {
                 Ok(()) => {
+                    self.release_ids(&job);
                     total = total.saturating_sub(size);
                     removed += 1;
                     tracing::info!(job = %job.id, too_old, too_big, "retention removed an ended job");

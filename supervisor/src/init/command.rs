@@ -1,9 +1,11 @@
 //! Forking the job's command with everything it must not have taken away:
-//! supplementary groups cleared, uid/gid set to the job account, every
-//! capability dropped (bounding, ambient, inheritable, permitted, effective),
-//! no_new_privs set, every signal at its default action and none blocked, an
-//! OOM score of its own, stdin on `/dev/null`, stdout and stderr on the output
-//! pipe, no other fd, the given environment only.
+//! resource limits reset to [`RLIMITS`] (not the supervisor's), supplementary
+//! groups cleared, uid/gid set to the job's, every capability dropped
+//! (bounding, ambient, inheritable, permitted, effective), a fresh session
+//! keyring, no_new_privs set, the seccomp filter installed last, every signal
+//! at its default action and none blocked, an OOM score of its own, umask
+//! 022, stdin on `/dev/null`, stdout and stderr on the output pipe, no other
+//! fd, the given environment only.
 //!
 //! Exec errors are synchronous: the child reports a failure on a close-on-exec
 //! pipe (an exec that succeeds closes it with nothing written), so `spawn`
@@ -19,7 +21,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use rustix::thread::CapabilitySet;
 
-use super::setup::{OOM_EXEMPT, OOM_SCORE_ADJ};
+use nix::sys::resource::Resource;
+
+use super::sandbox::{OOM_EXEMPT, OOM_SCORE_ADJ};
+use super::seccomp;
 use crate::handoff::InitSpec;
 use crate::sys;
 
@@ -28,18 +33,53 @@ use crate::sys;
 #[repr(u8)]
 enum Step {
     Stdio = 1,
-    Privileges = 2,
-    WorkingDir = 3,
-    Exec = 4,
+    Limits = 2,
+    Privileges = 3,
+    Keyring = 4,
+    WorkingDir = 5,
+    Seccomp = 6,
+    Exec = 7,
 }
 
 impl Step {
     fn from_byte(b: u8) -> Option<Self> {
-        [Self::Stdio, Self::Privileges, Self::WorkingDir, Self::Exec]
-            .into_iter()
-            .find(|s| *s as u8 == b)
+        [
+            Self::Stdio,
+            Self::Limits,
+            Self::Privileges,
+            Self::Keyring,
+            Self::WorkingDir,
+            Self::Seccomp,
+            Self::Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
     }
 }
+
+/// A resource limit of the command: soft and hard. `None` is the job's
+/// process limit (`max_processes`), which counts the processes of its uid.
+type Rlimit = (Resource, Option<(u64, u64)>);
+
+/// The command's resource limits, whatever the supervisor's are.
+pub const RLIMITS: &[Rlimit] = &[
+    (Resource::RLIMIT_CORE, Some((0, 0))),
+    (Resource::RLIMIT_NOFILE, Some((1024, 524_288))),
+    (Resource::RLIMIT_NPROC, None),
+    (Resource::RLIMIT_STACK, Some((8 << 20, INFINITY))),
+    (Resource::RLIMIT_MEMLOCK, Some((8 << 20, 8 << 20))),
+    (Resource::RLIMIT_FSIZE, Some((INFINITY, INFINITY))),
+    (Resource::RLIMIT_CPU, Some((INFINITY, INFINITY))),
+    (Resource::RLIMIT_AS, Some((INFINITY, INFINITY))),
+    (Resource::RLIMIT_DATA, Some((INFINITY, INFINITY))),
+    (Resource::RLIMIT_LOCKS, Some((INFINITY, INFINITY))),
+    (Resource::RLIMIT_MSGQUEUE, Some((819_200, 819_200))),
+    (Resource::RLIMIT_NICE, Some((0, 0))),
+    (Resource::RLIMIT_RTPRIO, Some((0, 0))),
+    (Resource::RLIMIT_RTTIME, Some((INFINITY, INFINITY))),
+];
+
+const INFINITY: u64 = libc::RLIM_INFINITY;
 
 /// Everything the child needs, prepared before the fork.
 struct Prepared {
@@ -50,6 +90,8 @@ struct Prepared {
     uid: Uid,
     gid: Gid,
     last_cap: u32,
+    max_processes: u64,
+    filters: seccomp::Filters,
 }
 
 fn c_string(what: &str, s: &str) -> Result<CString, String> {
@@ -93,6 +135,8 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
         uid: Uid::from_raw(spec.uid),
         gid: Gid::from_raw(spec.gid),
         last_cap,
+        max_processes: spec.sandbox.max_processes,
+        filters: seccomp::compile(spec.sandbox.allow_io_uring)?,
     })
 }
 
@@ -152,6 +196,9 @@ fn describe_failure(spec: &InitSpec, report: &[u8]) -> String {
             "cannot switch to uid {} gid {} without capabilities: {reason}",
             spec.uid, spec.gid
         ),
+        Some(Step::Limits) => format!("setting the command's resource limits: {reason}"),
+        Some(Step::Keyring) => format!("joining a fresh session keyring: {reason}"),
+        Some(Step::Seccomp) => format!("installing the seccomp filter: {reason}"),
         Some(Step::Stdio) | None => format!("cannot set up the command's stdio: {reason}"),
     }
 }
@@ -161,14 +208,25 @@ fn exec_child(p: &Prepared, output: OwnedFd) -> (Step, Errno) {
     if let Err(e) = stdio(output) {
         return (Step::Stdio, e);
     }
+    if let Err(e) = limits(p.max_processes) {
+        return (Step::Limits, e);
+    }
     if let Err(e) = drop_privileges(p) {
         return (Step::Privileges, e);
+    }
+    // Owned by the job's uid, and no keyring of the supervisor's reachable.
+    if let Err(e) = sys::join_new_session_keyring() {
+        return (Step::Keyring, io_errno(&e));
     }
     if let Err(e) = nix::unistd::chdir(p.working_dir.as_c_str()) {
         return (Step::WorkingDir, e);
     }
     if let Err(e) = sys::close_fds_from(3, sys::CloseMode::CloseOnExec) {
-        return (Step::Stdio, Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+        return (Step::Stdio, io_errno(&e));
+    }
+    // Last: from here on the job's rules hold, for exec too.
+    if let Err(e) = p.filters.apply() {
+        return (Step::Seccomp, io_errno(&e));
     }
     // Like execvp: a candidate that does not exist lets the search go on; one
     // that exists but cannot be run is reported if nothing else can be.
@@ -184,8 +242,32 @@ fn exec_child(p: &Prepared, output: OwnedFd) -> (Step, Errno) {
     (Step::Exec, error)
 }
 
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Sets [`RLIMITS`]. A hard limit above the init's own needs
+/// CAP_SYS_RESOURCE; where the host withholds it (some containers), the job
+/// gets the init's hard limit instead, and a soft limit at most that.
+fn limits(max_processes: u64) -> Result<(), Errno> {
+    use nix::sys::resource::{getrlimit, setrlimit};
+    for &(resource, values) in RLIMITS {
+        let (soft, hard) = values.unwrap_or((max_processes, max_processes));
+        match setrlimit(resource, soft, hard) {
+            Err(Errno::EPERM) => {
+                let (_, ceiling) = getrlimit(resource)?;
+                let hard = hard.min(ceiling);
+                setrlimit(resource, soft.min(hard), hard)?;
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 fn stdio(output: OwnedFd) -> Result<(), Errno> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     sys::default_signal_dispositions();
     // Undo the init's exemption from the OOM killer (raising a score is
     // always allowed); the command must be the one the OOM killer picks.

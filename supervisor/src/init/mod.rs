@@ -3,10 +3,12 @@
 //! and owes the supervisor nothing once the command runs:
 //!
 //! 1. reads its [`InitSpec`] from the control socket at fd 3;
-//! 2. sets up the namespaces ([`setup`]): private mounts, a fresh `/proc`,
-//!    `lo` up, the hostname;
-//! 3. forks the command with its privileges dropped ([`command`]) and tells
-//!    the supervisor whether the exec succeeded;
+//! 2. builds the job's sandbox ([`sandbox`]): a root of its own with the
+//!    host read-only, private temporary directories, a `/dev` of its own,
+//!    fresh `/proc` and `/sys`, its work directory, `lo` up, the hostname;
+//! 3. forks the command with its privileges dropped, its resource limits
+//!    reset and the seccomp filter ([`seccomp`]) installed ([`command`]), and
+//!    tells the supervisor whether the exec succeeded;
 //! 4. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
 //! 5. when the command has ended, kills whatever is left of the job, drains
@@ -17,7 +19,8 @@
 
 mod command;
 mod pump;
-mod setup;
+pub mod sandbox;
+pub mod seccomp;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -81,7 +84,7 @@ fn run() -> Result<(), String> {
     // The supervisor may be gone (restarted); the job goes on regardless.
     let _ = handoff::write_message(&mut control, &report);
     drop(control);
-    let (child, output, log) = started?;
+    let (child, output, log, job_dir) = started?;
 
     let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
         .map_err(|e| format!("pumping output: {e}"))?;
@@ -92,16 +95,24 @@ fn run() -> Result<(), String> {
         truncated_bytes: outcome.dropped_bytes,
         ended_at: outcome.ended_at,
     };
-    let path = spec.job_dir.join(EXIT_FILE);
-    atomic::write_json(&path, &record).map_err(|e| format!("writing {}: {e}", path.display()))
+    atomic::write_json_at(&job_dir, EXIT_FILE.as_ref(), &record)
+        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))
 }
 
-/// Sets up the namespaces, opens the log and starts the command.
-fn start(spec: &InitSpec) -> Result<(nix::unistd::Pid, std::os::fd::OwnedFd, File), String> {
-    setup::namespaces(&spec.hostname)?;
+/// Opens the job's directory and its log (the sandbox hides both from the
+/// job, and from the init's paths), builds the sandbox and starts the
+/// command.
+fn start(spec: &InitSpec) -> Result<(nix::unistd::Pid, std::os::fd::OwnedFd, File, File), String> {
+    let job_dir = File::open(&spec.job_dir).map_err(|e| {
+        format!(
+            "opening the job's directory {}: {e}",
+            spec.job_dir.display()
+        )
+    })?;
     let log = open_log(&spec.job_dir.join(OUTPUT_FILE))?;
+    sandbox::enter(spec)?;
     let (child, output) = command::spawn(spec)?;
-    Ok((child, output, log))
+    Ok((child, output, log, job_dir))
 }
 
 fn open_log(path: &Path) -> Result<File, String> {

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use jobworker_ipc::{Args, Command, Env, JobInfo, JobSpec, Limits, Owner, UserName};
 use jobworker_supervisor::cgroup::{self, CgroupTree};
-use jobworker_supervisor::engine::{Chunk, Engine, EngineConfig};
+use jobworker_supervisor::engine::uids::JobIds;
+use jobworker_supervisor::engine::{Chunk, Engine, EngineConfig, SandboxConfig};
 
-/// The unprivileged account jobs run as in tests.
-pub const NOBODY: u32 = 65534;
+/// The uids jobs get in tests: the default range.
+pub const JOB_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 
 /// Fails the test, loudly, unless it runs as root on a host with cgroup2.
 pub fn require_root_and_cgroup2() -> PathBuf {
@@ -51,8 +52,15 @@ impl TestEngine {
         let mut config = EngineConfig {
             state_dir: state.path().to_path_buf(),
             init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-supervisor")),
-            job_uid: NOBODY,
-            job_gid: NOBODY,
+            job_ids: JobIds::PerJob {
+                range: JOB_UIDS,
+                excluded: Default::default(),
+            },
+            sandbox: SandboxConfig {
+                masked_paths: jobworker_supervisor::config::default_masked_paths(),
+                max_processes: 4096,
+                ..SandboxConfig::default()
+            },
             default_limits: Limits::default(),
             max_limits: Limits::default(),
             retention: jobworker_supervisor::engine::Retention::default(),
@@ -60,7 +68,7 @@ impl TestEngine {
             output_cap: 64 << 20,
             grace: Duration::from_secs(5),
             io_device: None,
-            working_dir: "/".into(),
+            working_dir: jobworker_supervisor::handoff::WORK_MOUNT.into(),
         };
         adjust(&mut config);
         let engine = Engine::new(config, tree, controllers).expect("engine");

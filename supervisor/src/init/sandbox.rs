@@ -1,0 +1,407 @@
+//! The job's sandbox, built by its init inside the job's fresh namespaces
+//! before anything of the job runs: one linear script, [`enter`], whose
+//! steps a reader follows top to bottom. Each failure is a start error that
+//! names its step; there is no half-sandboxed job, because the command is
+//! only forked once every step has succeeded.
+//!
+//! What the job sees afterwards (README.md, "What a job can and cannot do"):
+//!
+//! - a root of its own: an empty tmpfs holding read-only, nosuid, nodev
+//!   copies of the host's top-level directories (every mount below them
+//!   included), the host's symlinks, and nothing of `/proc`, `/sys`, `/dev`
+//!   and `/tmp` of the host; the root itself is read-only at the end;
+//! - a fresh `/proc` of its pid namespace and a read-only `/sys` of its
+//!   network namespace;
+//! - a `/dev` of its own: null, zero, full, random, urandom, tty, a private
+//!   devpts with ptmx, and `/dev/shm`;
+//! - private tmpfs mounts, owned by the job's uid and sized by `tmp_size`, on
+//!   `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`;
+//! - the masked paths (`/run`, `/var/run`, `/home`, `/root` by default) empty
+//!   and read-only, so no host socket, home or runtime file is reachable;
+//! - its work directory at [`WORK_MOUNT`], writable, and the operator's
+//!   `bind_paths`;
+//! - `lo` up in its own network namespace, and its own hostname.
+//!
+//! The host's tree leaves the namespace with `pivot_root` (or, where the
+//! host's root is the initramfs that cannot be pivoted away from, a move of
+//! the new root onto `/` and a chroot).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags, mount,
+    mount_change, mount_move, mount_remount, move_mount, open_tree, unmount,
+};
+
+use crate::handoff::{InitSpec, WORK_MOUNT};
+use crate::sys;
+
+/// The init's OOM score adjustment.
+pub const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+/// The value that exempts a process from the OOM killer.
+pub const OOM_EXEMPT: &str = "-1000";
+
+/// The host's top-level directories the job gets fresh ones of instead.
+const REPLACED: &[&str] = &["proc", "sys", "dev", "tmp"];
+
+/// The character devices of the job's `/dev`: name, major, minor.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The job's private temporary directories besides `/dev/shm`.
+const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/run/lock"];
+
+/// Builds the sandbox of `spec`'s job around the calling init. See the module
+/// docs for what the job sees afterwards.
+pub fn enter(spec: &InitSpec) -> Result<(), String> {
+    let sandbox = &spec.sandbox;
+    let tmp_options = format!(
+        "size={},mode=1777,uid={},gid={}",
+        sandbox.tmp_size, spec.uid, spec.gid
+    );
+    // Modes below are meant as written (the command gets 022 back).
+    rustix::process::umask(Mode::empty());
+
+    // 1. Nothing mounted from here on reaches the host, nor anything the host
+    //    mounts later the job.
+    mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(failed("making the mount tree private"))?;
+
+    // 2. Detached copies of what the job will see of the host, taken while
+    //    the host's tree is still here: its top-level entries (read-only,
+    //    recursively), the work directory, the operator's bind mounts.
+    let host = copy_host_root(&sandbox.masked_paths)
+        .map_err(failed("copying the host's directories read-only"))?;
+    let work = copy_tree(&sandbox.work_dir, true, false).map_err(failed(&format!(
+        "preparing the work directory {}",
+        sandbox.work_dir.display()
+    )))?;
+    let binds = sandbox
+        .bind_paths
+        .iter()
+        .map(|bind| {
+            copy_tree(&bind.source, bind.writable, true)
+                .map(|tree| (bind.target().to_path_buf(), tree))
+                .map_err(failed(&format!("binding {}", bind.source.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // 3. The new root: an empty tmpfs (over the job's directory, in this
+    //    mount namespace only) holding those copies.
+    let root = &spec.job_dir;
+    mount(
+        "tmpfs",
+        root,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        c"mode=0755,size=1m",
+    )
+    .map_err(failed("mounting the new root"))?;
+    attach_host_root(root, host).map_err(failed("attaching the host's directories"))?;
+
+    // 4. Into it; the host's tree leaves the namespace.
+    pivot(root).map_err(failed("switching to the new root"))?;
+
+    // 5. /proc of the job's pid namespace, /sys of its network namespace.
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(failed("mounting /proc"))?;
+    mount(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(failed("mounting /sys"))?;
+
+    // 6. A /dev of its own, with no device of the host's disks.
+    devices(&tmp_options).map_err(failed("making /dev"))?;
+
+    // 7. Private temporary directories.
+    for path in PRIVATE_TMP {
+        private_tmp(Path::new(path), &tmp_options)
+            .map_err(failed(&format!("mounting a private {path}")))?;
+    }
+
+    // 8. What the job must not see of the host below the top level.
+    for path in &sandbox.masked_paths {
+        mask(path).map_err(failed(&format!("masking {}", path.display())))?;
+    }
+
+    // 9. The work directory and the operator's bind mounts.
+    attach(work, Path::new(WORK_MOUNT), true).map_err(failed(&format!(
+        "mounting the work directory at {WORK_MOUNT}"
+    )))?;
+    for (target, tree) in binds {
+        let is_dir = fs::metadata(&target).map(|m| m.is_dir()).unwrap_or(true);
+        attach(tree, &target, is_dir)
+            .map_err(failed(&format!("binding at {}", target.display())))?;
+    }
+
+    // 10. The root itself read-only: what is not a tmpfs of the job's or
+    //     its work directory cannot be written.
+    mount_remount(
+        "/",
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        "",
+    )
+    .map_err(failed("making the root read-only"))?;
+
+    // 11. Its network (lo only) and its hostname.
+    sys::loopback_up().map_err(failed("bringing lo up"))?;
+    rustix::system::sethostname(spec.hostname.as_bytes())
+        .map_err(failed("setting the hostname"))?;
+
+    // 12. The OOM killer should pick the job's processes, not the init that
+    //     records how they ended (the command puts its own score back). Where
+    //     the host does not allow it (no CAP_SYS_RESOURCE in a container),
+    //     the init runs unexempted.
+    if let Err(e) = fs::write(OOM_SCORE_ADJ, OOM_EXEMPT) {
+        eprintln!("jobworker-supervisor init: cannot exempt the init from the OOM killer: {e}");
+    }
+    Ok(())
+}
+
+/// A step's error as a start error that names the step.
+fn failed<E: std::fmt::Display>(step: &str) -> impl Fn(E) -> String + '_ {
+    move |e| format!("{step}: {e}")
+}
+
+/// One top-level entry of the host's root, as the job will get it.
+enum Entry {
+    /// A read-only copy of a directory or file (a detached mount).
+    Tree {
+        name: PathBuf,
+        tree: OwnedFd,
+        is_dir: bool,
+    },
+    /// A symlink, recreated with the same target.
+    Symlink { name: PathBuf, target: PathBuf },
+    /// An empty directory: replaced by the sandbox, or masked.
+    Empty { name: PathBuf },
+}
+
+fn copy_host_root(masked: &[PathBuf]) -> io::Result<Vec<Entry>> {
+    let top_masked = |name: &Path| masked.iter().any(|m| m.strip_prefix("/") == Ok(name));
+    let work = Path::new(WORK_MOUNT)
+        .strip_prefix("/")
+        .map_err(io::Error::other)?;
+    let mut entries = vec![Entry::Empty {
+        name: work.to_path_buf(),
+    }];
+    for entry in fs::read_dir("/")? {
+        let entry = entry?;
+        let name = PathBuf::from(entry.file_name());
+        let kind = entry.file_type()?;
+        if name == work {
+            continue;
+        }
+        if REPLACED.iter().any(|r| Path::new(r) == name) || top_masked(&name) {
+            entries.push(Entry::Empty { name });
+        } else if kind.is_symlink() {
+            let target = fs::read_link(entry.path())?;
+            entries.push(Entry::Symlink { name, target });
+        } else if kind.is_dir() || kind.is_file() {
+            let tree = copy_tree(&entry.path(), false, true)?;
+            entries.push(Entry::Tree {
+                name,
+                tree,
+                is_dir: kind.is_dir(),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// A detached copy of the mount tree at `path` (with every mount below it
+/// when `recursive`), nosuid and nodev, read-only unless `writable`.
+fn copy_tree(path: &Path, writable: bool, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    let mut at = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+        at |= libc::AT_RECURSIVE;
+    }
+    let tree = open_tree(CWD, path, flags)?;
+    let mut set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    let mut clear = 0;
+    if writable {
+        clear |= libc::MOUNT_ATTR_RDONLY;
+    } else {
+        set |= libc::MOUNT_ATTR_RDONLY;
+    }
+    sys::set_mount_attributes(tree.as_fd(), c"", at, set, clear)?;
+    Ok(tree)
+}
+
+fn attach_host_root(root: &Path, entries: Vec<Entry>) -> io::Result<()> {
+    for entry in entries {
+        match entry {
+            Entry::Empty { name } => make_dir(&root.join(name))?,
+            Entry::Symlink { name, target } => symlink(target, root.join(name))?,
+            Entry::Tree { name, tree, is_dir } => attach(tree, &root.join(name), is_dir)?,
+        }
+    }
+    Ok(())
+}
+
+/// Mounts a detached tree at `target`, creating the mount point (a
+/// directory, or an empty file) if it is missing.
+fn attach(tree: OwnedFd, target: &Path, is_dir: bool) -> io::Result<()> {
+    if fs::symlink_metadata(target).is_err() {
+        if is_dir {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(target)?;
+        } else {
+            File::create(target)?;
+        }
+    }
+    move_mount(
+        tree.as_fd(),
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o755).create(path)
+}
+
+/// Makes `root` the root of the namespace and the process's root and
+/// working directory.
+fn pivot(root: &Path) -> io::Result<()> {
+    rustix::process::chdir(root)?;
+    match rustix::process::pivot_root(".", ".") {
+        // The old root is now stacked on the new one: detach it.
+        Ok(()) => unmount(".", UnmountFlags::DETACH)?,
+        // The host's root is the initramfs, which cannot be pivoted away from.
+        Err(rustix::io::Errno::INVAL) => {
+            mount_move(".", "/")?;
+            rustix::process::chroot(".")?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    rustix::process::chdir("/")?;
+    Ok(())
+}
+
+fn devices(tmp_options: &str) -> io::Result<()> {
+    mount(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"mode=0755,size=64k",
+    )?;
+    for &(name, major, minor) in DEVICES {
+        mknodat(
+            CWD,
+            Path::new("/dev").join(name),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            makedev(major, minor),
+        )?;
+    }
+    make_dir(Path::new("/dev/pts"))?;
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=0620",
+    )?;
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, link)?;
+    }
+    make_dir(Path::new("/dev/shm"))?;
+    private_tmp(Path::new("/dev/shm"), tmp_options)?;
+    mount_remount(
+        "/dev",
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NOEXEC,
+        "",
+    )?;
+    Ok(())
+}
+
+/// A tmpfs of the job's on `path`. A path the host does not have either,
+/// under a read-only directory, is left out: there is nothing to share.
+fn private_tmp(path: &Path, options: &str) -> io::Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        match make_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    let options = CString::new(options).map_err(io::Error::other)?;
+    mount(
+        "tmpfs",
+        path,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        options.as_c_str(),
+    )?;
+    Ok(())
+}
+
+/// Hides `path`: an empty read-only tmpfs over a directory, `/dev/null`
+/// over a file. A symlink is left alone (what it points to is masked on its
+/// own, or not), and so is a path that does not exist; a top-level path was
+/// never copied in (see [`copy_host_root`]).
+fn mask(path: &Path) -> io::Result<()> {
+    let top_level = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .count()
+        == 1;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if top_level || meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        mount(
+            "tmpfs",
+            path,
+            "tmpfs",
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            c"mode=0755,size=4k",
+        )?;
+    } else {
+        mount("/dev/null", path, "", MountFlags::BIND, None)?;
+    }
+    Ok(())
+}
