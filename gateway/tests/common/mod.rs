@@ -218,7 +218,7 @@ impl Supervisor {
             &config,
             format!(
                 "socket_path = {socket:?}\nsocket_group = \"nogroup\"\nstate_dir = {state:?}\n\
-                 cgroup_root = {cgroup_root:?}\ngateway_user = \"nobody\"\njob_user = \"daemon\"\n"
+                 cgroup_root = {cgroup_root:?}\ngateway_user = \"nobody\"\n"
             ),
         )
         .unwrap();

@@ -153,7 +153,7 @@ impl Stack {
             &config,
             format!(
                 "socket_path = {socket:?}\nsocket_group = \"nogroup\"\nstate_dir = {state_dir:?}\n\
-                 cgroup_root = {:?}\ngateway_user = \"nobody\"\njob_user = \"daemon\"\n\
+                 cgroup_root = {:?}\ngateway_user = \"nobody\"\n\
                  grace_period_ms = 2000\n{}\n",
                 cgroup.0, options.supervisor_extra
             ),
