@@ -249,10 +249,10 @@ impl Engine {
             });
         }
         // Everything made from here on is undone if the start fails.
-        let mut undo = Undo::new(&self);
-        let (uid, gid) = self.allocate_ids().await?;
-        undo.uid = self.uid_pool.as_ref().map(|_| uid);
         let id = JobId::random();
+        let mut undo = Undo::new(&self, id);
+        let (uid, gid) = self.allocate_ids(id).await?;
+        undo.uid = self.uid_pool.as_ref().map(|_| uid);
         let dir = self.config.state_dir.join("jobs").join(id.to_string());
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -340,7 +340,7 @@ impl Engine {
     /// The uid and gid of a new job: its own from the pool (reclaiming the
     /// oldest ended job's work directory if every uid is held), or the
     /// shared account's.
-    async fn allocate_ids(&self) -> Result<(u32, u32), IpcError> {
+    async fn allocate_ids(&self, id: JobId) -> Result<(u32, u32), IpcError> {
         let Some(pool) = &self.uid_pool else {
             let JobIds::Shared { uid, gid } = self.config.job_ids else {
                 return Err(internal("no uid pool for per-job uids".into()));
@@ -348,7 +348,7 @@ impl Engine {
             return Ok((uid, gid));
         };
         loop {
-            if let Some(uid) = lock(pool).allocate() {
+            if let Some(uid) = lock(pool).allocate(id) {
                 return Ok((uid, uid));
             }
             let Some(job) = self.oldest_ended_holding_uid() else {
@@ -380,7 +380,7 @@ impl Engine {
             .jobs()
             .values()
             .filter(|job| job.is_ended())
-            .filter(|job| job.uid.is_some_and(|uid| pool.is_held(uid)))
+            .filter(|job| job.uid.is_some_and(|uid| pool.is_held_by(uid, job.id)))
             .cloned()
             .collect();
         drop(pool);
@@ -393,23 +393,22 @@ impl Engine {
     /// files keeps the uid held until retention (or a shortage of uids)
     /// removes it.
     fn release_if_nothing_left(&self, job: &Job) {
-        if self.uid_pool.is_none() {
-            return;
-        }
-        match std::fs::remove_dir(job.dir.join(WORK_DIR)) {
-            Ok(()) => self.release_ids(job),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.release_ids(job),
-            Err(_) => {}
+        if self.uid_pool.is_some() && remove_empty_work_dir(job) {
+            self.release_ids(job);
         }
     }
 
-    /// Holds the uid of a job recovered after a restart.
+    /// Holds the uid of a job recovered after a restart, unless it has
+    /// ended and nothing of it is left.
     fn hold_recovered_uid(&self, job: &Job) {
         let (Some(pool), Some(uid)) = (&self.uid_pool, job.uid) else {
             return;
         };
+        if job.is_ended() && remove_empty_work_dir(job) {
+            return;
+        }
         let mut pool = lock(pool);
-        if !pool.hold(uid) && pool.range().contains(&uid) {
+        if !pool.hold(uid, job.id) && pool.range().contains(&uid) {
             tracing::warn!(job = %job.id, uid,
                 "a recovered job's uid is held by another job, or names an account of the host");
         }
@@ -418,7 +417,7 @@ impl Engine {
     /// Gives a job's uid back to the pool.
     fn release_ids(&self, job: &Job) {
         if let (Some(pool), Some(uid)) = (&self.uid_pool, job.uid) {
-            lock(pool).release(uid);
+            lock(pool).release(uid, job.id);
         }
     }
 
@@ -456,7 +455,10 @@ impl Engine {
             monitor::settle(&job).await;
             *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
             engine.watcher.unwatch(&job);
+            // Before the waiters wake: whoever saw the job end may start
+            // another at once, and finds its uid free.
             engine.release_if_nothing_left(&job);
+            job.notify();
             engine.enforce_retention();
         });
     }
@@ -656,15 +658,17 @@ fn unenforced(limits: &Limits, enforced: &EnforcedLimits) -> Option<&'static str
 /// job's uid, its directory, its cgroup.
 struct Undo<'a> {
     engine: &'a Engine,
+    job: JobId,
     uid: Option<u32>,
     dir: Option<PathBuf>,
     cgroup: Option<crate::cgroup::JobCgroup>,
 }
 
 impl<'a> Undo<'a> {
-    fn new(engine: &'a Engine) -> Self {
+    fn new(engine: &'a Engine, job: JobId) -> Self {
         Self {
             engine,
+            job,
             uid: None,
             dir: None,
             cgroup: None,
@@ -688,7 +692,7 @@ impl Drop for Undo<'_> {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let (Some(pool), Some(uid)) = (&self.engine.uid_pool, self.uid.take()) {
-            lock(pool).release(uid);
+            lock(pool).release(uid, self.job);
         }
     }
 }
@@ -700,6 +704,15 @@ fn make_work_dir(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
         .create(path)
         .and_then(|()| std::os::unix::fs::chown(path, Some(uid), Some(gid)))
         .map_err(|e| format!("creating the work directory {}: {e}", path.display()))
+}
+
+/// Whether nothing is left of an ended job's work directory: it was
+/// empty and is now removed, or it was gone already.
+fn remove_empty_work_dir(job: &Job) -> bool {
+    match std::fs::remove_dir(job.dir.join(WORK_DIR)) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Removes a job's work directory and everything in it (a job may leave

@@ -27,7 +27,7 @@ pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Settles a job whose init has exited.
+/// Settles a job whose init has exited (the caller wakes its waiters).
 pub async fn settle(job: &Arc<Job>) {
     let exit: Option<ExitRecord> = std::fs::read(job.dir.join(EXIT_FILE))
         .ok()
@@ -106,5 +106,4 @@ pub async fn settle(job: &Arc<Job>) {
     if let Err(e) = job.persist() {
         tracing::error!(job = %job.id, error = %e, "writing the job's record");
     }
-    job.notify();
 }

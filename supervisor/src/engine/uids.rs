@@ -11,8 +11,10 @@
 //! still hold. Uids are handed out round-robin, so a released one is the
 //! last to come back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
+
+use jobworker_ipc::JobId;
 
 /// Where jobs get their uid and gid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +41,8 @@ pub struct UidPool {
     range: RangeInclusive<u32>,
     /// Ids of the range that name an account or a group of the host.
     excluded: BTreeSet<u32>,
-    held: BTreeSet<u32>,
+    /// Held uids and the job holding each.
+    held: BTreeMap<u32, JobId>,
     next: u32,
 }
 
@@ -50,7 +53,7 @@ impl UidPool {
         Self {
             range,
             excluded,
-            held: BTreeSet::new(),
+            held: BTreeMap::new(),
             next,
         }
     }
@@ -75,9 +78,9 @@ impl UidPool {
         usable.saturating_sub(self.held.len())
     }
 
-    /// Whether `uid` is held.
-    pub fn is_held(&self, uid: u32) -> bool {
-        self.held.contains(&uid)
+    /// Whether `job` holds `uid`.
+    pub fn is_held_by(&self, uid: u32, job: JobId) -> bool {
+        self.held.get(&uid) == Some(&job)
     }
 
     /// How many uids are held.
@@ -85,28 +88,33 @@ impl UidPool {
         self.held.len()
     }
 
-    /// Hands out a free uid, the one after the last handed out if it is
+    /// Hands `job` a free uid, the one after the last handed out if it is
     /// free; `None` when every uid is held.
-    pub fn allocate(&mut self) -> Option<u32> {
+    pub fn allocate(&mut self, job: JobId) -> Option<u32> {
         let (start, end) = (*self.range.start(), *self.range.end());
         let candidates = (self.next..=end).chain(start..self.next);
         let uid = candidates
             .into_iter()
-            .find(|uid| !self.held.contains(uid) && !self.excluded.contains(uid))?;
-        self.held.insert(uid);
+            .find(|uid| !self.held.contains_key(uid) && !self.excluded.contains(uid))?;
+        self.held.insert(uid, job);
         self.next = if uid == end { start } else { uid + 1 };
         Some(uid)
     }
 
-    /// Holds `uid` for a job recovered after a restart. False if it is not
-    /// one of the pool's, or already held (by another recovered job).
-    pub fn hold(&mut self, uid: u32) -> bool {
-        self.contains(uid) && self.held.insert(uid)
+    /// Holds `uid` for `job`, recovered after a restart. False if it is not
+    /// one of the pool's, or already held by another job.
+    pub fn hold(&mut self, uid: u32, job: JobId) -> bool {
+        if !self.contains(uid) {
+            return false;
+        }
+        *self.held.entry(uid).or_insert(job) == job
     }
 
-    /// Gives `uid` back.
-    pub fn release(&mut self, uid: u32) {
-        self.held.remove(&uid);
+    /// Gives `uid` back, if `job` holds it.
+    pub fn release(&mut self, uid: u32, job: JobId) {
+        if self.is_held_by(uid, job) {
+            self.held.remove(&uid);
+        }
     }
 }
 
@@ -114,46 +122,59 @@ impl UidPool {
 mod tests {
     use super::*;
 
+    fn all(pool: &mut UidPool) -> Vec<u32> {
+        std::iter::from_fn(|| pool.allocate(JobId::random())).collect()
+    }
+
     #[test]
     fn hands_out_distinct_uids_until_none_is_left() {
         let mut pool = UidPool::new(100..=104, BTreeSet::from([102]));
         assert_eq!(pool.free(), 4);
-        let uids: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
-        assert_eq!(uids, [100, 101, 103, 104]);
+        let job = JobId::random();
+        assert_eq!(pool.allocate(job), Some(100));
+        assert_eq!(all(&mut pool), [101, 103, 104]);
         assert_eq!(pool.free(), 0);
-        assert_eq!(pool.allocate(), None);
-        pool.release(101);
-        assert_eq!(pool.allocate(), Some(101));
+        assert_eq!(pool.allocate(job), None);
+        pool.release(100, job);
+        assert_eq!(pool.allocate(job), Some(100));
     }
 
     #[test]
     fn a_released_uid_is_the_last_to_come_back() {
         let mut pool = UidPool::new(10..=13, BTreeSet::new());
-        let first = pool.allocate().unwrap();
-        pool.release(first);
-        let next: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
-        assert_eq!(next, [11, 12, 13, 10]);
+        let job = JobId::random();
+        let first = pool.allocate(job).unwrap();
+        pool.release(first, job);
+        assert_eq!(all(&mut pool), [11, 12, 13, 10]);
+    }
+
+    #[test]
+    fn only_its_holder_gives_a_uid_back() {
+        let mut pool = UidPool::new(10..=10, BTreeSet::new());
+        let (old, new) = (JobId::random(), JobId::random());
+        assert_eq!(pool.allocate(new), Some(10));
+        pool.release(10, old);
+        assert!(pool.is_held_by(10, new), "an earlier job of the same uid");
+        assert_eq!(pool.allocate(old), None);
     }
 
     #[test]
     fn recovered_uids_are_held_once_and_only_if_in_the_pool() {
         let mut pool = UidPool::new(10..=12, BTreeSet::from([11]));
-        assert!(pool.hold(12));
-        assert!(!pool.hold(12), "already held by another recovered job");
-        assert!(!pool.hold(11), "an account of the host");
-        assert!(!pool.hold(65534), "outside the range");
-        assert_eq!(pool.allocate(), Some(10));
-        assert_eq!(pool.allocate(), None);
+        let (a, b) = (JobId::random(), JobId::random());
+        assert!(pool.hold(12, a));
+        assert!(pool.hold(12, a), "holding again is harmless");
+        assert!(!pool.hold(12, b), "already held by another recovered job");
+        assert!(!pool.hold(11, b), "an account of the host");
+        assert!(!pool.hold(65534, b), "outside the range");
+        assert_eq!(all(&mut pool), [10]);
         assert_eq!(pool.held(), 2);
     }
 
     #[test]
     fn the_whole_default_range_is_usable() {
         let mut pool = UidPool::new(61184..=65519, BTreeSet::new());
-        let mut seen = BTreeSet::new();
-        while let Some(uid) = pool.allocate() {
-            assert!(seen.insert(uid));
-        }
-        assert_eq!(seen.len(), 4336);
+        let uids = all(&mut pool);
+        assert_eq!(uids.iter().collect::<BTreeSet<_>>().len(), 4336);
     }
 }
