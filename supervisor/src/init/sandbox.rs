@@ -355,13 +355,16 @@ fn devices(tmp_options: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// A tmpfs of the job's on `path`. A path the host does not have either,
-/// under a read-only directory, is left out: there is nothing to share.
+/// A tmpfs of the job's on `path`. A path the host does not have, and that
+/// cannot be made (its parent is a read-only copy of the host's, or missing
+/// too, as `/var` in an initramfs), is left out: there is nothing to share.
 fn private_tmp(path: &Path, options: &str) -> io::Result<()> {
     if fs::symlink_metadata(path).is_err() {
         match make_dir(path) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::ENOENT)) => {
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
     }
