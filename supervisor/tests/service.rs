@@ -6,6 +6,7 @@
 
 mod daemon;
 
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use jobworker_ipc::{
     Args, Call, Env, IpcError, JobId, JobInfo, JobSpec, JobState, Limits, Owner, PageSize, Request,
     RequestId, Response, Role, Termination, UserName, frame, handshake,
 };
+use jobworker_tests::procs;
 
 fn spec(command: &str, args: &[&str]) -> JobSpec {
     JobSpec {
@@ -500,8 +502,11 @@ fn check_config_prints_the_effective_config_and_names_bad_keys() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    // By default each job gets a uid of its own: no shared job account.
     assert!(
-        text.contains("state_dir = \"/srv/jobs\"") && text.contains("job_user = \"nobody\""),
+        text.contains("state_dir = \"/srv/jobs\"")
+            && text.contains("[job_uids]\nfirst = 61184\nlast = 65519\n")
+            && !text.contains("job_user"),
         "{text}"
     );
 
@@ -514,4 +519,185 @@ fn check_config_prints_the_effective_config_and_names_bad_keys() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stat_dir"));
+}
+
+/// The uids (and gids) jobs get by default (`job_uids`).
+const JOB_IDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// A job's uid, checked: set, equal to its gid, in the range.
+fn job_uid(info: &JobInfo) -> u32 {
+    let uid = info
+        .uid
+        .unwrap_or_else(|| panic!("job {} has no uid", info.id));
+    assert_eq!(info.gid, Some(uid), "job {}: gid differs from uid", info.id);
+    assert!(
+        JOB_IDS.contains(&uid),
+        "job {}: uid {uid} not in {JOB_IDS:?}",
+        info.id
+    );
+    uid
+}
+
+/// Checks from the host that the command of each running job runs as the
+/// job's uid and gid, with no supplementary groups.
+fn assert_commands_run_as_their_jobs(jobs: &[JobInfo]) {
+    for job in jobs {
+        let init = job
+            .pid
+            .unwrap_or_else(|| panic!("job {} has no pid", job.id));
+        let command = procs::command_pid(init);
+        assert_eq!(
+            procs::ids(command),
+            Some(procs::expected_ids(job_uid(job))),
+            "job {}'s command (pid {command})",
+            job.id
+        );
+    }
+}
+
+/// Stops every job in `jobs` and checks that nothing of them is left: each
+/// is STOPPED, its command's process is gone, its (empty) work directory is
+/// removed, and no job cgroup remains.
+async fn stop_all_and_check_nothing_is_left(d: &Daemon, jobs: &[JobInfo]) {
+    let commands: Vec<(u32, u32)> = jobs
+        .iter()
+        .map(|job| (procs::command_pid(job.pid.unwrap()), job_uid(job)))
+        .collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let stopped = d.stop_many(&ids, 16).await;
+    assert_eq!(stopped.len(), jobs.len());
+    for job in &stopped {
+        assert_eq!(job.state, JobState::Stopped, "job {}", job.id);
+    }
+    for (pid, uid) in commands {
+        // The pid may have been reused since, but not by a process of the job.
+        if let Some(ids) = procs::ids(pid) {
+            assert_ne!(ids, procs::expected_ids(uid), "job command {pid} left");
+        }
+    }
+    let work_dirs = |d: &Daemon| -> Vec<JobId> {
+        ids.iter()
+            .copied()
+            .filter(|id| d.state.join(format!("jobs/{id}/work")).exists())
+            .collect()
+    };
+    for _ in 0..500 {
+        if work_dirs(d).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(work_dirs(d), [], "work directories left");
+    assert_eq!(
+        d.job_cgroups_left(),
+        Vec::<String>::new(),
+        "job cgroups left"
+    );
+}
+
+/// Every job ListJobs shows (one page of up to 1000), by id.
+async fn listed(d: &Daemon) -> HashMap<JobId, JobInfo> {
+    let Response::Jobs { jobs, next } = d
+        .local(Request::ListJobs {
+            state: None,
+            limit: PageSize::new(1000).unwrap(),
+            after: None,
+        })
+        .await
+    else {
+        panic!("no list");
+    };
+    assert!(next.is_none(), "more than one page");
+    jobs.into_iter().map(|j| (j.id, j)).collect()
+}
+
+/// 500 jobs started at once over 16 connections get 500 distinct uids, all
+/// in the job range, each with gid == uid, and their commands really run as
+/// them (from the host's /proc); after stopping them all, no process and no
+/// cgroup of theirs is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_jobs_get_distinct_uids() {
+    let d = Daemon::start("");
+    let jobs = d.start_many(&spec("sleep", &["120"]), 500, 16).await;
+    assert_eq!(jobs.len(), 500);
+    let uids: HashSet<u32> = jobs.iter().map(job_uid).collect();
+    assert_eq!(uids.len(), 500, "two running jobs share a uid");
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Running, "job {}", job.id);
+    }
+    assert_commands_run_as_their_jobs(&jobs);
+    // The supervisor reports the same ids later.
+    let list = listed(&d).await;
+    assert_eq!(list.len(), 500);
+    for job in &jobs {
+        let again = &list[&job.id];
+        assert_eq!((again.uid, again.gid), (job.uid, job.gid), "job {}", job.id);
+    }
+    stop_all_and_check_nothing_is_left(&d, &jobs).await;
+}
+
+/// The uid allocator across `kill -9` and a restart of the supervisor:
+/// re-adopted running jobs keep their uids (GetJob and ListJobs say so, and
+/// their commands still run as them), ended jobs that left files in their
+/// work directory keep holding theirs, and none of 50 jobs started after
+/// the restart gets a uid one of those holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn uids_are_kept_and_never_reused_across_a_restart() {
+    let mut d = Daemon::start("");
+    let ended = d
+        .start_many(&spec("sh", &["-c", "echo kept > /work/kept"]), 5, 5)
+        .await;
+    let running = d.start_many(&spec("sleep", &["120"]), 20, 4).await;
+    let mut held: HashMap<u32, JobId> = HashMap::new();
+    for job in running.iter().chain(&ended) {
+        if let Some(other) = held.insert(job_uid(job), job.id) {
+            panic!("jobs {other} and {} share a uid", job.id);
+        }
+    }
+    for job in &ended {
+        let info = wait_state(&d, job.id, JobState::Finished).await;
+        assert_eq!(
+            info.termination,
+            Some(Termination::Exited(0)),
+            "job {}",
+            job.id
+        );
+        assert_eq!((info.uid, info.gid), (job.uid, job.gid), "job {}", job.id);
+        // Its work directory is still on disk, so its uid stays held.
+        let kept = d.state.join(format!("jobs/{}/work/kept", job.id));
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "kept\n");
+    }
+
+    d.kill9();
+    d.spawn();
+
+    for job in &running {
+        let again = d.local_job(Request::GetJob { job: job.id }).await;
+        assert_eq!(again.state, JobState::Running, "job {} re-adopted", job.id);
+        assert_eq!(again.pid, job.pid);
+        assert_eq!((again.uid, again.gid), (job.uid, job.gid), "job {}", job.id);
+    }
+    let list = listed(&d).await;
+    assert_eq!(list.len(), 25);
+    for job in running.iter().chain(&ended) {
+        let again = &list[&job.id];
+        assert_eq!((again.uid, again.gid), (job.uid, job.gid), "job {}", job.id);
+    }
+    assert_commands_run_as_their_jobs(&running);
+
+    let more = d.start_many(&spec("sleep", &["120"]), 50, 8).await;
+    for job in &more {
+        assert_eq!(job.state, JobState::Running, "job {}", job.id);
+        if let Some(holder) = held.insert(job_uid(job), job.id) {
+            panic!(
+                "job {} got uid {}, which job {holder} holds",
+                job.id,
+                job_uid(job)
+            );
+        }
+    }
+    assert_commands_run_as_their_jobs(&more);
+
+    let all: Vec<JobInfo> = running.into_iter().chain(more).collect();
+    stop_all_and_check_nothing_is_left(&d, &all).await;
 }

@@ -4,9 +4,11 @@
 //! client of the real supervisor, readers of the kernel's cgroup files, and
 //! the scenarios that the in-guest driver `vm-scenarios` runs. [`bench`] is
 //! the benchmark harness behind the `bench` binary (BENCHMARKS.md).
-//! [`cleanup`] removes test cgroup subtrees, for every crate's tests.
+//! [`cleanup`] removes test cgroup subtrees, and [`procs`] reads who a
+//! job's processes run as, for every crate's tests.
 #![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod cleanup;
+pub mod procs;
 pub mod vm;

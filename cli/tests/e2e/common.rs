@@ -186,18 +186,12 @@ impl Supervisor {
         let state = dir.path().join("state");
         let config = dir.path().join("supervisor.toml");
         let log = dir.path().join("supervisor.log");
-        // The gateway and the jobs must be different accounts.
-        let job_user = if gateway_user == "nobody" {
-            "daemon"
-        } else {
-            "nobody"
-        };
         std::fs::write(
             &config,
             format!(
                 "socket_path = {socket:?}\nsocket_group = \"nogroup\"\nstate_dir = {state:?}\n\
                  cgroup_root = {cgroup_root:?}\ngateway_user = \"{gateway_user}\"\n\
-                 job_user = \"{job_user}\"\ngrace_period_ms = 2000\n"
+                 grace_period_ms = 2000\n"
             ),
         )
         .unwrap();
@@ -300,7 +294,7 @@ impl Drop for Supervisor {
 }
 
 /// Certificates for a test: the two CAs, the gateway's certificate, client
-/// certificates for admin (admin), alice (user) and rita (reader), and a
+/// certificates for admin (admin), alice and bob (user) and rita (reader), and a
 /// server CA of another deployment.
 pub struct Certs {
     pub dir: tempfile::TempDir,
@@ -323,7 +317,12 @@ impl Certs {
             },
         )
         .unwrap();
-        for (user, role) in [("admin", "admin"), ("alice", "user"), ("rita", "reader")] {
+        for (user, role) in [
+            ("admin", "admin"),
+            ("alice", "user"),
+            ("bob", "user"),
+            ("rita", "reader"),
+        ] {
             jobworker_certs::issue_client(
                 dir.path(),
                 &ClientRequest {

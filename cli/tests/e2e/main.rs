@@ -7,3 +7,4 @@
 mod common;
 mod debug_tool;
 mod jobctl;
+mod sandbox;

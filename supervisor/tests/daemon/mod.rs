@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use jobworker_ipc::codec::{self, ClientFramed};
-use jobworker_ipc::{Call, Identity, JobInfo, Request, Response, Role, UserName, frame, handshake};
+use jobworker_ipc::{
+    Call, GraceMs, Identity, JobId, JobInfo, JobSpec, Request, Response, Role, UserName, frame,
+    handshake,
+};
 use tokio::net::UnixStream;
 
 /// The supervisor binary under test.
@@ -60,7 +63,7 @@ impl Daemon {
             format!(
                 "socket_path = {socket:?}\nsocket_group = \"nogroup\"\nstate_dir = {state:?}\n\
                  cgroup_root = {cgroup_root:?}\ngateway_user = \"{GATEWAY_USER}\"\n\
-                 job_user = \"nobody\"\n{extra}\n"
+                 {extra}\n"
             ),
         )
         .unwrap();
@@ -130,15 +133,7 @@ impl Daemon {
 
     /// One request as the local operator; its one response.
     pub async fn local(&self, request: Request) -> Response {
-        let mut client = self.connect().await;
-        client
-            .send(Call {
-                on_behalf_of: None,
-                request,
-            })
-            .await
-            .unwrap();
-        client.next().await.expect("a response").unwrap()
+        call_locally(&mut self.connect().await, request).await
     }
 
     /// A job's info from a response that must carry one.
@@ -202,6 +197,71 @@ impl Daemon {
         output.stdout
     }
 
+    /// Starts `count` jobs of `spec` as the local operator over `connections`
+    /// connections at once (each carrying its share of the calls one after
+    /// the other); every job's info, in no particular order.
+    pub async fn start_many(
+        &self,
+        spec: &JobSpec,
+        count: usize,
+        connections: usize,
+    ) -> Vec<JobInfo> {
+        let shares = (0..connections).map(|c| {
+            let share = count / connections + usize::from(c < count % connections);
+            self.calls((0..share).map(|_| Request::StartJob(spec.clone())))
+        });
+        futures::future::join_all(shares)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Stops `jobs` (with a grace period of 1 s) over `connections`
+    /// connections at once; the stopped jobs' infos.
+    pub async fn stop_many(&self, jobs: &[JobId], connections: usize) -> Vec<JobInfo> {
+        let shares = jobs
+            .chunks(jobs.len().div_ceil(connections).max(1))
+            .map(|share| {
+                self.calls(share.iter().map(|&job| Request::StopJob {
+                    job,
+                    grace: Some(GraceMs::new(1000).unwrap()),
+                }))
+            });
+        futures::future::join_all(shares)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Sends `requests` one after the other on one connection as the local
+    /// operator; the job each answer carries.
+    async fn calls(&self, requests: impl Iterator<Item = Request>) -> Vec<JobInfo> {
+        let mut client = self.connect().await;
+        let mut infos = Vec::new();
+        for request in requests {
+            match call_locally(&mut client, request).await {
+                Response::Job(info) => infos.push(*info),
+                other => panic!("expected a job, got {other:?}"),
+            }
+        }
+        infos
+    }
+
+    /// The job cgroups left below the supervisor's cgroup subtree.
+    pub fn job_cgroups_left(&self) -> Vec<String> {
+        match std::fs::read_dir(self.cgroup_root.join("jobs")) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("reading {}/jobs: {e}", self.cgroup_root.display()),
+        }
+    }
+
     /// One call as the gateway acting for `user` with `role`; the responses.
     pub fn as_gateway(&self, user: &str, role: Role, request: Request) -> Vec<Response> {
         let call = Call {
@@ -213,6 +273,18 @@ impl Daemon {
         };
         decode_responses(&self.raw_as(GATEWAY_USER, &encode_call(&call)))
     }
+}
+
+/// One request on `client` as the local operator; its one response.
+async fn call_locally(client: &mut ClientFramed<UnixStream>, request: Request) -> Response {
+    client
+        .send(Call {
+            on_behalf_of: None,
+            request,
+        })
+        .await
+        .unwrap();
+    client.next().await.expect("a response").unwrap()
 }
 
 /// The bytes a client sends: hello, then the call's frame.
