@@ -25,7 +25,15 @@ use jobworker_tests::vm::scenarios::{self, Bed, Outcome};
 
 /// Every scenario, in the order they run. `memory` goes first so that the
 /// `jobs` cgroup's lifetime `memory.peak` is its own; `cleanup` goes last.
-const SCENARIOS: [&str; 6] = ["memory", "placement", "cpu", "io", "pids", "cleanup"];
+const SCENARIOS: [&str; 7] = [
+    "memory",
+    "placement",
+    "cpu",
+    "io",
+    "pids",
+    "sandbox",
+    "cleanup",
+];
 
 /// The longest one scenario may take.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
@@ -43,10 +51,8 @@ struct Cli {
     /// The supervisor's cgroup root (its `cgroup_root` setting).
     #[arg(long, default_value = "/sys/fs/cgroup/jobworker")]
     cgroup_root: PathBuf,
-    /// A directory on the io-limited disk that the job user may write to.
-    #[arg(long)]
-    io_dir: PathBuf,
-    /// That disk's MAJ:MIN.
+    /// The MAJ:MIN of the disk holding the supervisor's state directory (and
+    /// so the jobs' work directories), which io limits apply to.
     #[arg(long)]
     io_device: String,
     /// Only these scenarios (comma-separated); all by default.
@@ -93,7 +99,6 @@ async fn run(cli: Cli) -> Result<bool> {
         client,
         cgroup_mount: cli.cgroup_mount,
         cgroup_root: cli.cgroup_root,
-        io_dir: cli.io_dir,
         io_device: cli.io_device,
     };
 
@@ -150,6 +155,7 @@ async fn scenario(name: &str, bed: &Bed) -> Result<Outcome> {
         "cpu" => scenarios::cpu(bed).await,
         "io" => scenarios::io(bed).await,
         "pids" => scenarios::pids(bed).await,
+        "sandbox" => scenarios::sandbox(bed).await,
         "cleanup" => scenarios::cleanup(bed).await,
         other => bail!("no scenario {other:?}"),
     }

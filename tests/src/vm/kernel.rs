@@ -1,11 +1,13 @@
 //! What the kernel reports, read directly: cgroup v2 interface files, the
-//! `0::` line of `/proc/<pid>/cgroup`, and the kernel log (`/dev/kmsg`).
+//! `0::` line of `/proc/<pid>/cgroup`, the ids and seccomp mode of
+//! `/proc/<pid>/status`, and the kernel log (`/dev/kmsg`).
 //!
 //! Nothing here trusts the supervisor: these are the figures the scenarios
 //! hold the supervisor's claims against.
 
 use std::fs;
 use std::io::{self, Read};
+use std::ops::RangeInclusive;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -102,6 +104,22 @@ impl Cgroup {
         Ok(Some(0))
     }
 
+    /// The pids in `cgroup.procs` (the processes in this cgroup itself, in
+    /// the reader's pid namespace); `None` if the cgroup is gone.
+    pub fn procs(&self) -> Result<Option<Vec<u32>>> {
+        let Some(text) = self.read("cgroup.procs")? else {
+            return Ok(None);
+        };
+        text.lines()
+            .map(|line| {
+                line.trim()
+                    .parse()
+                    .with_context(|| format!("{}/cgroup.procs: {line:?}", self.path.display()))
+            })
+            .collect::<Result<Vec<u32>>>()
+            .map(Some)
+    }
+
     /// The names of its child cgroups.
     pub fn children(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
@@ -127,20 +145,24 @@ fn parse_number(text: &str) -> Result<u64> {
         .with_context(|| format!("{text:?} is not a number"))
 }
 
-/// A process and the cgroup the kernel says it is in.
+/// A process, its real uid and the cgroup the kernel says it is in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placed {
     /// Its pid.
     pub pid: u32,
+    /// Its real uid (the first id of the `Uid:` line of `/proc/<pid>/status`);
+    /// `None` if the process ended before it was read.
+    pub uid: Option<u32>,
     /// Its command name (`/proc/<pid>/comm`).
     pub comm: String,
     /// The path of its `0::` line in `/proc/<pid>/cgroup`.
     pub cgroup: String,
 }
 
-/// Every process whose cgroup (the `0::` line of `/proc/<pid>/cgroup`) is
-/// `prefix` or below it.
-pub fn processes_under(prefix: &str) -> Result<Vec<Placed>> {
+/// Every process of `/proc` with what `keep` accepts of its uid and cgroup
+/// (`None` for either when it could not be read: the process may end while
+/// we look).
+fn processes(keep: impl Fn(Option<u32>, Option<&str>) -> bool) -> Result<Vec<Placed>> {
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").context("listing /proc")? {
         let entry = entry.context("listing /proc")?;
@@ -151,66 +173,72 @@ pub fn processes_under(prefix: &str) -> Result<Vec<Placed>> {
         else {
             continue;
         };
-        // A process may end while we look: missing files are skipped.
-        let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else {
-            continue;
-        };
-        let Some(cgroup) = text.lines().find_map(|line| line.strip_prefix("0::")) else {
-            continue;
-        };
-        let below = cgroup
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-        if below {
+        let uid = fs::read_to_string(entry.path().join("status"))
+            .ok()
+            .and_then(|status| status_ids(&status, "Uid:"))
+            .map(|ids| ids[0]);
+        let cgroup_file = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        let cgroup = cgroup_file
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"));
+        if keep(uid, cgroup) {
             let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
             found.push(Placed {
                 pid,
+                uid,
                 comm: comm.trim().to_owned(),
-                cgroup: cgroup.to_owned(),
+                cgroup: cgroup.unwrap_or_default().to_owned(),
             });
         }
     }
     Ok(found)
 }
 
-/// Every process whose real uid is `uid` (from `/proc/<pid>/status`).
+/// Every process whose cgroup (the `0::` line of `/proc/<pid>/cgroup`) is
+/// `prefix` or below it.
+pub fn processes_under(prefix: &str) -> Result<Vec<Placed>> {
+    processes(|_, cgroup| {
+        cgroup
+            .and_then(|cgroup| cgroup.strip_prefix(prefix))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// Every process whose real uid is in `uids` (from `/proc/<pid>/status`).
+pub fn processes_of_uids(uids: RangeInclusive<u32>) -> Result<Vec<Placed>> {
+    processes(|uid, _| uid.is_some_and(|uid| uids.contains(&uid)))
+}
+
+/// Every process whose real uid is `uid`.
 pub fn processes_of_uid(uid: u32) -> Result<Vec<Placed>> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").context("listing /proc")? {
-        let entry = entry.context("listing /proc")?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // A process may end while we look: missing files are skipped.
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let real_uid = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().next())
-            .and_then(|id| id.parse::<u32>().ok());
-        if real_uid == Some(uid) {
-            let cgroup = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-            found.push(Placed {
-                pid,
-                comm: fs::read_to_string(entry.path().join("comm"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-                cgroup: cgroup
-                    .lines()
-                    .find_map(|line| line.strip_prefix("0::"))
-                    .unwrap_or_default()
-                    .to_owned(),
-            });
-        }
-    }
-    Ok(found)
+    processes_of_uids(uid..=uid)
+}
+
+/// The four ids (real, effective, saved, file system) of the `Uid:` or
+/// `Gid:` line of a `/proc/<pid>/status` text.
+pub fn status_ids(status: &str, key: &str) -> Option<[u32; 4]> {
+    let line = status.lines().find_map(|line| line.strip_prefix(key))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    ids.try_into().ok()
+}
+
+/// The value of `key` (e.g. `Seccomp`) in a `/proc/<pid>/status` text,
+/// without the tab that follows the colon.
+pub fn status_value<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// The text of `/proc/<pid>/status`; `None` once the process is gone.
+pub fn status_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// The messages of every record in the kernel log buffer, oldest first
@@ -331,5 +359,37 @@ mod tests {
             .unwrap();
         let uid: u32 = uid.parse().unwrap();
         assert!(processes_of_uid(uid).unwrap().iter().any(|p| p.pid == pid));
+        assert!(
+            processes_of_uids(uid.saturating_sub(1)..=uid)
+                .unwrap()
+                .iter()
+                .any(|p| p.pid == pid && p.uid == Some(uid))
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        let status = "Name:\tsh\nUid:\t61184\t61184\t61184\t61184\n\
+                      Gid:\t61184\t61184\t61184\t61185\nSeccomp:\t2\n\
+                      Seccomp_filters:\t1\n";
+        assert_eq!(status_ids(status, "Uid:"), Some([61184; 4]));
+        assert_eq!(
+            status_ids(status, "Gid:"),
+            Some([61184, 61184, 61184, 61185])
+        );
+        assert_eq!(status_ids("Uid:\t1\t2\n", "Uid:"), None);
+        assert_eq!(status_value(status, "Seccomp"), Some("2"));
+        assert_eq!(status_value(status, "Seccomp_filters"), Some("1"));
+        assert_eq!(status_value(status, "NoNewPrivs"), None);
+    }
+
+    #[test]
+    fn procs_lists_pids() {
+        let dir = fake(&[("cgroup.procs", "12\n345\n")]);
+        assert_eq!(
+            Cgroup::new(dir.path()).procs().unwrap(),
+            Some(vec![12, 345])
+        );
+        assert_eq!(Cgroup::new(dir.path().join("gone")).procs().unwrap(), None);
     }
 }

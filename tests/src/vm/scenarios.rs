@@ -6,6 +6,8 @@
 //! scenario could not be carried out at all (e.g. a call was refused); the
 //! runner reports it as a failure too.
 
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -36,9 +38,8 @@ pub struct Bed {
     pub cgroup_mount: PathBuf,
     /// The supervisor's configured cgroup root, under the mount.
     pub cgroup_root: PathBuf,
-    /// A directory on the io-limited disk that the job user may write to.
-    pub io_dir: PathBuf,
-    /// That disk's `MAJ:MIN`.
+    /// The `MAJ:MIN` of the disk holding the supervisor's `state_dir`, and
+    /// so the jobs' work directories: the one io limits apply to.
     pub io_device: String,
 }
 
@@ -301,28 +302,68 @@ pub async fn memory(bed: &Bed) -> Result<Outcome> {
     Ok(checks.outcome(figure))
 }
 
-/// Placement: the job's command runs in the job's own cgroup.
+/// Placement: the job's command runs in the job's own cgroup, as the
+/// kernel shows it from outside, and sees that cgroup as the root of its
+/// cgroup namespace from inside.
+///
+/// The command prints its own `/proc/self/cgroup` and becomes `sleep`; the
+/// driver finds its processes by the job's uid (not by their cgroup) in
+/// `/proc`, reads their `0::` lines there, and stops the job.
 pub async fn placement(bed: &Bed) -> Result<Outcome> {
+    let script = "cat /proc/self/cgroup; exec sleep 600";
     let started = bed
         .client
-        .start("cat", &["/proc/self/cgroup"], Limits::default())
+        .start("sh", &["-c", script], Limits::default())
         .await?;
-    let end = bed.client.follow_to_end(started.id, JOB_TIMEOUT).await?;
-    let expected = format!("0::{}\n", bed.job_cgroup_name(started.id)?);
-    let shown_output = String::from_utf8_lossy(&end.output).into_owned();
+    let id = started.id;
+    let follower = follow(&bed.client, id);
+    let uid = started
+        .uid
+        .ok_or_else(|| anyhow!("the supervisor reports no uid for job {id}"))?;
+    let expected = bed.job_cgroup_name(id)?;
+    // Once the shell has become sleep, cat has run.
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) && !follower.is_finished() {
+        seen = kernel::processes_of_uid(uid)?;
+        if seen.iter().any(|p| p.comm == "sleep") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = bed.client.stop(id, STOP_GRACE_MS).await?;
+    let end = ended(follower).await?;
+    let own_view = String::from_utf8_lossy(&end.output).into_owned();
 
     let mut checks = Checks::default();
     checks.check(
-        shown_output == expected,
-        format!("/proc/self/cgroup reads {shown_output:?}, expected {expected:?}"),
+        seen.iter().any(|p| p.comm == "sleep"),
+        format!("no sleep process of the job's uid {uid} within 30 s (seen: {seen:?})"),
     );
     checks.check(
-        end.info.termination == Some(Termination::Exited(0)),
-        format!("the job ended {}", status(&end.info)),
+        seen.iter().all(|p| p.cgroup == expected),
+        format!("processes of the job's uid outside {expected}: {seen:?}"),
     );
+    checks.check(
+        own_view == "0::/\n",
+        format!("the command's /proc/self/cgroup reads {own_view:?}, expected \"0::/\\n\""),
+    );
+    checks.check(
+        stopped.state == JobState::Stopped,
+        format!("after StopJob the job is {}", status(&stopped)),
+    );
+    let host_view: Vec<String> = seen
+        .iter()
+        .map(|p| format!("{} {}: 0::{}", p.comm, p.pid, p.cgroup))
+        .collect();
     Ok(checks.outcome(format!(
-        "/proc/self/cgroup of the command: {:?}; {}",
-        shown_output.trim_end(),
+        "the command (uid {uid}) from /proc: {}; its own /proc/self/cgroup: {:?}; {}",
+        if host_view.is_empty() {
+            "-".into()
+        } else {
+            host_view.join(", ")
+        },
+        own_view.trim_end(),
         status(&end.info)
     )))
 }
@@ -444,10 +485,13 @@ impl IoRun {
     }
 }
 
-/// Writes `count` 64 KiB blocks with O_DIRECT to `file` in the io
-/// directory under `limits`; the bytes are the kernel's (`wbytes` of the
-/// disk in `jobs/io.stat`, which counts every job cgroup, removed ones too),
-/// the time is from the exec of the command to its end.
+/// Writes `count` 64 KiB blocks with O_DIRECT to `file` in the job's own
+/// work directory (its working directory, `/work`, kept under the
+/// supervisor's `state_dir` on the io disk) under `limits`, then removes it
+/// (an empty work directory is removed when the job ends, which gives its
+/// uid back). The bytes are the kernel's (`wbytes` of the disk in
+/// `jobs/io.stat`, which counts every job cgroup, removed ones too), the time
+/// is from the exec of the command to its end.
 async fn direct_write(bed: &Bed, file: &str, count: u32, limits: Limits) -> Result<IoRun> {
     let jobs = bed.jobs();
     let written = |jobs: &Cgroup| -> Result<u64> {
@@ -455,17 +499,11 @@ async fn direct_write(bed: &Bed, file: &str, count: u32, limits: Limits) -> Resu
             .ok_or_else(|| anyhow!("{}/io.stat is gone", jobs.path().display()))
     };
     let before = written(&jobs)?;
-    let target = bed.io_dir.join(file);
-    let of = format!("of={}", target.display());
-    let count_arg = format!("count={count}");
-    let started = bed
-        .client
-        .start(
-            "dd",
-            &["if=/dev/zero", &of, "bs=64k", &count_arg, "oflag=direct"],
-            limits,
-        )
-        .await?;
+    let script = format!(
+        "dd if=/dev/zero of={file} bs=64k count={count} oflag=direct; \
+         status=$?; rm -f {file}; exit $status"
+    );
+    let started = bed.client.start("sh", &["-c", &script], limits).await?;
     let io_max = bed
         .job(started.id)
         .read("io.max")?
@@ -480,8 +518,6 @@ async fn direct_write(bed: &Bed, file: &str, count: u32, limits: Limits) -> Resu
         (Some(start), Some(stop)) => stop.0.saturating_sub(start.0),
         _ => 0,
     };
-    // The file is not needed any more; the disk is small.
-    let _ = std::fs::remove_file(&target);
     Ok(IoRun {
         bytes,
         seconds: millis as f64 / 1000.0,
@@ -717,16 +753,546 @@ pub async fn pids(bed: &Bed) -> Result<Outcome> {
     )))
 }
 
-/// The job user's uid (`nobody`).
-const JOB_UID: u32 = 65534;
+/// The uids (and gids) the supervisor gives jobs: its default `job_uids`,
+/// which the guest's configuration keeps.
+pub const JOB_UIDS: RangeInclusive<u32> = 61184..=65519;
+
+/// How long the driver waits for a sandbox job to reach each of its steps.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The shell script of a sandbox job, run as `sh -c SCRIPT sandbox NAME
+/// OTHER`: it reports what it is and may do in sections (`== <what>` and
+/// the lines that follow), leaves a file named NAME in `/tmp` and
+/// `/dev/shm`, and waits for the driver twice: for `/tmp/go` before it lists
+/// both directories (then it leaves `/tmp/listed`), and for `/tmp/end`
+/// before it exits. The driver writes those files through
+/// `/proc/<init pid>/root`, the job's own root. Nothing in it forks while
+/// it waits but `sleep`.
+const SANDBOX_SCRIPT: &str = r#"
+wait_for() {
+    n=0
+    while [ ! -e "$1" ]; do
+        n=$((n + 1))
+        if [ "$n" -gt 1200 ]; then echo "== timed out waiting for $1"; exit 3; fi
+        sleep 0.1
+    done
+}
+echo "== id"; id -u; id -g
+echo "== cgroup"; cat /proc/self/cgroup
+echo "== seccomp"; grep '^Seccomp:' /proc/self/status
+echo "== nofile"; ulimit -n
+echo "== write /"; touch /sandbox-probe 2>&1 && echo written
+echo "== write /etc"; touch /etc/sandbox-probe 2>&1 && echo written
+echo "== write /tmp"; echo "$1" > "/tmp/$1" && echo written
+echo "== write /dev/shm"; echo "$1" > "/dev/shm/$1" && echo written
+echo "== write /work"; echo "$1" > "/work/$1" && rm "/work/$1" && echo written
+echo "== unshare -U"; unshare -U true 2>&1 && echo unshared
+wait_for /tmp/go
+echo "== ls /tmp"; ls /tmp
+echo "== ls /dev/shm"; ls /dev/shm
+: > /tmp/listed
+wait_for /tmp/end
+"#;
+
+/// A job's output split into its `== <what>` sections (lines before the
+/// first one are under "").
+fn sections(output: &str) -> BTreeMap<String, Vec<String>> {
+    let mut sections = BTreeMap::new();
+    let mut current = String::new();
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            current = name.to_owned();
+            sections.entry(current.clone()).or_insert_with(Vec::new);
+        } else {
+            sections
+                .entry(current.clone())
+                .or_insert_with(Vec::new)
+                .push(line.to_owned());
+        }
+    }
+    sections
+}
+
+/// Waits until `ready` holds, for at most `within`; whether it did.
+async fn wait_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if t0.elapsed() >= within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One of the sandbox scenario's two jobs.
+struct SandboxJob {
+    name: &'static str,
+    other: &'static str,
+    started: JobInfo,
+    uid: u32,
+    gid: u32,
+    /// `/proc/<init pid>/root`: the job's root, as seen from the host.
+    root: PathBuf,
+}
+
+impl SandboxJob {
+    /// Starts the job and follows its output (in a task of its own).
+    async fn start(
+        bed: &Bed,
+        name: &'static str,
+        other: &'static str,
+    ) -> Result<(Self, tokio::task::JoinHandle<Result<Ended>>)> {
+        let started = bed
+            .client
+            .start(
+                "sh",
+                &["-c", SANDBOX_SCRIPT, "sandbox", name, other],
+                Limits::default(),
+            )
+            .await?;
+        let id = started.id;
+        let follower = follow(&bed.client, id);
+        let (Some(uid), Some(gid)) = (started.uid, started.gid) else {
+            return Err(anyhow!(
+                "the supervisor reports uid {:?} gid {:?} for job {id}",
+                started.uid,
+                started.gid
+            ));
+        };
+        let pid = match started.pid {
+            Some(pid) => pid,
+            None => bed
+                .client
+                .get(id)
+                .await?
+                .pid
+                .ok_or_else(|| anyhow!("the supervisor reports no pid for job {id}"))?,
+        };
+        let job = Self {
+            name,
+            other,
+            started,
+            uid,
+            gid,
+            root: PathBuf::from(format!("/proc/{pid}/root")),
+        };
+        Ok((job, follower))
+    }
+
+    /// `path` (absolute) in the job's root.
+    fn path(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// Whether the job's file `path` exists (false once the job is gone).
+    fn has(&self, path: &str) -> bool {
+        self.path(path).exists()
+    }
+
+    /// Its own files are in its `/tmp` and `/dev/shm`.
+    fn has_own_files(&self) -> bool {
+        self.has(&format!("/tmp/{}", self.name)) && self.has(&format!("/dev/shm/{}", self.name))
+    }
+
+    /// Writes the (empty) file `path` in the job's root for its script.
+    fn signal(&self, path: &str) -> Result<()> {
+        let path = self.path(path);
+        std::fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// What the host saw of one sandbox job while it ran.
+struct HostView {
+    /// The job's cgroup's `cgroup.procs`, read twice (around the scan).
+    procs: Vec<u32>,
+    /// The processes of the job's uid.
+    of_uid: Vec<kernel::Placed>,
+    /// Pids in the cgroup that are neither the init nor of the job's uid.
+    foreign: Vec<u32>,
+    /// The `/proc/<pid>/status` of the job's shell.
+    shell_status: Option<String>,
+}
+
+/// Reads which processes the job's cgroup holds and where the processes
+/// of the job's uid are, from the host.
+fn host_view(bed: &Bed, job: &SandboxJob) -> Result<HostView> {
+    let cgroup = bed.job(job.started.id);
+    let before = cgroup.procs()?.unwrap_or_default();
+    let of_uid = kernel::processes_of_uid(job.uid)?;
+    let after = cgroup.procs()?.unwrap_or_default();
+    let mut procs = before;
+    procs.extend(after);
+    procs.sort_unstable();
+    procs.dedup();
+    let init = job.started.pid;
+    // A `sleep` of the script may come and go between the reads: a pid that
+    // is gone by now is not held against the cgroup.
+    let foreign = procs
+        .iter()
+        .copied()
+        .filter(|&pid| Some(pid) != init && !of_uid.iter().any(|p| p.pid == pid))
+        .filter(|&pid| {
+            kernel::status_of(pid).is_some_and(|status| {
+                kernel::status_ids(&status, "Uid:").is_none_or(|ids| ids[0] != job.uid)
+            })
+        })
+        .collect();
+    let shell_status = of_uid
+        .iter()
+        .find(|p| p.comm == "sh")
+        .and_then(|p| kernel::status_of(p.pid));
+    Ok(HostView {
+        procs,
+        of_uid,
+        foreign,
+        shell_status,
+    })
+}
+
+/// Sandbox: two jobs running at once are kept apart and kept in.
+///
+/// Each gets a uid and gid of its own from [`JOB_UIDS`] (the supervisor's
+/// status, `id` in the job and the kernel's `/proc/<pid>/status` agree);
+/// the file each writes in its `/tmp` and `/dev/shm` is in neither the
+/// other job's nor the host's (seen from inside, and from the host through
+/// `/proc/<init pid>/root`); its `/proc/self/cgroup` reads exactly `0::/`
+/// (a cgroup namespace rooted at its cgroup; the only line, cgroup2 being
+/// the only hierarchy); its command runs under seccomp (`Seccomp: 2`,
+/// `unshare -U` refused), without capabilities, with no_new_privs and
+/// `ulimit -n` 1024; `/` and `/etc` are read-only while `/tmp`, `/dev/shm`
+/// and `/work` are writable; the job's cgroup, seen from the host, holds
+/// the job's processes and nothing else; once both have ended, neither
+/// their cgroups nor any process of their uids is left.
+pub async fn sandbox(bed: &Bed) -> Result<Outcome> {
+    let (left, left_follower) = SandboxJob::start(bed, "left", "right").await?;
+    let (right, right_follower) = SandboxJob::start(bed, "right", "left").await?;
+    let jobs = [left, right];
+    let followers = [left_follower, right_follower];
+    // A job that ended early will not get any further.
+    let ended_early = || followers.iter().any(|f| f.is_finished());
+    let mut checks = Checks::default();
+
+    // Both have left their files and wait for /tmp/go: what the host sees.
+    let ready = wait_until(STEP_TIMEOUT, || {
+        ended_early() || jobs.iter().all(SandboxJob::has_own_files)
+    })
+    .await
+        && jobs.iter().all(SandboxJob::has_own_files);
+    checks.check(
+        ready,
+        format!(
+            "the jobs did not both leave their files in /tmp and /dev/shm within {STEP_TIMEOUT:?}"
+        ),
+    );
+    let mut views = Vec::new();
+    for job in &jobs {
+        for dir in ["/tmp", "/dev/shm"] {
+            let other = format!("{dir}/{}", job.other);
+            checks.check(
+                !job.has(&other),
+                format!("the {} job's root has the other job's {other}", job.name),
+            );
+            let host = PathBuf::from(format!("{dir}/{}", job.name));
+            checks.check(
+                !host.exists(),
+                format!(
+                    "the host's {dir} has the {} job's file {}",
+                    job.name,
+                    host.display()
+                ),
+            );
+        }
+        views.push(host_view(bed, job)?);
+    }
+
+    // Let both list their /tmp and /dev/shm while both files exist, then end.
+    for job in &jobs {
+        if let Err(e) = job.signal("/tmp/go") {
+            checks.check(false, format!("{e:#}"));
+        }
+    }
+    let listed = wait_until(STEP_TIMEOUT, || {
+        ended_early() || jobs.iter().all(|j| j.has("/tmp/listed"))
+    })
+    .await
+        && !ended_early();
+    checks.check(
+        listed,
+        format!("the jobs did not both list their directories within {STEP_TIMEOUT:?}"),
+    );
+    for job in &jobs {
+        checks.check(
+            job.has_own_files(),
+            format!(
+                "the {} job's files were gone before both jobs had listed theirs",
+                job.name
+            ),
+        );
+        if let Err(e) = job.signal("/tmp/end") {
+            checks.check(false, format!("{e:#}"));
+        }
+    }
+    let mut outputs = Vec::new();
+    let mut records = Vec::new();
+    for (job, follower) in jobs.into_iter().zip(followers) {
+        let end = ended(follower).await?;
+        records.push(bed.client.get(job.started.id).await?);
+        outputs.push((job, end));
+    }
+
+    // Afterwards: nothing of either job is left.
+    let t_end = Instant::now();
+    let gone = wait_until(Duration::from_secs(10), || {
+        outputs
+            .iter()
+            .all(|(job, _)| !bed.job(job.started.id).exists())
+    })
+    .await;
+    let gone_after = t_end.elapsed();
+    let mut left_behind = Vec::new();
+    for (job, _) in &outputs {
+        left_behind.extend(kernel::processes_of_uid(job.uid)?);
+        left_behind.extend(kernel::processes_under(
+            &bed.job_cgroup_name(job.started.id)?,
+        )?);
+    }
+    checks.check(
+        gone,
+        "a job's cgroup still exists 10 s after both jobs ended",
+    );
+    checks.check(
+        left_behind.is_empty(),
+        format!("processes left of the jobs' uids or in their cgroups: {left_behind:?}"),
+    );
+
+    // The ids.
+    let (a, b) = (&outputs[0].0, &outputs[1].0);
+    checks.check(a.uid != b.uid, format!("both jobs run as uid {}", a.uid));
+    for ((job, end), (record, view)) in outputs.iter().zip(records.iter().zip(&views)) {
+        let name = job.name;
+        let expected_cgroup = bed.job_cgroup_name(job.started.id)?;
+        checks.check(
+            JOB_UIDS.contains(&job.uid),
+            format!(
+                "the {name} job's uid {} is outside {}-{}",
+                job.uid,
+                JOB_UIDS.start(),
+                JOB_UIDS.end()
+            ),
+        );
+        checks.check(
+            job.gid == job.uid,
+            format!("the {name} job runs as uid {} but gid {}", job.uid, job.gid),
+        );
+        checks.check(
+            record.uid == Some(job.uid) && record.gid == Some(job.gid),
+            format!(
+                "GetJob says uid {:?} gid {:?} for the {name} job, StartJob said {} {}",
+                record.uid, record.gid, job.uid, job.gid
+            ),
+        );
+        checks.check(
+            record.state == JobState::Finished
+                && record.termination == Some(Termination::Exited(0)),
+            format!("the {name} job ended {}", status(record)),
+        );
+
+        // What the host saw while it ran.
+        checks.check(
+            !view.of_uid.is_empty() && view.of_uid.iter().all(|p| p.cgroup == expected_cgroup),
+            format!(
+                "the {name} job's processes (uid {}) are not all in {expected_cgroup}: {:?}",
+                job.uid, view.of_uid
+            ),
+        );
+        checks.check(
+            view.of_uid
+                .iter()
+                .all(|p| view.procs.contains(&p.pid) || kernel::status_of(p.pid).is_none()),
+            format!(
+                "the {name} job's cgroup.procs {:?} lacks some of its processes {:?}",
+                view.procs, view.of_uid
+            ),
+        );
+        checks.check(
+            job.started.pid.is_some_and(|pid| view.procs.contains(&pid)),
+            format!(
+                "the {name} job's cgroup.procs {:?} lacks its init {:?}",
+                view.procs, job.started.pid
+            ),
+        );
+        checks.check(
+            view.foreign.is_empty(),
+            format!(
+                "the {name} job's cgroup holds processes of another uid: {:?}",
+                view.foreign
+            ),
+        );
+        match &view.shell_status {
+            Some(text) => {
+                let all = |id: u32| Some([id; 4]);
+                checks.check(
+                    kernel::status_ids(text, "Uid:") == all(job.uid)
+                        && kernel::status_ids(text, "Gid:") == all(job.gid),
+                    format!(
+                        "the {name} job's shell has Uid {:?} Gid {:?} in /proc/<pid>/status, \
+                         expected {} and {} four times",
+                        kernel::status_ids(text, "Uid:"),
+                        kernel::status_ids(text, "Gid:"),
+                        job.uid,
+                        job.gid
+                    ),
+                );
+                let value = |key| kernel::status_value(text, key).unwrap_or("-");
+                checks.check(
+                    value("Seccomp") == "2",
+                    format!(
+                        "the {name} job's shell has Seccomp {}, expected 2",
+                        value("Seccomp")
+                    ),
+                );
+                checks.check(
+                    value("NoNewPrivs") == "1",
+                    format!(
+                        "the {name} job's shell has NoNewPrivs {}",
+                        value("NoNewPrivs")
+                    ),
+                );
+                checks.check(
+                    value("CapEff").trim_start_matches('0').is_empty()
+                        && value("CapPrm").trim_start_matches('0').is_empty(),
+                    format!(
+                        "the {name} job's shell has capabilities: CapEff {} CapPrm {}",
+                        value("CapEff"),
+                        value("CapPrm")
+                    ),
+                );
+            }
+            None => checks.check(
+                false,
+                format!("the {name} job's shell was not found in /proc"),
+            ),
+        }
+
+        // What the job saw.
+        let output = String::from_utf8_lossy(&end.output);
+        let sections = sections(&output);
+        let section = |what: &str| sections.get(what).cloned().unwrap_or_default();
+        let expect = |checks: &mut Checks, what: &str, expected: &[&str]| {
+            let got = section(what);
+            checks.check(
+                got == expected,
+                format!("the {name} job's {what:?} reads {got:?}, expected {expected:?}"),
+            );
+        };
+        let timeouts: Vec<&String> = sections
+            .keys()
+            .filter(|k| k.starts_with("timed out"))
+            .collect();
+        checks.check(timeouts.is_empty(), format!("the {name} job {timeouts:?}"));
+        expect(
+            &mut checks,
+            "id",
+            &[&job.uid.to_string(), &job.gid.to_string()],
+        );
+        expect(&mut checks, "cgroup", &["0::/"]);
+        expect(&mut checks, "seccomp", &["Seccomp:\t2"]);
+        expect(&mut checks, "nofile", &["1024"]);
+        for what in ["write /", "write /etc"] {
+            let got = section(what);
+            checks.check(
+                got.iter().any(|l| l.contains("Read-only file system"))
+                    && !got.iter().any(|l| l == "written"),
+                format!(
+                    "the {name} job's {what:?} reads {got:?}, expected \"Read-only file system\""
+                ),
+            );
+        }
+        for what in ["write /tmp", "write /dev/shm", "write /work"] {
+            expect(&mut checks, what, &["written"]);
+        }
+        let unshare = section("unshare -U");
+        checks.check(
+            unshare.iter().any(|l| l.contains("Operation not permitted"))
+                && !unshare.iter().any(|l| l == "unshared"),
+            format!("the {name} job's \"unshare -U\" reads {unshare:?}, expected \"Operation not permitted\""),
+        );
+        for what in ["ls /tmp", "ls /dev/shm"] {
+            let got = section(what);
+            checks.check(
+                got.iter().any(|l| l == job.name) && !got.iter().any(|l| l == job.other),
+                format!(
+                    "the {name} job's {what:?} reads {got:?}: expected its own {:?} and not the other's {:?}",
+                    job.name, job.other
+                ),
+            );
+        }
+    }
+
+    let figure = format!(
+        "uids {} and {} (gid = uid; id -u, GetJob and /proc/<pid>/status agree); \
+         cgroups held {} and {} processes (init + command); \
+         in the jobs: /proc/self/cgroup {:?}, {:?}, ulimit -n {:?}, unshare -U {:?}, \
+         write / {:?}, /etc {:?}, /tmp /dev/shm /work {}; \
+         each /tmp and /dev/shm held only its own file; \
+         {}; afterwards cgroups gone {}, {} processes left",
+        a.uid,
+        b.uid,
+        views[0].procs.len(),
+        views[1].procs.len(),
+        first_line(&outputs[0].1, "cgroup"),
+        first_line(&outputs[0].1, "seccomp"),
+        first_line(&outputs[0].1, "nofile"),
+        short_error(&first_line(&outputs[0].1, "unshare -U")),
+        short_error(&first_line(&outputs[0].1, "write /")),
+        short_error(&first_line(&outputs[0].1, "write /etc")),
+        if ["write /tmp", "write /dev/shm", "write /work"]
+            .iter()
+            .all(|w| first_line(&outputs[0].1, w) == "written")
+        {
+            "writable"
+        } else {
+            "NOT all writable"
+        },
+        outputs
+            .iter()
+            .map(|(job, end)| format!("{} {}", job.name, status(&end.info)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if gone {
+            format!("after {:.2}s", gone_after.as_secs_f64())
+        } else {
+            "never".into()
+        },
+        left_behind.len(),
+    );
+    Ok(checks.outcome(figure))
+}
+
+/// The first line of a section of a sandbox job's output ("" if none).
+fn first_line(end: &Ended, what: &str) -> String {
+    sections(&String::from_utf8_lossy(&end.output))
+        .get(what)
+        .and_then(|lines| lines.first().cloned())
+        .unwrap_or_default()
+}
+
+/// The error at the end of a `tool: what: error` line.
+fn short_error(line: &str) -> String {
+    line.rsplit(": ").next().unwrap_or_default().to_owned()
+}
 
 /// Cleanup: after everything, no job cgroup, no job process (none in a job
-/// cgroup, none of the job user anywhere), no running job.
+/// cgroup, none of a job uid anywhere), no running job.
 pub async fn cleanup(bed: &Bed) -> Result<Outcome> {
     let cgroups = bed.jobs().children()?;
     let processes = kernel::processes_under(&bed.jobs_cgroup_name()?)?;
-    let of_job_user = kernel::processes_of_uid(JOB_UID)?;
+    let of_job_uids = kernel::processes_of_uids(JOB_UIDS)?;
     let running = bed.client.running().await?;
+    let (first, last) = (JOB_UIDS.start(), JOB_UIDS.end());
     let mut checks = Checks::default();
     checks.check(cgroups.is_empty(), format!("job cgroups left: {cgroups:?}"));
     checks.check(
@@ -734,8 +1300,8 @@ pub async fn cleanup(bed: &Bed) -> Result<Outcome> {
         format!("job processes left: {processes:?}"),
     );
     checks.check(
-        of_job_user.is_empty(),
-        format!("processes of uid {JOB_UID} left: {of_job_user:?}"),
+        of_job_uids.is_empty(),
+        format!("processes of job uids ({first}-{last}) left: {of_job_uids:?}"),
     );
     checks.check(
         running.is_empty(),
@@ -745,10 +1311,10 @@ pub async fn cleanup(bed: &Bed) -> Result<Outcome> {
         ),
     );
     Ok(checks.outcome(format!(
-        "{} job cgroups, {} processes in job cgroups, {} of uid {JOB_UID}, {} running jobs left",
+        "{} job cgroups, {} processes in job cgroups, {} of uids {first}-{last}, {} running jobs left",
         cgroups.len(),
         processes.len(),
-        of_job_user.len(),
+        of_job_uids.len(),
         running.len()
     )))
 }
@@ -762,4 +1328,25 @@ pub async fn stop_leftovers(client: &Client) -> Result<Vec<JobId>> {
         stopped.push(job.id);
     }
     Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_split_the_output() {
+        let output = "early\n== id\n61184\n61184\n== write /\n\
+                      touch: /p: Read-only file system\n== empty\n== ls /tmp\ngo\nleft\n";
+        let sections = sections(output);
+        assert_eq!(sections[""], ["early"]);
+        assert_eq!(sections["id"], ["61184", "61184"]);
+        assert_eq!(sections["write /"], ["touch: /p: Read-only file system"]);
+        assert!(sections["empty"].is_empty());
+        assert_eq!(sections["ls /tmp"], ["go", "left"]);
+        assert_eq!(
+            short_error("touch: /p: Read-only file system"),
+            "Read-only file system"
+        );
+    }
 }
