@@ -152,6 +152,7 @@ async fn the_seccomp_filter_refuses_what_a_shell_cannot_reach() {
 async fn the_job_sees_a_read_only_host_and_its_own_directories() {
     let t = TestEngine::new();
     let script = "pwd; stat -c '%u %a' /work /tmp /var/tmp /dev/shm /run/lock; \
+                  ls /.jobworker 2>&1 | sed 's/.*: //'; \
                   for d in / /etc /usr /var /home /root /run; do \
                     touch $d/probe 2>&1 | sed 's/.*: //'; done; \
                   ls -A /home; ls -A /root; ls -A /run; \
@@ -169,6 +170,7 @@ async fn the_job_sees_a_read_only_host_and_its_own_directories() {
         owned,
     ]
     .into_iter()
+    .chain(["Permission denied".to_owned()])
     .chain(std::iter::repeat_n("Read-only file system".to_owned(), 7))
     .chain([
         "lock".into(),
@@ -181,4 +183,32 @@ async fn the_job_sees_a_read_only_host_and_its_own_directories() {
     .join("\n")
         + "\n";
     assert_eq!(output, expected);
+}
+
+/// The host's old root, parked under /.jobworker (which no job process may
+/// enter) while the command starts, is detached from the job's mount
+/// namespace right after: the job's mount table holds no mount of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hosts_root_leaves_the_jobs_mount_table() {
+    let t = TestEngine::new();
+    let job = t.start("sleep", &["30"]).await.unwrap();
+    let mountinfo = format!("/proc/{}/mountinfo", job.pid.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let table = std::fs::read_to_string(&mountinfo).unwrap();
+        let parked: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains("/.jobworker"))
+            .collect();
+        if parked.is_empty() {
+            assert!(table.lines().count() >= 5, "the job's own mounts: {table}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still parked after 10 s: {parked:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    t.engine.stop(job.id, None).await.unwrap();
 }

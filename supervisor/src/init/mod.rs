@@ -84,7 +84,15 @@ fn run() -> Result<(), String> {
     // The supervisor may be gone (restarted); the job goes on regardless.
     let _ = handoff::write_message(&mut control, &report);
     drop(control);
-    let (child, output, log, job_dir) = started?;
+    let Started {
+        child,
+        output,
+        log,
+        job_dir,
+        host_root,
+    } = started?;
+    // Off the start's critical path: the supervisor has its answer.
+    host_root.detach();
 
     let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
         .map_err(|e| format!("pumping output: {e}"))?;
@@ -99,10 +107,19 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))
 }
 
+/// A started command and what the init keeps of its start.
+struct Started {
+    child: nix::unistd::Pid,
+    output: std::os::fd::OwnedFd,
+    log: File,
+    job_dir: File,
+    host_root: sandbox::HostRoot,
+}
+
 /// Opens the job's directory and its log (the sandbox hides both from the
 /// job, and from the init's paths), builds the sandbox and starts the
 /// command.
-fn start(spec: &InitSpec) -> Result<(nix::unistd::Pid, std::os::fd::OwnedFd, File, File), String> {
+fn start(spec: &InitSpec) -> Result<Started, String> {
     let job_dir = File::open(&spec.job_dir).map_err(|e| {
         format!(
             "opening the job's directory {}: {e}",
@@ -110,9 +127,15 @@ fn start(spec: &InitSpec) -> Result<(nix::unistd::Pid, std::os::fd::OwnedFd, Fil
         )
     })?;
     let log = open_log(&spec.job_dir.join(OUTPUT_FILE))?;
-    sandbox::enter(spec)?;
+    let host_root = sandbox::enter(spec)?;
     let (child, output) = command::spawn(spec)?;
-    Ok((child, output, log, job_dir))
+    Ok(Started {
+        child,
+        output,
+        log,
+        job_dir,
+        host_root,
+    })
 }
 
 fn open_log(path: &Path) -> Result<File, String> {

@@ -22,9 +22,12 @@
 //!   `bind_paths`;
 //! - `lo` up in its own network namespace, and its own hostname.
 //!
-//! The host's tree leaves the namespace with `pivot_root` (or, where the
+//! The host's tree leaves the job's view with `pivot_root` (or, where the
 //! host's root is the initramfs that cannot be pivoted away from, a move of
-//! the new root onto `/` and a chroot).
+//! the new root onto `/` and a chroot). After a pivot, the old root waits
+//! in [`PARKED`], a directory only root may enter, until the init detaches
+//! it ([`HostRoot::detach`]) once the command runs: detaching waits for an
+//! RCU grace period (~0.1 ms here) that need not delay the start.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -60,12 +63,41 @@ const DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
+/// Where the host's old root waits, after a pivot, to be detached: below a
+/// directory of mode 0700 owned by root, which no process of the job (no
+/// capabilities) can enter. The empty directory stays.
+pub const PARKED: &str = ".jobworker";
+
 /// The job's private temporary directories besides `/dev/shm`.
 const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/run/lock"];
 
+/// The host's old root, parked after the pivot until [`HostRoot::detach`].
+#[must_use = "the host's root stays mounted (unreachable) until detached"]
+pub struct HostRoot {
+    parked: bool,
+}
+
+impl HostRoot {
+    /// Detaches the host's old root from the job's mount namespace. Failing
+    /// leaves it where no process of the job can reach it; the init says
+    /// so and goes on.
+    pub fn detach(self) {
+        if !self.parked {
+            return;
+        }
+        let old = Path::new("/").join(PARKED).join("host");
+        if let Err(e) = unmount(&old, UnmountFlags::DETACH) {
+            eprintln!(
+                "jobworker-supervisor init: detaching the host's root from {}: {e}",
+                old.display()
+            );
+        }
+    }
+}
+
 /// Builds the sandbox of `spec`'s job around the calling init. See the module
 /// docs for what the job sees afterwards.
-pub fn enter(spec: &InitSpec) -> Result<(), String> {
+pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
     let sandbox = &spec.sandbox;
     let tmp_options = format!(
         "size={},mode=1777,uid={},gid={}",
@@ -114,8 +146,8 @@ pub fn enter(spec: &InitSpec) -> Result<(), String> {
     .map_err(failed("mounting the new root"))?;
     attach_host_root(root, host).map_err(failed("attaching the host's directories"))?;
 
-    // 4. Into it; the host's tree leaves the namespace.
-    pivot(root).map_err(failed("switching to the new root"))?;
+    // 4. Into it; the host's tree leaves the job's view.
+    let host_root = pivot(root).map_err(failed("switching to the new root"))?;
 
     // 5. /proc of the job's pid namespace, /sys of its network namespace.
     mount(
@@ -180,7 +212,7 @@ pub fn enter(spec: &InitSpec) -> Result<(), String> {
     if let Err(e) = fs::write(OOM_SCORE_ADJ, OOM_EXEMPT) {
         eprintln!("jobworker-supervisor init: cannot exempt the init from the OOM killer: {e}");
     }
-    Ok(())
+    Ok(host_root)
 }
 
 /// A step's error as a start error that names the step.
@@ -293,22 +325,26 @@ fn make_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(0o755).create(path)
 }
 
-/// Makes `root` the root of the namespace and the process's root and
-/// working directory.
-fn pivot(root: &Path) -> io::Result<()> {
+/// Makes `root` the root of the calling process (and its working
+/// directory), with the old root parked below [`PARKED`].
+fn pivot(root: &Path) -> io::Result<HostRoot> {
     rustix::process::chdir(root)?;
-    match rustix::process::pivot_root(".", ".") {
-        // The old root is now stacked on the new one: detach it.
-        Ok(()) => unmount(".", UnmountFlags::DETACH)?,
-        // The host's root is the initramfs, which cannot be pivoted away from.
+    let parked = Path::new(PARKED);
+    fs::DirBuilder::new().mode(0o700).create(parked)?;
+    make_dir(&parked.join("host"))?;
+    let parked = match rustix::process::pivot_root(".", parked.join("host")) {
+        Ok(()) => true,
+        // The host's root is the initramfs, which cannot be pivoted away
+        // from: the new root goes over it instead.
         Err(rustix::io::Errno::INVAL) => {
             mount_move(".", "/")?;
             rustix::process::chroot(".")?;
+            false
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     rustix::process::chdir("/")?;
-    Ok(())
+    Ok(HostRoot { parked })
 }
 
 fn devices(tmp_options: &str) -> io::Result<()> {
