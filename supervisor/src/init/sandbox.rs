@@ -6,10 +6,10 @@
 //!
 //! What the job sees afterwards (README.md, "What a job can and cannot do"):
 //!
-//! - a root of its own: an empty tmpfs holding read-only, nosuid, nodev
-//!   copies of the host's top-level directories (every mount below them
-//!   included), the host's symlinks, and nothing of `/proc`, `/sys`, `/dev`
-//!   and `/tmp` of the host; the root itself is read-only at the end;
+//! - a root of its own: a tmpfs holding bind mounts of the host's top-level
+//!   directories (every mount below them included), the host's symlinks, and
+//!   nothing of `/proc`, `/sys`, `/dev` and `/tmp` of the host; all of it
+//!   read-only, nosuid and nodev (one recursive `mount_setattr`);
 //! - a fresh `/proc` of its pid namespace and a read-only `/sys` of its
 //!   network namespace;
 //! - a `/dev` of its own: null, zero, full, random, urandom, tty, a private
@@ -33,16 +33,17 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use rustix::mount::{
     MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags, mount,
-    mount_change, mount_move, mount_remount, move_mount, open_tree, unmount,
+    mount_bind_recursive, mount_change, mount_move, mount_remount, move_mount, open_tree, unmount,
 };
 
-use crate::handoff::{InitSpec, WORK_MOUNT};
+use crate::handoff::{InitSpec, Sandbox, WORK_MOUNT};
 use crate::sys;
 
 /// The init's OOM score adjustment.
@@ -114,11 +115,9 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
     )
     .map_err(failed("making the mount tree private"))?;
 
-    // 2. Detached copies of what the job will see of the host, taken while
-    //    the host's tree is still here: its top-level entries (read-only,
-    //    recursively), the work directory, the operator's bind mounts.
-    let host = copy_host_root(&sandbox.masked_paths)
-        .map_err(failed("copying the host's directories read-only"))?;
+    // 2. Detached copies of what the job gets from outside the host's
+    //    tree, taken while that is still reachable: the work directory and
+    //    the operator's bind mounts, with their attributes.
     let work = copy_tree(&sandbox.work_dir, true, false).map_err(failed(&format!(
         "preparing the work directory {}",
         sandbox.work_dir.display()
@@ -128,13 +127,16 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
         .iter()
         .map(|bind| {
             copy_tree(&bind.source, bind.writable, true)
-                .map(|tree| (bind.target().to_path_buf(), tree))
+                .map(|tree| (bind.target().to_path_buf(), tree, bind.source.is_dir()))
                 .map_err(failed(&format!("binding {}", bind.source.display())))
         })
         .collect::<Result<Vec<_>, _>>()?;
 
     // 3. The new root: an empty tmpfs (over the job's directory, in this
-    //    mount namespace only) holding those copies.
+    //    mount namespace only) holding bind mounts of the host's top-level
+    //    directories (every mount below them included), the host's
+    //    symlinks and every mount point needed from here on; then all of it
+    //    read-only, nosuid and nodev in one call.
     let root = &spec.job_dir;
     mount(
         "tmpfs",
@@ -144,7 +146,17 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
         c"mode=0755,size=1m",
     )
     .map_err(failed("mounting the new root"))?;
-    attach_host_root(root, host).map_err(failed("attaching the host's directories"))?;
+    populate_root(root, sandbox).map_err(failed("bringing in the host's directories"))?;
+    let root_c =
+        CString::new(root.as_os_str().as_bytes()).map_err(failed("the job's directory"))?;
+    sys::set_mount_attributes(
+        CWD,
+        &root_c,
+        libc::AT_RECURSIVE,
+        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        0,
+    )
+    .map_err(failed("making the new root read-only"))?;
 
     // 4. Into it; the host's tree leaves the job's view.
     let host_root = pivot(root).map_err(failed("switching to the new root"))?;
@@ -185,27 +197,17 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
     attach(work, Path::new(WORK_MOUNT), true).map_err(failed(&format!(
         "mounting the work directory at {WORK_MOUNT}"
     )))?;
-    for (target, tree) in binds {
-        let is_dir = fs::metadata(&target).map(|m| m.is_dir()).unwrap_or(true);
+    for (target, tree, is_dir) in binds {
         attach(tree, &target, is_dir)
             .map_err(failed(&format!("binding at {}", target.display())))?;
     }
 
-    // 10. The root itself read-only: what is not a tmpfs of the job's or
-    //     its work directory cannot be written.
-    mount_remount(
-        "/",
-        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
-        "",
-    )
-    .map_err(failed("making the root read-only"))?;
-
-    // 11. Its network (lo only) and its hostname.
+    // 10. Its network (lo only) and its hostname.
     sys::loopback_up().map_err(failed("bringing lo up"))?;
     rustix::system::sethostname(spec.hostname.as_bytes())
         .map_err(failed("setting the hostname"))?;
 
-    // 12. The OOM killer should pick the job's processes, not the init that
+    // 11. The OOM killer should pick the job's processes, not the init that
     //     records how they ended (the command puts its own score back). Where
     //     the host does not allow it (no CAP_SYS_RESOURCE in a container),
     //     the init runs unexempted.
@@ -220,50 +222,68 @@ fn failed<E: std::fmt::Display>(step: &str) -> impl Fn(E) -> String + '_ {
     move |e| format!("{step}: {e}")
 }
 
-/// One top-level entry of the host's root, as the job will get it.
-enum Entry {
-    /// A read-only copy of a directory or file (a detached mount).
-    Tree {
-        name: PathBuf,
-        tree: OwnedFd,
-        is_dir: bool,
-    },
-    /// A symlink, recreated with the same target.
-    Symlink { name: PathBuf, target: PathBuf },
-    /// An empty directory: replaced by the sandbox, or masked.
-    Empty { name: PathBuf },
-}
-
-fn copy_host_root(masked: &[PathBuf]) -> io::Result<Vec<Entry>> {
-    let top_masked = |name: &Path| masked.iter().any(|m| m.strip_prefix("/") == Ok(name));
-    let work = Path::new(WORK_MOUNT)
-        .strip_prefix("/")
-        .map_err(io::Error::other)?;
-    let mut entries = vec![Entry::Empty {
-        name: work.to_path_buf(),
-    }];
+/// Fills the new root at `root` (a fresh tmpfs): a bind mount of each of
+/// the host's top-level directories and files with everything mounted
+/// below it, the host's top-level symlinks, empty directories for what the
+/// sandbox replaces or masks, and the mount points used after the pivot.
+/// Everything it creates is in the new root's own tmpfs.
+fn populate_root(root: &Path, sandbox: &Sandbox) -> io::Result<()> {
+    let top_level = |path: &Path| -> Option<PathBuf> {
+        let name = path.strip_prefix("/").ok()?;
+        (name.components().count() == 1).then(|| name.to_path_buf())
+    };
+    let mut empty: Vec<PathBuf> = REPLACED.iter().map(PathBuf::from).collect();
+    empty.extend(top_level(Path::new(WORK_MOUNT)));
+    empty.extend(sandbox.masked_paths.iter().filter_map(|p| top_level(p)));
     for entry in fs::read_dir("/")? {
         let entry = entry?;
         let name = PathBuf::from(entry.file_name());
-        let kind = entry.file_type()?;
-        if name == work {
+        if empty.contains(&name) {
             continue;
         }
-        if REPLACED.iter().any(|r| Path::new(r) == name) || top_masked(&name) {
-            entries.push(Entry::Empty { name });
-        } else if kind.is_symlink() {
-            let target = fs::read_link(entry.path())?;
-            entries.push(Entry::Symlink { name, target });
+        let kind = entry.file_type()?;
+        let target = root.join(&name);
+        if kind.is_symlink() {
+            symlink(fs::read_link(entry.path())?, target)?;
         } else if kind.is_dir() || kind.is_file() {
-            let tree = copy_tree(&entry.path(), false, true)?;
-            entries.push(Entry::Tree {
-                name,
-                tree,
-                is_dir: kind.is_dir(),
-            });
+            if kind.is_dir() {
+                make_dir(&target)?;
+            } else {
+                File::create(&target)?;
+            }
+            mount_bind_recursive(entry.path(), &target)?;
         }
     }
-    Ok(entries)
+    for name in &empty {
+        make_dir(&root.join(name))?;
+    }
+    // The host's old root is parked here by the pivot.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(root.join(PARKED))?;
+    make_dir(&root.join(PARKED).join("host"))?;
+    // Mount points inside what was just made empty (/run/lock in a masked
+    // /run), and top-level bind targets the host does not have.
+    for path in PRIVATE_TMP.iter().map(Path::new) {
+        let inside = root.join(path.strip_prefix("/").map_err(io::Error::other)?);
+        if inside.parent().is_some_and(|dir| dir.is_dir()) && !inside.exists() {
+            make_dir(&inside)?;
+        }
+    }
+    for bind in &sandbox.bind_paths {
+        let Some(name) = top_level(bind.target()) else {
+            continue;
+        };
+        let inside = root.join(name);
+        if fs::symlink_metadata(&inside).is_err() {
+            if bind.source.is_dir() {
+                make_dir(&inside)?;
+            } else {
+                File::create(&inside)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A detached copy of the mount tree at `path` (with every mount below it
@@ -287,19 +307,10 @@ fn copy_tree(path: &Path, writable: bool, recursive: bool) -> io::Result<OwnedFd
     Ok(tree)
 }
 
-fn attach_host_root(root: &Path, entries: Vec<Entry>) -> io::Result<()> {
-    for entry in entries {
-        match entry {
-            Entry::Empty { name } => make_dir(&root.join(name))?,
-            Entry::Symlink { name, target } => symlink(target, root.join(name))?,
-            Entry::Tree { name, tree, is_dir } => attach(tree, &root.join(name), is_dir)?,
-        }
-    }
-    Ok(())
-}
-
-/// Mounts a detached tree at `target`, creating the mount point (a
-/// directory, or an empty file) if it is missing.
+/// Mounts a detached tree at `target`, creating a missing mount point (a
+/// directory, or an empty file for a file) where it can be: only in a
+/// tmpfs of the sandbox's, since everything from the host is read-only by
+/// now.
 fn attach(tree: OwnedFd, target: &Path, is_dir: bool) -> io::Result<()> {
     if fs::symlink_metadata(target).is_err() {
         if is_dir {
@@ -329,10 +340,7 @@ fn make_dir(path: &Path) -> io::Result<()> {
 /// directory), with the old root parked below [`PARKED`].
 fn pivot(root: &Path) -> io::Result<HostRoot> {
     rustix::process::chdir(root)?;
-    let parked = Path::new(PARKED);
-    fs::DirBuilder::new().mode(0o700).create(parked)?;
-    make_dir(&parked.join("host"))?;
-    let parked = match rustix::process::pivot_root(".", parked.join("host")) {
+    let parked = match rustix::process::pivot_root(".", Path::new(PARKED).join("host")) {
         Ok(()) => true,
         // The host's root is the initramfs, which cannot be pivoted away
         // from: the new root goes over it instead.
