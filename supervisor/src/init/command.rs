@@ -2,14 +2,19 @@
 //! resource limits reset to [`RLIMITS`] (not the supervisor's), supplementary
 //! groups cleared, uid/gid set to the job's, every capability dropped
 //! (bounding, ambient, inheritable, permitted, effective), a fresh session
-//! keyring, no_new_privs set, the seccomp filter installed last, every signal
-//! at its default action and none blocked, an OOM score of its own, umask
-//! 022, stdin on `/dev/null`, stdout and stderr on the output pipe, no other
-//! fd, the given environment only.
+//! keyring, no_new_privs set, the seccomp filter installed, every signal at
+//! its default action and none blocked, umask 022, stdin on `/dev/null`,
+//! stdout and stderr on the output pipe, no other fd, the given environment
+//! only.
 //!
-//! Exec errors are synchronous: the child reports a failure on a close-on-exec
-//! pipe (an exec that succeeds closes it with nothing written), so `spawn`
-//! returns only once the command runs or it is known why it cannot.
+//! The command is forked as soon as the sandbox's root is in place
+//! ([`fork`]) and does all of that while the init finishes the sandbox; it
+//! execs only when the init lets it ([`Forked::exec`]), so nothing of the
+//! job runs before the sandbox is complete, and the sandbox failing means
+//! it never runs ([`Forked::abandon`]). Exec errors are synchronous: the
+//! child reports a failure on a close-on-exec pipe (an exec that succeeds
+//! closes it with nothing written), so `exec` returns only once the command
+//! runs or it is known why it cannot.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -23,7 +28,6 @@ use rustix::thread::CapabilitySet;
 
 use nix::sys::resource::Resource;
 
-use super::sandbox::{OOM_EXEMPT, OOM_SCORE_ADJ};
 use super::seccomp;
 use crate::handoff::InitSpec;
 use crate::sys;
@@ -82,7 +86,7 @@ pub const RLIMITS: &[Rlimit] = &[
 const INFINITY: u64 = libc::RLIM_INFINITY;
 
 /// Everything the child needs, prepared before the fork.
-struct Prepared {
+pub struct Prepared {
     candidates: Vec<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -98,7 +102,9 @@ fn c_string(what: &str, s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
-fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
+/// Everything the command needs, prepared from the spec while the host's
+/// `/proc` is still there (for `cap_last_cap`).
+pub fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
     let path_var = spec
         .env
         .iter()
@@ -140,9 +146,17 @@ fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
     })
 }
 
-/// Starts the command; returns its pid and the read end of its output pipe.
-pub fn spawn(spec: &InitSpec) -> Result<(Pid, OwnedFd), String> {
-    let prepared = prepare(spec)?;
+/// The command, forked and preparing itself, waiting for the init's go.
+pub struct Forked {
+    child: Pid,
+    output: OwnedFd,
+    status: File,
+    go: File,
+}
+
+/// Forks the command, which prepares itself and then waits for
+/// [`Forked::exec`].
+pub fn fork(prepared: &Prepared) -> Result<Forked, String> {
     let (output_r, output_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("creating the output pipe: {e}"))?;
     // A larger pipe means fewer wakeups for a chatty job; the default size
@@ -150,31 +164,53 @@ pub fn spawn(spec: &InitSpec) -> Result<(Pid, OwnedFd), String> {
     let _ = rustix::pipe::fcntl_setpipe_size(&output_r, 1 << 20);
     let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("creating the status pipe: {e}"))?;
+    let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("creating the go pipe: {e}"))?;
 
     match sys::fork().map_err(|e| format!("forking the command: {e}"))? {
         ForkResult::Child => {
             drop(output_r);
             drop(status_r);
-            let (step, errno) = exec_child(&prepared, output_w);
+            drop(go_w);
+            let (step, errno) = exec_child(prepared, output_w, File::from(go_r));
             let mut report = [0u8; 5];
             report[0] = step as u8;
             report[1..].copy_from_slice(&(errno as i32).to_le_bytes());
             let _ = File::from(status_w).write_all(&report);
             sys::exit_now(127)
         }
-        ForkResult::Parent { child } => {
-            drop(output_w);
-            drop(status_w);
-            let mut report = Vec::new();
-            File::from(status_r)
-                .read_to_end(&mut report)
-                .map_err(|e| format!("reading the exec status: {e}"))?;
-            if report.is_empty() {
-                return Ok((child, output_r));
-            }
-            let _ = nix::sys::wait::waitpid(child, None);
-            Err(describe_failure(spec, &report))
+        ForkResult::Parent { child } => Ok(Forked {
+            child,
+            output: output_r,
+            status: File::from(status_r),
+            go: File::from(go_w),
+        }),
+    }
+}
+
+impl Forked {
+    /// Lets the command exec (the sandbox is complete); returns its pid and
+    /// the read end of its output pipe once it runs, or why it cannot.
+    pub fn exec(mut self, spec: &InitSpec) -> Result<(Pid, OwnedFd), String> {
+        // A child that failed before waiting has closed its end: its report
+        // says why.
+        let _ = self.go.write_all(&[1]);
+        drop(self.go);
+        let mut report = Vec::new();
+        self.status
+            .read_to_end(&mut report)
+            .map_err(|e| format!("reading the exec status: {e}"))?;
+        if report.is_empty() {
+            return Ok((self.child, self.output));
         }
+        let _ = nix::sys::wait::waitpid(self.child, None);
+        Err(describe_failure(spec, &report))
+    }
+
+    /// The sandbox could not be completed: the command never runs.
+    pub fn abandon(self) {
+        let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.child, None);
     }
 }
 
@@ -204,7 +240,7 @@ fn describe_failure(spec: &InitSpec, report: &[u8]) -> String {
 }
 
 /// The child's side: never returns on success (the exec replaces it).
-fn exec_child(p: &Prepared, output: OwnedFd) -> (Step, Errno) {
+fn exec_child(p: &Prepared, output: OwnedFd, mut go: File) -> (Step, Errno) {
     if let Err(e) = stdio(output) {
         return (Step::Stdio, e);
     }
@@ -218,15 +254,25 @@ fn exec_child(p: &Prepared, output: OwnedFd) -> (Step, Errno) {
     if let Err(e) = sys::join_new_session_keyring() {
         return (Step::Keyring, io_errno(&e));
     }
+    // From here on the job's rules hold; what is left (reading the go byte,
+    // opening /dev/null, chdir, close_range, execve) they allow.
+    if let Err(e) = p.filters.apply() {
+        return (Step::Seccomp, io_errno(&e));
+    }
+    // The sandbox is complete when the init says so; without its word (it
+    // gave up), nothing runs.
+    let mut byte = [0u8; 1];
+    if !matches!(go.read(&mut byte), Ok(1)) {
+        sys::exit_now(127);
+    }
+    if let Err(e) = stdin_from_dev_null() {
+        return (Step::Stdio, e);
+    }
     if let Err(e) = nix::unistd::chdir(p.working_dir.as_c_str()) {
         return (Step::WorkingDir, e);
     }
     if let Err(e) = sys::close_fds_from(3, sys::CloseMode::CloseOnExec) {
         return (Step::Stdio, io_errno(&e));
-    }
-    // Last: from here on the job's rules hold, for exec too.
-    if let Err(e) = p.filters.apply() {
-        return (Step::Seccomp, io_errno(&e));
     }
     // Like execvp: a candidate that does not exist lets the search go on; one
     // that exists but cannot be run is reported if nothing else can be.
@@ -269,22 +315,20 @@ fn stdio(output: OwnedFd) -> Result<(), Errno> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     sys::default_signal_dispositions();
-    // Undo the init's exemption from the OOM killer (raising a score is
-    // always allowed); the command must be the one the OOM killer picks.
-    let score = std::fs::read_to_string(OOM_SCORE_ADJ).unwrap_or_default();
-    if score.trim() == OOM_EXEMPT {
-        std::fs::write(OOM_SCORE_ADJ, "0")
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    }
     nix::unistd::setsid()?;
+    rustix::stdio::dup2_stdout(output.as_fd()).map_err(to_errno)?;
+    rustix::stdio::dup2_stderr(output.as_fd()).map_err(to_errno)?;
+    Ok(())
+}
+
+/// Stdin on the sandbox's `/dev/null` (there once the sandbox is complete).
+fn stdin_from_dev_null() -> Result<(), Errno> {
     let null = nix::fcntl::open(
         "/dev/null",
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
     rustix::stdio::dup2_stdin(null.as_fd()).map_err(to_errno)?;
-    rustix::stdio::dup2_stdout(output.as_fd()).map_err(to_errno)?;
-    rustix::stdio::dup2_stderr(output.as_fd()).map_err(to_errno)?;
     Ok(())
 }
 

@@ -4,11 +4,12 @@
 //!
 //! 1. reads its [`InitSpec`] from the control socket at fd 3;
 //! 2. builds the job's sandbox ([`sandbox`]): a root of its own with the
-//!    host read-only, private temporary directories, a `/dev` of its own,
-//!    fresh `/proc` and `/sys`, its work directory, `lo` up, the hostname;
-//! 3. forks the command with its privileges dropped, its resource limits
-//!    reset and the seccomp filter ([`seccomp`]) installed ([`command`]), and
-//!    tells the supervisor whether the exec succeeded;
+//!    host read-only; then forks the command ([`command`]), which drops its
+//!    privileges, resets its resource limits and installs the seccomp
+//!    filter ([`seccomp`]) while the init completes the sandbox (private
+//!    temporary directories, a `/dev` of its own, fresh `/proc` and `/sys`,
+//!    its work directory, `lo` up, the hostname); then lets the command exec
+//!    and tells the supervisor whether the exec succeeded;
 //! 4. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
 //! 5. when the command has ended, kills whatever is left of the job, drains
@@ -127,8 +128,19 @@ fn start(spec: &InitSpec) -> Result<Started, String> {
         )
     })?;
     let log = open_log(&spec.job_dir.join(OUTPUT_FILE))?;
-    let host_root = sandbox::enter(spec)?;
-    let (child, output) = command::spawn(spec)?;
+    let prepared = command::prepare(spec)?;
+    let rooted = sandbox::enter_root(spec)?;
+    // The command prepares itself (limits, credentials, its seccomp filter)
+    // while the init completes the sandbox, and execs only after that.
+    let forked = command::fork(&prepared)?;
+    let host_root = match sandbox::finish(spec, rooted) {
+        Ok(host_root) => host_root,
+        Err(e) => {
+            forked.abandon();
+            return Err(e);
+        }
+    };
+    let (child, output) = forked.exec(spec)?;
     Ok(Started {
         child,
         output,

@@ -1,8 +1,12 @@
 //! The job's sandbox, built by its init inside the job's fresh namespaces
-//! before anything of the job runs: one linear script, [`enter`], whose
-//! steps a reader follows top to bottom. Each failure is a start error that
-//! names its step; there is no half-sandboxed job, because the command is
-//! only forked once every step has succeeded.
+//! before anything of the job runs: one linear script in two parts whose
+//! numbered steps a reader follows top to bottom, [`enter_root`] (the new
+//! root, the host's tree out of reach) and [`finish`] (what the job gets
+//! inside it); the init forks the command between the two, so that the
+//! command prepares itself meanwhile, and lets it exec only after
+//! [`finish`] (see `init::start`). Each failure is a start error that
+//! names its step; there is no half-sandboxed job, because the command
+//! never execs unless every step has succeeded.
 //!
 //! What the job sees afterwards (README.md, "What a job can and cannot do"):
 //!
@@ -47,9 +51,9 @@ use crate::handoff::{InitSpec, Sandbox, WORK_MOUNT};
 use crate::sys;
 
 /// The init's OOM score adjustment.
-pub const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 /// The value that exempts a process from the OOM killer.
-pub const OOM_EXEMPT: &str = "-1000";
+const OOM_EXEMPT: &str = "-1000";
 
 /// The host's top-level directories the job gets fresh ones of instead.
 const REPLACED: &[&str] = &["proc", "sys", "dev", "tmp"];
@@ -96,14 +100,23 @@ impl HostRoot {
     }
 }
 
-/// Builds the sandbox of `spec`'s job around the calling init. See the module
-/// docs for what the job sees afterwards.
-pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
+/// The sandbox with its root in place: what [`finish`] mounts next.
+#[must_use = "the sandbox is not complete until finished"]
+pub struct Rooted {
+    /// The host's old root, parked.
+    pub host_root: HostRoot,
+    /// The work directory, detached, for [`WORK_MOUNT`].
+    work: OwnedFd,
+    /// The operator's bind mounts, detached: target, tree, a directory?
+    binds: Vec<(PathBuf, OwnedFd, bool)>,
+}
+
+/// Steps 1-5 of the sandbox of `spec`'s job: the calling init ends up in
+/// its new root, read-only, with the host's tree out of reach, and a
+/// `/proc` of the job's own (which forking checks). See the
+/// module docs for what the job sees once [`finish`] is done too.
+pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
     let sandbox = &spec.sandbox;
-    let tmp_options = format!(
-        "size={},mode=1777,uid={},gid={}",
-        sandbox.tmp_size, spec.uid, spec.gid
-    );
     // Modes below are meant as written (the command gets 022 back).
     rustix::process::umask(Mode::empty());
 
@@ -160,7 +173,6 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
 
     // 4. Into it; the host's tree leaves the job's view.
     let host_root = pivot(root).map_err(failed("switching to the new root"))?;
-
     // 5. /proc of the job's pid namespace, /sys of its network namespace.
     mount(
         "proc",
@@ -178,6 +190,27 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
         None,
     )
     .map_err(failed("mounting /sys"))?;
+
+    Ok(Rooted {
+        host_root,
+        work,
+        binds,
+    })
+}
+
+/// Steps 6-11: what the job gets inside its root. The command may already be
+/// forked and preparing itself; it runs only after this.
+pub fn finish(spec: &InitSpec, rooted: Rooted) -> Result<HostRoot, String> {
+    let Rooted {
+        host_root,
+        work,
+        binds,
+    } = rooted;
+    let sandbox = &spec.sandbox;
+    let tmp_options = format!(
+        "size={},mode=1777,uid={},gid={}",
+        sandbox.tmp_size, spec.uid, spec.gid
+    );
 
     // 6. A /dev of its own, with no device of the host's disks.
     devices(&tmp_options).map_err(failed("making /dev"))?;
@@ -208,9 +241,9 @@ pub fn enter(spec: &InitSpec) -> Result<HostRoot, String> {
         .map_err(failed("setting the hostname"))?;
 
     // 11. The OOM killer should pick the job's processes, not the init that
-    //     records how they ended (the command puts its own score back). Where
-    //     the host does not allow it (no CAP_SYS_RESOURCE in a container),
-    //     the init runs unexempted.
+    //     records how they ended (the command, forked before, keeps the
+    //     default score). Where the host does not allow it (no
+    //     CAP_SYS_RESOURCE in a container), the init runs unexempted.
     if let Err(e) = fs::write(OOM_SCORE_ADJ, OOM_EXEMPT) {
         eprintln!("jobworker-supervisor init: cannot exempt the init from the OOM killer: {e}");
     }
