@@ -4,15 +4,17 @@
 //!
 //! 1. reads its [`InitSpec`] from the control socket at fd 3;
 //! 2. builds the job's sandbox ([`sandbox`]): a root of its own with the
-//!    host read-only; then forks the command ([`command`]), which drops its
-//!    privileges, resets its resource limits and installs the seccomp
-//!    filter ([`seccomp`]) while the init completes the sandbox (private
-//!    temporary directories, a `/dev` of its own, fresh `/proc` and `/sys`,
-//!    its work directory, `lo` up, the hostname); then lets the command exec
-//!    and tells the supervisor whether the exec succeeded;
-//! 4. pumps the command's output into the log, forwards SIGTERM/SIGINT,
+//!    host read-only and a fresh `/proc` and `/sys`;
+//! 3. forks the command ([`command`]), which drops its privileges, resets
+//!    its resource limits and installs the seccomp filter ([`seccomp`])
+//!    while the init completes the sandbox (a `/dev` of its own, private
+//!    temporary directories, masks, its work directory, `lo` up, the
+//!    hostname); then lets the command exec and tells the supervisor
+//!    whether the exec succeeded;
+//! 4. exempts itself from the OOM killer, detaches the host's old root;
+//! 5. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
-//! 5. when the command has ended, kills whatever is left of the job, drains
+//! 6. when the command has ended, kills whatever is left of the job, drains
 //!    the last output and writes the [`ExitRecord`].
 //!
 //! Because the init, not the supervisor, holds the output pipe and records the
@@ -93,6 +95,7 @@ fn run() -> Result<(), String> {
         host_root,
     } = started?;
     // Off the start's critical path: the supervisor has its answer.
+    exempt_from_the_oom_killer();
     host_root.detach();
 
     let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
@@ -106,6 +109,16 @@ fn run() -> Result<(), String> {
     };
     atomic::write_json_at(&job_dir, EXIT_FILE.as_ref(), &record)
         .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))
+}
+
+/// The OOM killer should pick the job's processes, not the init that
+/// records how they ended (the command, forked before this, keeps the
+/// default score). Where the host does not allow it (no CAP_SYS_RESOURCE, as
+/// in some containers), the init runs unexempted.
+fn exempt_from_the_oom_killer() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        eprintln!("jobworker-supervisor init: cannot exempt the init from the OOM killer: {e}");
+    }
 }
 
 /// A started command and what the init keeps of its start.

@@ -50,11 +50,6 @@ use rustix::mount::{
 use crate::handoff::{InitSpec, Sandbox, WORK_MOUNT};
 use crate::sys;
 
-/// The init's OOM score adjustment.
-const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
-/// The value that exempts a process from the OOM killer.
-const OOM_EXEMPT: &str = "-1000";
-
 /// The host's top-level directories the job gets fresh ones of instead.
 const REPLACED: &[&str] = &["proc", "sys", "dev", "tmp"];
 
@@ -198,7 +193,7 @@ pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
     })
 }
 
-/// Steps 6-11: what the job gets inside its root. The command may already be
+/// Steps 6-10: what the job gets inside its root. The command may already be
 /// forked and preparing itself; it runs only after this.
 pub fn finish(spec: &InitSpec, rooted: Rooted) -> Result<HostRoot, String> {
     let Rooted {
@@ -240,13 +235,6 @@ pub fn finish(spec: &InitSpec, rooted: Rooted) -> Result<HostRoot, String> {
     rustix::system::sethostname(spec.hostname.as_bytes())
         .map_err(failed("setting the hostname"))?;
 
-    // 11. The OOM killer should pick the job's processes, not the init that
-    //     records how they ended (the command, forked before, keeps the
-    //     default score). Where the host does not allow it (no
-    //     CAP_SYS_RESOURCE in a container), the init runs unexempted.
-    if let Err(e) = fs::write(OOM_SCORE_ADJ, OOM_EXEMPT) {
-        eprintln!("jobworker-supervisor init: cannot exempt the init from the OOM killer: {e}");
-    }
     Ok(host_root)
 }
 
