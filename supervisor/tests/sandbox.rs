@@ -212,3 +212,14 @@ async fn the_hosts_root_leaves_the_jobs_mount_table() {
     }
     t.engine.stop(job.id, None).await.unwrap();
 }
+
+/// The weaker choice an operator can still make: every job as one
+/// configured account (`job_user`). The job runs as it, its work directory
+/// and private tmpfs mounts are its, and nothing is taken from the pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_job_account_is_still_a_choice() {
+    let t = TestEngine::with(|c| c.job_ids = JobIds::Shared { uid: 1, gid: 1 });
+    let (output, end) = run(&t, "id -u; id -g; stat -c '%u %g' /work /tmp").await;
+    assert_eq!((end.uid, end.gid), (Some(1), Some(1)));
+    assert_eq!(output, "1\n1\n1 1\n1 1\n");
+}
