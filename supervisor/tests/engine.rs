@@ -447,3 +447,52 @@ async fn a_grace_period_over_the_maximum_is_refused() {
         .unwrap();
     assert_eq!(stopped.state, JobState::Stopped);
 }
+
+/// A stop's SIGTERM reaches every process of the job, not only its command:
+/// a child that cleans up on SIGTERM gets to, while the command itself
+/// ignores the signal and only waits for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_gives_every_process_its_sigterm() {
+    let t = TestEngine::new();
+    let script = "sh -c 'trap \"echo child cleaned up; exit 0\" TERM; echo child ready; \
+                  while :; do sleep 0.05; done' & trap '' TERM; wait; wait";
+    let job = t.start("sh", &["-c", script]).await.unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if read_all_now(&t, &job).await.contains("child ready") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "the child never started");
+    let stopped = t.engine.stop(job.id, None).await.unwrap();
+    assert_eq!(stopped.state, JobState::Stopped);
+    let (output, _) = t.output(&job).await;
+    let output = String::from_utf8(output).unwrap();
+    // (The child's own sleep got the SIGTERM too: its shell may say so.)
+    assert!(
+        output.starts_with("child ready\n") && output.ends_with("child cleaned up\n"),
+        "{output:?}"
+    );
+    assert_eq!(
+        stopped.termination,
+        Some(Termination::Exited(0)),
+        "the command ended by itself once its child had"
+    );
+}
+
+/// The output a job has written so far.
+async fn read_all_now(t: &TestEngine, job: &jobworker_ipc::JobInfo) -> String {
+    let mut stream = t.engine.output(job.id, 0, false).unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await.unwrap() {
+        match chunk {
+            jobworker_supervisor::engine::Chunk::Data { bytes: data, .. } => {
+                bytes.extend_from_slice(&data);
+            }
+            jobworker_supervisor::engine::Chunk::End(_) => break,
+        }
+    }
+    String::from_utf8(bytes).unwrap()
+}

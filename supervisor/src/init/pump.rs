@@ -1,6 +1,6 @@
 //! The init's event loop: output from the pipe into the log (up to the cap,
-//! the rest drained and counted), SIGTERM/SIGINT forwarded to the command,
-//! SIGUSR1 ("stop now") turned into SIGKILL for every process of the job,
+//! the rest drained and counted), SIGTERM/SIGINT forwarded to every process
+//! of the job, SIGUSR1 ("stop now") turned into SIGKILL for every process of the job,
 //! orphans reaped. When the command has ended, whatever is left of the job is
 //! killed and reaped, and what remains in the pipe is drained (without waiting
 //! for an end of file that a process outside the job could hold back).
@@ -107,9 +107,13 @@ pub fn run(
         if signal_ready {
             while let Some(info) = signals.read_signal()? {
                 match Signal::try_from(info.ssi_signo as i32) {
+                    // To every process of the job, not only the command, so
+                    // that each gets the grace period to clean up. As pid
+                    // 1, kill(-1) reaches every other process of the
+                    // namespace.
                     Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
                         stopped = true;
-                        let _ = kill(command, sig);
+                        let _ = kill(Pid::from_raw(-1), sig);
                     }
                     Ok(Signal::SIGUSR1) => {
                         stopped = true;
