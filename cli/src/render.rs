@@ -397,7 +397,7 @@ impl JobView {
             let _ = write!(text, " ({})", details.join(", "));
         }
         if let Some(failure) = &self.failure {
-            let _ = write!(text, ": {failure}");
+            let _ = write!(text, ": {}", printable(failure));
         }
         text
     }
@@ -610,12 +610,61 @@ pub fn shell_quote<'a>(words: impl IntoIterator<Item = &'a String>) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
             if plain {
                 word.clone()
+            } else if word.chars().any(unprintable) {
+                ansi_c_quote(word)
             } else {
                 format!("'{}'", word.replace('\'', "'\\''"))
             }
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A character that must not reach a terminal as it is: control characters
+/// (escape sequences, newlines, carriage returns) and the invisible
+/// formatting characters that reorder or hide text.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `word` in bash's `$'...'` quoting, every unprintable character escaped:
+/// what another user's job names reaches a terminal as text, never as
+/// control sequences.
+fn ansi_c_quote(word: &str) -> String {
+    let mut out = String::from("$'");
+    for c in word.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if unprintable(c) && u32::from(c) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if unprintable(c) => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Text from the server (a failure reason, which may quote a command) with
+/// its unprintable characters escaped, for a terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if unprintable(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -804,5 +853,39 @@ mod tests {
     fn quoting() {
         let words = ["echo", "a b", "", "it's", "x=1"].map(String::from);
         assert_eq!(shell_quote(&words), "echo 'a b' '' 'it'\\''s' x=1");
+        let hostile: Vec<String> = [
+            "printf",
+            "\u{1b}[2J\u{1b}]0;owned\u{7}",
+            "a\nb\r",
+            "x\u{202e}y'z\\",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            shell_quote(&hostile),
+            "printf $'\\x1b[2J\\x1b]0;owned\\x07' $'a\\nb\\r' $'x\\u202ey\\'z\\\\'"
+        );
+        let listed = list_table(&[JobView {
+            command: "sh".into(),
+            args: hostile.clone(),
+            ..JobView::default()
+        }]);
+        assert!(
+            !listed.contains('\u{1b}') && listed.lines().count() == 2,
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn failures_reach_a_terminal_as_text() {
+        let failed = JobView {
+            state: Some(State::Failed),
+            failure: Some("cannot execute \u{1b}[31mx\ny: No such file".into()),
+            ..JobView::default()
+        };
+        assert_eq!(
+            failed.outcome(),
+            "FAILED: cannot execute \\u{1b}[31mx\\u{a}y: No such file"
+        );
     }
 }
