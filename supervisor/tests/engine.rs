@@ -496,3 +496,25 @@ async fn read_all_now(t: &TestEngine, job: &jobworker_ipc::JobInfo) -> String {
     }
     String::from_utf8(bytes).unwrap()
 }
+
+/// An offset no output can reach is refused as such (a seek there would
+/// fail), after the job's existence is checked; the largest valid one is an
+/// empty read.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offset_beyond_any_output_is_an_invalid_argument() {
+    let t = TestEngine::new();
+    let job = t.start("echo", &["hi"]).await.unwrap();
+    let _ = t.output(&job).await;
+    for offset in [1 << 63, u64::MAX] {
+        let Err(err) = t.engine.output(job.id, offset, true) else {
+            panic!("offset {offset} accepted");
+        };
+        assert!(
+            matches!(&err, IpcError::InvalidArgument { field, .. } if field == "offset"),
+            "{err:?}"
+        );
+    }
+    let (rest, end) = read_all(&t.engine, &job, i64::MAX as u64).await;
+    assert!(rest.is_empty());
+    assert_eq!(end.state, JobState::Finished);
+}

@@ -599,7 +599,18 @@ impl Engine {
 
     /// A reader of a job's output.
     pub fn output(&self, id: JobId, offset: u64, follow: bool) -> Result<OutputStream, IpcError> {
-        Ok(OutputStream::new(self.job(id)?, offset, follow))
+        let job = self.job(id)?;
+        // No file reaches that far; a seek there would fail as EINVAL.
+        if i64::try_from(offset).is_err() {
+            return Err(IpcError::InvalidArgument {
+                field: "offset".into(),
+                reason: format!(
+                    "{offset} is beyond the largest possible output ({} bytes)",
+                    i64::MAX
+                ),
+            });
+        }
+        Ok(OutputStream::new(job, offset, follow))
     }
 }
 

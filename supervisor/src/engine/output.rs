@@ -95,6 +95,11 @@ impl OutputStream {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
                 Err(e) => return Err(e),
             };
+            // Past the end there is nothing to read yet (and a seek beyond
+            // what the file system allows fails): try again once it grows.
+            if self.offset > file.metadata().await?.len() {
+                return Ok(0);
+            }
             file.seek(SeekFrom::Start(self.offset)).await?;
             self.file = Some(file);
         }
