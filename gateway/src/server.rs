@@ -77,6 +77,9 @@ pub async fn run(
     let reflection = services::reflection()
         .map_err(|e| ServeError::Reflection(e.to_string()))?
         .max_decoding_message_size(max_request);
+    let reflection_v1alpha = services::reflection_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?
+        .max_decoding_message_size(max_request);
 
     let reloading = Arc::clone(&tls);
     tokio::spawn(async move {
@@ -108,7 +111,8 @@ pub async fn run(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(jobs)
         .add_service(health)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         // A dropped sender stops the server too.
         let _ = stopped.await;

@@ -488,27 +488,39 @@ async fn health_and_reflection_share_the_port_and_the_mtls() {
         assert_eq!(status, ServingStatus::Serving, "{service:?}");
     }
 
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = answers.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-        panic!("not a service list: {answer:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for name in ["jobworker.v1.JobService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    // Both versions of reflection: v1, and v1alpha for older clients.
+    macro_rules! listed_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let answer = ServerReflectionClient::new(channel.clone())
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner()
+                .message()
+                .await
+                .unwrap()
+                .unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+                panic!("not a service list: {answer:?}");
+            };
+            list.service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>()
+        }};
+    }
+    for names in [listed_services!(v1), listed_services!(v1alpha)] {
+        for name in ["jobworker.v1.JobService", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
     }
     // Behind the same mTLS: no certificate, no health.
     assert!(gateway.handshake(&pki, None).await.is_err());
