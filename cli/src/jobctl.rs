@@ -386,7 +386,10 @@ async fn logs_command(client: &mut Client, args: LogsArgs) -> Result<(), CliErro
 /// Starts a job; its id.
 async fn start(client: &mut Client, spec: &JobSpecArgs) -> Result<String, CliError> {
     let request = spec.request()?;
-    let what = format!("starting {}", render::shell_quote(&spec.command));
+    let what = format!(
+        "starting {}",
+        render::abbreviate(render::shell_quote(&spec.command), 80)
+    );
     let response = client
         .start_job(request)
         .await

@@ -526,11 +526,7 @@ pub fn list_table(jobs: &[JobView]) -> String {
     let rows: Vec<[String; 6]> = jobs
         .iter()
         .map(|job| {
-            let mut command = job.command_line();
-            if let Some((cut, _)) = command.char_indices().nth(COMMAND_WIDTH) {
-                command.truncate(cut);
-                command.push('…');
-            }
+            let command = abbreviate(job.command_line(), COMMAND_WIDTH);
             [
                 job.id.clone(),
                 job.state.map_or("UNKNOWN", State::shout).to_owned(),
@@ -618,6 +614,15 @@ pub fn shell_quote<'a>(words: impl IntoIterator<Item = &'a String>) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `text` cut to at most `width` characters, with `…` where it was cut.
+pub fn abbreviate(mut text: String, width: usize) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(width) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// A character that must not reach a terminal as it is: control characters
@@ -874,6 +879,13 @@ mod tests {
             !listed.contains('\u{1b}') && listed.lines().count() == 2,
             "{listed:?}"
         );
+    }
+
+    #[test]
+    fn long_text_is_cut_where_it_says_so() {
+        assert_eq!(abbreviate("abcdef".into(), 6), "abcdef");
+        assert_eq!(abbreviate("abcdefg".into(), 6), "abcdef…");
+        assert_eq!(abbreviate("ééééééé".into(), 2), "éé…");
     }
 
     #[test]

@@ -381,3 +381,32 @@ fn completions_need_no_server() {
         assert!(outcome.ok().contains("jobctl"), "{shell}");
     }
 }
+
+/// A refused start names what is wrong in one short line: the command is
+/// not echoed back whole (5,000 arguments made a 29 KB error line before),
+/// and an offset no output reaches is an invalid argument, not an internal
+/// error.
+#[test]
+fn refusals_are_short_and_name_the_field() {
+    let d = Deployment::start();
+    let mut args = vec!["start", "--", "echo"];
+    let many: Vec<String> = (0..5000).map(|i| format!("argument-{i}")).collect();
+    args.extend(many.iter().map(String::as_str));
+    let refused = d.run("alice", &args);
+    assert_ne!(refused.code(), 0);
+    let line = refused.one_line_error();
+    assert!(line.contains("args") && line.contains("4096"), "{line}");
+    assert!(line.len() < 400, "{} bytes: {line}", line.len());
+
+    let id = d.start_job("alice", &["echo", "hi"]);
+    d.wait_ended("alice", &id);
+    let beyond = d.run("alice", &["logs", "--offset", "9223372036854775808", &id]);
+    assert_ne!(beyond.code(), 0);
+    let line = beyond.one_line_error();
+    assert!(
+        line.contains("offset") && !line.to_lowercase().contains("internal"),
+        "{line}"
+    );
+    let at_the_end = d.run("alice", &["logs", "--offset", "3", &id]);
+    assert_eq!(at_the_end.ok(), "");
+}
