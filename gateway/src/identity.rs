@@ -36,7 +36,7 @@ pub enum IdentityError {
 pub fn identity_from_der(der: &[u8]) -> Result<Identity, IdentityError> {
     let name = common_name_from_der(der).map_err(|e| IdentityError::CommonName(e.to_string()))?;
     let user = UserName::new(name.clone()).map_err(|e| IdentityError::UserName {
-        name,
+        name: excerpt(&name),
         reason: e.reason,
     })?;
     let role = role_from_der(der).map_err(|e| IdentityError::Role(role_reason(&e)))?;
@@ -59,6 +59,19 @@ pub fn identity_of_chain(chain: Option<&[impl AsRef<[u8]>]>) -> Result<Identity,
     }
 }
 
+/// The longest excerpt of a certificate's text an error quotes: the
+/// message goes back in a gRPC header (8 KiB in all) and into the log.
+const EXCERPT_CHARS: usize = 64;
+
+/// `text` from a certificate, cut for quoting: its first
+/// [`EXCERPT_CHARS`] characters, and how long it was if longer.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
+    }
+}
+
 fn role_reason(e: &RoleError) -> String {
     match e {
         RoleError::Missing => "it has no role extension (1.2.840.10070.8.1)".into(),
@@ -70,7 +83,7 @@ fn role_reason(e: &RoleError) -> String {
         }
         RoleError::Unknown(unknown) => format!(
             "its role extension names an unknown role {:?} (expected admin, user or reader)",
-            unknown.0
+            excerpt(&unknown.0)
         ),
         RoleError::Certificate(e) => e.to_string(),
     }
@@ -104,6 +117,18 @@ mod tests {
         let mut der = vec![0x0c, u8::try_from(s.len()).unwrap()];
         der.extend_from_slice(s.as_bytes());
         der
+    }
+
+    #[test]
+    fn a_huge_common_name_or_role_is_quoted_in_part() {
+        let huge = "x".repeat(10_000);
+        let err = identity_from_der(&cert(Some(&huge), &[utf8("user")])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.len() < 300, "{} bytes: {message}", message.len());
+        assert!(message.contains("(10000 bytes)"), "{message}");
+        let long_role = "r".repeat(120);
+        let err = identity_from_der(&cert(Some("alice"), &[utf8(&long_role)])).unwrap_err();
+        assert!(err.to_string().contains("(120 bytes)"), "{err}");
     }
 
     #[test]
