@@ -11,6 +11,7 @@ use std::time::Duration;
 use jobworker_proto::services::{self, JOB_SERVICE_NAME};
 use jobworker_proto::v1::job_service_server::JobServiceServer;
 use tokio::signal::unix::{SignalKind, signal};
+use tonic::codegen::http;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -106,6 +107,9 @@ pub async fn run(
         JobServiceServer::new(JobService::new(supervisor)).max_decoding_message_size(max_request);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted as fn(_) -> _,
+        ))
         .max_concurrent_streams(Some(config.file.max_concurrent_streams))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -164,4 +168,25 @@ async fn follow_health(
         reporter.set_service_status(JOB_SERVICE_NAME, status).await;
         reporter.set_service_status("", status).await;
     }
+}
+
+/// tonic answers a request over `max_request_bytes` with OUT_OF_RANGE; gRPC's
+/// status table says RESOURCE_EXHAUSTED ("a per-user quota, or ... the
+/// entire file system is out of space", and message size limits), which is
+/// what clients and their retry policies expect. The refusal is a
+/// trailers-only response, so its status is in the headers.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    // tonic's message, percent-encoded as it is on the wire.
+    const TOO_LARGE: &[u8] = b"Error,%20decoded%20message%20length%20too%20large";
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == b"11");
+    let too_large = headers
+        .get("grpc-message")
+        .is_some_and(|message| message.as_bytes().starts_with(TOO_LARGE));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }

@@ -663,7 +663,7 @@ async fn limits_refuse_and_a_client_that_goes_away_ends_its_streams() {
     let big = "x".repeat(8192);
     assert_status(
         alice.start_job(start("/bin/echo", &[&big])).await,
-        Code::OutOfRange,
+        Code::ResourceExhausted,
         "the limit is: 4096 bytes",
     );
     let job = start_job(&mut alice, "/bin/sleep", &["30"]).await;
