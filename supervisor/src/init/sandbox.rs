@@ -168,6 +168,7 @@ pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
 
     // 4. Into it; the host's tree leaves the job's view.
     let host_root = pivot(root).map_err(failed("switching to the new root"))?;
+
     // 5. /proc of the job's pid namespace, /sys of its network namespace.
     mount(
         "proc",
