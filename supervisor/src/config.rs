@@ -182,7 +182,7 @@ impl Default for UidRangeConfig {
 
 /// What hides the host from jobs unless the configuration says otherwise.
 pub fn default_masked_paths() -> Vec<PathBuf> {
-    ["/run", "/var/run", "/home", "/root"]
+    ["/run", "/var/run", "/home", "/root", "/boot"]
         .into_iter()
         .map(PathBuf::from)
         .collect()

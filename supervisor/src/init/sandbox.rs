@@ -20,8 +20,9 @@
 //!   devpts with ptmx, and `/dev/shm`;
 //! - private tmpfs mounts, owned by the job's uid and sized by `tmp_size`, on
 //!   `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`;
-//! - the masked paths (`/run`, `/var/run`, `/home`, `/root` by default) empty
-//!   and read-only, so no host socket, home or runtime file is reachable;
+//! - the masked paths (`/run`, `/var/run`, `/home`, `/root`, `/boot` by
+//!   default) empty and read-only, so no host socket, home, runtime file or
+//!   kernel image is reachable;
 //! - its work directory at [`WORK_MOUNT`], writable, and the operator's
 //!   `bind_paths`;
 //! - `lo` up in its own network namespace, and its own hostname.
