@@ -10,6 +10,8 @@
 #[allow(dead_code, reason = "the fixture is shared by several test crates")]
 mod common;
 
+use std::path::Path;
+
 use common::{TestEngine, read_all};
 use jobworker_ipc::{IpcError, JobState, Termination};
 use jobworker_supervisor::engine::uids::JobIds;
@@ -222,4 +224,25 @@ async fn a_shared_job_account_is_still_a_choice() {
     let (output, end) = run(&t, "id -u; id -g; stat -c '%u %g' /work /tmp").await;
     assert_eq!((end.uid, end.gid), (Some(1), Some(1)));
     assert_eq!(output, "1\n1\n1 1\n1 1\n");
+}
+
+/// With the state directory inside a host directory the new root binds in
+/// (`/var`, as `/var/lib/jobworker` is), the root is not copied into itself:
+/// the job's mount table holds no mount below the state directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_root_holds_no_copy_of_itself() {
+    let state = tempfile::Builder::new().tempdir_in("/var/lib").unwrap();
+    let state_dir = state.path().to_path_buf();
+    let t = TestEngine::with(|c| c.state_dir = state_dir.clone());
+    let (output, end) = run(&t, "cut -d' ' -f5 /proc/self/mountinfo").await;
+    assert_eq!(end.termination, Some(Termination::Exited(0)), "{output}");
+    assert!(output.lines().any(|m| m == "/var"), "{output}");
+    let nested: Vec<&str> = output
+        .lines()
+        .filter(|m| Path::new(m).starts_with(&state_dir))
+        .collect();
+    assert!(
+        nested.is_empty(),
+        "mounts below the state directory: {nested:?}"
+    );
 }

@@ -40,7 +40,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, symlink};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use rustix::mount::{
@@ -68,6 +68,13 @@ const DEVICES: &[(&str, u32, u32)] = &[
 /// directory of mode 0700 owned by root, which no process of the job (no
 /// capabilities) can enter. The empty directory stays.
 pub const PARKED: &str = ".jobworker";
+
+/// Where the new root is built: a mount point outside every directory the
+/// root binds in (the job gets a `/proc` of its own, never the host's), so
+/// that no recursive bind copies the half-built root into itself, as a bind
+/// of `/var` would if it were built in the job's directory under
+/// `/var/lib/jobworker`.
+const STAGING: &str = "/proc";
 
 /// The job's private temporary directories besides `/dev/shm`.
 const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/run/lock"];
@@ -141,12 +148,12 @@ pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    // 3. The new root: an empty tmpfs (over the job's directory, in this
-    //    mount namespace only) holding bind mounts of the host's top-level
-    //    directories (every mount below them included), the host's
+    // 3. The new root: an empty tmpfs (staged over the host's /proc, in
+    //    this mount namespace only) holding bind mounts of the host's
+    //    top-level directories (every mount below them included), the host's
     //    symlinks and every mount point needed from here on; then all of it
     //    read-only, nosuid and nodev in one call.
-    let root = &spec.job_dir;
+    let root = Path::new(STAGING);
     mount(
         "tmpfs",
         root,
@@ -156,8 +163,7 @@ pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
     )
     .map_err(failed("mounting the new root"))?;
     populate_root(root, sandbox).map_err(failed("bringing in the host's directories"))?;
-    let root_c =
-        CString::new(root.as_os_str().as_bytes()).map_err(failed("the job's directory"))?;
+    let root_c = CString::new(root.as_os_str().as_bytes()).map_err(failed("the new root"))?;
     sys::set_mount_attributes(
         CWD,
         &root_c,
@@ -251,10 +257,6 @@ fn failed<E: std::fmt::Display>(step: &str) -> impl Fn(E) -> String + '_ {
 /// sandbox replaces or masks, and the mount points used after the pivot.
 /// Everything it creates is in the new root's own tmpfs.
 fn populate_root(root: &Path, sandbox: &Sandbox) -> io::Result<()> {
-    let top_level = |path: &Path| -> Option<PathBuf> {
-        let name = path.strip_prefix("/").ok()?;
-        (name.components().count() == 1).then(|| name.to_path_buf())
-    };
     let mut empty: Vec<PathBuf> = REPLACED.iter().map(PathBuf::from).collect();
     empty.extend(top_level(Path::new(WORK_MOUNT)));
     empty.extend(sandbox.masked_paths.iter().filter_map(|p| top_level(p)));
@@ -307,6 +309,12 @@ fn populate_root(root: &Path, sandbox: &Sandbox) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The name of `path` if it is a top-level path (`/run` -> `run`).
+fn top_level(path: &Path) -> Option<PathBuf> {
+    let name = path.strip_prefix("/").ok()?;
+    (name.components().count() == 1).then(|| name.to_path_buf())
 }
 
 /// A detached copy of the mount tree at `path` (with every mount below it
@@ -449,17 +457,12 @@ fn private_tmp(path: &Path, options: &str) -> io::Result<()> {
 /// Hides `path`: an empty read-only tmpfs over a directory, `/dev/null`
 /// over a file. A symlink is left alone (what it points to is masked on its
 /// own, or not), and so is a path that does not exist; a top-level path was
-/// never copied in (see [`copy_host_root`]).
+/// never bound in (see [`populate_root`]).
 fn mask(path: &Path) -> io::Result<()> {
-    let top_level = path
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .count()
-        == 1;
     let Ok(meta) = fs::symlink_metadata(path) else {
         return Ok(());
     };
-    if top_level || meta.file_type().is_symlink() {
+    if top_level(path).is_some() || meta.file_type().is_symlink() {
         return Ok(());
     }
     if meta.is_dir() {
