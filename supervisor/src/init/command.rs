@@ -22,11 +22,10 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::sys::resource::Resource;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use rustix::thread::CapabilitySet;
-
-use nix::sys::resource::Resource;
 
 use super::seccomp;
 use crate::handoff::InitSpec;

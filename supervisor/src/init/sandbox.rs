@@ -107,7 +107,7 @@ impl HostRoot {
 #[must_use = "the sandbox is not complete until finished"]
 pub struct Rooted {
     /// The host's old root, parked.
-    pub host_root: HostRoot,
+    host_root: HostRoot,
     /// The work directory, detached, for [`WORK_MOUNT`].
     work: OwnedFd,
     /// The operator's bind mounts, detached: target, tree, a directory?
