@@ -104,7 +104,7 @@ impl Engine {
             status,
         ));
         // Its uid stays held until nothing of the job is left, as before
-        // the restart: an ended job gives it back below if that is so.
+        // the restart (an ended job with an empty work directory holds none).
         self.hold_recovered_uid(&job);
         if info.state.is_ended() {
             // A crash while settling may have left the (empty) cgroup.
@@ -113,7 +113,6 @@ impl Engine {
                 let _ = job.cgroup.wait_empty(Duration::from_secs(10));
                 let _ = job.cgroup.remove();
             }
-            self.release_if_nothing_left(&job);
             self.jobs().insert(id, job);
             return Ok(Kind::Ended);
         }
