@@ -105,11 +105,12 @@ pub struct FileConfig {
     /// The cgroup under which job cgroups are made; the supervisor's own
     /// cgroup when unset (with systemd: its service's delegated cgroup).
     pub cgroup_root: Option<PathBuf>,
-    /// The uids (and gids) jobs get one of each, when `job_user` is unset.
+    /// The range each job's own uid (and the same gid) comes from, when
+    /// `job_user` is unset.
     pub job_uids: UidRangeConfig,
     /// Run every job as this one account (name or uid) instead of a uid of
-    /// its own: weaker, since jobs can then reach each other's files,
-    /// processes and per-user kernel limits.
+    /// its own: weaker, since jobs then share the per-user kernel limits
+    /// (processes, inotify instances) and whatever is bound in writable.
     pub job_user: Option<String>,
     /// The group jobs run as with `job_user` (name or gid); the job user's
     /// group when unset.
