@@ -171,9 +171,8 @@ async fn follow_health(
 }
 
 /// tonic answers a request over `max_request_bytes` with OUT_OF_RANGE; gRPC's
-/// status table says RESOURCE_EXHAUSTED ("a per-user quota, or ... the
-/// entire file system is out of space", and message size limits), which is
-/// what clients and their retry policies expect. The refusal is a
+/// status code table gives message size limits to RESOURCE_EXHAUSTED, which
+/// is what clients and their retry policies expect. The refusal is a
 /// trailers-only response, so its status is in the headers.
 fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
     // tonic's message, percent-encoded as it is on the wire.
