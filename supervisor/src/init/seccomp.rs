@@ -1,30 +1,39 @@
 //! The job's seccomp filter: the system calls a job never needs and that
 //! would let it out of its sandbox or at the host's kernel, refused before
-//! the kernel looks at them. Compiled with seccompiler in the init before the
-//! fork, installed by the command's child as the last step before exec (after
-//! no_new_privs), inherited by every process of the job.
+//! the kernel looks at them. Built in the init before the fork, installed
+//! (with seccompiler) by the command's child as the last step before exec,
+//! after no_new_privs, and inherited by every process of the job.
 //!
-//! Three filters are stacked (the kernel applies the strictest answer):
+//! One classic BPF program decides, in this order:
 //!
-//! 1. [`REFUSED`] answer `EPERM`, and so do `clone` and `unshare` when their
-//!    flags ask for a new user namespace. An architecture other than the
-//!    host's (the 32-bit entry points) kills the process.
-//! 2. `clone3` answers `ENOSYS`: its flags are behind a pointer that seccomp
+//! 1. an architecture other than the host's (the 32-bit entry points) kills
+//!    the process;
+//! 2. x32 system call numbers (bit 30 set, same architecture value as
+//!    x86_64) answer `EPERM`: the checks below match exact 64-bit numbers,
+//!    and an x32 `mount` has another number;
+//! 3. `clone3` answers `ENOSYS`: its flags are behind a pointer that seccomp
 //!    cannot read, and glibc falls back to `clone` on ENOSYS (with EPERM every
-//!    thread creation would fail).
-//! 3. x32 system call numbers (bit 30 set, same architecture value as x86_64)
-//!    answer `EPERM`: filter 1 matches exact numbers only, and an x32 `mount`
-//!    has another number than the 64-bit one.
+//!    thread creation would fail);
+//! 4. `clone` and `unshare` answer `EPERM` when their flags ask for a new
+//!    user namespace;
+//! 5. [`REFUSED`] (and [`IO_URING`] unless allowed) answer `EPERM`, found
+//!    by a binary search over their sorted numbers;
+//! 6. everything else is allowed.
+//!
+//! The program is built here rather than by seccompiler's compiler because
+//! of its shape: seccompiler emits one linear chain of checks (167
+//! instructions for this list), and on every install the kernel runs a new
+//! filter once per system call number to fill its action cache, which for
+//! that chain took ~190 µs of each job's start on this project's test
+//! machine; the binary search takes a few instructions per number
+//! (BENCHMARKS.md). The tests below run the program, in an interpreter of
+//! the instructions it uses, for every system call number against the
+//! table.
 //!
 //! README.md's "What a job can and cannot do" has the table of reasons; keep
 //! the two in step.
 
-use std::collections::BTreeMap;
-
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
-};
+use seccompiler::{BpfProgram, sock_filter};
 
 /// System calls refused outright with `EPERM`.
 pub const REFUSED: &[(&str, libc::c_long)] = &[
@@ -62,124 +71,220 @@ pub const IO_URING: &[(&str, libc::c_long)] = &[
     ("io_uring_register", libc::SYS_io_uring_register),
 ];
 
-/// The x32 ABI's bit in a system call number.
+/// The audit architecture value of the host's system calls.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+#[cfg(target_arch = "riscv64")]
+const AUDIT_ARCH: u32 = 0xC000_00F3;
+
+/// The x32 ABI's bit in a system call number (x86_64 only).
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-/// The compiled filters, in the order they are installed.
-pub struct Filters(Vec<BpfProgram>);
+/// Offsets in `struct seccomp_data`: the number, the architecture, and the
+/// low 32 bits of the first argument (little-endian hosts).
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const ARG0_LOW: u32 = 16;
 
-/// Compiles the job's filters for this machine's architecture.
+/// The compiled filter.
+pub struct Filters(BpfProgram);
+
+/// Builds the job's filter for this machine's architecture.
 pub fn compile(allow_io_uring: bool) -> Result<Filters, String> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| format!("no seccomp filter for this architecture: {e:?}"))?;
-    let refused = REFUSED
+    let mut refused: Vec<u32> = REFUSED
         .iter()
         .chain(if allow_io_uring { &[][..] } else { IO_URING })
-        .map(|&(_, nr)| (nr, Vec::new()));
-    let new_user_namespace = |nr: libc::c_long| -> Result<_, String> {
-        let flag = libc::CLONE_NEWUSER as u64;
-        let condition = SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::MaskedEq(flag),
-            flag,
-        )
-        .map_err(|e| format!("{e:?}"))?;
-        Ok((
-            nr,
-            vec![SeccompRule::new(vec![condition]).map_err(|e| format!("{e:?}"))?],
-        ))
-    };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = refused.collect();
-    for nr in [libc::SYS_clone, libc::SYS_unshare] {
-        let (nr, rule) = new_user_namespace(nr)?;
-        rules.insert(nr, rule);
-    }
-    let eperm = program(rules, libc::EPERM, arch)?;
-    let enosys = program(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        libc::ENOSYS,
-        arch,
-    )?;
-    let mut filters = vec![eperm, enosys];
-    if arch == TargetArch::x86_64 {
-        filters.push(x32_refused());
-    }
-    Ok(Filters(filters))
-}
+        .map(|&(_, nr)| u32::try_from(nr).map_err(|_| format!("system call number {nr}")))
+        .collect::<Result<_, _>>()?;
+    refused.sort_unstable();
+    refused.dedup();
+    let number = |nr: libc::c_long| u32::try_from(nr).map_err(|_| format!("number {nr}"));
 
-fn program(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    errno: i32,
-    arch: TargetArch,
-) -> Result<BpfProgram, String> {
-    let errno = u32::try_from(errno).map_err(|_| format!("errno {errno}"))?;
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(errno),
-        arch,
-    )
-    .map_err(|e| format!("building the seccomp filter: {e}"))?;
-    BpfProgram::try_from(filter).map_err(|e| format!("compiling the seccomp filter: {e}"))
-}
-
-/// `nr & X32_SYSCALL_BIT` -> EPERM, everything else allowed (the other
-/// filters decide). Four instructions that seccompiler has no rule for.
-fn x32_refused() -> BpfProgram {
-    // struct seccomp_data: nr at offset 0.
-    const LD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
-    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let eperm = libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA);
-    vec![
-        sock_filter {
-            code: LD_NR,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        sock_filter {
-            code: JSET,
-            jt: 0,
-            jf: 1,
-            k: X32_SYSCALL_BIT,
-        },
-        sock_filter {
-            code: RET,
-            jt: 0,
-            jf: 0,
-            k: eperm,
-        },
-        sock_filter {
-            code: RET,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ALLOW,
-        },
-    ]
+    let mut p = Program::default();
+    p.load(ARCH);
+    p.jump_unless(Cmp::Eq, AUDIT_ARCH, Target::Kill);
+    p.load(NR);
+    if cfg!(target_arch = "x86_64") {
+        p.jump_if(Cmp::Set, X32_SYSCALL_BIT, Target::Eperm);
+    }
+    p.jump_if(Cmp::Eq, number(libc::SYS_clone3)?, Target::Enosys);
+    p.jump_if(Cmp::Eq, number(libc::SYS_clone)?, Target::NewUserNamespace);
+    p.jump_if(
+        Cmp::Eq,
+        number(libc::SYS_unshare)?,
+        Target::NewUserNamespace,
+    );
+    p.search(&refused);
+    p.finish().map(Filters)
 }
 
 impl Filters {
-    /// Installs the filters on the calling thread. no_new_privs must be set.
+    /// Installs the filter on the calling thread. no_new_privs must be set.
     pub fn apply(&self) -> Result<(), std::io::Error> {
-        for program in &self.0 {
-            seccompiler::apply_filter(program).map_err(|e| match e {
-                seccompiler::Error::Seccomp(io) | seccompiler::Error::Prctl(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            })?;
+        seccompiler::apply_filter(&self.0).map_err(|e| match e {
+            seccompiler::Error::Seccomp(io) | seccompiler::Error::Prctl(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })
+    }
+}
+
+/// The endings every check jumps to, laid out after the checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// The next instruction.
+    Next,
+    /// `n` instructions further on.
+    Skip(usize),
+    Allow,
+    Eperm,
+    Enosys,
+    Kill,
+    /// Checks the first argument for `CLONE_NEWUSER`.
+    NewUserNamespace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ge,
+    /// Any of the bits set.
+    Set,
+}
+
+/// One instruction before its jumps are resolved.
+struct Insn {
+    code: u16,
+    k: u32,
+    jt: Target,
+    jf: Target,
+}
+
+/// A program being built: checks first, then the endings.
+#[derive(Default)]
+struct Program(Vec<Insn>);
+
+impl Program {
+    fn load(&mut self, offset: u32) {
+        self.0.push(Insn {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            k: offset,
+            jt: Target::Next,
+            jf: Target::Next,
+        });
+    }
+
+    fn jump(&mut self, cmp: Cmp, k: u32, jt: Target, jf: Target) {
+        let op = match cmp {
+            Cmp::Eq => libc::BPF_JEQ,
+            Cmp::Ge => libc::BPF_JGE,
+            Cmp::Set => libc::BPF_JSET,
+        };
+        self.0.push(Insn {
+            code: (libc::BPF_JMP | op | libc::BPF_K) as u16,
+            k,
+            jt,
+            jf,
+        });
+    }
+
+    /// An unconditional jump (its offset goes in `k`).
+    fn goto(&mut self, to: Target) {
+        self.0.push(Insn {
+            code: (libc::BPF_JMP | libc::BPF_JA) as u16,
+            k: 0,
+            jt: to,
+            jf: Target::Next,
+        });
+    }
+
+    fn jump_if(&mut self, cmp: Cmp, k: u32, to: Target) {
+        self.jump(cmp, k, to, Target::Next);
+    }
+
+    fn jump_unless(&mut self, cmp: Cmp, k: u32, to: Target) {
+        self.jump(cmp, k, Target::Next, to);
+    }
+
+    /// A binary search of the loaded number in `sorted`: EPERM if found,
+    /// allowed if not. Runs of three or fewer are checked one by one.
+    fn search(&mut self, sorted: &[u32]) {
+        if sorted.len() <= 3 {
+            for &nr in sorted {
+                self.jump_if(Cmp::Eq, nr, Target::Eperm);
+            }
+            self.goto(Target::Allow);
+            return;
         }
-        Ok(())
+        let (low, high) = sorted.split_at(sorted.len() / 2);
+        let mut below = Program::default();
+        below.search(low);
+        self.jump(Cmp::Ge, high[0], Target::Skip(below.0.len()), Target::Next);
+        self.0.extend(below.0);
+        self.search(high);
     }
 
-    /// How many filters there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// Appends the endings and resolves every jump.
+    fn finish(mut self) -> Result<BpfProgram, String> {
+        let ret = |k| Insn {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            k,
+            jt: Target::Next,
+            jf: Target::Next,
+        };
+        let errno = |e: i32| libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA);
+        let checks = self.0.len();
+        let at = |target| {
+            checks
+                + match target {
+                    Target::NewUserNamespace => 0,
+                    Target::Allow => 2,
+                    Target::Eperm => 3,
+                    Target::Enosys => 4,
+                    Target::Kill => 5,
+                    Target::Next | Target::Skip(_) => unreachable!("relative"),
+                }
+        };
+        self.load(ARG0_LOW);
+        self.jump(
+            Cmp::Set,
+            libc::CLONE_NEWUSER as u32,
+            Target::Eperm,
+            Target::Allow,
+        );
+        self.0.push(ret(libc::SECCOMP_RET_ALLOW));
+        self.0.push(ret(errno(libc::EPERM)));
+        self.0.push(ret(errno(libc::ENOSYS)));
+        self.0.push(ret(libc::SECCOMP_RET_KILL_PROCESS));
+        let resolve = |index: usize, target: Target| -> Result<u8, String> {
+            let offset = match target {
+                Target::Next => 0,
+                Target::Skip(n) => n,
+                ending => at(ending) - index - 1,
+            };
+            u8::try_from(offset).map_err(|_| "the seccomp filter is too long to jump".to_owned())
+        };
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(index, insn)| {
+                if u32::from(insn.code) == libc::BPF_JMP | libc::BPF_JA {
+                    return Ok(sock_filter {
+                        code: insn.code,
+                        jt: 0,
+                        jf: 0,
+                        k: u32::from(resolve(index, insn.jt)?),
+                    });
+                }
+                Ok(sock_filter {
+                    code: insn.code,
+                    jt: resolve(index, insn.jt)?,
+                    jf: resolve(index, insn.jf)?,
+                    k: insn.k,
+                })
+            })
+            .collect()
     }
 }
 
@@ -187,14 +292,89 @@ impl Filters {
 mod tests {
     use super::*;
 
+    /// What the program answers for a call: the instructions it uses, run
+    /// as the kernel runs them.
+    fn run(program: &[sock_filter], arch: u32, nr: u32, arg0: u64) -> (u32, usize) {
+        let data = |offset: u32| match offset {
+            NR => nr,
+            ARCH => arch,
+            ARG0_LOW => arg0 as u32,
+            other => panic!("loads offset {other}"),
+        };
+        let (mut pc, mut acc, mut steps) = (0, 0, 0);
+        loop {
+            let insn = &program[pc];
+            steps += 1;
+            let code = u32::from(insn.code);
+            match code & 0x07 {
+                libc::BPF_LD => acc = data(insn.k),
+                libc::BPF_RET => return (insn.k, steps),
+                libc::BPF_JMP if code & 0xf0 == libc::BPF_JA => pc += insn.k as usize,
+                libc::BPF_JMP => {
+                    let taken = match code & 0xf0 {
+                        libc::BPF_JEQ => acc == insn.k,
+                        libc::BPF_JGE => acc >= insn.k,
+                        libc::BPF_JSET => acc & insn.k != 0,
+                        other => panic!("jump op {other:#x}"),
+                    };
+                    pc += usize::from(if taken { insn.jt } else { insn.jf });
+                }
+                other => panic!("class {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    fn errno(e: i32) -> u32 {
+        libc::SECCOMP_RET_ERRNO | e as u32
+    }
+
+    /// The answer the table above says the program must give.
+    fn expected(nr: u32, arg0: u64, allow_io_uring: bool) -> u32 {
+        let nr = libc::c_long::from(nr);
+        let listed = |table: &[(&str, libc::c_long)]| table.iter().any(|&(_, n)| n == nr);
+        let x32 = cfg!(target_arch = "x86_64") && nr & libc::c_long::from(X32_SYSCALL_BIT) != 0;
+        let new_user_namespace = (nr == libc::SYS_clone || nr == libc::SYS_unshare)
+            && arg0 & libc::CLONE_NEWUSER as u64 != 0;
+        let refused = listed(REFUSED) || (!allow_io_uring && listed(IO_URING));
+        if nr == libc::SYS_clone3 && !x32 {
+            errno(libc::ENOSYS)
+        } else if x32 || new_user_namespace || refused {
+            errno(libc::EPERM)
+        } else {
+            libc::SECCOMP_RET_ALLOW
+        }
+    }
+
     #[test]
-    fn the_filters_compile_for_this_machine() {
-        let filters = compile(false).unwrap();
-        assert_eq!(
-            filters.len(),
-            if cfg!(target_arch = "x86_64") { 3 } else { 2 }
-        );
-        assert!(compile(true).unwrap().0[0].len() < filters.0[0].len());
+    fn every_system_call_number_gets_the_tables_answer() {
+        for allow_io_uring in [false, true] {
+            let Filters(program) = compile(allow_io_uring).unwrap();
+            let mut longest = 0;
+            for nr in (0..1024).chain((0..1024).map(|nr| nr | X32_SYSCALL_BIT)) {
+                for arg0 in [0, libc::CLONE_NEWUSER as u64, libc::CLONE_NEWNS as u64] {
+                    let (answer, steps) = run(&program, AUDIT_ARCH, nr, arg0);
+                    assert_eq!(
+                        answer,
+                        expected(nr, arg0, allow_io_uring),
+                        "nr {nr} arg0 {arg0:#x}"
+                    );
+                    longest = longest.max(steps);
+                }
+            }
+            assert!(
+                longest <= 20,
+                "a call takes {longest} instructions to decide"
+            );
+        }
+    }
+
+    #[test]
+    fn another_architecture_is_killed() {
+        let Filters(program) = compile(false).unwrap();
+        // i386's audit architecture: the 32-bit entry points.
+        let (answer, _) = run(&program, 0x4000_0003, 39, 0);
+        assert_eq!(answer, libc::SECCOMP_RET_KILL_PROCESS);
     }
 
     #[test]
