@@ -14,7 +14,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::uids::JobIds;
-use crate::handoff::{BindPath, WORK_MOUNT};
+use crate::handoff::{BindPath, WORK_MOUNT, sandbox_can_make};
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/supervisor.toml";
@@ -495,6 +495,22 @@ fn sandbox_paths(file: &FileConfig) -> Result<(), (&'static str, String)> {
                 format!("{} does not exist on this host", bind.source.display()),
             ));
         }
+        let target = bind.target();
+        if !target.exists() && !sandbox_can_make(target, &file.masked_paths) {
+            return Err((
+                "bind_paths",
+                format!(
+                    "the target {} does not exist on this host: make it (an empty {}) \
+                     or choose one that exists, or one inside /tmp, /work or a masked path",
+                    target.display(),
+                    if bind.source.is_dir() {
+                        "directory"
+                    } else {
+                        "file"
+                    }
+                ),
+            ));
+        }
     }
     if file.tmp_size_bytes.is_some_and(|size| size < 4096) {
         return Err(("tmp_size_bytes", "must be at least 4096".into()));
@@ -652,6 +668,10 @@ mod tests {
                 "[[bind_paths]]\nsource = \"/no/such/path/here\"",
                 "bind_paths",
             ),
+            (
+                "[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"/no/such/target\"",
+                "bind_paths",
+            ),
             ("max_processes = 0", "max_processes"),
             ("io_device = \"sda\"", "io_device"),
             ("grace_period_ms = 0", "grace_period_ms"),
@@ -671,6 +691,20 @@ mod tests {
         }
         let err = parse("grace_period_ms = \"5s\"").unwrap_err().to_string();
         assert!(err.contains("grace_period_ms"), "{err}");
+    }
+
+    /// A bind's target the host lacks is fine where the sandbox can make
+    /// it: in a tmpfs of its own or a masked directory.
+    #[test]
+    fn bind_targets_the_sandbox_makes() {
+        for target in ["/tmp/data", "/work/data", "/run/no-such-socket-dir"] {
+            let text = format!("[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"{target}\"");
+            assert!(parse(&text).is_ok(), "{target}");
+        }
+        let unmasked = "masked_paths = []\n[[bind_paths]]\nsource = \"/usr/share\"\n\
+                        target = \"/run/no-such-socket-dir\"";
+        let err = parse(unmasked).unwrap_err().to_string();
+        assert!(err.contains("make it (an empty directory)"), "{err}");
     }
 
     #[test]
@@ -712,7 +746,7 @@ mod tests {
     #[test]
     fn the_description_parses_back() {
         let config = parse(
-            "[max_limits]\nmemory_bytes = 1073741824\n[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"/data\"\nwritable = true",
+            "[max_limits]\nmemory_bytes = 1073741824\n[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"/srv\"\nwritable = true",
         )
         .unwrap();
         let again = parse(&config.describe()).unwrap();

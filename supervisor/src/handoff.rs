@@ -9,7 +9,7 @@
 //! private to them, but the reader still bounds what it allocates.
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use jobworker_ipc::{Termination, UnixMillis};
 use serde::de::DeserializeOwned;
@@ -66,8 +66,26 @@ pub struct Sandbox {
     pub max_processes: u64,
 }
 
-/// Where a job finds its writable directory.
+/// Where a job finds its writable directory. The engine makes this mount
+/// point on the host if it is missing: the sandbox mounts over the host's
+/// tree in place, read-only (see `init::sandbox`).
 pub const WORK_MOUNT: &str = "/work";
+
+/// The job's private temporary directories: a tmpfs of its own on each.
+pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
+
+/// Whether the sandbox can make a mount point at `path` when the host has
+/// none: only inside a mount of its own (its `/dev`, a private temporary
+/// directory, its work directory, a masked directory); the host's tree is
+/// read-only to it.
+pub fn sandbox_can_make(path: &Path, masked_paths: &[PathBuf]) -> bool {
+    let own = ["/dev", WORK_MOUNT]
+        .into_iter()
+        .chain(PRIVATE_TMP.iter().copied());
+    own.map(Path::new)
+        .chain(masked_paths.iter().map(PathBuf::as_path))
+        .any(|mount| path.starts_with(mount) && path != mount)
+}
 
 /// A host path an operator makes visible to every job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +103,7 @@ pub struct BindPath {
 
 impl BindPath {
     /// Where the job sees it.
-    pub fn target(&self) -> &std::path::Path {
+    pub fn target(&self) -> &Path {
         self.target.as_deref().unwrap_or(&self.source)
     }
 }

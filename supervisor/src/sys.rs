@@ -6,7 +6,8 @@
 //!   then exec the job's init. The child of a clone in the multithreaded
 //!   supervisor runs only raw system calls on memory prepared before the
 //!   clone: no allocation, no locks, no logging.
-//! - [`fork`]: fork in the job's init, which is single-threaded.
+//! - [`spawn_sharing_memory`]: the job's init starting the command (a
+//!   vfork-like clone; the init is single-threaded).
 //! - [`loopback_up`]: the `SIOCSIFFLAGS` ioctl that brings `lo` up.
 //! - [`default_signal_dispositions`], [`close_fds_from`], [`take_control_fd`]:
 //!   process hygiene around exec.
@@ -146,18 +147,32 @@ pub fn clone_init(
     Ok(Spawned { pid, pidfd })
 }
 
-/// Forks the calling process. Only the job's init calls this, and the init
-/// is single-threaded: it checks that first and refuses otherwise.
-pub fn fork() -> io::Result<nix::unistd::ForkResult> {
+/// Runs `child` in a new process that shares the caller's memory until it
+/// execs or exits, the caller suspended meanwhile (clone with `CLONE_VM |
+/// CLONE_VFORK`, as posix_spawn does): no page table is copied, and nothing
+/// the child does to memory can race the caller. Only the job's init calls
+/// this, and the init is single-threaded: it checks that first and refuses
+/// otherwise. `child` runs on `stack`; it must exec or [`exit_now`], and it
+/// must not move or drop anything the caller owns (it shares the caller's
+/// memory, not its fd table).
+pub fn spawn_sharing_memory(
+    child: &mut dyn FnMut() -> isize,
+    stack: &mut [u8],
+) -> io::Result<nix::unistd::Pid> {
     let threads = std::fs::read_dir("/proc/self/task")?.count();
     if threads != 1 {
         return Err(io::Error::other(format!(
-            "refusing to fork a process with {threads} threads"
+            "refusing to spawn from a process with {threads} threads"
         )));
     }
-    // SAFETY: the process is single-threaded (checked above), so the child
-    // cannot inherit a lock held by another thread; it may allocate freely.
-    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+    let flags = nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK;
+    // SAFETY: the process is single-threaded (checked above) and suspended
+    // until the child execs or exits, so the child's use of the shared
+    // memory (the heap included) cannot race anything; `stack` is the
+    // child's alone and outlives it, since the call returns only once the
+    // child no longer runs on it.
+    unsafe { nix::sched::clone(Box::new(child), stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(io::Error::from)
 }
 
 /// Brings the loopback interface of the current network namespace up.

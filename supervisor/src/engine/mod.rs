@@ -31,7 +31,7 @@ use jobworker_ipc::{
 };
 
 use crate::cgroup::{CgroupTree, Controllers};
-use crate::handoff::{BindPath, InitReport, InitSpec, Sandbox};
+use crate::handoff::{BindPath, InitReport, InitSpec, Sandbox, WORK_MOUNT};
 use job::{Job, Status};
 pub use output::{Chunk, OutputStream};
 pub use retention::Retention;
@@ -119,6 +119,13 @@ pub enum EngineError {
     /// inotify could not be set up.
     #[error("setting up inotify for output followers: {0}")]
     Inotify(std::io::Error),
+    /// The mount point of jobs' work directories is missing and could not
+    /// be made, or is not a directory.
+    #[error(
+        "making {WORK_MOUNT}, where every job's work directory is mounted in its view of the host \
+         (make it an empty directory): {0}"
+    )]
+    WorkMount(std::io::Error),
 }
 
 /// The job engine.
@@ -154,6 +161,7 @@ impl Engine {
                 path: jobs_dir.clone(),
                 source,
             })?;
+        make_work_mount()?;
         let io_device = match config.io_device {
             Some(device) => Some(device),
             None => crate::cgroup::block_device_of(&config.state_dir).map_err(|source| {
@@ -724,6 +732,25 @@ fn remove_empty_work_dir(job: &Job) -> bool {
         Ok(()) => true,
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
+}
+
+/// Makes [`WORK_MOUNT`] on the host, an empty directory of root's, if the
+/// host has none: the sandbox mounts each job's work directory over it in
+/// the job's own view of the host, and cannot make it there (the host's
+/// tree is read-only in that view).
+fn make_work_mount() -> Result<(), EngineError> {
+    match std::fs::DirBuilder::new().mode(0o755).create(WORK_MOUNT) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(EngineError::WorkMount(e));
+        }
+        _ => {}
+    }
+    if !Path::new(WORK_MOUNT).is_dir() {
+        return Err(EngineError::WorkMount(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
+    Ok(())
 }
 
 /// Removes a job's work directory and everything in it (a job may leave

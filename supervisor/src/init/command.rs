@@ -1,4 +1,4 @@
-//! Forking the job's command with everything it must not have taken away:
+//! Starting the job's command with everything it must not have taken away:
 //! resource limits reset to [`RLIMITS`] (not the supervisor's), supplementary
 //! groups cleared, uid/gid set to the job's, every capability dropped
 //! (bounding, ambient, inheritable, permitted, effective), a fresh session
@@ -7,24 +7,24 @@
 //! stdout and stderr on the output pipe, no other fd, the given environment
 //! only.
 //!
-//! The command is forked as soon as the sandbox's root is in place
-//! ([`fork`]) and does all of that while the init finishes the sandbox; it
-//! execs only when the init lets it ([`Forked::exec`]), so nothing of the
-//! job runs before the sandbox is complete, and the sandbox failing means
-//! it never runs ([`Forked::abandon`]). Exec errors are synchronous: the
-//! child reports a failure on a close-on-exec pipe (an exec that succeeds
-//! closes it with nothing written), so `exec` returns only once the command
-//! runs or it is known why it cannot.
+//! The command is started once the sandbox is complete ([`spawn`]), by a
+//! vfork-like clone that shares the init's memory until it execs: no page
+//! table is copied, the init waits, and the child runs on the init's CPU
+//! rather than waking another. Exec errors are synchronous: the child
+//! reports a failure on a close-on-exec pipe (an exec that succeeds closes
+//! it with nothing written), so `spawn` returns only once the command runs
+//! or it is known why it cannot.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::sched::CpuSet;
 use nix::sys::resource::Resource;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
-use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use nix::unistd::{Gid, Pid, Uid};
 use rustix::thread::CapabilitySet;
 
 use super::seccomp;
@@ -145,17 +145,12 @@ pub fn prepare(spec: &InitSpec) -> Result<Prepared, String> {
     })
 }
 
-/// The command, forked and preparing itself, waiting for the init's go.
-pub struct Forked {
-    child: Pid,
-    output: OwnedFd,
-    status: File,
-    go: File,
-}
+/// The stack the command's child runs on until it execs.
+const CHILD_STACK: usize = 256 << 10;
 
-/// Forks the command, which prepares itself and then waits for
-/// [`Forked::exec`].
-pub fn fork(prepared: &Prepared) -> Result<Forked, String> {
+/// Starts the command in the complete sandbox; returns its pid and the read
+/// end of its output pipe once it runs, or why it cannot.
+pub fn spawn(prepared: &Prepared, spec: &InitSpec) -> Result<(Pid, OwnedFd), String> {
     let (output_r, output_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("creating the output pipe: {e}"))?;
     // A larger pipe means fewer wakeups for a chatty job; the default size
@@ -163,54 +158,48 @@ pub fn fork(prepared: &Prepared) -> Result<Forked, String> {
     let _ = rustix::pipe::fcntl_setpipe_size(&output_r, 1 << 20);
     let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("creating the status pipe: {e}"))?;
-    let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| format!("creating the go pipe: {e}"))?;
-
-    match sys::fork().map_err(|e| format!("forking the command: {e}"))? {
-        ForkResult::Child => {
-            drop(output_r);
-            drop(status_r);
-            drop(go_w);
-            let (step, errno) = exec_child(prepared, output_w, File::from(go_r));
-            let mut report = [0u8; 5];
-            report[0] = step as u8;
-            report[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-            let _ = File::from(status_w).write_all(&report);
-            sys::exit_now(127)
-        }
-        ForkResult::Parent { child } => Ok(Forked {
-            child,
-            output: output_r,
-            status: File::from(status_r),
-            go: File::from(go_w),
-        }),
+    let mut stack = vec![0u8; CHILD_STACK];
+    let affinity = pin_to_this_cpu();
+    // The child shares this memory: it borrows, and moves or drops nothing.
+    let mut child = || -> isize {
+        let (step, errno) = exec_child(prepared, output_w.as_fd(), affinity.as_ref());
+        let mut report = [0u8; 5];
+        report[0] = step as u8;
+        report[1..].copy_from_slice(&(errno as i32).to_le_bytes());
+        let _ = rustix::io::write(&status_w, &report);
+        sys::exit_now(127)
+    };
+    let pid = sys::spawn_sharing_memory(&mut child, &mut stack)
+        .map_err(|e| format!("starting the command: {e}"));
+    if let Some(affinity) = &affinity {
+        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), affinity);
     }
+    let pid = pid?;
+    drop(output_w);
+    drop(status_w);
+    let mut report = Vec::new();
+    File::from(status_r)
+        .read_to_end(&mut report)
+        .map_err(|e| format!("reading the exec status: {e}"))?;
+    if report.is_empty() {
+        return Ok((pid, output_r));
+    }
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Err(describe_failure(spec, &report))
 }
 
-impl Forked {
-    /// Lets the command exec (the sandbox is complete); returns its pid and
-    /// the read end of its output pipe once it runs, or why it cannot.
-    pub fn exec(mut self, spec: &InitSpec) -> Result<(Pid, OwnedFd), String> {
-        // A child that failed before waiting has closed its end: its report
-        // says why.
-        let _ = self.go.write_all(&[1]);
-        drop(self.go);
-        let mut report = Vec::new();
-        self.status
-            .read_to_end(&mut report)
-            .map_err(|e| format!("reading the exec status: {e}"))?;
-        if report.is_empty() {
-            return Ok((self.child, self.output));
-        }
-        let _ = nix::sys::wait::waitpid(self.child, None);
-        Err(describe_failure(spec, &report))
-    }
-
-    /// The sandbox could not be completed: the command never runs.
-    pub fn abandon(self) {
-        let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.child, None);
-    }
+/// Keeps the init on the CPU it runs on until [`spawn`] is done, so that
+/// the command's child, which inherits this, starts there at once (the init
+/// waits for it) rather than on another CPU that must first be woken up: on
+/// a virtual machine waking an idle vCPU can take longer than the child's
+/// whole preparation (BENCHMARKS.md). Returns the affinity to go back to,
+/// or None where the host refuses (then nothing changed).
+fn pin_to_this_cpu() -> Option<CpuSet> {
+    let original = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let mut here = CpuSet::new();
+    here.set(nix::sched::sched_getcpu().ok()?).ok()?;
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &here).ok()?;
+    Some(original)
 }
 
 fn describe_failure(spec: &InitSpec, report: &[u8]) -> String {
@@ -231,7 +220,7 @@ fn describe_failure(spec: &InitSpec, report: &[u8]) -> String {
             "cannot switch to uid {} gid {} without capabilities: {reason}",
             spec.uid, spec.gid
         ),
-        Some(Step::Limits) => format!("setting the command's resource limits: {reason}"),
+        Some(Step::Limits) => format!("setting the command's resource limits and CPUs: {reason}"),
         Some(Step::Keyring) => format!("joining a fresh session keyring: {reason}"),
         Some(Step::Seccomp) => format!("installing the seccomp filter: {reason}"),
         Some(Step::Stdio) | None => format!("cannot set up the command's stdio: {reason}"),
@@ -239,11 +228,11 @@ fn describe_failure(spec: &InitSpec, report: &[u8]) -> String {
 }
 
 /// The child's side: never returns on success (the exec replaces it).
-fn exec_child(p: &Prepared, output: OwnedFd, mut go: File) -> (Step, Errno) {
+fn exec_child(p: &Prepared, output: BorrowedFd<'_>, affinity: Option<&CpuSet>) -> (Step, Errno) {
     if let Err(e) = stdio(output) {
         return (Step::Stdio, e);
     }
-    if let Err(e) = limits(p.max_processes) {
+    if let Err(e) = limits(p.max_processes, affinity) {
         return (Step::Limits, e);
     }
     if let Err(e) = drop_privileges(p) {
@@ -253,16 +242,10 @@ fn exec_child(p: &Prepared, output: OwnedFd, mut go: File) -> (Step, Errno) {
     if let Err(e) = sys::join_new_session_keyring() {
         return (Step::Keyring, io_errno(&e));
     }
-    // From here on the job's rules hold; what is left (reading the go byte,
-    // opening /dev/null, chdir, close_range, execve) they allow.
+    // From here on the job's rules hold; what is left (opening /dev/null,
+    // chdir, close_range, execve) they allow.
     if let Err(e) = p.filters.apply() {
         return (Step::Seccomp, io_errno(&e));
-    }
-    // The sandbox is complete when the init says so; without its word (it
-    // gave up), nothing runs.
-    let mut byte = [0u8; 1];
-    if !matches!(go.read(&mut byte), Ok(1)) {
-        sys::exit_now(127);
     }
     if let Err(e) = stdin_from_dev_null() {
         return (Step::Stdio, e);
@@ -291,11 +274,15 @@ fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Sets [`RLIMITS`]. A hard limit above the init's own needs
+/// Sets [`RLIMITS`], and the CPUs the init may use again if it was pinned
+/// ([`pin_to_this_cpu`]). A hard limit above the init's own needs
 /// CAP_SYS_RESOURCE; where the host withholds it (some containers), the job
 /// gets the init's hard limit instead, and a soft limit at most that.
-fn limits(max_processes: u64) -> Result<(), Errno> {
+fn limits(max_processes: u64, affinity: Option<&CpuSet>) -> Result<(), Errno> {
     use nix::sys::resource::{getrlimit, setrlimit};
+    if let Some(affinity) = affinity {
+        nix::sched::sched_setaffinity(Pid::from_raw(0), affinity)?;
+    }
     for &(resource, values) in RLIMITS {
         let (soft, hard) = values.unwrap_or((max_processes, max_processes));
         match setrlimit(resource, soft, hard) {
@@ -310,17 +297,17 @@ fn limits(max_processes: u64) -> Result<(), Errno> {
     Ok(())
 }
 
-fn stdio(output: OwnedFd) -> Result<(), Errno> {
+fn stdio(output: BorrowedFd<'_>) -> Result<(), Errno> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     sys::default_signal_dispositions();
     nix::unistd::setsid()?;
-    rustix::stdio::dup2_stdout(output.as_fd()).map_err(to_errno)?;
-    rustix::stdio::dup2_stderr(output.as_fd()).map_err(to_errno)?;
+    rustix::stdio::dup2_stdout(output).map_err(to_errno)?;
+    rustix::stdio::dup2_stderr(output).map_err(to_errno)?;
     Ok(())
 }
 
-/// Stdin on the sandbox's `/dev/null` (there once the sandbox is complete).
+/// Stdin on the sandbox's `/dev/null`.
 fn stdin_from_dev_null() -> Result<(), Errno> {
     let null = nix::fcntl::open(
         "/dev/null",

@@ -3,15 +3,14 @@
 //! and owes the supervisor nothing once the command runs:
 //!
 //! 1. reads its [`InitSpec`] from the control socket at fd 3;
-//! 2. builds the job's sandbox ([`sandbox`]): a root of its own with the
-//!    host read-only and a fresh `/proc` and `/sys`;
-//! 3. forks the command ([`command`]), which drops its privileges, resets
+//! 2. builds the job's sandbox ([`sandbox`]): the host's tree read-only
+//!    with its private parts masked, a fresh `/proc` and `/sys`, a `/dev`
+//!    of its own, private temporary directories, its work directory, `lo`
+//!    up, its hostname;
+//! 3. starts the command ([`command`]), which drops its privileges, resets
 //!    its resource limits and installs the seccomp filter ([`seccomp`])
-//!    while the init completes the sandbox (a `/dev` of its own, private
-//!    temporary directories, masks, its work directory, `lo` up, the
-//!    hostname); then lets the command exec and tells the supervisor
-//!    whether the exec succeeded;
-//! 4. exempts itself from the OOM killer, detaches the host's old root;
+//!    before its exec, and tells the supervisor whether the exec succeeded;
+//! 4. exempts itself from the OOM killer;
 //! 5. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
 //! 6. when the command has ended, kills whatever is left of the job, drains
@@ -25,14 +24,13 @@ mod pump;
 pub mod sandbox;
 pub mod seccomp;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::ExitCode;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::fs::{Mode, OFlags};
 
 use crate::handoff::{self, EXIT_FILE, ExitRecord, InitReport, InitSpec, OUTPUT_FILE};
 use crate::{atomic, sys};
@@ -92,11 +90,9 @@ fn run() -> Result<(), String> {
         output,
         log,
         job_dir,
-        host_root,
     } = started?;
     // Off the start's critical path: the supervisor has its answer.
     exempt_from_the_oom_killer();
-    host_root.detach();
 
     let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
         .map_err(|e| format!("pumping output: {e}"))?;
@@ -127,48 +123,41 @@ struct Started {
     output: std::os::fd::OwnedFd,
     log: File,
     job_dir: File,
-    host_root: sandbox::HostRoot,
 }
 
-/// Opens the job's directory and its log (the sandbox hides both from the
-/// job, and from the init's paths), builds the sandbox and starts the
+/// Opens the job's directory and its log (the job cannot reach either: the
+/// state directory is root's alone), builds the sandbox and starts the
 /// command.
 fn start(spec: &InitSpec) -> Result<Started, String> {
-    let job_dir = File::open(&spec.job_dir).map_err(|e| {
+    let job_dir = sandbox::open_job_dir(&spec.job_dir).map_err(|e| {
         format!(
             "opening the job's directory {}: {e}",
             spec.job_dir.display()
         )
     })?;
-    let log = open_log(&spec.job_dir.join(OUTPUT_FILE))?;
+    let log = open_log(&job_dir).map_err(|e| {
+        format!(
+            "opening the output log {}: {e}",
+            spec.job_dir.join(OUTPUT_FILE).display()
+        )
+    })?;
     let prepared = command::prepare(spec)?;
-    let rooted = sandbox::enter_root(spec)?;
-    // The command prepares itself (limits, credentials, its seccomp filter)
-    // while the init completes the sandbox, and execs only after that.
-    let forked = command::fork(&prepared)?;
-    let host_root = match sandbox::finish(spec, rooted) {
-        Ok(host_root) => host_root,
-        Err(e) => {
-            forked.abandon();
-            return Err(e);
-        }
-    };
-    let (child, output) = forked.exec(spec)?;
+    sandbox::build(spec)?;
+    let (child, output) = command::spawn(&prepared, spec)?;
     Ok(Started {
         child,
         output,
         log,
         job_dir,
-        host_root,
     })
 }
 
-fn open_log(path: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("opening the output log {}: {e}", path.display()))
+fn open_log(job_dir: &File) -> rustix::io::Result<File> {
+    rustix::fs::openat(
+        job_dir,
+        OUTPUT_FILE,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(File::from)
 }

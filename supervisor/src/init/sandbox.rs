@@ -1,58 +1,56 @@
 //! The job's sandbox, built by its init inside the job's fresh namespaces
-//! before anything of the job runs: one linear script in two parts whose
-//! numbered steps a reader follows top to bottom, [`enter_root`] (the new
-//! root, the host's tree out of reach) and [`finish`] (what the job gets
-//! inside it); the init forks the command between the two, so that the
-//! command prepares itself meanwhile, and lets it exec only after
-//! [`finish`] (see `init::start`). Each failure is a start error that
-//! names its step; there is no half-sandboxed job, because the command
-//! never execs unless every step has succeeded.
+//! before anything of the job runs: one linear script, [`build`], whose
+//! numbered steps a reader follows top to bottom. Each failure is a start
+//! error that names its step; there is no half-sandboxed job, because the
+//! init starts the command only once every step has succeeded.
+//!
+//! The job's mount namespace starts as a copy of the host's (clone3
+//! `CLONE_NEWNS`). The sandbox changes that copy in place, never the
+//! host's: its mounts are made private, the masked paths covered, then the
+//! whole tree made read-only, nosuid and nodev by one recursive
+//! `mount_setattr`, and the host's `/proc`, `/sys`, `/dev` and `/tmp`
+//! covered by the job's own. No new root is built: binding the host's
+//! top-level directories one by one into one, and pivoting into it, cost
+//! ~150 µs of every start (BENCHMARKS.md). The price is that a mount point
+//! the job needs must exist on the host (the engine makes [`WORK_MOUNT`]
+//! at start; the configuration checks each bind's target) unless it lies
+//! in one of the sandbox's own tmpfs mounts, where it is made here.
 //!
 //! What the job sees afterwards (README.md, "What a job can and cannot do"):
 //!
-//! - a root of its own: a tmpfs holding bind mounts of the host's top-level
-//!   directories (every mount below them included), the host's symlinks, and
-//!   nothing of `/proc`, `/sys`, `/dev` and `/tmp` of the host; all of it
-//!   read-only, nosuid and nodev (one recursive `mount_setattr`);
+//! - the host's tree, all of it read-only, nosuid and nodev;
+//! - the masked paths (`/run`, `/var/run`, `/home`, `/root`, `/boot` by
+//!   default) empty and read-only, so no host socket, home, runtime file or
+//!   kernel image is reachable (a masked file cannot be opened);
 //! - a fresh `/proc` of its pid namespace and a read-only `/sys` of its
 //!   network namespace;
 //! - a `/dev` of its own: null, zero, full, random, urandom, tty, a private
 //!   devpts with ptmx, and `/dev/shm`;
 //! - private tmpfs mounts, owned by the job's uid and sized by `tmp_size`, on
 //!   `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`;
-//! - the masked paths (`/run`, `/var/run`, `/home`, `/root`, `/boot` by
-//!   default) empty and read-only, so no host socket, home, runtime file or
-//!   kernel image is reachable;
 //! - its work directory at [`WORK_MOUNT`], writable, and the operator's
 //!   `bind_paths`;
 //! - `lo` up in its own network namespace, and its own hostname.
 //!
-//! The host's tree leaves the job's view with `pivot_root` (or, where the
-//! host's root is the initramfs that cannot be pivoted away from, a move of
-//! the new root onto `/` and a chroot). After a pivot, the old root waits
-//! in [`PARKED`], a directory only root may enter, until the init detaches
-//! it ([`HostRoot::detach`]) once the command runs: detaching waits for an
-//! RCU grace period (~0.1 ms here) that need not delay the start.
+//! What the sandbox covers stays in the job's mount table, out of its
+//! reach: uncovering needs `umount2`, which takes `CAP_SYS_ADMIN` and which
+//! the seccomp filter refuses anyway.
 
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+use rustix::fs::{CWD, FileType, Mode, OFlags, makedev, mknodat};
 use rustix::mount::{
-    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags, mount,
-    mount_bind_recursive, mount_change, mount_move, mount_remount, move_mount, open_tree, unmount,
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, mount, mount_change,
+    move_mount, open_tree,
 };
 
-use crate::handoff::{InitSpec, Sandbox, WORK_MOUNT};
+use crate::handoff::{InitSpec, PRIVATE_TMP, Sandbox, WORK_MOUNT};
 use crate::sys;
-
-/// The host's top-level directories the job gets fresh ones of instead.
-const REPLACED: &[&str] = &["proc", "sys", "dev", "tmp"];
 
 /// The character devices of the job's `/dev`: name, major, minor.
 const DEVICES: &[(&str, u32, u32)] = &[
@@ -64,76 +62,79 @@ const DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
-/// Where the host's old root waits, after a pivot, to be detached: below a
-/// directory of mode 0700 owned by root, which no process of the job (no
-/// capabilities) can enter. The empty directory stays.
-pub const PARKED: &str = ".jobworker";
-
-/// Where the new root is built: a mount point outside every directory the
-/// root binds in (the job gets a `/proc` of its own, never the host's), so
-/// that no recursive bind copies the half-built root into itself, as a bind
-/// of `/var` would if it were built in the job's directory under
-/// `/var/lib/jobworker`.
-const STAGING: &str = "/proc";
-
-/// The job's private temporary directories besides `/dev/shm`.
-const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/run/lock"];
-
-/// The host's old root, parked after the pivot until [`HostRoot::detach`].
-#[must_use = "the host's root stays mounted (unreachable) until detached"]
-pub struct HostRoot {
-    parked: bool,
-}
-
-impl HostRoot {
-    /// Detaches the host's old root from the job's mount namespace. Failing
-    /// leaves it where no process of the job can reach it; the init says
-    /// so and goes on.
-    pub fn detach(self) {
-        if !self.parked {
-            return;
-        }
-        let old = Path::new("/").join(PARKED).join("host");
-        if let Err(e) = unmount(&old, UnmountFlags::DETACH) {
-            eprintln!(
-                "jobworker-supervisor init: detaching the host's root from {}: {e}",
-                old.display()
-            );
-        }
-    }
-}
-
-/// The sandbox with its root in place: what [`finish`] mounts next.
-#[must_use = "the sandbox is not complete until finished"]
-pub struct Rooted {
-    /// The host's old root, parked.
-    host_root: HostRoot,
-    /// The work directory, detached, for [`WORK_MOUNT`].
-    work: OwnedFd,
-    /// The operator's bind mounts, detached: target, tree, a directory?
-    binds: Vec<(PathBuf, OwnedFd, bool)>,
-}
-
-/// Steps 1-5 of the sandbox of `spec`'s job: the calling init ends up in
-/// its new root, read-only, with the host's tree out of reach, and a
-/// `/proc` of the job's own (which forking checks). See the
-/// module docs for what the job sees once [`finish`] is done too.
-pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
+/// Builds the sandbox of `spec`'s job around the calling init. See the
+/// module docs for what the job sees afterwards.
+pub fn build(spec: &InitSpec) -> Result<(), String> {
     let sandbox = &spec.sandbox;
     // Modes below are meant as written (the command gets 022 back).
     rustix::process::umask(Mode::empty());
 
     // 1. Nothing mounted from here on reaches the host, nor anything the host
-    //    mounts later the job.
+    //    mounts later the job. The init leaves the directory it started in.
     mount_change(
         "/",
         MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
     )
     .map_err(failed("making the mount tree private"))?;
+    rustix::process::chdir("/").map_err(failed("entering /"))?;
 
-    // 2. Detached copies of what the job gets from outside the host's
-    //    tree, taken while that is still reachable: the work directory and
+    // 2. Detached copies of what the job gets at other paths than the
+    //    host's, taken before anything is covered: the work directory and
     //    the operator's bind mounts, with their attributes.
+    let (work, binds) = copies(sandbox)?;
+
+    // 3. What the job must not see: an empty tmpfs over each masked
+    //    directory, holding the mount points needed inside it later (as
+    //    /run/lock in /run); /dev/null over a masked file, which step 4
+    //    makes nodev: it cannot be opened.
+    for path in &sandbox.masked_paths {
+        mask(path, sandbox).map_err(failed(&format!("masking {}", path.display())))?;
+    }
+
+    // 4. The host's tree, masks included, read-only, nosuid and nodev in one
+    //    call. What is mounted from here on keeps its own attributes.
+    let attributes = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    sys::set_mount_attributes(CWD, c"/", libc::AT_RECURSIVE, attributes, 0)
+        .map_err(failed("making the host's tree read-only"))?;
+
+    // 5. Over the host's: /proc of the job's pid namespace, /sys of its
+    //    network namespace, a /dev of its own with no device of the host's
+    //    disks.
+    let hidden = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount("proc", "/proc", "proc", hidden, None).map_err(failed("mounting /proc"))?;
+    mount("sysfs", "/sys", "sysfs", hidden | MountFlags::RDONLY, None)
+        .map_err(failed("mounting /sys"))?;
+    devices().map_err(failed("making /dev"))?;
+
+    // 6. Private temporary directories over the host's.
+    let tmp_options = format!(
+        "size={},mode=1777,uid={},gid={}",
+        sandbox.tmp_size, spec.uid, spec.gid
+    );
+    for path in PRIVATE_TMP {
+        private_tmp(Path::new(path), &tmp_options)
+            .map_err(failed(&format!("mounting a private {path}")))?;
+    }
+
+    // 7. The work directory and the operator's bind mounts.
+    attach(work, Path::new(WORK_MOUNT), true).map_err(failed(&format!(
+        "mounting the work directory at {WORK_MOUNT}"
+    )))?;
+    for (target, tree, is_dir) in binds {
+        attach(tree, &target, is_dir)
+            .map_err(failed(&format!("binding at {}", target.display())))?;
+    }
+
+    // 8. Its network (lo only) and its hostname.
+    sys::loopback_up().map_err(failed("bringing lo up"))?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).map_err(failed("setting the hostname"))
+}
+
+/// A detached bind mount: where it goes, the tree, whether a directory.
+type Detached = (PathBuf, OwnedFd, bool);
+
+/// Step 2: the work directory and the operator's bind mounts, detached.
+fn copies(sandbox: &Sandbox) -> Result<(OwnedFd, Vec<Detached>), String> {
     let work = copy_tree(&sandbox.work_dir, true, false).map_err(failed(&format!(
         "preparing the work directory {}",
         sandbox.work_dir.display()
@@ -146,175 +147,28 @@ pub fn enter_root(spec: &InitSpec) -> Result<Rooted, String> {
                 .map(|tree| (bind.target().to_path_buf(), tree, bind.source.is_dir()))
                 .map_err(failed(&format!("binding {}", bind.source.display())))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    // 3. The new root: an empty tmpfs (staged over the host's /proc, in
-    //    this mount namespace only) holding bind mounts of the host's
-    //    top-level directories (every mount below them included), the host's
-    //    symlinks and every mount point needed from here on; then all of it
-    //    read-only, nosuid and nodev in one call.
-    let root = Path::new(STAGING);
-    mount(
-        "tmpfs",
-        root,
-        "tmpfs",
-        MountFlags::NOSUID | MountFlags::NODEV,
-        c"mode=0755,size=1m",
-    )
-    .map_err(failed("mounting the new root"))?;
-    populate_root(root, sandbox).map_err(failed("bringing in the host's directories"))?;
-    let root_c = CString::new(root.as_os_str().as_bytes()).map_err(failed("the new root"))?;
-    sys::set_mount_attributes(
-        CWD,
-        &root_c,
-        libc::AT_RECURSIVE,
-        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
-        0,
-    )
-    .map_err(failed("making the new root read-only"))?;
-
-    // 4. Into it; the host's tree leaves the job's view.
-    let host_root = pivot(root).map_err(failed("switching to the new root"))?;
-
-    // 5. /proc of the job's pid namespace, /sys of its network namespace.
-    mount(
-        "proc",
-        "/proc",
-        "proc",
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None,
-    )
-    .map_err(failed("mounting /proc"))?;
-    mount(
-        "sysfs",
-        "/sys",
-        "sysfs",
-        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None,
-    )
-    .map_err(failed("mounting /sys"))?;
-
-    Ok(Rooted {
-        host_root,
-        work,
-        binds,
-    })
+        .collect::<Result<_, _>>()?;
+    Ok((work, binds))
 }
 
-/// Steps 6-10: what the job gets inside its root. The command may already be
-/// forked and preparing itself; it runs only after this.
-pub fn finish(spec: &InitSpec, rooted: Rooted) -> Result<HostRoot, String> {
-    let Rooted {
-        host_root,
-        work,
-        binds,
-    } = rooted;
-    let sandbox = &spec.sandbox;
-    let tmp_options = format!(
-        "size={},mode=1777,uid={},gid={}",
-        sandbox.tmp_size, spec.uid, spec.gid
-    );
-
-    // 6. A /dev of its own, with no device of the host's disks.
-    devices(&tmp_options).map_err(failed("making /dev"))?;
-
-    // 7. Private temporary directories.
-    for path in PRIVATE_TMP {
-        private_tmp(Path::new(path), &tmp_options)
-            .map_err(failed(&format!("mounting a private {path}")))?;
-    }
-
-    // 8. What the job must not see of the host below the top level.
-    for path in &sandbox.masked_paths {
-        mask(path).map_err(failed(&format!("masking {}", path.display())))?;
-    }
-
-    // 9. The work directory and the operator's bind mounts.
-    attach(work, Path::new(WORK_MOUNT), true).map_err(failed(&format!(
-        "mounting the work directory at {WORK_MOUNT}"
-    )))?;
-    for (target, tree, is_dir) in binds {
-        attach(tree, &target, is_dir)
-            .map_err(failed(&format!("binding at {}", target.display())))?;
-    }
-
-    // 10. Its network (lo only) and its hostname.
-    sys::loopback_up().map_err(failed("bringing lo up"))?;
-    rustix::system::sethostname(spec.hostname.as_bytes())
-        .map_err(failed("setting the hostname"))?;
-
-    Ok(host_root)
+/// Opens the job's directory through a detached copy of its mount, before
+/// the sandbox: the init writes the job's log and exit record there after
+/// step 4 has made the host's tree read-only, and a file open for writing on
+/// a mount of that tree would make step 4 fail (EBUSY).
+pub fn open_job_dir(path: &Path) -> io::Result<File> {
+    let tree = copy_tree(path, true, false)?;
+    let dir = rustix::fs::openat(
+        tree.as_fd(),
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(dir))
 }
 
 /// A step's error as a start error that names the step.
 fn failed<E: std::fmt::Display>(step: &str) -> impl Fn(E) -> String + '_ {
     move |e| format!("{step}: {e}")
-}
-
-/// Fills the new root at `root` (a fresh tmpfs): a bind mount of each of
-/// the host's top-level directories and files with everything mounted
-/// below it, the host's top-level symlinks, empty directories for what the
-/// sandbox replaces or masks, and the mount points used after the pivot.
-/// Everything it creates is in the new root's own tmpfs.
-fn populate_root(root: &Path, sandbox: &Sandbox) -> io::Result<()> {
-    let mut empty: Vec<PathBuf> = REPLACED.iter().map(PathBuf::from).collect();
-    empty.extend(top_level(Path::new(WORK_MOUNT)));
-    empty.extend(sandbox.masked_paths.iter().filter_map(|p| top_level(p)));
-    for entry in fs::read_dir("/")? {
-        let entry = entry?;
-        let name = PathBuf::from(entry.file_name());
-        if empty.contains(&name) {
-            continue;
-        }
-        let kind = entry.file_type()?;
-        let target = root.join(&name);
-        if kind.is_symlink() {
-            symlink(fs::read_link(entry.path())?, target)?;
-        } else if kind.is_dir() || kind.is_file() {
-            if kind.is_dir() {
-                make_dir(&target)?;
-            } else {
-                File::create(&target)?;
-            }
-            mount_bind_recursive(entry.path(), &target)?;
-        }
-    }
-    for name in &empty {
-        make_dir(&root.join(name))?;
-    }
-    // The host's old root is parked here by the pivot.
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(root.join(PARKED))?;
-    make_dir(&root.join(PARKED).join("host"))?;
-    // Mount points inside what was just made empty (/run/lock in a masked
-    // /run), and top-level bind targets the host does not have.
-    for path in PRIVATE_TMP.iter().map(Path::new) {
-        let inside = root.join(path.strip_prefix("/").map_err(io::Error::other)?);
-        if inside.parent().is_some_and(|dir| dir.is_dir()) && !inside.exists() {
-            make_dir(&inside)?;
-        }
-    }
-    for bind in &sandbox.bind_paths {
-        let Some(name) = top_level(bind.target()) else {
-            continue;
-        };
-        let inside = root.join(name);
-        if fs::symlink_metadata(&inside).is_err() {
-            if bind.source.is_dir() {
-                make_dir(&inside)?;
-            } else {
-                File::create(&inside)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The name of `path` if it is a top-level path (`/run` -> `run`).
-fn top_level(path: &Path) -> Option<PathBuf> {
-    let name = path.strip_prefix("/").ok()?;
-    (name.components().count() == 1).then(|| name.to_path_buf())
 }
 
 /// A detached copy of the mount tree at `path` (with every mount below it
@@ -340,18 +194,10 @@ fn copy_tree(path: &Path, writable: bool, recursive: bool) -> io::Result<OwnedFd
 
 /// Mounts a detached tree at `target`, creating a missing mount point (a
 /// directory, or an empty file for a file) where it can be: only in a
-/// tmpfs of the sandbox's, since everything from the host is read-only by
-/// now.
+/// tmpfs of the sandbox's, since the host's tree is read-only by now.
 fn attach(tree: OwnedFd, target: &Path, is_dir: bool) -> io::Result<()> {
     if fs::symlink_metadata(target).is_err() {
-        if is_dir {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(target)?;
-        } else {
-            File::create(target)?;
-        }
+        make_mount_point(target, is_dir)?;
     }
     move_mount(
         tree.as_fd(),
@@ -363,30 +209,29 @@ fn attach(tree: OwnedFd, target: &Path, is_dir: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `path` (with its missing parents) to mount on: a directory, or
+/// an empty file.
+fn make_mount_point(path: &Path, is_dir: bool) -> io::Result<()> {
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o755);
+    if is_dir {
+        dirs.create(path)
+    } else {
+        if let Some(parent) = path.parent() {
+            dirs.create(parent)?;
+        }
+        File::create(path).map(drop)
+    }
+}
+
 fn make_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(0o755).create(path)
 }
 
-/// Makes `root` the root of the calling process (and its working
-/// directory), with the old root parked below [`PARKED`].
-fn pivot(root: &Path) -> io::Result<HostRoot> {
-    rustix::process::chdir(root)?;
-    let parked = match rustix::process::pivot_root(".", Path::new(PARKED).join("host")) {
-        Ok(()) => true,
-        // The host's root is the initramfs, which cannot be pivoted away
-        // from: the new root goes over it instead.
-        Err(rustix::io::Errno::INVAL) => {
-            mount_move(".", "/")?;
-            rustix::process::chroot(".")?;
-            false
-        }
-        Err(e) => return Err(e.into()),
-    };
-    rustix::process::chdir("/")?;
-    Ok(HostRoot { parked })
-}
-
-fn devices(tmp_options: &str) -> io::Result<()> {
+/// A tmpfs over the host's `/dev` (root's, 0755: no job process can add to
+/// it) with the job's devices, a private devpts, and the mount point of
+/// `/dev/shm`.
+fn devices() -> io::Result<()> {
     mount(
         "tmpfs",
         "/dev",
@@ -420,19 +265,12 @@ fn devices(tmp_options: &str) -> io::Result<()> {
     ] {
         symlink(target, link)?;
     }
-    make_dir(Path::new("/dev/shm"))?;
-    private_tmp(Path::new("/dev/shm"), tmp_options)?;
-    mount_remount(
-        "/dev",
-        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NOEXEC,
-        "",
-    )?;
-    Ok(())
+    make_dir(Path::new("/dev/shm"))
 }
 
 /// A tmpfs of the job's on `path`. A path the host does not have, and that
-/// cannot be made (its parent is a read-only copy of the host's, or missing
-/// too, as `/var` in an initramfs), is left out: there is nothing to share.
+/// cannot be made (its parent is the host's, read-only, or missing too, as
+/// `/var` in an initramfs), is left out: there is nothing to share.
 fn private_tmp(path: &Path, options: &str) -> io::Result<()> {
     if fs::symlink_metadata(path).is_err() {
         match make_dir(path) {
@@ -454,27 +292,37 @@ fn private_tmp(path: &Path, options: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Hides `path`: an empty read-only tmpfs over a directory, `/dev/null`
-/// over a file. A symlink is left alone (what it points to is masked on its
-/// own, or not), and so is a path that does not exist; a top-level path was
-/// never bound in (see [`populate_root`]).
-fn mask(path: &Path) -> io::Result<()> {
+/// Hides `path`: an empty tmpfs over a directory, with the mount points
+/// below it that later steps need made in it (a private temporary
+/// directory, a bind's target); `/dev/null` over a file. A symlink is left
+/// alone (what it points to is masked on its own, or not), and so is a path
+/// that does not exist.
+fn mask(path: &Path, sandbox: &Sandbox) -> io::Result<()> {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return Ok(());
     };
-    if top_level(path).is_some() || meta.file_type().is_symlink() {
+    if meta.file_type().is_symlink() {
         return Ok(());
     }
-    if meta.is_dir() {
-        mount(
-            "tmpfs",
-            path,
-            "tmpfs",
-            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            c"mode=0755,size=4k",
-        )?;
-    } else {
-        mount("/dev/null", path, "", MountFlags::BIND, None)?;
+    if !meta.is_dir() {
+        return mount("/dev/null", path, "", MountFlags::BIND, None).map_err(Into::into);
+    }
+    mount(
+        "tmpfs",
+        path,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        c"mode=0755,size=4k",
+    )?;
+    let private_tmp = PRIVATE_TMP.iter().map(|tmp| (Path::new(tmp), true));
+    let targets = sandbox
+        .bind_paths
+        .iter()
+        .map(|bind| (bind.target(), bind.source.is_dir()));
+    for (point, is_dir) in private_tmp.chain(targets) {
+        if point.starts_with(path) && point != path {
+            make_mount_point(point, is_dir)?;
+        }
     }
     Ok(())
 }
