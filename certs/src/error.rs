@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::identity::InvalidUserName;
-
 /// Why creating, loading or writing a certificate or key failed.
 ///
 /// Each message names the operation and, where there is one, the file.
@@ -52,9 +50,14 @@ pub enum Error {
         /// The CA private key file.
         key: PathBuf,
     },
-    /// A client user name is not allowed.
-    #[error(transparent)]
-    InvalidUserName(#[from] InvalidUserName),
+    /// A client user name is not allowed (see `jobworker_ipc::UserName`).
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidUserName {
+        /// The rejected name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// A server name is neither an IP address nor a DNS name.
     #[error("invalid server name {name:?}: not an IP address nor a DNS name")]
     InvalidServerName {

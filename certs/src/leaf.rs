@@ -10,7 +10,7 @@ use rcgen::{
 use crate::ca::{self, CaKind};
 use crate::error::Error;
 use crate::files::{FileKind, Overwrite, WrittenFile, check_absent, write_file};
-use crate::identity::{subject, validate_user_name};
+use crate::identity::subject;
 use crate::keys;
 use crate::role::role_extension_value;
 use crate::validity::Validity;
@@ -33,11 +33,12 @@ pub struct ServerRequest {
 /// What to put in a client certificate.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
-    /// The user name, the subject common name; see [`validate_user_name`].
+    /// The user name, the subject common name: a valid
+    /// [`UserName`](jobworker_ipc::UserName).
     pub user: String,
     /// The values of the role extensions, one extension each.
     ///
-    /// A valid certificate has exactly one, a [`Role`](crate::Role) name; none,
+    /// A valid certificate has exactly one, a [`Role`](jobworker_ipc::Role) name; none,
     /// several, or another string only make certificates for negative tests.
     pub role_values: Vec<String>,
     /// When the certificate is valid.
@@ -81,7 +82,10 @@ pub fn issue_server(dir: &Path, request: &ServerRequest) -> Result<Vec<WrittenFi
 /// The certificate is for TLS client authentication only and carries the
 /// role extensions of [`ClientRequest::role_values`].
 pub fn issue_client(dir: &Path, request: &ClientRequest) -> Result<Vec<WrittenFile>, Error> {
-    validate_user_name(&request.user)?;
+    jobworker_ipc::UserName::new(request.user.as_str()).map_err(|e| Error::InvalidUserName {
+        name: request.user.clone(),
+        reason: e.reason,
+    })?;
     let mut params = leaf_params(&request.user, &request.validity);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.custom_extensions = request

@@ -10,9 +10,10 @@ use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use jobworker_certs::{
-    ClientRequest, Overwrite, Role, ServerRequest, Validity, WrittenFile, init, issue_client,
+    ClientRequest, Overwrite, ServerRequest, Validity, WrittenFile, init, issue_client,
     issue_server,
 };
+use jobworker_ipc::Role;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -62,7 +63,7 @@ enum Command {
     Client {
         #[command(flatten)]
         output: Output,
-        /// User name, the subject CN: 1 to 64 characters from A-Z a-z 0-9 . _ -
+        /// User name, the subject CN: 1 to 64 characters from A-Z a-z 0-9 . _ @ -
         #[arg(long, value_name = "USER")]
         name: String,
         /// Role granted to the user.

@@ -7,7 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use jobworker_certs::{Role, RoleError, UnknownRole, role_from_der, role_of};
+use jobworker_identity::{RoleError, role_from_der, role_of};
+use jobworker_ipc::{Role, UnknownRole};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -233,9 +234,9 @@ fn init_server_and_client_end_to_end() {
     assert_eq!(value, "admin");
     assert_eq!(role_of(&alice).unwrap(), Role::Admin);
     assert!(matches!(role_of(&server), Err(RoleError::Missing)));
-    assert_eq!(jobworker_certs::common_name_of(&alice).unwrap(), "alice");
+    assert_eq!(jobworker_identity::common_name_of(&alice).unwrap(), "alice");
     assert_eq!(
-        jobworker_certs::common_name_of(&server).unwrap(),
+        jobworker_identity::common_name_of(&server).unwrap(),
         "localhost"
     );
 
@@ -266,7 +267,7 @@ fn init_server_and_client_end_to_end() {
         (&server_ca, "jobworker server CA"),
         (&client_ca, "jobworker client CA"),
     ] {
-        assert_eq!(jobworker_certs::common_name_of(ca).unwrap(), name);
+        assert_eq!(jobworker_identity::common_name_of(ca).unwrap(), name);
         let constraints = ca.basic_constraints().unwrap().unwrap().value;
         assert!(constraints.ca);
         assert_eq!(constraints.path_len_constraint, Some(0));

@@ -7,8 +7,8 @@
 //! - [`tls`]: the rustls server configuration (TLS 1.3 only, client
 //!   certificates required), its files, and reloading them.
 //! - [`listener`]: accepting connections, TLS handshakes with a timeout, the
-//!   connection limit.
-//! - [`identity`]: the caller's user name and role from their certificate.
+//!   connection limit; the caller's identity from their certificate
+//!   (`jobworker_identity`).
 //! - [`authz`]: who may make which call on which job: one pure function.
 //! - [`supervisor`]: the supervisor's client: a connection per output
 //!   stream, a small pool for unary calls.
@@ -22,7 +22,6 @@
 pub mod authz;
 pub mod config;
 pub mod convert;
-pub mod identity;
 pub mod listener;
 pub mod privileges;
 pub mod server;

@@ -21,8 +21,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::identity::{IdentityError, identity_of_chain};
 use crate::tls::Reloadable;
+use jobworker_identity::{IdentityError, identity_of_chain};
 
 /// How many handshaken connections may wait for the server to take them.
 const QUEUE: usize = 64;

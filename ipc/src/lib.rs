@@ -27,5 +27,5 @@ pub use message::{
 };
 pub use types::{
     Args, Command, Env, EnvVar, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize,
-    RequestId, Role, UnixMillis, UserName, WorkingDir,
+    RequestId, Role, UnixMillis, UnknownRole, UserName, WorkingDir,
 };

@@ -26,6 +26,20 @@ fn user_names() {
     );
 }
 
+/// The names certificates carry, and nothing else.
+#[test]
+fn role_names_round_trip() {
+    for role in Role::ALL {
+        assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        assert_eq!(role.to_string(), role.as_str());
+    }
+    assert_eq!(
+        "Admin".parse::<Role>(),
+        Err(UnknownRole("Admin".to_owned()))
+    );
+    assert_eq!("".parse::<Role>(), Err(UnknownRole(String::new())));
+}
+
 #[test]
 fn commands() {
     for ok in ["/bin/echo", "sh", "python3", "/opt/my tool/run"] {

@@ -1,12 +1,13 @@
-//! Who the caller is, from the client certificate the TLS handshake
-//! verified: the subject CN is the user name (a valid
-//! [`jobworker_ipc::UserName`]), the role is the UTF8String in extension
-//! OID 1.2.840.10070.8.1. A certificate without a usable identity still
-//! completes the handshake; each call on its connection is then refused with
-//! PERMISSION_DENIED and the reason (see [`IdentityError`]).
+//! The caller's identity from the client certificate the TLS handshake
+//! verified. A certificate without a usable identity still completes the
+//! handshake; each call on its connection is then refused with the reason
+//! ([`IdentityError`]), quoting at most [`EXCERPT_CHARS`] characters of
+//! what the certificate says.
 
-use jobworker_certs::{RoleError, common_name_from_der, role_from_der};
-use jobworker_ipc::{Identity, Role, UserName};
+use jobworker_ipc::{Identity, UserName};
+
+use crate::role::{RoleError, role_from_der};
+use crate::subject::common_name_from_der;
 
 /// Why a verified client certificate names no usable identity. The messages
 /// are meant for the certificate's holder.
@@ -40,14 +41,7 @@ pub fn identity_from_der(der: &[u8]) -> Result<Identity, IdentityError> {
         reason: e.reason,
     })?;
     let role = role_from_der(der).map_err(|e| IdentityError::Role(role_reason(&e)))?;
-    Ok(Identity {
-        user,
-        role: match role {
-            jobworker_certs::Role::Admin => Role::Admin,
-            jobworker_certs::Role::User => Role::User,
-            jobworker_certs::Role::Reader => Role::Reader,
-        },
-    })
+    Ok(Identity { user, role })
 }
 
 /// The identity of a connection's peer from its certificate chain (leaf
@@ -72,28 +66,24 @@ fn excerpt(text: &str) -> String {
     }
 }
 
+/// Why no role, quoting at most an excerpt of what the extension says.
 fn role_reason(e: &RoleError) -> String {
     match e {
-        RoleError::Missing => "it has no role extension (1.2.840.10070.8.1)".into(),
-        RoleError::Duplicate { count } => {
-            format!("it has {count} role extensions (1.2.840.10070.8.1); exactly one is allowed")
-        }
-        RoleError::Malformed { .. } => {
-            "its role extension (1.2.840.10070.8.1) is malformed: not a DER UTF8String".into()
-        }
         RoleError::Unknown(unknown) => format!(
-            "its role extension names an unknown role {:?} (expected admin, user or reader)",
+            "the role extension names an unknown role {:?} (expected admin, user or reader)",
             excerpt(&unknown.0)
         ),
-        RoleError::Certificate(e) => e.to_string(),
+        other => other.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use jobworker_ipc::Role;
     use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair};
 
     use super::*;
+    use crate::ROLE_OID;
 
     /// A self-signed certificate with this CN and these role extension
     /// contents (raw DER); signing does not matter to identity parsing.
@@ -105,9 +95,7 @@ mod tests {
         }
         params.custom_extensions = roles
             .iter()
-            .map(|content| {
-                CustomExtension::from_oid_content(jobworker_certs::ROLE_OID, content.clone())
-            })
+            .map(|content| CustomExtension::from_oid_content(ROLE_OID, content.clone()))
             .collect();
         let key = KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
