@@ -37,31 +37,23 @@ pub async fn settle(job: &Arc<Job>) {
         let usage = cgroup.usage();
         let oom = cgroup.oom_killed().unwrap_or(false);
         // The init killed the rest of the job before it exited, and the kernel
-        // kills a pid namespace whose init dies; this is the backstop.
-        let _ = cgroup.kill();
-        let emptied = cgroup.wait_empty(EMPTY_TIMEOUT);
-        (usage.ok(), oom, emptied.map_err(|e| e.to_string()))
+        // kills a pid namespace whose init dies; the kill is the backstop.
+        // The cgroup goes before the job counts as ended: whoever waits for
+        // the end (a stop) then finds nothing of the job left.
+        let destroyed = cgroup.destroy(EMPTY_TIMEOUT);
+        (usage.ok(), oom, destroyed.map_err(|e| e.to_string()))
     })
     .await;
-    let (usage, oom_killed, emptied) = match settled {
+    let (usage, oom_killed, destroyed) = match settled {
         Ok(settled) => settled,
         Err(e) => (None, false, Err(format!("the settling task failed: {e}"))),
     };
-
-    // The cgroup goes before the job counts as ended: whoever waits for the
-    // end (a stop) then finds nothing of the job left.
-    match emptied {
-        Ok(true) => {
-            if let Err(e) = job.cgroup.remove() {
-                tracing::warn!(job = %job.id, error = %e, "removing the job's cgroup");
-            }
-        }
+    match destroyed {
+        Ok(true) => {}
         Ok(false) => {
             tracing::error!(job = %job.id, "the job's cgroup did not empty after cgroup.kill")
         }
-        Err(e) => {
-            tracing::error!(job = %job.id, error = %e, "waiting for the job's cgroup to empty")
-        }
+        Err(e) => tracing::error!(job = %job.id, error = %e, "destroying the job's cgroup"),
     }
     {
         let mut status = job.status();

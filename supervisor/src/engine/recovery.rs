@@ -66,10 +66,12 @@ impl Engine {
             }
             if let Some(cgroup) = self.cgroups.job(&name) {
                 tracing::warn!(cgroup = %cgroup.path().display(), "a job cgroup without a job: killing it");
-                let _ = cgroup.kill();
-                let _ = cgroup.wait_empty(Duration::from_secs(10));
-                if let Err(e) = cgroup.remove() {
-                    tracing::error!(cgroup = %cgroup.path().display(), error = %e, "removing an orphan cgroup");
+                match cgroup.destroy(Duration::from_secs(10)) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(cgroup = %cgroup.path().display(),
+                        "an orphan cgroup did not empty after cgroup.kill; left in place"),
+                    Err(e) => tracing::error!(cgroup = %cgroup.path().display(), error = %e,
+                        "removing an orphan cgroup"),
                 }
                 recovered.orphans += 1;
             }
@@ -109,9 +111,7 @@ impl Engine {
         if info.state.is_ended() {
             // A crash while settling may have left the (empty) cgroup.
             if job.cgroup.path().exists() {
-                let _ = job.cgroup.kill();
-                let _ = job.cgroup.wait_empty(Duration::from_secs(10));
-                let _ = job.cgroup.remove();
+                let _ = job.cgroup.destroy(Duration::from_secs(10));
             }
             self.jobs().insert(id, job);
             return Ok(Kind::Ended);
