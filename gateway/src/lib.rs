@@ -1,6 +1,6 @@
 //! The gateway: the only network-facing process of jobworker. It terminates
 //! mutual TLS 1.3 gRPC, takes the caller's identity from the client
-//! certificate, authorizes the call and forwards it to the supervisor over
+//! certificate, gates the call by role and forwards it to the supervisor over
 //! its Unix socket, asserting the identity. It never runs as root.
 //!
 //! - [`config`]: the TOML configuration, resolved and validated.
@@ -9,7 +9,6 @@
 //! - [`listener`]: accepting connections, TLS handshakes with a timeout, the
 //!   connection limit; the caller's identity from their certificate
 //!   (`jobworker_identity`).
-//! - [`authz`]: who may make which call on which job: one pure function.
 //! - [`supervisor`]: the supervisor's client: a connection per output
 //!   stream, a small pool for unary calls.
 //! - [`convert`]: proto <-> ipc messages, ipc errors -> gRPC statuses.
@@ -19,7 +18,6 @@
 //!   left.
 #![forbid(unsafe_code)]
 
-pub mod authz;
 pub mod config;
 pub mod convert;
 pub mod listener;

@@ -1,22 +1,21 @@
 //! `jobworker.v1.JobService`: each call takes the caller's identity from its
-//! connection, is authorized ([`crate::authz`]) as early as the information
-//! allows, has its fields validated ([`crate::convert`]), and is forwarded
-//! to the supervisor on the caller's behalf ([`crate::supervisor`]).
-//!
-//! Job-scoped calls (stop, get, stream) first ask the supervisor for the job
-//! on the caller's behalf, to learn its owner; the supervisor applies the
-//! same rules to the identity the gateway asserts. Every call is logged with
-//! who made it, on which job, and how it ended; never with its payload.
+//! connection, passes the role gate of `jobworker_ipc::policy` (a role that
+//! may never make the call is refused here, at no cost to the supervisor),
+//! has its fields validated ([`crate::convert`]), and is forwarded to the
+//! supervisor on the caller's behalf ([`crate::supervisor`]) in one round
+//! trip. The supervisor applies the same policy in full: a job of another
+//! user is NOT_FOUND there. Every call is logged with who made it, on which
+//! job, and how it ended; never with its payload.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use jobworker_ipc::policy::{self, Action, Actor};
 use jobworker_ipc::{Identity, IpcError, JobId, JobInfo, Request as IpcRequest, Response as Ipc};
 use jobworker_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{Denied, Rpc, authorize};
 use crate::convert;
 use crate::listener::ConnInfo;
 use crate::supervisor::{OutputStream, Supervisor};
@@ -44,25 +43,11 @@ impl JobService {
         }
     }
 
-    /// The job `job`, as the caller may see it, and whether the caller may
-    /// make `rpc` on it.
-    async fn authorized_job(
-        &self,
-        identity: &Identity,
-        rpc: Rpc,
-        job: JobId,
-    ) -> Result<JobInfo, Status> {
-        let info = self.job_call(identity, IpcRequest::GetJob { job }).await?;
-        authorize(identity, rpc, Some(&info.owner)).map_err(|d| denied(d, job))?;
-        Ok(info)
-    }
-
     async fn start(
         &self,
         identity: &Identity,
         request: v1::StartJobRequest,
     ) -> Result<(v1::StartJobResponse, JobId), Status> {
-        authorize(identity, Rpc::StartJob, None).map_err(denied_no_job)?;
         let spec = convert::job_spec(request).map_err(convert::invalid)?;
         let info = self.job_call(identity, IpcRequest::StartJob(spec)).await?;
         Ok((
@@ -79,7 +64,6 @@ impl JobService {
         job: JobId,
         grace_period: Option<prost_types::Duration>,
     ) -> Result<v1::StopJobResponse, Status> {
-        self.authorized_job(identity, Rpc::StopJob, job).await?;
         let grace = convert::grace(grace_period).map_err(convert::invalid)?;
         let info = self
             .job_call(identity, IpcRequest::StopJob { job, grace })
@@ -94,17 +78,10 @@ impl JobService {
         identity: &Identity,
         request: v1::ListJobsRequest,
     ) -> Result<v1::ListJobsResponse, Status> {
-        authorize(identity, Rpc::ListJobs, None).map_err(denied_no_job)?;
         let request = convert::list_request(request).map_err(convert::invalid)?;
         match self.supervisor.call(identity, request).await? {
             Ipc::Jobs { jobs, next } => Ok(v1::ListJobsResponse {
-                // The supervisor lists only what the caller may see; checked
-                // again here all the same.
-                jobs: jobs
-                    .into_iter()
-                    .filter(|job| authorize(identity, Rpc::GetJob, Some(&job.owner)).is_ok())
-                    .map(convert::job)
-                    .collect(),
+                jobs: jobs.into_iter().map(convert::job).collect(),
                 next_page_token: next.as_ref().map(convert::page_token).unwrap_or_default(),
             }),
             Ipc::Error(e) => Err(convert::status_of(&e)),
@@ -119,8 +96,6 @@ impl JobService {
         offset: u64,
         follow: bool,
     ) -> Result<OutputChunks, Status> {
-        self.authorized_job(identity, Rpc::StreamOutput, job)
-            .await?;
         let stream = self
             .supervisor
             .stream(
@@ -181,58 +156,45 @@ fn unexpected(response: &Ipc) -> Status {
     ))
 }
 
-/// The status of a refusal on job `job`: NOT_FOUND is worded exactly as the
-/// supervisor words a job that does not exist.
-fn denied(denied: Denied, job: JobId) -> Status {
-    match denied {
-        Denied::NotFound => convert::status_of(&IpcError::NotFound { job }),
-        Denied::PermissionDenied(reason) => {
-            convert::status_of(&IpcError::PermissionDenied { reason })
-        }
-    }
-}
-
-/// The status of a refusal of an RPC that names no job.
-fn denied_no_job(denied: Denied) -> Status {
-    match denied {
-        Denied::NotFound => Status::not_found("no such job"),
-        Denied::PermissionDenied(reason) => {
-            convert::status_of(&IpcError::PermissionDenied { reason })
-        }
-    }
-}
-
 /// A call in progress: who makes it and which RPC it is, for the log line
 /// that ends it.
 struct Caller {
     identity: Identity,
-    rpc: Rpc,
+    rpc: &'static str,
     peer: String,
 }
 
 impl Caller {
-    /// The caller of `request`, or PERMISSION_DENIED saying why its
-    /// certificate names no usable identity.
-    fn of<T>(request: &Request<T>, rpc: Rpc) -> Result<Self, Status> {
+    /// The caller of `request`, the RPC `rpc` doing `action`: refused
+    /// (PERMISSION_DENIED, saying why) when its certificate names no usable
+    /// identity or its role may never do `action`.
+    fn of<T>(request: &Request<T>, rpc: &'static str, action: Action) -> Result<Self, Status> {
         let Some(info) = request.extensions().get::<ConnInfo>() else {
             return Err(Status::unauthenticated("no client certificate"));
         };
-        match info.identity.as_ref() {
-            Ok(identity) => Ok(Self {
-                identity: identity.clone(),
-                rpc,
-                peer: info.peer.to_string(),
-            }),
+        let identity = match info.identity.as_ref() {
+            Ok(identity) => identity.clone(),
             Err(e) => {
                 tracing::info!(
-                    peer = %info.peer, rpc = %rpc.name(), outcome = "PermissionDenied", error = %e,
+                    peer = %info.peer, rpc = %rpc, outcome = "PermissionDenied", error = %e,
                     "call refused"
                 );
-                Err(convert::status_of(&IpcError::PermissionDenied {
+                return Err(convert::status_of(&IpcError::PermissionDenied {
                     reason: e.to_string(),
-                }))
+                }));
             }
+        };
+        let caller = Self {
+            identity,
+            rpc,
+            peer: info.peer.to_string(),
+        };
+        if let Err(e) = policy::authorize(Actor::Remote(&caller.identity), action, None) {
+            let status = convert::status_of(&e);
+            caller.log(None, Some(&status));
+            return Err(status);
         }
+        Ok(caller)
     }
 
     /// Logs how the call ended and returns its result.
@@ -241,19 +203,24 @@ impl Caller {
         job: Option<JobId>,
         result: Result<T, Status>,
     ) -> Result<Response<T>, Status> {
+        self.log(job, result.as_ref().err());
+        result.map(Response::new)
+    }
+
+    /// The log line that ends the call: ok, or the refusal.
+    fn log(&self, job: Option<JobId>, refusal: Option<&Status>) {
         let job = job.map_or_else(|| "-".to_owned(), |job| job.to_string());
-        match &result {
-            Ok(_) => tracing::info!(
+        match refusal {
+            None => tracing::info!(
                 peer = %self.peer, user = %self.identity.user, role = %self.identity.role,
-                rpc = %self.rpc.name(), %job, outcome = "ok", "call"
+                rpc = %self.rpc, %job, outcome = "ok", "call"
             ),
-            Err(status) => tracing::info!(
+            Some(status) => tracing::info!(
                 peer = %self.peer, user = %self.identity.user, role = %self.identity.role,
-                rpc = %self.rpc.name(), %job, outcome = ?status.code(),
+                rpc = %self.rpc, %job, outcome = ?status.code(),
                 error = %shortened(status.message()), "call"
             ),
         }
-        result.map(Response::new)
     }
 }
 
@@ -274,7 +241,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::StartJobRequest>,
     ) -> Result<Response<v1::StartJobResponse>, Status> {
-        let caller = Caller::of(&request, Rpc::StartJob)?;
+        let caller = Caller::of(&request, "StartJob", Action::Start)?;
         match self.start(&caller.identity, request.into_inner()).await {
             Ok((response, job)) => caller.finish(Some(job), Ok(response)),
             Err(status) => caller.finish(None, Err(status)),
@@ -285,7 +252,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::StopJobRequest>,
     ) -> Result<Response<v1::StopJobResponse>, Status> {
-        let caller = Caller::of(&request, Rpc::StopJob)?;
+        let caller = Caller::of(&request, "StopJob", Action::Stop)?;
         let request = request.into_inner();
         match convert::job_id(&request.job_id) {
             Ok(job) => {
@@ -300,11 +267,11 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
-        let caller = Caller::of(&request, Rpc::GetJob)?;
+        let caller = Caller::of(&request, "GetJob", Action::Get)?;
         match convert::job_id(&request.get_ref().job_id) {
             Ok(job) => {
                 let result = self
-                    .authorized_job(&caller.identity, Rpc::GetJob, job)
+                    .job_call(&caller.identity, IpcRequest::GetJob { job })
                     .await
                     .map(convert::job);
                 caller.finish(Some(job), result)
@@ -317,7 +284,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let caller = Caller::of(&request, Rpc::ListJobs)?;
+        let caller = Caller::of(&request, "ListJobs", Action::List)?;
         let result = self.list(&caller.identity, request.into_inner()).await;
         caller.finish(None, result)
     }
@@ -328,7 +295,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::StreamOutputRequest>,
     ) -> Result<Response<OutputChunks>, Status> {
-        let caller = Caller::of(&request, Rpc::StreamOutput)?;
+        let caller = Caller::of(&request, "StreamOutput", Action::Stream)?;
         let request = request.into_inner();
         match convert::job_id(&request.job_id) {
             Ok(job) => {

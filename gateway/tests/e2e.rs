@@ -180,6 +180,49 @@ async fn roles_allow_and_deny_every_rpc() {
     assert!(!log.contains("from bob"), "no payload in the log");
 }
 
+/// Each call on a job is one round trip to the supervisor: the gateway
+/// gates by role and forwards, and the supervisor (which has the owner at
+/// hand) decides ownership. Counted in the supervisor's audit log, where
+/// every request it serves is one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_on_a_job_is_one_supervisor_round_trip() {
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    let mut alice = gateway.client(&pki, "alice").await;
+    let mut bob = gateway.client(&pki, "bob").await;
+    let mut rita = gateway.client(&pki, "rita").await;
+    let job = start_job(&mut alice, "/bin/sleep", &["30"]).await;
+    assert_eq!(outcome(bob.stop_job(stop_request(&job)).await), "NOT_FOUND");
+    assert_eq!(
+        outcome(rita.stop_job(stop_request(&job)).await),
+        "PERMISSION_DENIED"
+    );
+    assert_eq!(outcome(alice.stop_job(stop_request(&job)).await), "ok");
+    assert_eq!(outcome(get(&mut alice, &job).await), "ok");
+    assert_eq!(outcome(output(&mut alice, &job).await), "ok");
+    let calls = || -> Vec<String> {
+        supervisor
+            .log_text()
+            .lines()
+            .filter(|line| line.contains("audit") && line.contains(job.as_str()))
+            .filter_map(|line| {
+                line.split("op=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    // The reader's stop never reached the supervisor; bob's did, once, and
+    // was refused there.
+    wait_until("the stream's audit line", Duration::from_secs(5), || {
+        calls().len() >= 5
+    });
+    assert_eq!(calls(), ["start", "stop", "stop", "get", "stream"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_name_the_field_and_pages_follow() {
     let pki = Pki::new();

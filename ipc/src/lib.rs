@@ -7,6 +7,9 @@
 //! - [`message`]: the closed [`Request`] / [`Response`] enums.
 //! - [`types`]: validated newtypes ([`JobId`], [`UserName`], [`Limits`], ...):
 //!   a value that decoded is a value that validated.
+//! - [`policy`]: who may do what with jobs, one pure function
+//!   ([`policy::authorize`]) that the supervisor applies in full and the
+//!   gateway as its role gate.
 //! - [`error`]: the wire error [`IpcError`] and the local [`FrameError`].
 //! - [`codec`]: the tokio-util adapter and the async handshake.
 #![forbid(unsafe_code)]
@@ -16,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod policy;
 pub mod types;
 
 pub use error::{ErrorCode, FrameError, IpcError};

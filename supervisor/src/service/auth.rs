@@ -1,6 +1,5 @@
-//! Who may call, and what: the peer's credentials (SO_PEERCRED) decide what a
-//! connection is, each call says on whose behalf it acts, and ownership is
-//! checked here as well as in the gateway (defense in depth).
+//! Who may call, and on whose behalf: the peer's credentials (SO_PEERCRED)
+//! decide what a connection is, and each call says on whose behalf it acts.
 //!
 //! - the configured gateway uid acts for the remote identity it asserts in
 //!   each call, and must assert one;
@@ -8,12 +7,11 @@
 //!   `local:<account>`, and must not assert one;
 //! - anyone else is refused and disconnected.
 //!
-//! Admins (local, or remote with role admin) may do anything; a remote user
-//! starts jobs and acts on their own (another's job is NOT_FOUND, so its
-//! existence does not leak); a reader gets, lists and streams every job and
-//! never starts or stops one.
+//! What each principal may do is `jobworker_ipc::policy`'s one table, which
+//! the supervisor applies in full: it knows every job's owner.
 
-use jobworker_ipc::{Identity, IpcError, JobId, Owner, Role, UserName};
+use jobworker_ipc::policy::{self, Action, Actor};
+use jobworker_ipc::{Identity, IpcError, JobId, Owner, UserName};
 use nix::unistd::{Uid, User};
 
 use crate::config::{Config, group_members};
@@ -34,37 +32,6 @@ pub enum Principal {
     Local(UserName),
     /// A remote user, as the gateway asserts.
     Remote(Identity),
-}
-
-/// An operation, for authorization.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Ping.
-    Ping,
-    /// Start a job.
-    Start,
-    /// Stop a job.
-    Stop,
-    /// Get a job.
-    Get,
-    /// List jobs.
-    List,
-    /// Stream a job's output.
-    Stream,
-}
-
-impl Op {
-    /// The operation's name in audit lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ping => "ping",
-            Self::Start => "start",
-            Self::Stop => "stop",
-            Self::Get => "get",
-            Self::List => "list",
-            Self::Stream => "stream",
-        }
-    }
 }
 
 /// Decides what a peer is, from its uid and gid; `Err` says why it is refused.
@@ -122,88 +89,35 @@ impl Principal {
         }
     }
 
-    /// Whether this principal may see every job.
-    pub fn sees_all(&self) -> bool {
+    /// The principal as the policy knows it.
+    fn actor(&self) -> Actor<'_> {
         match self {
-            Self::Local(_) => true,
-            Self::Remote(identity) => matches!(identity.role, Role::Admin | Role::Reader),
+            Self::Local(_) => Actor::Local,
+            Self::Remote(identity) => Actor::Remote(identity),
         }
     }
 
-    /// May this principal do `op` (on job `target`, with its owner, if any)?
-    /// Another user's job is NOT_FOUND for a user, as if it did not exist.
-    pub fn authorize(&self, op: Op, target: Option<(JobId, &Owner)>) -> Result<(), IpcError> {
-        let Self::Remote(identity) = self else {
-            return Ok(());
-        };
-        match (identity.role, op) {
-            (Role::Admin, _) | (_, Op::Ping | Op::List) => Ok(()),
-            (Role::Reader, Op::Start | Op::Stop) => Err(IpcError::PermissionDenied {
-                reason: format!(
-                    "{} is a reader: readers cannot {} jobs",
-                    identity.user,
-                    op.name()
-                ),
-            }),
-            (Role::Reader, Op::Get | Op::Stream) => Ok(()),
-            (Role::User, Op::Start) => Ok(()),
-            (Role::User, Op::Stop | Op::Get | Op::Stream) => match target {
-                Some((_, owner)) if *owner == self.owner() => Ok(()),
-                Some((job, _)) => Err(IpcError::NotFound { job }),
-                None => Err(IpcError::PermissionDenied {
-                    reason: format!("{} names no job", op.name()),
-                }),
-            },
-        }
+    /// Whether this principal may see every job.
+    pub fn sees_all(&self) -> bool {
+        policy::sees_all(self.actor())
+    }
+
+    /// May this principal do `action` (on job `target`, with its owner, if
+    /// any)? See [`policy::authorize`].
+    pub fn authorize(
+        &self,
+        action: Action,
+        target: Option<(JobId, &Owner)>,
+    ) -> Result<(), IpcError> {
+        policy::authorize(self.actor(), action, target)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use jobworker_ipc::Role;
+
     use super::*;
-
-    fn remote(user: &str, role: Role) -> Principal {
-        Principal::Remote(Identity {
-            user: UserName::new(user).unwrap(),
-            role,
-        })
-    }
-
-    #[test]
-    fn the_role_table() {
-        let id = JobId::random();
-        let alice = Owner::Remote(UserName::new("alice").unwrap());
-        let bob = Owner::Remote(UserName::new("bob").unwrap());
-        let alices = Some((id, &alice));
-        let bobs = Some((id, &bob));
-        let ops = [Op::Start, Op::Stop, Op::Get, Op::List, Op::Stream, Op::Ping];
-        let local = Principal::Local(UserName::new("root").unwrap());
-        for op in ops {
-            assert!(local.authorize(op, bobs).is_ok());
-            assert!(remote("root", Role::Admin).authorize(op, bobs).is_ok());
-        }
-        let user = remote("alice", Role::User);
-        assert!(user.authorize(Op::Start, None).is_ok());
-        assert!(user.authorize(Op::List, None).is_ok());
-        for op in [Op::Stop, Op::Get, Op::Stream] {
-            assert!(user.authorize(op, alices).is_ok());
-            assert_eq!(
-                user.authorize(op, bobs),
-                Err(IpcError::NotFound { job: id })
-            );
-        }
-        let reader = remote("rita", Role::Reader);
-        for op in [Op::Get, Op::Stream, Op::List] {
-            assert!(reader.authorize(op, bobs).is_ok());
-        }
-        for op in [Op::Start, Op::Stop] {
-            assert!(matches!(
-                reader.authorize(op, bobs),
-                Err(IpcError::PermissionDenied { .. })
-            ));
-        }
-        assert!(!user.sees_all() && reader.sees_all() && local.sees_all());
-    }
 
     #[test]
     fn identities_are_asserted_only_by_the_gateway() {

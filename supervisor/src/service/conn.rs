@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use jobworker_ipc::codec::{self, ServerFramed};
+use jobworker_ipc::policy::Action;
 use jobworker_ipc::{
     Call, FrameError, IpcError, JobId, JobInfo, ListCursor, OutputData, PROTOCOL_VERSION, Request,
     Response, ServerInfo,
 };
 use tokio::net::UnixStream;
 
-use super::auth::{Op, Peer, Principal, classify};
+use super::auth::{Peer, Principal, classify};
 use crate::config::Config;
 use crate::engine::{Chunk, Engine};
 
@@ -143,7 +144,7 @@ async fn handle(
                 .map(String::from)
                 .collect(),
         })),
-        Request::StartJob(spec) => match principal.authorize(Op::Start, None) {
+        Request::StartJob(spec) => match principal.authorize(Action::Start, None) {
             Ok(()) => ctx
                 .engine
                 .start(principal.owner(), spec)
@@ -151,15 +152,17 @@ async fn handle(
                 .map(|info| Response::Job(Box::new(info))),
             Err(e) => Err(e),
         },
-        Request::StopJob { job, grace } => match authorize_job(&principal, Op::Stop, job, ctx) {
-            Ok(()) => ctx
-                .engine
-                .stop(job, grace.map(|g| Duration::from_millis(g.millis().into())))
-                .await
-                .map(|info| Response::Job(Box::new(info))),
-            Err(e) => Err(e),
-        },
-        Request::GetJob { job } => authorize_job(&principal, Op::Get, job, ctx)
+        Request::StopJob { job, grace } => {
+            match authorize_job(&principal, Action::Stop, job, ctx) {
+                Ok(()) => ctx
+                    .engine
+                    .stop(job, grace.map(|g| Duration::from_millis(g.millis().into())))
+                    .await
+                    .map(|info| Response::Job(Box::new(info))),
+                Err(e) => Err(e),
+            }
+        }
+        Request::GetJob { job } => authorize_job(&principal, Action::Get, job, ctx)
             .and_then(|()| ctx.engine.get(job))
             .map(|info| Response::Job(Box::new(info))),
         Request::ListJobs {
@@ -182,7 +185,7 @@ async fn handle(
             offset,
             follow,
         } => {
-            let stream = authorize_job(&principal, Op::Stream, job, ctx)
+            let stream = authorize_job(&principal, Action::Stream, job, ctx)
                 .and_then(|()| ctx.engine.output(job, offset, follow));
             return match stream {
                 Ok(stream) => {
@@ -210,7 +213,12 @@ async fn respond(sink: &mut Sink, error: IpcError) -> Result<(), Closed> {
 }
 
 /// Authorizes `op` on an existing job.
-fn authorize_job(principal: &Principal, op: Op, job: JobId, ctx: &Context) -> Result<(), IpcError> {
+fn authorize_job(
+    principal: &Principal,
+    op: Action,
+    job: JobId,
+    ctx: &Context,
+) -> Result<(), IpcError> {
     let found = ctx.engine.job(job)?;
     principal.authorize(op, Some((job, &found.owner)))
 }
@@ -272,14 +280,14 @@ fn fit_page(jobs: Vec<JobInfo>, next: Option<ListCursor>) -> Response {
     Response::Jobs { jobs: kept, next }
 }
 
-fn op_of(request: &Request) -> Op {
+fn op_of(request: &Request) -> Action {
     match request {
-        Request::Ping => Op::Ping,
-        Request::StartJob(_) => Op::Start,
-        Request::StopJob { .. } => Op::Stop,
-        Request::GetJob { .. } => Op::Get,
-        Request::ListJobs { .. } => Op::List,
-        Request::StreamOutput { .. } => Op::Stream,
+        Request::Ping => Action::Ping,
+        Request::StartJob(_) => Action::Start,
+        Request::StopJob { .. } => Action::Stop,
+        Request::GetJob { .. } => Action::Get,
+        Request::ListJobs { .. } => Action::List,
+        Request::StreamOutput { .. } => Action::Stream,
     }
 }
 
@@ -298,7 +306,7 @@ fn job_of(request: &Request) -> Option<JobId> {
 fn audit(
     peer_uid: u32,
     caller: Option<&Principal>,
-    op: Op,
+    op: Action,
     job: Option<JobId>,
     outcome: Result<(), &IpcError>,
 ) {
