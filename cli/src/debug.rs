@@ -26,8 +26,8 @@ use jobworker_ipc::codec::{ClientFramed, FrameCodec};
 use jobworker_ipc::handshake::{self, HELLO_LEN, MAGIC};
 use jobworker_ipc::types::MAX_PAGE_SIZE;
 use jobworker_ipc::{
-    Call, FrameError, GraceMs, JobId, JobInfo, ListCursor, PageSize, Request, Response, ServerInfo,
-    frame,
+    Call, FrameError, GraceMs, JobId, JobInfo, JobState, ListCursor, PageSize, Request, Response,
+    ServerInfo, frame,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +36,7 @@ use tokio_util::codec::Framed;
 
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
-use crate::render::{self, JobView, State, write_stdout};
+use crate::render::{self, JobView, write_stdout};
 use crate::settings;
 
 /// The supervisor's socket when neither `--socket` nor `JOBWORKER_SOCKET`
@@ -97,8 +97,8 @@ pub enum Command {
     /// Every job, newest first.
     Jobs {
         /// Only jobs in this state
-        #[arg(long, value_enum)]
-        state: Option<State>,
+        #[arg(long, value_parser = render::state_arg())]
+        state: Option<JobState>,
         /// Print one JSON array
         #[arg(long)]
         json: bool,
@@ -322,13 +322,13 @@ impl Connection {
     }
 
     /// Every job (in `state`, if given), all pages.
-    pub async fn list_all(&mut self, state: Option<State>) -> Result<Vec<JobInfo>, CliError> {
+    pub async fn list_all(&mut self, state: Option<JobState>) -> Result<Vec<JobInfo>, CliError> {
         let mut jobs = Vec::new();
         let mut after: Option<ListCursor> = None;
         let limit = PageSize::new(MAX_PAGE_SIZE).unwrap_or(PageSize::DEFAULT);
         for _ in 0..MAX_PAGES {
             let request = Request::ListJobs {
-                state: state.map(State::to_ipc),
+                state,
                 limit,
                 after,
             };

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use jobworker_ipc::JobState;
 use jobworker_proto::v1;
 use jobworker_proto::v1::output_chunk::Kind;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -25,7 +26,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::client::{self, Client, rpc_error};
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
-use crate::render::{self, JobView, State, write_stdout};
+use crate::render::{self, JobView, write_stdout};
 use crate::settings::{self, Layer, Settings, Sources};
 use crate::units;
 
@@ -260,8 +261,8 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only jobs in this state
-    #[arg(long, value_enum)]
-    pub state: Option<State>,
+    #[arg(long, value_parser = render::state_arg())]
+    pub state: Option<JobState>,
     /// Print the jobs as one JSON array
     #[arg(long)]
     pub json: bool,
@@ -399,13 +400,13 @@ async fn start(client: &mut Client, spec: &JobSpecArgs) -> Result<String, CliErr
 }
 
 /// Every job the caller may see (in `state`, if given), all pages.
-async fn list_all(client: &mut Client, state: Option<State>) -> Result<Vec<v1::Job>, CliError> {
+async fn list_all(client: &mut Client, state: Option<JobState>) -> Result<Vec<v1::Job>, CliError> {
     let mut jobs = Vec::new();
     let mut token = String::new();
     for _ in 0..MAX_PAGES {
         let page = client
             .list_jobs(v1::ListJobsRequest {
-                state: state.map(|s| s.to_proto().into()),
+                state: state.map(|s| v1::JobState::from(s).into()),
                 page_size: PAGE_SIZE,
                 page_token: token.clone(),
             })
@@ -746,7 +747,7 @@ mod tests {
         assert_eq!(exit_code_of(&job(None, Some(15))).unwrap(), 143);
         assert_eq!(exit_code_of(&job(None, Some(9))).unwrap(), 137);
         let failed = JobView {
-            state: Some(State::Failed),
+            state: Some(JobState::Failed),
             failure: Some("lost".into()),
             ..JobView::default()
         };

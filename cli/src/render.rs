@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobworker_ipc::{JobInfo, Termination};
+use jobworker_ipc::{JobInfo, JobState, Termination};
 use jobworker_proto::v1;
 use serde_json::{Value, json};
 
@@ -35,80 +35,17 @@ use tokio::io::AsyncWriteExt;
 use crate::exit::CliError;
 use crate::units::{format_bytes, format_cpu};
 
-/// A job's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum State {
-    /// Its command is running.
-    Running,
-    /// It was stopped by a request.
-    Stopped,
-    /// Its command ended by itself.
-    Finished,
-    /// It could not run to completion for a reason of the system.
-    Failed,
+/// The `--state` argument of both tools: one of [`JobState::ALL`]'s names.
+pub fn state_arg() -> impl clap::builder::TypedValueParser<Value = JobState> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(JobState::ALL.map(JobState::as_str))
+        .try_map(|name| name.parse::<JobState>())
 }
 
-impl State {
-    /// The state's name in JSON: `running`, ...
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Stopped => "stopped",
-            Self::Finished => "finished",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// The state's name for people: `RUNNING`, ...
-    pub fn shout(self) -> &'static str {
-        match self {
-            Self::Running => "RUNNING",
-            Self::Stopped => "STOPPED",
-            Self::Finished => "FINISHED",
-            Self::Failed => "FAILED",
-        }
-    }
-
-    /// The gRPC form.
-    pub fn to_proto(self) -> v1::JobState {
-        match self {
-            Self::Running => v1::JobState::Running,
-            Self::Stopped => v1::JobState::Stopped,
-            Self::Finished => v1::JobState::Finished,
-            Self::Failed => v1::JobState::Failed,
-        }
-    }
-
-    /// The ipc form.
-    pub fn to_ipc(self) -> jobworker_ipc::JobState {
-        match self {
-            Self::Running => jobworker_ipc::JobState::Running,
-            Self::Stopped => jobworker_ipc::JobState::Stopped,
-            Self::Finished => jobworker_ipc::JobState::Finished,
-            Self::Failed => jobworker_ipc::JobState::Failed,
-        }
-    }
-
-    /// From the gRPC form; `None` for an unspecified or unknown state.
-    pub fn from_proto(state: i32) -> Option<Self> {
-        match v1::JobState::try_from(state).ok()? {
-            v1::JobState::Running => Some(Self::Running),
-            v1::JobState::Stopped => Some(Self::Stopped),
-            v1::JobState::Finished => Some(Self::Finished),
-            v1::JobState::Failed => Some(Self::Failed),
-            v1::JobState::Unspecified => None,
-        }
-    }
-
-    /// From the ipc form.
-    pub fn from_ipc(state: jobworker_ipc::JobState) -> Self {
-        match state {
-            jobworker_ipc::JobState::Running => Self::Running,
-            jobworker_ipc::JobState::Stopped => Self::Stopped,
-            jobworker_ipc::JobState::Finished => Self::Finished,
-            jobworker_ipc::JobState::Failed => Self::Failed,
-        }
-    }
+/// A state's name for people: `RUNNING`, ...; `UNKNOWN` for a state this
+/// tool does not know.
+fn shout(state: Option<JobState>) -> String {
+    state.map_or_else(|| "UNKNOWN".into(), |s| s.as_str().to_uppercase())
 }
 
 /// A job's limits; `None` is no limit.
@@ -164,7 +101,7 @@ pub struct JobView {
     /// Its arguments.
     pub args: Vec<String>,
     /// Its state; `None` if the server sent none this tool knows.
-    pub state: Option<State>,
+    pub state: Option<JobState>,
     /// Its init's pid on the host.
     pub pid: Option<u32>,
     /// The uid its processes run as.
@@ -221,7 +158,9 @@ impl From<&v1::Job> for JobView {
             owner: job.owner.clone(),
             command: job.command.clone(),
             args: job.args.clone(),
-            state: State::from_proto(job.state),
+            state: v1::JobState::try_from(job.state)
+                .ok()
+                .and_then(|state| JobState::try_from(state).ok()),
             pid: job.pid,
             uid: job.uid,
             gid: job.gid,
@@ -274,7 +213,7 @@ impl From<&JobInfo> for JobView {
             owner: job.owner.to_string(),
             command: job.command.to_string(),
             args: job.args.as_slice().to_vec(),
-            state: Some(State::from_ipc(job.state)),
+            state: Some(job.state),
             pid: job.pid,
             uid: job.uid,
             gid: job.gid,
@@ -338,7 +277,7 @@ impl JobView {
             "owner": self.owner,
             "command": self.command,
             "args": self.args,
-            "state": self.state.map_or("unspecified", State::name),
+            "state": self.state.map_or("unspecified", JobState::as_str),
             "pid": self.pid,
             "uid": self.uid,
             "gid": self.gid,
@@ -377,7 +316,7 @@ impl JobView {
     /// The state and how the job ended, on one line: `FINISHED (exit code
     /// 7)`, `STOPPED (killed by signal 15, SIGTERM)`, `RUNNING (pid 42)`.
     pub fn outcome(&self) -> String {
-        let mut text = self.state.map_or("UNKNOWN", State::shout).to_owned();
+        let mut text = shout(self.state);
         let mut details = Vec::new();
         if let Some(code) = self.exit_code {
             details.push(format!("exit code {code}"));
@@ -385,7 +324,7 @@ impl JobView {
         if let Some(signal) = self.signal {
             details.push(format!("killed by {}", describe_signal(signal)));
         }
-        if self.state == Some(State::Running)
+        if self.state == Some(JobState::Running)
             && let Some(pid) = self.pid
         {
             details.push(format!("pid {pid}"));
@@ -529,7 +468,7 @@ pub fn list_table(jobs: &[JobView]) -> String {
             let command = abbreviate(job.command_line(), COMMAND_WIDTH);
             [
                 job.id.clone(),
-                job.state.map_or("UNKNOWN", State::shout).to_owned(),
+                shout(job.state),
                 exit_column(job),
                 job.owner.clone(),
                 job.created_at.map_or_else(
@@ -773,23 +712,23 @@ mod tests {
         assert_eq!(job.outcome(), "FINISHED (exit code 7)");
         job.exit_code = None;
         job.signal = Some(15);
-        job.state = Some(State::Stopped);
+        job.state = Some(JobState::Stopped);
         assert_eq!(job.outcome(), "STOPPED (killed by signal 15, SIGTERM)");
         job.signal = Some(9);
         job.oom_killed = true;
-        job.state = Some(State::Finished);
+        job.state = Some(JobState::Finished);
         assert_eq!(
             job.outcome(),
             "FINISHED (killed by signal 9, SIGKILL, OOM killed)"
         );
         let running = JobView {
-            state: Some(State::Running),
+            state: Some(JobState::Running),
             pid: Some(3),
             ..JobView::default()
         };
         assert_eq!(running.outcome(), "RUNNING (pid 3)");
         let failed = JobView {
-            state: Some(State::Failed),
+            state: Some(JobState::Failed),
             failure: Some("its state was lost".into()),
             ..JobView::default()
         };
@@ -803,7 +742,7 @@ mod tests {
             owner: Owner::Local(UserName::new("root").unwrap()),
             command: Command::new("sleep").unwrap(),
             args: Args::new(vec!["5".into()]).unwrap(),
-            state: jobworker_ipc::JobState::Stopped,
+            state: JobState::Stopped,
             pid: None,
             uid: Some(61200),
             gid: Some(61200),
@@ -842,7 +781,7 @@ mod tests {
         let table = list_table(&[
             job.clone(),
             JobView {
-                state: Some(State::Running),
+                state: Some(JobState::Running),
                 ..job
             },
         ]);
@@ -891,7 +830,7 @@ mod tests {
     #[test]
     fn failures_reach_a_terminal_as_text() {
         let failed = JobView {
-            state: Some(State::Failed),
+            state: Some(JobState::Failed),
             failure: Some("cannot execute \u{1b}[31mx\ny: No such file".into()),
             ..JobView::default()
         };

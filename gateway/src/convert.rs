@@ -1,18 +1,17 @@
 //! Conversions between the gRPC contract (`jobworker.v1`) and the ipc
-//! protocol: requests are validated into the ipc newtypes (a field that fails
-//! is named in the error), answers become proto messages, and ipc errors
-//! become gRPC statuses, one code per error kind.
+//! protocol on the gateway's side: requests are validated into the ipc
+//! newtypes (a field that fails is named in the error), and ipc errors
+//! become gRPC statuses, one code per error kind. A job's status converts
+//! with `jobworker_proto::convert`, beside the generated types.
 //!
-//! Times are `google.protobuf.Timestamp`s from the ipc's Unix milliseconds;
-//! the stop grace period is a `google.protobuf.Duration` in milliseconds on
+//! The stop grace period is a `google.protobuf.Duration` in milliseconds on
 //! the ipc side; a list page token is the opaque string
 //! `<created_at_ms>.<job_id>` of the ipc's `ListCursor`.
 
 use jobworker_ipc::types::MAX_GRACE_MS;
 use jobworker_ipc::{
-    Args, Command, Env, EnvVar, ErrorCode, GraceMs, Invalid, IpcError, JobId, JobInfo, JobSpec,
-    JobState, Limits, ListCursor, PageSize, Request, RequestId, Termination, UnixMillis,
-    WorkingDir,
+    Args, Command, Env, EnvVar, ErrorCode, GraceMs, Invalid, IpcError, JobId, JobSpec, JobState,
+    ListCursor, PageSize, Request, RequestId, UnixMillis, WorkingDir,
 };
 use jobworker_proto::v1;
 use tonic::{Code, Status};
@@ -64,19 +63,9 @@ pub fn job_spec(request: v1::StartJobRequest) -> Result<JobSpec, Invalid> {
                 .collect(),
         )?,
         working_dir: request.working_dir.map(WorkingDir::new).transpose()?,
-        limits: limits(request.limits.unwrap_or_default())?,
+        limits: request.limits.unwrap_or_default().try_into()?,
         request_id: request.request_id.map(RequestId::new).transpose()?,
     })
-}
-
-fn limits(limits: v1::Limits) -> Result<Limits, Invalid> {
-    Limits::new(
-        limits.cpu_millicores,
-        limits.memory_bytes,
-        limits.io_read_bytes_per_sec,
-        limits.io_write_bytes_per_sec,
-        limits.pids,
-    )
 }
 
 /// A stop request's grace period, whole milliseconds (a fraction of a
@@ -114,21 +103,15 @@ pub fn grace(period: Option<prost_types::Duration>) -> Result<Option<GraceMs>, I
 
 /// The ipc request of a `ListJobs` request.
 pub fn list_request(request: v1::ListJobsRequest) -> Result<Request, Invalid> {
-    let state = match request.state {
-        None => None,
-        Some(raw) => match v1::JobState::try_from(raw) {
-            Ok(v1::JobState::Unspecified) => None,
-            Ok(v1::JobState::Running) => Some(JobState::Running),
-            Ok(v1::JobState::Stopped) => Some(JobState::Stopped),
-            Ok(v1::JobState::Finished) => Some(JobState::Finished),
-            Ok(v1::JobState::Failed) => Some(JobState::Failed),
-            Err(_) => {
-                return Err(invalid_field(
-                    "state",
-                    format!("{raw} is not a JobState value"),
-                ));
-            }
-        },
+    let state = match request.state.map(v1::JobState::try_from) {
+        None | Some(Ok(v1::JobState::Unspecified)) => None,
+        Some(Ok(state)) => Some(JobState::try_from(state)?),
+        Some(Err(_)) => {
+            return Err(invalid_field(
+                "state",
+                format!("{} is not a JobState value", request.state.unwrap_or_default()),
+            ));
+        }
     };
     let limit = match request.page_size {
         0 => PageSize::DEFAULT,
@@ -168,79 +151,8 @@ pub fn parse_page_token(token: &str) -> Result<Option<ListCursor>, Invalid> {
         })
 }
 
-/// The proto form of a job's status.
-pub fn job(info: JobInfo) -> v1::Job {
-    let (exit_code, signal) = match info.termination {
-        Some(Termination::Exited(code)) => (Some(code), None),
-        Some(Termination::Signaled(signal)) => (None, Some(signal)),
-        None => (None, None),
-    };
-    v1::Job {
-        id: info.id.to_string(),
-        owner: info.owner.to_string(),
-        command: info.command.to_string(),
-        args: info.args.as_slice().to_vec(),
-        state: job_state(info.state).into(),
-        pid: info.pid,
-        uid: info.uid,
-        gid: info.gid,
-        exit_code,
-        signal,
-        oom_killed: info.oom_killed,
-        created_at: Some(timestamp(info.created_at)),
-        started_at: info.started_at.map(timestamp),
-        ended_at: info.ended_at.map(timestamp),
-        limits: Some(v1::Limits {
-            cpu_millicores: info.limits.cpu_millicores(),
-            memory_bytes: info.limits.memory_bytes(),
-            io_read_bytes_per_sec: info.limits.io_read_bps(),
-            io_write_bytes_per_sec: info.limits.io_write_bps(),
-            pids: info.limits.pids(),
-        }),
-        enforced: Some(v1::EnforcedLimits {
-            cpu: info.enforced.cpu,
-            memory: info.enforced.memory,
-            io: info.enforced.io,
-            pids: info.enforced.pids,
-        }),
-        usage: Some(v1::Usage {
-            cpu_time: Some(prost_types::Duration {
-                seconds: i64::try_from(info.usage.cpu_usec / 1_000_000).unwrap_or(i64::MAX),
-                // Below 10^9: fits.
-                nanos: i32::try_from(info.usage.cpu_usec % 1_000_000 * 1000).unwrap_or(0),
-            }),
-            memory_peak_bytes: info.usage.memory_peak_bytes,
-            io_read_bytes: info.usage.io_read_bytes,
-            io_write_bytes: info.usage.io_write_bytes,
-        }),
-        output_bytes: info.output_bytes,
-        output_truncated_bytes: info.output_truncated_bytes,
-        failure: info.failure.unwrap_or_default(),
-    }
-}
-
-fn job_state(state: JobState) -> v1::JobState {
-    match state {
-        JobState::Running => v1::JobState::Running,
-        JobState::Stopped => v1::JobState::Stopped,
-        JobState::Finished => v1::JobState::Finished,
-        JobState::Failed => v1::JobState::Failed,
-    }
-}
-
-/// A `google.protobuf.Timestamp` of Unix milliseconds.
-pub fn timestamp(at: UnixMillis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(at.0 / 1000).unwrap_or(i64::MAX),
-        // Below 10^9: fits.
-        nanos: i32::try_from(at.0 % 1000 * 1_000_000).unwrap_or(0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use jobworker_ipc::{EnforcedLimits, Owner, Usage, UserName};
-
     use super::*;
 
     #[test]
@@ -457,59 +369,5 @@ mod tests {
         ] {
             assert_eq!(list_request(request).unwrap_err().field, field);
         }
-    }
-
-    #[test]
-    fn jobs_convert_with_times_and_termination() {
-        let info = JobInfo {
-            id: JobId::random(),
-            owner: Owner::Local(UserName::new("root").unwrap()),
-            command: Command::new("/bin/sleep").unwrap(),
-            args: Args::new(vec!["1".into()]).unwrap(),
-            state: JobState::Finished,
-            pid: Some(42),
-            uid: Some(61184),
-            gid: Some(61185),
-            termination: Some(Termination::Signaled(9)),
-            oom_killed: true,
-            created_at: UnixMillis(1_700_000_000_123),
-            started_at: Some(UnixMillis(1_700_000_000_456)),
-            ended_at: None,
-            limits: Limits::new(Some(500), None, None, None, Some(7)).unwrap(),
-            enforced: EnforcedLimits {
-                cpu: true,
-                ..Default::default()
-            },
-            usage: Usage {
-                cpu_usec: 2_500_001,
-                memory_peak_bytes: Some(4096),
-                io_read_bytes: 1,
-                io_write_bytes: 2,
-            },
-            output_bytes: 10,
-            output_truncated_bytes: 3,
-            failure: None,
-        };
-        let job = job(info.clone());
-        assert_eq!(job.id, info.id.to_string());
-        assert_eq!(job.owner, "local:root");
-        assert_eq!(job.state(), v1::JobState::Finished);
-        assert_eq!((job.exit_code, job.signal), (None, Some(9)));
-        assert_eq!((job.uid, job.gid), (Some(61184), Some(61185)));
-        assert_eq!(
-            job.created_at,
-            Some(prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_000_000
-            })
-        );
-        assert_eq!(job.started_at.unwrap().nanos, 456_000_000);
-        assert_eq!(job.ended_at, None);
-        let limits = job.limits.unwrap();
-        assert_eq!((limits.cpu_millicores, limits.pids), (Some(500), Some(7)));
-        assert!(job.enforced.unwrap().cpu);
-        let cpu = job.usage.unwrap().cpu_time.unwrap();
-        assert_eq!((cpu.seconds, cpu.nanos), (2, 500_001_000));
-        assert_eq!(job.failure, "");
     }
 }

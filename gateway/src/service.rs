@@ -69,7 +69,7 @@ impl JobService {
             .job_call(identity, IpcRequest::StopJob { job, grace })
             .await?;
         Ok(v1::StopJobResponse {
-            job: Some(convert::job(info)),
+            job: Some(info.into()),
         })
     }
 
@@ -81,7 +81,7 @@ impl JobService {
         let request = convert::list_request(request).map_err(convert::invalid)?;
         match self.supervisor.call(identity, request).await? {
             Ipc::Jobs { jobs, next } => Ok(v1::ListJobsResponse {
-                jobs: jobs.into_iter().map(convert::job).collect(),
+                jobs: jobs.into_iter().map(v1::Job::from).collect(),
                 next_page_token: next.as_ref().map(convert::page_token).unwrap_or_default(),
             }),
             Ipc::Error(e) => Err(convert::status_of(&e)),
@@ -129,7 +129,7 @@ fn chunks(stream: OutputStream) -> impl Stream<Item = Result<v1::OutputChunk, St
             ),
             Ok(Ipc::End(info)) => (
                 Ok(v1::OutputChunk {
-                    kind: Some(v1::output_chunk::Kind::End(convert::job(*info))),
+                    kind: Some(v1::output_chunk::Kind::End((*info).into())),
                 }),
                 false,
             ),
@@ -273,7 +273,7 @@ impl v1::job_service_server::JobService for JobService {
                 let result = self
                     .job_call(&caller.identity, IpcRequest::GetJob { job })
                     .await
-                    .map(convert::job);
+                    .map(v1::Job::from);
                 caller.finish(Some(job), result)
             }
             Err(e) => caller.finish(None, Err(convert::invalid(e))),

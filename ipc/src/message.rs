@@ -197,9 +197,42 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 4] = [Self::Running, Self::Stopped, Self::Finished, Self::Failed];
+
     /// Whether the job has ended.
     pub fn is_ended(self) -> bool {
         self != Self::Running
+    }
+
+    /// The state's name: `running`, `stopped`, `finished`, `failed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Invalid {
+                field: "state".into(),
+                reason: "is none of running, stopped, finished, failed".into(),
+            })
     }
 }
 

@@ -224,6 +224,19 @@ impl fmt::Display for Owner {
     }
 }
 
+impl FromStr for Owner {
+    type Err = Invalid;
+
+    /// The inverse of `Display`: `local:<name>` or a remote user's name.
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let owner = |e: Invalid| Invalid::new("owner", e.reason);
+        match s.strip_prefix("local:") {
+            Some(name) => UserName::new(name).map(Self::Local).map_err(owner),
+            None => UserName::new(s).map(Self::Remote).map_err(owner),
+        }
+    }
+}
+
 /// The command to run: an absolute path, or a bare name looked up in the
 /// job's `PATH`. Relative paths (`./x`, `bin/x`) are refused: they would
 /// depend on the working directory in ways that are easy to get wrong.
