@@ -277,38 +277,21 @@ mod tests {
     #[test]
     fn the_contracts_job_has_its_times_and_termination() {
         let info = JobInfo {
-            id: JobId::random(),
-            owner: Owner::Local(UserName::new("root").unwrap()),
-            command: Command::new("/bin/sleep").unwrap(),
-            args: Args::new(vec!["1".into()]).unwrap(),
-            state: JobState::Finished,
-            pid: Some(42),
-            uid: Some(61184),
             gid: Some(61185),
             termination: Some(Termination::Signaled(9)),
-            oom_killed: true,
-            created_at: UnixMillis(1_700_000_000_123),
-            started_at: Some(UnixMillis(1_700_000_000_456)),
             ended_at: None,
             limits: Limits::new(Some(500), None, None, None, Some(7)).unwrap(),
-            enforced: EnforcedLimits {
-                cpu: true,
-                ..Default::default()
-            },
             usage: Usage {
                 cpu_usec: 2_500_001,
-                memory_peak_bytes: Some(4096),
-                io_read_bytes: 1,
-                io_write_bytes: 2,
+                ..self::info().usage
             },
-            output_bytes: 10,
-            output_truncated_bytes: 3,
             failure: None,
+            ..self::info()
         };
         let job = v1::Job::from(info.clone());
         assert_eq!(job.id, info.id.to_string());
         assert_eq!(job.owner, "local:root");
-        assert_eq!(job.state(), v1::JobState::Finished);
+        assert_eq!(job.state(), v1::JobState::Stopped);
         assert_eq!((job.exit_code, job.signal), (None, Some(9)));
         assert_eq!((job.uid, job.gid), (Some(61184), Some(61185)));
         assert_eq!(
