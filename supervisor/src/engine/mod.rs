@@ -4,6 +4,8 @@
 //! permissions: the service in front of it decides who may do what.
 //!
 //! - [`job`]: one job's state and record.
+//! - [`start`]: the steps of a start, its errors, and the guard that undoes
+//!   a failed one.
 //! - [`spawn`]: clone3 and the handoff to the init.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
 //! - [`output`]: output readers and the inotify watcher that wakes them.
@@ -17,6 +19,7 @@ pub mod output;
 pub mod recovery;
 pub mod retention;
 pub mod spawn;
+pub mod start;
 pub mod uids;
 
 use std::collections::HashMap;
@@ -25,14 +28,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jobworker_ipc::{
-    EnforcedLimits, IpcError, JobId, JobInfo, JobSpec, JobState, Limits, ListCursor, Owner,
-    UnixMillis,
-};
+use jobworker_ipc::{IpcError, JobId, JobInfo, JobState, Limits, ListCursor};
 
 use crate::cgroup::{CgroupTree, Controllers};
-use crate::handoff::{BindPath, InitReport, InitSpec, Sandbox, WORK_MOUNT};
-use job::{Job, Status};
+use crate::handoff::{BindPath, WORK_MOUNT};
+use job::Job;
 pub use output::{Chunk, OutputStream};
 pub use retention::Retention;
 use uids::{JobIds, UidPool};
@@ -219,183 +219,6 @@ impl Engine {
             .ok_or(IpcError::NotFound { job: id })
     }
 
-    /// Starts a job; returns once its command was exec'd, or with the reason
-    /// it could not be (then nothing of the job remains). A request id that
-    /// `owner` used before returns that job instead.
-    pub async fn start(self: &Arc<Self>, owner: Owner, spec: JobSpec) -> Result<JobInfo, IpcError> {
-        // In a task of its own: a caller that goes away (a dropped connection,
-        // a shutdown) must not cancel a start half-way and orphan the job.
-        let engine = Arc::clone(self);
-        tokio::spawn(async move { engine.start_job(owner, spec).await })
-            .await
-            .unwrap_or_else(|e| Err(internal(format!("the start task failed: {e}"))))
-    }
-
-    async fn start_job(self: Arc<Self>, owner: Owner, spec: JobSpec) -> Result<JobInfo, IpcError> {
-        let _one_at_a_time = match &spec.request_id {
-            Some(request_id) => {
-                let guard = self.idempotency.lock().await;
-                let earlier = self
-                    .jobs()
-                    .values()
-                    .find(|job| job.owner == owner && job.request_id.as_ref() == Some(request_id))
-                    .cloned();
-                if let Some(job) = earlier {
-                    return Ok(job.info());
-                }
-                Some(guard)
-            }
-            None => None,
-        };
-        let limits = spec
-            .limits
-            .or(self.config.default_limits)
-            .or(self.config.max_limits);
-        if let Some(key) = crate::config::over_max(&limits, &self.config.max_limits) {
-            return Err(IpcError::ResourceExhausted {
-                reason: format!("limits.{key} is above the maximum this server allows"),
-            });
-        }
-        // Everything made from here on is undone if the start fails.
-        let id = JobId::random();
-        let mut undo = Undo::new(&self, id);
-        let (uid, gid) = self.allocate_ids(id).await?;
-        undo.uid = self.uid_pool.as_ref().map(|_| uid);
-        let dir = self.config.state_dir.join("jobs").join(id.to_string());
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
-        undo.dir = Some(dir.clone());
-        make_work_dir(&dir.join(WORK_DIR), uid, gid).map_err(internal)?;
-        let (cgroup, enforced) = self
-            .cgroups
-            .create_job(&id.to_string(), &limits, self.io_device)
-            .map_err(|e| internal(format!("creating the job's cgroup: {e}")))?;
-        undo.cgroup = Some(cgroup.clone());
-        if self.config.strict_limits
-            && let Some(limit) = unenforced(&limits, &enforced)
-        {
-            return Err(IpcError::FailedPrecondition {
-                reason: format!(
-                    "the {limit} limit cannot be enforced on this host (no {limit} controller \
-                     under {}) and strict limits are configured",
-                    self.cgroups.root().display()
-                ),
-            });
-        }
-        let init_spec = self.init_spec(&id, &dir, &spec, &limits, (uid, gid));
-        let job = Arc::new(Job::new(
-            id,
-            owner,
-            spec.command,
-            spec.args,
-            limits,
-            enforced,
-            UnixMillis::now(),
-            spec.request_id,
-            dir,
-            cgroup,
-            (Some(uid), Some(gid)),
-            Status::starting(),
-        ));
-        // Recorded before the clone: a supervisor that dies from here on
-        // finds the job on disk (and its cgroup) after a restart.
-        job.persist()
-            .map_err(|e| internal(format!("writing the job's record: {e}")))?;
-
-        let started = spawn::start(&self.config.init_program, &job.cgroup, &init_spec)
-            .await
-            .map_err(internal)?;
-        let failure = match started.report {
-            Ok(InitReport::Started) => None,
-            Ok(InitReport::Failed(reason)) => Some(IpcError::FailedPrecondition { reason }),
-            Err(reason) => Some(internal(reason)),
-        };
-        if let Some(error) = failure {
-            // The init exits by itself after a failed exec; kill it (and its
-            // cgroup) in case it hangs, reap it, and let `undo` remove the
-            // rest once the cgroup is empty.
-            let _ =
-                rustix::process::pidfd_send_signal(&started.pidfd, rustix::process::Signal::KILL);
-            let _ = job.cgroup.kill();
-            if tokio::time::timeout(Duration::from_secs(10), monitor::wait_exit(started.pidfd))
-                .await
-                .is_err()
-            {
-                tracing::error!(job = %id, "a failed job's init did not exit after SIGKILL");
-            }
-            let cleanup = job.cgroup.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || cleanup.wait_empty(Duration::from_secs(10)))
-                    .await;
-            return Err(error);
-        }
-        undo.commit();
-
-        {
-            let mut status = job.status();
-            status.pid = Some(started.pid);
-            status.started_at = Some(UnixMillis::now());
-        }
-        if let Err(e) = job.persist() {
-            tracing::error!(job = %id, error = %e, "writing the job's record");
-        }
-        self.adopt(&job, started.pidfd);
-        Ok(job.info())
-    }
-
-    /// The uid and gid of a new job: its own from the pool (reclaiming the
-    /// oldest ended job's work directory if every uid is held), or the
-    /// shared account's.
-    async fn allocate_ids(&self, id: JobId) -> Result<(u32, u32), IpcError> {
-        let Some(pool) = &self.uid_pool else {
-            let JobIds::Shared { uid, gid } = self.config.job_ids else {
-                return Err(internal("no uid pool for per-job uids".into()));
-            };
-            return Ok((uid, gid));
-        };
-        loop {
-            if let Some(uid) = lock(pool).allocate(id) {
-                return Ok((uid, uid));
-            }
-            let Some(job) = self.oldest_ended_holding_uid() else {
-                let pool = lock(pool);
-                return Err(IpcError::ResourceExhausted {
-                    reason: format!(
-                        "every job uid of {}-{} is held by a running job ({} held); \
-                         widen job_uids or wait for jobs to end",
-                        pool.range().start(),
-                        pool.range().end(),
-                        pool.held()
-                    ),
-                });
-            };
-            let work = job.dir.join(WORK_DIR);
-            tracing::info!(job = %job.id, "every job uid is held: removing the work directory of the oldest ended job");
-            let removed = tokio::task::spawn_blocking(move || remove_work_dir(&work))
-                .await
-                .map_err(|e| internal(format!("the reclaiming task failed: {e}")))?;
-            removed.map_err(|e| internal(format!("reclaiming a job uid: {e}")))?;
-            self.release_ids(&job);
-        }
-    }
-
-    /// The ended job that has held its uid longest.
-    fn oldest_ended_holding_uid(&self) -> Option<Arc<Job>> {
-        let pool = lock(self.uid_pool.as_ref()?);
-        let mut ended: Vec<Arc<Job>> = self
-            .jobs()
-            .values()
-            .filter(|job| job.is_ended())
-            .filter(|job| job.uid.is_some_and(|uid| pool.is_held_by(uid, job.id)))
-            .cloned()
-            .collect();
-        drop(pool);
-        ended.sort_by_key(|job| (job.status().ended_at, job.created_at));
-        ended.into_iter().next()
-    }
-
     /// Gives an ended job's uid back once nothing of the job is left: its
     /// work directory is removed if it is empty (the common case); one with
     /// files keeps the uid held until retention (or a shortage of uids)
@@ -469,53 +292,6 @@ impl Engine {
             job.notify();
             engine.enforce_retention();
         });
-    }
-
-    fn init_spec(
-        &self,
-        id: &JobId,
-        dir: &Path,
-        spec: &JobSpec,
-        limits: &Limits,
-        (uid, gid): (u32, u32),
-    ) -> InitSpec {
-        let mut env = Vec::with_capacity(spec.env.as_slice().len() + 1);
-        if !spec.env.as_slice().iter().any(|var| var.name == "PATH") {
-            env.push(format!("PATH={DEFAULT_PATH}"));
-        }
-        env.extend(
-            spec.env
-                .as_slice()
-                .iter()
-                .map(|var| format!("{}={}", var.name, var.value)),
-        );
-        let sandbox = &self.config.sandbox;
-        InitSpec {
-            job_dir: dir.to_path_buf(),
-            command: spec.command.as_str().to_owned(),
-            args: spec.args.as_slice().to_vec(),
-            env,
-            working_dir: spec.working_dir.as_ref().map_or_else(
-                || self.config.working_dir.clone(),
-                |d| d.as_str().to_owned(),
-            ),
-            uid,
-            gid,
-            hostname: format!("job-{}", id.short()),
-            output_cap: self.config.output_cap,
-            sandbox: Sandbox {
-                work_dir: dir.join(WORK_DIR),
-                tmp_size: sandbox.tmp_size.unwrap_or_else(|| {
-                    limits
-                        .memory_bytes()
-                        .map_or(DEFAULT_TMP_SIZE, |memory| (memory / 4).max(1 << 20))
-                }),
-                masked_paths: sandbox.masked_paths.clone(),
-                bind_paths: sandbox.bind_paths.clone(),
-                allow_io_uring: sandbox.allow_io_uring,
-                max_processes: limits.pids().map_or(sandbox.max_processes, u64::from),
-            },
-        }
     }
 
     /// Stops a job: SIGTERM to its init (which forwards it to the command),
@@ -653,76 +429,6 @@ async fn wait_ended(
         }
     };
     tokio::time::timeout(timeout, ended).await.is_ok() && job.is_ended()
-}
-
-/// The first requested limit that is not enforced.
-fn unenforced(limits: &Limits, enforced: &EnforcedLimits) -> Option<&'static str> {
-    [
-        (limits.cpu_millicores().is_some() && !enforced.cpu, "cpu"),
-        (
-            limits.memory_bytes().is_some() && !enforced.memory,
-            "memory",
-        ),
-        (
-            (limits.io_read_bps().is_some() || limits.io_write_bps().is_some()) && !enforced.io,
-            "io",
-        ),
-        (limits.pids().is_some() && !enforced.pids, "pids"),
-    ]
-    .into_iter()
-    .find_map(|(missing, name)| missing.then_some(name))
-}
-
-/// What a failed start leaves behind, undone on drop unless committed: the
-/// job's uid, its directory, its cgroup.
-struct Undo<'a> {
-    engine: &'a Engine,
-    job: JobId,
-    uid: Option<u32>,
-    dir: Option<PathBuf>,
-    cgroup: Option<crate::cgroup::JobCgroup>,
-}
-
-impl<'a> Undo<'a> {
-    fn new(engine: &'a Engine, job: JobId) -> Self {
-        Self {
-            engine,
-            job,
-            uid: None,
-            dir: None,
-            cgroup: None,
-        }
-    }
-
-    /// The start succeeded: keep everything.
-    fn commit(mut self) {
-        self.uid = None;
-        self.dir = None;
-        self.cgroup = None;
-    }
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        if let Some(cgroup) = self.cgroup.take() {
-            let _ = cgroup.remove();
-        }
-        if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        if let (Some(pool), Some(uid)) = (&self.engine.uid_pool, self.uid.take()) {
-            lock(pool).release(uid, self.job);
-        }
-    }
-}
-
-/// The job's writable directory, owned by its uid and private to it.
-fn make_work_dir(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .and_then(|()| std::os::unix::fs::chown(path, Some(uid), Some(gid)))
-        .map_err(|e| format!("creating the work directory {}: {e}", path.display()))
 }
 
 /// Whether nothing is left of an ended job's work directory: it was
