@@ -22,7 +22,7 @@ use crate::handoff::OUTPUT_FILE;
 pub const RECORD_FILE: &str = "job.json";
 
 /// What changes over a job's life.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The state.
     pub state: JobState,
@@ -65,39 +65,28 @@ impl Status {
             stop_requested: false,
         }
     }
-
-    /// The status a record holds.
-    pub fn from_record(record: &Record) -> Self {
-        let info = &record.info;
-        Self {
-            state: info.state,
-            pid: info.pid,
-            termination: info.termination,
-            oom_killed: info.oom_killed,
-            started_at: info.started_at,
-            ended_at: info.ended_at,
-            usage: info.usage,
-            output_bytes: info.output_bytes,
-            truncated_bytes: info.output_truncated_bytes,
-            failure: info.failure.clone(),
-            stop_requested: record.stop_requested,
-        }
-    }
 }
 
-/// The job's record on disk.
-#[derive(Debug, Serialize, Deserialize)]
+/// The version of [`Record`] this supervisor writes.
+pub const RECORD_VERSION: u32 = 2;
+
+/// The job's record on disk (`job.json`): a type of its own, versioned, so
+/// that the wire type ([`JobInfo`]) can change without the disk's format.
+/// Version 1 (no `version` field) held the wire type itself; it is still
+/// read ([`Record::decode`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// The job's status as a client sees it.
-    pub info: JobInfo,
-    /// The idempotency token it was started with.
-    pub request_id: Option<RequestId>,
-    /// A stop was requested while it ran.
-    pub stop_requested: bool,
+    /// [`RECORD_VERSION`].
+    pub version: u32,
+    /// What was asked, fixed at start.
+    pub spec: Spec,
+    /// What happened since.
+    pub status: Status,
 }
 
-/// A job.
-pub struct Job {
+/// What a job is, fixed when it starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
     /// Its id.
     pub id: JobId,
     /// Who started it.
@@ -114,14 +103,91 @@ pub struct Job {
     pub created_at: UnixMillis,
     /// The idempotency token it was started with.
     pub request_id: Option<RequestId>,
+    /// The uid its processes run as (unknown in records of version 1 from
+    /// before per-job uids).
+    pub uid: Option<u32>,
+    /// The gid its processes run as.
+    pub gid: Option<u32>,
+}
+
+/// Why a record cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON, or not a record of the version it says.
+    #[error("decoding a job record: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// Written by a newer supervisor.
+    #[error(
+        "the job record has version {0}, newer than this supervisor's {RECORD_VERSION}: \
+         run the newer supervisor, or keep its records apart"
+    )]
+    Newer(u64),
+}
+
+impl Record {
+    /// A record of any version this supervisor knows.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        match value.get("version").and_then(serde_json::Value::as_u64) {
+            None => Ok(serde_json::from_value::<RecordV1>(value)?.into()),
+            Some(version) if version <= u64::from(RECORD_VERSION) => {
+                Ok(serde_json::from_value(value)?)
+            }
+            Some(version) => Err(RecordError::Newer(version)),
+        }
+    }
+}
+
+/// Version 1 of the record: the wire type, and what it lacks.
+#[derive(Deserialize)]
+struct RecordV1 {
+    info: JobInfo,
+    request_id: Option<RequestId>,
+    stop_requested: bool,
+}
+
+impl From<RecordV1> for Record {
+    fn from(old: RecordV1) -> Self {
+        let info = old.info;
+        Self {
+            version: RECORD_VERSION,
+            spec: Spec {
+                id: info.id,
+                owner: info.owner,
+                command: info.command,
+                args: info.args,
+                limits: info.limits,
+                enforced: info.enforced,
+                created_at: info.created_at,
+                request_id: old.request_id,
+                uid: info.uid,
+                gid: info.gid,
+            },
+            status: Status {
+                state: info.state,
+                pid: info.pid,
+                termination: info.termination,
+                oom_killed: info.oom_killed,
+                started_at: info.started_at,
+                ended_at: info.ended_at,
+                usage: info.usage,
+                output_bytes: info.output_bytes,
+                truncated_bytes: info.output_truncated_bytes,
+                failure: info.failure,
+                stop_requested: old.stop_requested,
+            },
+        }
+    }
+}
+
+/// A job.
+pub struct Job {
+    /// What it is, fixed when it starts.
+    pub spec: Spec,
     /// Its directory.
     pub dir: PathBuf,
     /// Its cgroup.
     pub cgroup: JobCgroup,
-    /// The uid its processes run as (unknown for records of older versions).
-    pub uid: Option<u32>,
-    /// The gid its processes run as.
-    pub gid: Option<u32>,
     /// A pidfd of its init, while it runs.
     pub pidfd: Mutex<Option<OwnedFd>>,
     status: Mutex<Status>,
@@ -135,35 +201,13 @@ pub struct Job {
 }
 
 impl Job {
-    /// A job whose init has just reported the command running.
-    #[allow(clippy::too_many_arguments, reason = "one constructor, called once")]
-    pub fn new(
-        id: JobId,
-        owner: Owner,
-        command: Command,
-        args: Args,
-        limits: Limits,
-        enforced: EnforcedLimits,
-        created_at: UnixMillis,
-        request_id: Option<RequestId>,
-        dir: PathBuf,
-        cgroup: JobCgroup,
-        (uid, gid): (Option<u32>, Option<u32>),
-        status: Status,
-    ) -> Self {
+    /// A job of `spec` in directory `dir` and cgroup `cgroup`, with its
+    /// status so far.
+    pub fn new(spec: Spec, dir: PathBuf, cgroup: JobCgroup, status: Status) -> Self {
         Self {
-            id,
-            owner,
-            command,
-            args,
-            limits,
-            enforced,
-            created_at,
-            request_id,
+            spec,
             dir,
             cgroup,
-            uid,
-            gid,
             pidfd: Mutex::new(None),
             status: Mutex::new(status),
             changed: watch::channel(0).0,
@@ -211,22 +255,23 @@ impl Job {
                 std::fs::metadata(self.output_path()).map_or(0, |m| m.len()),
             )
         };
+        let spec = &self.spec;
         JobInfo {
-            id: self.id,
-            owner: self.owner.clone(),
-            command: self.command.clone(),
-            args: self.args.clone(),
+            id: spec.id,
+            owner: spec.owner.clone(),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
             state: status.state,
             pid: status.pid,
-            uid: self.uid,
-            gid: self.gid,
+            uid: spec.uid,
+            gid: spec.gid,
             termination: status.termination,
             oom_killed: status.oom_killed,
-            created_at: self.created_at,
+            created_at: spec.created_at,
             started_at: status.started_at,
             ended_at: status.ended_at,
-            limits: self.limits,
-            enforced: self.enforced,
+            limits: spec.limits,
+            enforced: spec.enforced,
             usage,
             output_bytes,
             output_truncated_bytes: status.truncated_bytes,
@@ -238,9 +283,9 @@ impl Job {
     pub fn persist(&self) -> std::io::Result<()> {
         let _one_at_a_time = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
         let record = Record {
-            info: self.info(),
-            request_id: self.request_id.clone(),
-            stop_requested: self.status().stop_requested,
+            version: RECORD_VERSION,
+            spec: self.spec.clone(),
+            status: self.status().clone(),
         };
         atomic::write_json(&record_path(&self.dir), &record)
     }
@@ -249,4 +294,78 @@ impl Job {
 /// Where a job's record lives.
 pub fn record_path(dir: &Path) -> PathBuf {
     dir.join(RECORD_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as a version-1 supervisor wrote it (taken from a real
+    /// state directory, the command shortened).
+    const VERSION_1: &str = r#"{
+      "info": {
+        "id": "441056a5-0c6d-45d9-9e60-73b3c1d4c672",
+        "owner": { "Remote": "admin" },
+        "command": "sh",
+        "args": ["-c", "echo hi"],
+        "state": "Finished",
+        "pid": null,
+        "uid": 61184,
+        "gid": 61184,
+        "termination": { "Exited": 0 },
+        "oom_killed": false,
+        "created_at": 1796218823907,
+        "started_at": 1796218823914,
+        "ended_at": 1796218825431,
+        "limits": { "cpu_millicores": null, "memory_bytes": null, "io_read_bps": null,
+                    "io_write_bps": null, "pids": null },
+        "enforced": { "cpu": false, "memory": false, "io": false, "pids": false },
+        "usage": { "cpu_usec": 23454, "memory_peak_bytes": null, "io_read_bytes": 0,
+                   "io_write_bytes": 0 },
+        "output_bytes": 344,
+        "output_truncated_bytes": 0,
+        "failure": null
+      },
+      "request_id": null,
+      "stop_requested": true
+    }"#;
+
+    #[test]
+    fn a_version_1_record_still_reads() {
+        let record = Record::decode(VERSION_1.as_bytes()).unwrap();
+        assert_eq!(record.version, RECORD_VERSION);
+        assert_eq!(
+            record.spec.id.to_string(),
+            "441056a5-0c6d-45d9-9e60-73b3c1d4c672"
+        );
+        assert_eq!(record.spec.owner.to_string(), "admin");
+        assert_eq!(
+            (record.spec.uid, record.spec.gid),
+            (Some(61184), Some(61184))
+        );
+        assert_eq!(record.status.state, JobState::Finished);
+        assert_eq!(record.status.termination, Some(Termination::Exited(0)));
+        assert_eq!(record.status.output_bytes, 344);
+        assert!(record.status.stop_requested);
+        // A record from before per-job uids has none.
+        let older = VERSION_1
+            .replace("\"uid\": 61184,", "")
+            .replace("\"gid\": 61184,", "");
+        assert_eq!(Record::decode(older.as_bytes()).unwrap().spec.uid, None);
+    }
+
+    #[test]
+    fn a_record_round_trips_and_a_newer_one_is_refused() {
+        let record = Record::decode(VERSION_1.as_bytes()).unwrap();
+        let written = serde_json::to_vec(&record).unwrap();
+        assert_eq!(Record::decode(&written).unwrap(), record);
+        let mut newer: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        newer["version"] = 3.into();
+        let err = Record::decode(newer.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, RecordError::Newer(3)), "{err}");
+        assert!(matches!(
+            Record::decode(b"{\"version\": 2}"),
+            Err(RecordError::Decode(_))
+        ));
+    }
 }

@@ -232,23 +232,23 @@ impl Engine {
     /// Holds the uid of a job recovered after a restart, unless it has
     /// ended and nothing of it is left.
     fn hold_recovered_uid(&self, job: &Job) {
-        let (Some(pool), Some(uid)) = (&self.uid_pool, job.uid) else {
+        let (Some(pool), Some(uid)) = (&self.uid_pool, job.spec.uid) else {
             return;
         };
         if job.is_ended() && remove_empty_work_dir(job) {
             return;
         }
         let mut pool = lock(pool);
-        if !pool.hold(uid, job.id) && pool.range().contains(&uid) {
-            tracing::warn!(job = %job.id, uid,
+        if !pool.hold(uid, job.spec.id) && pool.range().contains(&uid) {
+            tracing::warn!(job = %job.spec.id, uid,
                 "a recovered job's uid is held by another job, or names an account of the host");
         }
     }
 
     /// Gives a job's uid back to the pool.
     fn release_ids(&self, job: &Job) {
-        if let (Some(pool), Some(uid)) = (&self.uid_pool, job.uid) {
-            lock(pool).release(uid, job.id);
+        if let (Some(pool), Some(uid)) = (&self.uid_pool, job.spec.uid) {
+            lock(pool).release(uid, job.spec.id);
         }
     }
 
@@ -261,7 +261,7 @@ impl Engine {
                 self.supervise(job, Some(watched));
             }
             Err(e) => {
-                tracing::error!(job = %job.id, error = %e, "duplicating the init's pidfd");
+                tracing::error!(job = %job.spec.id, error = %e, "duplicating the init's pidfd");
                 self.supervise(job, Some(pidfd));
             }
         }
@@ -271,17 +271,17 @@ impl Engine {
     /// (behind `pidfd`) exits, or at once when there is none.
     fn supervise(self: &Arc<Self>, job: &Arc<Job>, pidfd: Option<std::os::fd::OwnedFd>) {
         if let Err(e) = self.watcher.watch(job) {
-            tracing::warn!(job = %job.id, error = %e,
+            tracing::warn!(job = %job.spec.id, error = %e,
                 "watching the output log; followers wake only at the job's end");
         }
-        self.jobs().insert(job.id, Arc::clone(job));
+        self.jobs().insert(job.spec.id, Arc::clone(job));
         let engine = Arc::clone(self);
         let job = Arc::clone(job);
         tokio::spawn(async move {
             if let Some(pidfd) = pidfd
                 && let Err(e) = monitor::wait_exit(pidfd).await
             {
-                tracing::error!(job = %job.id, error = %e, "waiting for the job's init");
+                tracing::error!(job = %job.spec.id, error = %e, "waiting for the job's init");
             }
             monitor::settle(&job).await;
             *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -345,7 +345,7 @@ impl Engine {
             && let Err(e) = rustix::process::pidfd_send_signal(pidfd, signal)
             && e != rustix::io::Errno::SRCH
         {
-            tracing::warn!(job = %job.id, error = %e, "signalling the job's init");
+            tracing::warn!(job = %job.spec.id, error = %e, "signalling the job's init");
         }
     }
 
@@ -368,10 +368,12 @@ impl Engine {
             .jobs()
             .values()
             .filter(|job| visible(job))
-            .filter(|job| after.is_none_or(|c| (job.created_at, job.id) < (c.created_at, c.job)))
+            .filter(|job| {
+                after.is_none_or(|c| (job.spec.created_at, job.spec.id) < (c.created_at, c.job))
+            })
             .cloned()
             .collect();
-        jobs.sort_by_key(|job| std::cmp::Reverse((job.created_at, job.id)));
+        jobs.sort_by_key(|job| std::cmp::Reverse((job.spec.created_at, job.spec.id)));
         let infos: Vec<JobInfo> = jobs
             .iter()
             .map(|job| job.info())

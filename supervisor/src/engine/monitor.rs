@@ -51,9 +51,9 @@ pub async fn settle(job: &Arc<Job>) {
     match destroyed {
         Ok(true) => {}
         Ok(false) => {
-            tracing::error!(job = %job.id, "the job's cgroup did not empty after cgroup.kill")
+            tracing::error!(job = %job.spec.id, "the job's cgroup did not empty after cgroup.kill")
         }
-        Err(e) => tracing::error!(job = %job.id, error = %e, "destroying the job's cgroup"),
+        Err(e) => tracing::error!(job = %job.spec.id, error = %e, "destroying the job's cgroup"),
     }
     {
         let mut status = job.status();
@@ -96,6 +96,6 @@ pub async fn settle(job: &Arc<Job>) {
         }
     }
     if let Err(e) = job.persist() {
-        tracing::error!(job = %job.id, error = %e, "writing the job's record");
+        tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
     }
 }

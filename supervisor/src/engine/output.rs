@@ -146,7 +146,7 @@ impl Watcher {
         let mut watches = self.watches();
         let gone: Vec<_> = watches
             .iter()
-            .filter(|(_, w)| w.upgrade().is_none_or(|j| j.id == job.id))
+            .filter(|(_, w)| w.upgrade().is_none_or(|j| j.spec.id == job.spec.id))
             .map(|(wd, _)| *wd)
             .collect();
         for wd in gone {

@@ -16,9 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_ipc::{Args, Command, JobId, JobInfo, JobState, Owner, UnixMillis, UserName};
+use jobworker_ipc::{Args, Command, JobId, Owner, UnixMillis, UserName};
 
-use super::job::{Job, Record, Status, record_path};
+use super::job::{Job, RECORD_VERSION, Record, Spec, Status, record_path};
 use super::{Engine, EngineError};
 use crate::handoff::EXIT_FILE;
 
@@ -85,30 +85,17 @@ impl Engine {
             .job_handle(&id.to_string())
             .map_err(|e| e.to_string())?;
         let record = match read_record(dir) {
-            Ok(record) if record.info.id == id => record,
+            Ok(record) if record.spec.id == id => record,
             Ok(_) => unreadable(id, "its record names another job".into()),
             Err(reason) => unreadable(id, reason),
         };
-        let status = Status::from_record(&record);
-        let info = record.info;
-        let job = Arc::new(Job::new(
-            id,
-            info.owner,
-            info.command,
-            info.args,
-            info.limits,
-            info.enforced,
-            info.created_at,
-            record.request_id,
-            dir.to_path_buf(),
-            cgroup,
-            (info.uid, info.gid),
-            status,
-        ));
+        let Record { spec, status, .. } = record;
+        let (state, pid) = (status.state, status.pid);
+        let job = Arc::new(Job::new(spec, dir.to_path_buf(), cgroup, status));
         // Its uid stays held until nothing of the job is left, as before
         // the restart (an ended job with an empty work directory holds none).
         self.hold_recovered_uid(&job);
-        if info.state.is_ended() {
+        if state.is_ended() {
             // A crash while settling may have left the (empty) cgroup.
             if job.cgroup.path().exists() {
                 let _ = job.cgroup.destroy(Duration::from_secs(10));
@@ -120,7 +107,7 @@ impl Engine {
             self.supervise(&job, None);
             return Ok(Kind::Settled);
         }
-        if let Some(pidfd) = info.pid.and_then(|pid| live_init(&job, pid)) {
+        if let Some(pidfd) = pid.and_then(|pid| live_init(&job, pid)) {
             self.adopt(&job, pidfd);
             return Ok(Kind::Adopted);
         }
@@ -128,7 +115,7 @@ impl Engine {
         // cgroup: settling records it STOPPED. Any other is FAILED.
         let mut status = job.status();
         if !status.stop_requested && status.failure.is_none() {
-            status.failure = Some(match info.pid {
+            status.failure = Some(match pid {
                 None => "the supervisor stopped while the job was starting".into(),
                 Some(_) => "the job's init is gone and left no exit record".into(),
             });
@@ -148,39 +135,30 @@ enum Kind {
 fn read_record(dir: &Path) -> Result<Record, String> {
     let path = record_path(dir);
     let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("decoding {}: {e}", path.display()))
+    Record::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A record for a job whose own record cannot be read: FAILED, with why. Its
 /// owner is unknown, so only admins see it.
 fn unreadable(id: JobId, reason: String) -> Record {
     tracing::error!(job = %id, %reason, "a job's record cannot be read; reporting it FAILED");
-    let unknown = "unknown";
-    let now = UnixMillis::now();
+    let mut status = Status::starting();
+    status.failure = Some(format!("its record could not be recovered: {reason}"));
     Record {
-        info: JobInfo {
+        version: RECORD_VERSION,
+        spec: Spec {
             id,
             owner: Owner::Local(UserName::new("root").expect("a valid constant")),
-            command: Command::new(unknown).expect("a valid constant"),
+            command: Command::new("unknown").expect("a valid constant"),
             args: Args::default(),
-            state: JobState::Running,
-            pid: None,
-            uid: None,
-            gid: None,
-            termination: None,
-            oom_killed: false,
-            created_at: now,
-            started_at: None,
-            ended_at: None,
             limits: Default::default(),
             enforced: Default::default(),
-            usage: Default::default(),
-            output_bytes: 0,
-            output_truncated_bytes: 0,
-            failure: Some(format!("its record could not be recovered: {reason}")),
+            created_at: UnixMillis::now(),
+            request_id: None,
+            uid: None,
+            gid: None,
         },
-        request_id: None,
-        stop_requested: false,
+        status,
     }
 }
 

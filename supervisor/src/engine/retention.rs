@@ -50,7 +50,7 @@ impl Engine {
                 Some((job, ended_at, size))
             })
             .collect();
-        ended.sort_by_key(|(job, ended_at, _)| (*ended_at, job.created_at));
+        ended.sort_by_key(|(job, ended_at, _)| (*ended_at, job.spec.created_at));
 
         let now = UnixMillis::now();
         let mut removed = 0;
@@ -60,16 +60,16 @@ impl Engine {
             if !too_old && !too_big {
                 continue;
             }
-            self.jobs().remove(&job.id);
+            self.jobs().remove(&job.spec.id);
             match std::fs::remove_dir_all(&job.dir) {
                 Ok(()) => {
                     self.release_ids(&job);
                     total = total.saturating_sub(size);
                     removed += 1;
-                    tracing::info!(job = %job.id, too_old, too_big, "retention removed an ended job");
+                    tracing::info!(job = %job.spec.id, too_old, too_big, "retention removed an ended job");
                 }
                 Err(e) => {
-                    tracing::error!(job = %job.id, error = %e, dir = %job.dir.display(),
+                    tracing::error!(job = %job.spec.id, error = %e, dir = %job.dir.display(),
                         "retention could not remove a job directory");
                 }
             }

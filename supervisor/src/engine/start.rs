@@ -219,7 +219,9 @@ impl Engine {
     fn started_before(&self, owner: &Owner, request_id: &RequestId) -> Option<Arc<Job>> {
         self.jobs()
             .values()
-            .find(|job| &job.owner == owner && job.request_id.as_ref() == Some(request_id))
+            .find(|job| {
+                &job.spec.owner == owner && job.spec.request_id.as_ref() == Some(request_id)
+            })
             .cloned()
     }
 
@@ -251,20 +253,19 @@ impl Engine {
         let dir = self.make_job_dir(guard, (uid, gid))?;
         let (cgroup, enforced) = self.make_cgroup(guard, &limits)?;
         let init_spec = self.init_spec(&id, &dir, &spec, &limits, (uid, gid));
-        let job = Arc::new(Job::new(
+        let fixed = job::Spec {
             id,
             owner,
-            spec.command,
-            spec.args,
+            command: spec.command,
+            args: spec.args,
             limits,
             enforced,
-            UnixMillis::now(),
-            spec.request_id,
-            dir,
-            cgroup,
-            (Some(uid), Some(gid)),
-            Status::starting(),
-        ));
+            created_at: UnixMillis::now(),
+            request_id: spec.request_id,
+            uid: Some(uid),
+            gid: Some(gid),
+        };
+        let job = Arc::new(Job::new(fixed, dir, cgroup, Status::starting()));
         // Recorded before the clone: a supervisor that dies from here on
         // finds the job on disk (and its cgroup) after a restart.
         job.persist().map_err(|source| StartError::Record {
@@ -354,7 +355,7 @@ impl Engine {
             status.started_at = Some(UnixMillis::now());
         }
         if let Err(e) = job.persist() {
-            tracing::error!(job = %job.id, error = %e, "writing the job's record");
+            tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
         }
         self.adopt(job, pidfd);
         job.info()
@@ -382,7 +383,7 @@ impl Engine {
                 });
             };
             let work = job.dir.join(WORK_DIR);
-            tracing::info!(job = %job.id, "every job uid is held: removing the work directory of the oldest ended job");
+            tracing::info!(job = %job.spec.id, "every job uid is held: removing the work directory of the oldest ended job");
             let path = work.clone();
             tokio::task::spawn_blocking(move || super::remove_work_dir(&work))
                 .await
@@ -399,11 +400,15 @@ impl Engine {
             .jobs()
             .values()
             .filter(|job| job.is_ended())
-            .filter(|job| job.uid.is_some_and(|uid| pool.is_held_by(uid, job.id)))
+            .filter(|job| {
+                job.spec
+                    .uid
+                    .is_some_and(|uid| pool.is_held_by(uid, job.spec.id))
+            })
             .cloned()
             .collect();
         drop(pool);
-        ended.sort_by_key(|job| (job.status().ended_at, job.created_at));
+        ended.sort_by_key(|job| (job.status().ended_at, job.spec.created_at));
         ended.into_iter().next()
     }
 

@@ -173,7 +173,7 @@ async fn handle(
             let owner = principal.owner();
             let all = principal.sees_all();
             let (jobs, next) = ctx.engine.list(
-                |job| all || job.owner == owner,
+                |job| all || job.spec.owner == owner,
                 state,
                 limit.get() as usize,
                 after,
@@ -220,7 +220,7 @@ fn authorize_job(
     ctx: &Context,
 ) -> Result<(), IpcError> {
     let found = ctx.engine.job(job)?;
-    principal.authorize(op, Some((job, &found.owner)))
+    principal.authorize(op, Some((job, &found.spec.owner)))
 }
 
 /// Sends output frames until the stream ends, the client goes away, or the
