@@ -107,14 +107,7 @@ pub fn build(spec: &InitSpec) -> Result<(), String> {
     devices().map_err(failed("making /dev"))?;
 
     // 6. Private temporary directories over the host's.
-    let tmp_options = format!(
-        "size={},mode=1777,uid={},gid={}",
-        sandbox.tmp_size, spec.uid, spec.gid
-    );
-    for path in PRIVATE_TMP {
-        private_tmp(Path::new(path), &tmp_options)
-            .map_err(failed(&format!("mounting a private {path}")))?;
-    }
+    private_tmps(spec)?;
 
     // 7. The work directory and the operator's bind mounts.
     attach(work, Path::new(WORK_MOUNT), true).map_err(failed(&format!(
@@ -128,6 +121,20 @@ pub fn build(spec: &InitSpec) -> Result<(), String> {
     // 8. Its network (lo only) and its hostname.
     sys::loopback_up().map_err(failed("bringing lo up"))?;
     rustix::system::sethostname(spec.hostname.as_bytes()).map_err(failed("setting the hostname"))
+}
+
+/// Step 6: a tmpfs of the job's on each of [`PRIVATE_TMP`], owned by its
+/// uid, `tmp_size` large.
+fn private_tmps(spec: &InitSpec) -> Result<(), String> {
+    let options = format!(
+        "size={},mode=1777,uid={},gid={}",
+        spec.sandbox.tmp_size, spec.uid, spec.gid
+    );
+    for path in PRIVATE_TMP {
+        private_tmp(Path::new(path), &options)
+            .map_err(failed(&format!("mounting a private {path}")))?;
+    }
+    Ok(())
 }
 
 /// A detached bind mount: where it goes, the tree, whether a directory.

@@ -227,25 +227,7 @@ impl Program {
 
     /// Appends the endings and resolves every jump.
     fn finish(mut self) -> Result<BpfProgram, String> {
-        let ret = |k| Insn {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            k,
-            jt: Target::Next,
-            jf: Target::Next,
-        };
-        let errno = |e: i32| libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA);
         let checks = self.0.len();
-        let at = |target| {
-            checks
-                + match target {
-                    Target::NewUserNamespace => 0,
-                    Target::Allow => 2,
-                    Target::Eperm => 3,
-                    Target::Enosys => 4,
-                    Target::Kill => 5,
-                    Target::Next | Target::Skip(_) => unreachable!("relative"),
-                }
-        };
         self.load(ARG0_LOW);
         self.jump(
             Cmp::Set,
@@ -253,38 +235,69 @@ impl Program {
             Target::Eperm,
             Target::Allow,
         );
-        self.0.push(ret(libc::SECCOMP_RET_ALLOW));
-        self.0.push(ret(errno(libc::EPERM)));
-        self.0.push(ret(errno(libc::ENOSYS)));
-        self.0.push(ret(libc::SECCOMP_RET_KILL_PROCESS));
-        let resolve = |index: usize, target: Target| -> Result<u8, String> {
-            let offset = match target {
-                Target::Next => 0,
-                Target::Skip(n) => n,
-                ending => at(ending) - index - 1,
-            };
-            u8::try_from(offset).map_err(|_| "the seccomp filter is too long to jump".to_owned())
-        };
+        let errno = |e: i32| libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA);
+        for k in [
+            libc::SECCOMP_RET_ALLOW,
+            errno(libc::EPERM),
+            errno(libc::ENOSYS),
+            libc::SECCOMP_RET_KILL_PROCESS,
+        ] {
+            self.0.push(Insn {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                k,
+                jt: Target::Next,
+                jf: Target::Next,
+            });
+        }
         self.0
             .iter()
             .enumerate()
-            .map(|(index, insn)| {
-                if u32::from(insn.code) == libc::BPF_JMP | libc::BPF_JA {
-                    return Ok(sock_filter {
-                        code: insn.code,
-                        jt: 0,
-                        jf: 0,
-                        k: u32::from(resolve(index, insn.jt)?),
-                    });
-                }
-                Ok(sock_filter {
-                    code: insn.code,
-                    jt: resolve(index, insn.jt)?,
-                    jf: resolve(index, insn.jf)?,
-                    k: insn.k,
-                })
-            })
+            .map(|(index, insn)| insn.resolve(index, checks))
             .collect()
+    }
+}
+
+impl Target {
+    /// Where an ending starts, counted from the first instruction after
+    /// the checks, in the order [`Program::finish`] appends them.
+    fn ending(self) -> usize {
+        match self {
+            Target::NewUserNamespace => 0,
+            Target::Allow => 2,
+            Target::Eperm => 3,
+            Target::Enosys => 4,
+            Target::Kill => 5,
+            Target::Next | Target::Skip(_) => unreachable!("relative"),
+        }
+    }
+}
+
+impl Insn {
+    /// The instruction at `index`, its jumps resolved; the endings start at
+    /// `checks`.
+    fn resolve(&self, index: usize, checks: usize) -> Result<sock_filter, String> {
+        let offset = |target: Target| -> Result<u8, String> {
+            let offset = match target {
+                Target::Next => 0,
+                Target::Skip(n) => n,
+                ending => checks + ending.ending() - index - 1,
+            };
+            u8::try_from(offset).map_err(|_| "the seccomp filter is too long to jump".to_owned())
+        };
+        if u32::from(self.code) == libc::BPF_JMP | libc::BPF_JA {
+            return Ok(sock_filter {
+                code: self.code,
+                jt: 0,
+                jf: 0,
+                k: u32::from(offset(self.jt)?),
+            });
+        }
+        Ok(sock_filter {
+            code: self.code,
+            jt: offset(self.jt)?,
+            jf: offset(self.jf)?,
+            k: self.k,
+        })
     }
 }
 
