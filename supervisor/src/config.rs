@@ -269,87 +269,47 @@ impl Config {
         Self::resolve(path, file)
     }
 
+    /// Validates `file` and resolves what it names: each check in turn, the
+    /// first that fails naming its key.
     fn resolve(path: &Path, file: FileConfig) -> Result<Self, ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        let invalid = |(key, reason): (&str, String)| ConfigError::Invalid {
             path: path.to_path_buf(),
             key: key.to_owned(),
             reason,
         };
-        let positive = |key: &str, value: u64| {
-            if value == 0 {
-                Err(invalid(key, "must be greater than 0".into()))
-            } else {
-                Ok(Duration::from_millis(value))
-            }
-        };
-        if !file.socket_path.is_absolute() {
-            return Err(invalid("socket_path", "must be an absolute path".into()));
-        }
-        if !file.state_dir.is_absolute() {
-            return Err(invalid("state_dir", "must be an absolute path".into()));
-        }
-        if !file.working_dir.starts_with('/') {
-            return Err(invalid("working_dir", "must be an absolute path".into()));
-        }
-        if file.max_connections == 0 {
-            return Err(invalid("max_connections", "must be greater than 0".into()));
-        }
-
-        let gateway_uid = file
-            .gateway_user
-            .as_deref()
-            .map(lookup_user)
-            .transpose()
-            .map_err(|r| invalid("gateway_user", r))?
-            .map(|user| user.uid.as_raw());
-        if gateway_uid == Some(0) {
-            return Err(invalid(
-                "gateway_user",
-                "the gateway must not run as root".into(),
-            ));
-        }
-        let operator_gid = file
-            .operator_group
-            .as_deref()
-            .map(lookup_group)
-            .transpose()
-            .map_err(|r| invalid("operator_group", r))?;
-        let socket_gid = file
-            .socket_group
-            .as_deref()
-            .map(lookup_group)
-            .transpose()
-            .map_err(|r| invalid("socket_group", r))?;
-        let job_ids = job_ids(&file, gateway_uid, [operator_gid, socket_gid])
-            .map_err(|(key, reason)| invalid(key, reason))?;
-        sandbox_paths(&file).map_err(|(key, reason)| invalid(key, reason))?;
+        server_keys(&file).map_err(invalid)?;
+        let accounts = accounts(&file).map_err(invalid)?;
+        let job_ids = job_ids(
+            &file,
+            accounts.gateway_uid,
+            [accounts.operator_gid, accounts.socket_gid],
+        )
+        .map_err(invalid)?;
+        sandbox_paths(&file).map_err(invalid)?;
         let io_device = file
             .io_device
             .as_deref()
             .map(parse_device)
             .transpose()
-            .map_err(|r| invalid("io_device", r))?;
-        let default_limits = limits(&file.default_limits)
-            .map_err(|(k, r)| invalid(&format!("default_limits.{k}"), r))?;
-        let max_limits =
-            limits(&file.max_limits).map_err(|(k, r)| invalid(&format!("max_limits.{k}"), r))?;
-        if let Some(key) = over_max(&default_limits, &max_limits) {
-            return Err(invalid(
-                &format!("default_limits.{key}"),
-                format!("is above max_limits.{key}"),
-            ));
-        }
+            .map_err(|r| invalid(("io_device", r)))?;
+        let (default_limits, max_limits) =
+            job_limits(&file).map_err(|(key, reason)| invalid((&key, reason)))?;
+        let grace = positive_millis("grace_period_ms", file.grace_period_ms).map_err(invalid)?;
+        let handshake_timeout =
+            positive_millis("handshake_timeout_ms", file.handshake_timeout_ms).map_err(invalid)?;
+        let idle_timeout =
+            positive_millis("idle_timeout_ms", file.idle_timeout_ms).map_err(invalid)?;
         Ok(Self {
-            socket_gid,
-            gateway_uid,
-            operator_gid,
+            socket_gid: accounts.socket_gid,
+            gateway_uid: accounts.gateway_uid,
+            operator_gid: accounts.operator_gid,
             job_ids,
             io_device,
             default_limits,
             max_limits,
-            grace: positive("grace_period_ms", file.grace_period_ms)?,
-            handshake_timeout: positive("handshake_timeout_ms", file.handshake_timeout_ms)?,
-            idle_timeout: positive("idle_timeout_ms", file.idle_timeout_ms)?,
+            grace,
+            handshake_timeout,
+            idle_timeout,
             file,
         })
     }
@@ -377,6 +337,67 @@ impl Config {
     }
 }
 
+/// Checks the paths the supervisor itself uses (`socket_path`, `state_dir`,
+/// `working_dir`: absolute) and `max_connections` (not 0).
+fn server_keys(file: &FileConfig) -> Result<(), (&'static str, String)> {
+    if !file.socket_path.is_absolute() {
+        return Err(("socket_path", "must be an absolute path".into()));
+    }
+    if !file.state_dir.is_absolute() {
+        return Err(("state_dir", "must be an absolute path".into()));
+    }
+    if !file.working_dir.starts_with('/') {
+        return Err(("working_dir", "must be an absolute path".into()));
+    }
+    if file.max_connections == 0 {
+        return Err(("max_connections", "must be greater than 0".into()));
+    }
+    Ok(())
+}
+
+/// `gateway_user`, `operator_group` and `socket_group` resolved to ids: the
+/// account and groups with rights over the supervisor.
+struct Accounts {
+    /// `gateway_user`'s uid.
+    gateway_uid: Option<u32>,
+    /// `operator_group`'s gid.
+    operator_gid: Option<u32>,
+    /// `socket_group`'s gid.
+    socket_gid: Option<u32>,
+}
+
+/// Looks up `gateway_user` (which must not be root), `operator_group` and
+/// `socket_group`, in that order.
+fn accounts(file: &FileConfig) -> Result<Accounts, (&'static str, String)> {
+    let gateway_uid = file
+        .gateway_user
+        .as_deref()
+        .map(lookup_user)
+        .transpose()
+        .map_err(|r| ("gateway_user", r))?
+        .map(|user| user.uid.as_raw());
+    if gateway_uid == Some(0) {
+        return Err(("gateway_user", "the gateway must not run as root".into()));
+    }
+    let operator_gid = file
+        .operator_group
+        .as_deref()
+        .map(lookup_group)
+        .transpose()
+        .map_err(|r| ("operator_group", r))?;
+    let socket_gid = file
+        .socket_group
+        .as_deref()
+        .map(lookup_group)
+        .transpose()
+        .map_err(|r| ("socket_group", r))?;
+    Ok(Accounts {
+        gateway_uid,
+        operator_gid,
+        socket_gid,
+    })
+}
+
 /// Where jobs get their uid and gid from `file`: `job_user`'s account, or
 /// the `job_uids` range less the host's accounts and groups. Neither may
 /// give a job the gateway's uid or one of the `privileged` gids (the
@@ -387,29 +408,7 @@ fn job_ids(
     privileged: [Option<u32>; 2],
 ) -> Result<JobIds, (&'static str, String)> {
     if let Some(user) = &file.job_user {
-        let account = lookup_user(user).map_err(|r| ("job_user", r))?;
-        let uid = account.uid.as_raw();
-        let gid = match &file.job_group {
-            Some(group) => lookup_group(group).map_err(|r| ("job_group", r))?,
-            None => account.gid.as_raw(),
-        };
-        if (uid == 0 || gid == 0) && !file.allow_root_jobs {
-            return Err((
-                "job_user",
-                "jobs would run as root (uid or gid 0); pick an unprivileged account, or set \
-                 allow_root_jobs = true if you really mean it"
-                    .into(),
-            ));
-        }
-        if gateway_uid == Some(uid) {
-            return Err((
-                "gateway_user",
-                "is the job account too: any job could then act as the gateway and claim \
-                 to be any user; give the gateway and the jobs different accounts"
-                    .into(),
-            ));
-        }
-        return Ok(JobIds::Shared { uid, gid });
+        return shared_job_ids(file, user, gateway_uid);
     }
     if file.job_group.is_some() {
         return Err((
@@ -417,7 +416,50 @@ fn job_ids(
             "goes with job_user; jobs with uids of their own get the same number as gid".into(),
         ));
     }
-    let UidRangeConfig { first, last } = file.job_uids;
+    per_job_ids(file.job_uids, gateway_uid, privileged)
+}
+
+/// Every job as the account `user` (with `job_group`, or the account's
+/// group): not root unless `allow_root_jobs` says so, and not the gateway.
+fn shared_job_ids(
+    file: &FileConfig,
+    user: &str,
+    gateway_uid: Option<u32>,
+) -> Result<JobIds, (&'static str, String)> {
+    let account = lookup_user(user).map_err(|r| ("job_user", r))?;
+    let uid = account.uid.as_raw();
+    let gid = match &file.job_group {
+        Some(group) => lookup_group(group).map_err(|r| ("job_group", r))?,
+        None => account.gid.as_raw(),
+    };
+    if (uid == 0 || gid == 0) && !file.allow_root_jobs {
+        return Err((
+            "job_user",
+            "jobs would run as root (uid or gid 0); pick an unprivileged account, or set \
+             allow_root_jobs = true if you really mean it"
+                .into(),
+        ));
+    }
+    if gateway_uid == Some(uid) {
+        return Err((
+            "gateway_user",
+            "is the job account too: any job could then act as the gateway and claim \
+             to be any user; give the gateway and the jobs different accounts"
+                .into(),
+        ));
+    }
+    Ok(JobIds::Shared { uid, gid })
+}
+
+/// Each job its own uid (and the same gid) from `job_uids`: a range of
+/// non-root ids without the gateway's uid or a `privileged` gid, and with
+/// at least one id that names no account or group of the host.
+fn per_job_ids(
+    uids: UidRangeConfig,
+    gateway_uid: Option<u32>,
+    privileged: [Option<u32>; 2],
+) -> Result<JobIds, (&'static str, String)> {
+    let UidRangeConfig { first, last } = uids;
     if first == 0 || first > last {
         return Err((
             "job_uids",
@@ -551,6 +593,30 @@ fn parse_device(text: &str) -> Result<(u32, u32), String> {
     text.split_once(':')
         .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
         .ok_or_else(|| format!("{text:?} is not MAJOR:MINOR (e.g. \"254:0\")"))
+}
+
+/// Validates `default_limits` and `max_limits`, and that no default is
+/// above its maximum; an error's key is dotted (`max_limits.pids`).
+fn job_limits(file: &FileConfig) -> Result<(Limits, Limits), (String, String)> {
+    let default_limits =
+        limits(&file.default_limits).map_err(|(k, r)| (format!("default_limits.{k}"), r))?;
+    let max_limits = limits(&file.max_limits).map_err(|(k, r)| (format!("max_limits.{k}"), r))?;
+    if let Some(key) = over_max(&default_limits, &max_limits) {
+        return Err((
+            format!("default_limits.{key}"),
+            format!("is above max_limits.{key}"),
+        ));
+    }
+    Ok((default_limits, max_limits))
+}
+
+/// `value` milliseconds of the key `key`, which must not be 0.
+fn positive_millis(key: &'static str, value: u64) -> Result<Duration, (&'static str, String)> {
+    if value == 0 {
+        Err((key, "must be greater than 0".into()))
+    } else {
+        Ok(Duration::from_millis(value))
+    }
 }
 
 fn limits(c: &LimitsConfig) -> Result<Limits, (String, String)> {

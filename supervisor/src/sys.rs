@@ -20,6 +20,7 @@
 
 use std::ffi::{CStr, CString, c_char};
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The fd number at which the job's init finds its end of the control
@@ -78,26 +79,9 @@ pub fn clone_init(
     argv: &[CString],
     envp: &[CString],
 ) -> io::Result<Spawned> {
-    let argv_ptrs: Vec<*const c_char> = argv
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp_ptrs: Vec<*const c_char> = envp
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let control_fd = control.as_raw_fd();
+    let exec = InitExec::new(control, program, argv, envp);
     let cgroup_fd =
         u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: sigset_t is plain data; an all-zero value is a valid (empty)
-    // set, and sigemptyset makes that explicit.
-    let empty_mask = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
-    };
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP | NAMESPACES,
@@ -109,33 +93,12 @@ pub fn clone_init(
     // SAFETY: clone3 with no stack behaves like fork: the child continues on
     // a copy of this thread's stack. `args` is a valid clone_args of the size
     // we pass. In the child, only async-signal-safe raw system calls run, on
-    // memory prepared above (argv/envp pointer arrays, the signal mask), and
-    // the child never returns from this block: it execs or _exits.
+    // memory prepared above (`exec`), and the child never returns from
+    // `exec.run_in_child()`: it execs or _exits.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
     if ret == 0 {
-        // SAFETY: we are the child (see above). Each call is a raw system
-        // call; none allocates or takes a lock.
-        unsafe {
-            if control_fd == INIT_CONTROL_FD {
-                libc::syscall(libc::SYS_fcntl, control_fd, libc::F_SETFD, 0);
-            } else {
-                libc::syscall(libc::SYS_dup3, control_fd, INIT_CONTROL_FD, 0);
-            }
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &raw const empty_mask,
-                std::ptr::null::<libc::sigset_t>(),
-                8usize, // the kernel's sigset_t: 64 signals
-            );
-            libc::syscall(
-                libc::SYS_execve,
-                program.as_ptr(),
-                argv_ptrs.as_ptr(),
-                envp_ptrs.as_ptr(),
-            );
-            libc::_exit(127);
-        }
+        // SAFETY: we are the child of the clone3 above, and call this once.
+        unsafe { exec.run_in_child() }
     }
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -145,6 +108,105 @@ pub fn clone_init(
     // nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Spawned { pid, pidfd })
+}
+
+/// Everything the child of [`clone_init`] uses between clone3 and exec,
+/// prepared by the parent before the clone so that the child allocates
+/// nothing.
+struct InitExec<'a> {
+    /// The control socket, to put at [`INIT_CONTROL_FD`].
+    control_fd: RawFd,
+    /// An empty signal mask.
+    empty_mask: libc::sigset_t,
+    /// The program to exec.
+    program: &'a CStr,
+    /// `argv`'s pointers, NULL-terminated.
+    argv: Vec<*const c_char>,
+    /// `envp`'s pointers, NULL-terminated.
+    envp: Vec<*const c_char>,
+    /// The strings `argv` and `envp` point into, borrowed for as long as the
+    /// pointers live.
+    strings: PhantomData<&'a [CString]>,
+}
+
+impl<'a> InitExec<'a> {
+    /// Prepares the exec of `program` with `argv` and `envp`, `control` to
+    /// become fd [`INIT_CONTROL_FD`].
+    fn new(
+        control: BorrowedFd<'_>,
+        program: &'a CStr,
+        argv: &'a [CString],
+        envp: &'a [CString],
+    ) -> Self {
+        let argv = null_terminated(argv);
+        let envp = null_terminated(envp);
+        let control_fd = control.as_raw_fd();
+        // SAFETY: sigset_t is plain data; an all-zero value is a valid (empty)
+        // set, and sigemptyset makes that explicit.
+        let empty_mask = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            set
+        };
+        Self {
+            control_fd,
+            empty_mask,
+            program,
+            argv,
+            envp,
+            strings: PhantomData,
+        }
+    }
+
+    /// The child's part of [`clone_init`]: puts the control socket at
+    /// [`INIT_CONTROL_FD`], clears the signal mask and execs the program, or
+    /// exits with 127 if the exec fails. Raw system calls only, on `self`
+    /// (prepared before the clone): nothing allocates, takes a lock, logs or
+    /// drops anything. Inlined, so that the child's path from clone3 to exec
+    /// stays in `clone_init`'s frame (a call would be sound too: the child
+    /// runs on its own copy of the stack).
+    ///
+    /// # Safety
+    ///
+    /// Only the child of the clone3 in [`clone_init`] may call this: it
+    /// replaces whatever is at fd [`INIT_CONTROL_FD`], and it never returns.
+    #[inline(always)]
+    unsafe fn run_in_child(&self) -> ! {
+        // SAFETY: we are the child (the caller's contract). Each call is a raw
+        // system call on memory prepared before the clone; none allocates or
+        // takes a lock.
+        unsafe {
+            if self.control_fd == INIT_CONTROL_FD {
+                libc::syscall(libc::SYS_fcntl, self.control_fd, libc::F_SETFD, 0);
+            } else {
+                libc::syscall(libc::SYS_dup3, self.control_fd, INIT_CONTROL_FD, 0);
+            }
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &raw const self.empty_mask,
+                std::ptr::null::<libc::sigset_t>(),
+                8usize, // the kernel's sigset_t: 64 signals
+            );
+            libc::syscall(
+                libc::SYS_execve,
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            );
+            libc::_exit(127);
+        }
+    }
+}
+
+/// The pointers of `strings`, followed by a NULL pointer: an `argv` or
+/// `envp` for execve.
+fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
 }
 
 /// Runs `child` in a new process that shares the caller's memory until it

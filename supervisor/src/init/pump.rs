@@ -42,6 +42,17 @@ struct Sink {
 }
 
 impl Sink {
+    /// A sink that writes up to `cap` bytes into `log`.
+    fn new(log: File, cap: u64) -> Self {
+        Self {
+            log,
+            cap,
+            written: 0,
+            dropped: 0,
+            failed: false,
+        }
+    }
+
     fn take(&mut self, data: &[u8]) {
         let room = usize::try_from(self.cap.saturating_sub(self.written)).unwrap_or(usize::MAX);
         let mut keep = if self.failed { 0 } else { data.len().min(room) };
@@ -62,6 +73,14 @@ impl Sink {
     }
 }
 
+/// Which of the polled fds have something to read.
+struct Ready {
+    /// The output pipe (never while it is closed).
+    output: bool,
+    /// The signalfd.
+    signals: bool,
+}
+
 /// Runs until the command has ended and the pipe is drained.
 pub fn run(
     command: Pid,
@@ -71,71 +90,25 @@ pub fn run(
     signals: &SignalFd,
 ) -> io::Result<Outcome> {
     let mut output = Some(File::from(output));
-    let mut sink = Sink {
-        log,
-        cap,
-        written: 0,
-        dropped: 0,
-        failed: false,
-    };
+    let mut sink = Sink::new(log, cap);
     let mut termination = None;
     let mut ended_at = UnixMillis(0);
     let mut stopped = false;
     let mut buf = vec![0u8; 64 * 1024];
 
     while termination.is_none() {
-        let (output_ready, signal_ready) = {
-            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            if let Some(pipe) = &output {
-                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (fds.get(1).is_some_and(ready), ready(&fds[0]))
-        };
-        if output_ready && let Some(pipe) = output.as_mut() {
-            match pipe.read(&mut buf) {
-                Ok(0) => output = None,
-                Ok(n) => sink.take(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let ready = wait(signals, output.as_ref())?;
+        if ready.output {
+            read_output(&mut output, &mut sink, &mut buf)?;
         }
-        if signal_ready {
-            while let Some(info) = signals.read_signal()? {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    // To every process of the job, not only the command, so
-                    // that each gets the grace period to clean up. As pid
-                    // 1, kill(-1) reaches every other process of the
-                    // namespace.
-                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
-                        stopped = true;
-                        let _ = kill(Pid::from_raw(-1), sig);
-                    }
-                    Ok(Signal::SIGUSR1) => {
-                        stopped = true;
-                        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-                    }
-                    _ => {}
-                }
-            }
+        if ready.signals {
+            stopped |= forward_signals(signals)?;
             if reap(command, &mut termination)? {
                 ended_at = UnixMillis::now();
             }
         }
     }
-    // The job is its command: what it left behind goes with it. As pid 1,
-    // kill(-1) reaches every other process of the namespace; collect them
-    // all, so that none lingers as a zombie and none still writes.
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-    while waitpid(Pid::from_raw(-1), None).is_ok() {}
-    if let Some(mut pipe) = output {
-        drain(&mut pipe, &mut sink, &mut buf)?;
-    }
-    sink.log.sync_data()?;
+    end_job(output, &mut sink, &mut buf)?;
     Ok(Outcome {
         termination: termination.ok_or_else(|| io::Error::other("command status lost"))?,
         ended_at,
@@ -143,6 +116,77 @@ pub fn run(
         output_bytes: sink.written + sink.dropped,
         dropped_bytes: sink.dropped,
     })
+}
+
+/// Polls the signalfd and, while it is open, the output pipe until either
+/// has something to read (or a signal interrupts the poll).
+fn wait(signals: &SignalFd, output: Option<&File>) -> io::Result<Ready> {
+    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Some(pipe) = output {
+        fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+    }
+    match poll(&mut fds, PollTimeout::NONE) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+    Ok(Ready {
+        output: fds.get(1).is_some_and(ready),
+        signals: ready(&fds[0]),
+    })
+}
+
+/// Moves one read's worth of output from the pipe into the sink; at end of
+/// file, closes the pipe (sets `output` to `None`).
+fn read_output(output: &mut Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
+    let Some(pipe) = output.as_mut() else {
+        return Ok(());
+    };
+    match pipe.read(buf) {
+        Ok(0) => *output = None,
+        Ok(n) => sink.take(&buf[..n]),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Reads every pending signal and passes stops on to every process of the
+/// job: SIGTERM and SIGINT as they are, SIGUSR1 as SIGKILL. Says whether a
+/// stop came.
+fn forward_signals(signals: &SignalFd) -> io::Result<bool> {
+    let mut stopped = false;
+    while let Some(info) = signals.read_signal()? {
+        match Signal::try_from(info.ssi_signo as i32) {
+            // To every process of the job, not only the command, so that each
+            // gets the grace period to clean up. As pid 1, kill(-1) reaches
+            // every other process of the namespace.
+            Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                stopped = true;
+                let _ = kill(Pid::from_raw(-1), sig);
+            }
+            Ok(Signal::SIGUSR1) => {
+                stopped = true;
+                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
+            _ => {}
+        }
+    }
+    Ok(stopped)
+}
+
+/// Once the command has ended: kills and reaps whatever is left of the job,
+/// drains the pipe if it is still open, and flushes the log to disk.
+fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
+    // The job is its command: what it left behind goes with it. As pid 1,
+    // kill(-1) reaches every other process of the namespace; collect them
+    // all, so that none lingers as a zombie and none still writes.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while waitpid(Pid::from_raw(-1), None).is_ok() {}
+    if let Some(mut pipe) = output {
+        drain(&mut pipe, sink, buf)?;
+    }
+    sink.log.sync_data()
 }
 
 /// Reads what is left in the pipe once every process of the job is gone. It

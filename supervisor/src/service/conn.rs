@@ -11,14 +11,14 @@ use futures::{SinkExt, StreamExt};
 use jobworker_ipc::codec::{self, ServerFramed};
 use jobworker_ipc::policy::Action;
 use jobworker_ipc::{
-    Call, FrameError, IpcError, JobId, JobInfo, ListCursor, OutputData, PROTOCOL_VERSION, Request,
-    Response, ServerInfo,
+    Call, FrameError, GraceMs, IpcError, JobId, JobInfo, JobSpec, JobState, ListCursor, OutputData,
+    PROTOCOL_VERSION, PageSize, Request, Response, ServerInfo,
 };
 use tokio::net::UnixStream;
 
 use super::auth::{Peer, Principal, classify};
 use crate::config::Config;
-use crate::engine::{Chunk, Engine};
+use crate::engine::{Chunk, Engine, OutputStream};
 
 /// The most bytes of job records one list page carries, so that the page
 /// fits a frame whatever the jobs' arguments; the cursor gets the rest.
@@ -112,6 +112,16 @@ fn log_bad_frame(peer_uid: u32, e: &FrameError) {
 /// The connection is done (the client went away or broke the protocol).
 struct Closed;
 
+/// What a request comes to: one response, or a stream of output frames.
+enum Answer {
+    /// One response, or the error to answer with.
+    Reply(Result<Response, IpcError>),
+    /// The job's output to stream, or the error to answer with.
+    Stream(Result<OutputStream, IpcError>),
+}
+
+/// Serves one call: finds whom it is for, has it carried out, writes the
+/// audit line and answers (with output frames for a stream).
 async fn handle(
     call: Call,
     peer: &Peer,
@@ -130,82 +140,115 @@ async fn handle(
         }
     };
     let caller = Some(&principal);
-    let response = match call.request {
-        Request::Ping => Ok(Response::Pong(ServerInfo {
-            protocol_version: PROTOCOL_VERSION,
-            uptime_ms: u64::try_from(ctx.engine.uptime().as_millis()).unwrap_or(u64::MAX),
-            caller: principal.owner(),
-            cgroup_root: ctx.engine.cgroup_root().display().to_string(),
-            controllers: ctx
-                .engine
-                .controllers()
-                .names()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        })),
-        Request::StartJob(spec) => match principal.authorize(Action::Start, None) {
-            Ok(()) => ctx
-                .engine
-                .start(principal.owner(), spec)
-                .await
-                .map(|info| Response::Job(Box::new(info))),
-            Err(e) => Err(e),
-        },
-        Request::StopJob { job, grace } => {
-            match authorize_job(&principal, Action::Stop, job, ctx) {
-                Ok(()) => ctx
-                    .engine
-                    .stop(job, grace.map(|g| Duration::from_millis(g.millis().into())))
-                    .await
-                    .map(|info| Response::Job(Box::new(info))),
-                Err(e) => Err(e),
-            }
+    match dispatch(call.request, &principal, ctx).await {
+        Answer::Reply(response) => {
+            let job = match &response {
+                Ok(Response::Job(info)) => Some(info.id),
+                _ => job,
+            };
+            audit(peer_uid, caller, op, job, response.as_ref().map(|_| ()));
+            let response = response.unwrap_or_else(Response::Error);
+            sink.send(response).await.map_err(|_| Closed)
         }
-        Request::GetJob { job } => authorize_job(&principal, Action::Get, job, ctx)
+        Answer::Stream(Ok(stream)) => {
+            audit(peer_uid, caller, op, job, Ok(()));
+            stream_output(stream, sink, source).await
+        }
+        Answer::Stream(Err(e)) => {
+            audit(peer_uid, caller, op, job, Err(&e));
+            respond(sink, e).await
+        }
+    }
+}
+
+/// Carries out `request` for `principal`, authorized as its kind requires.
+async fn dispatch(request: Request, principal: &Principal, ctx: &Context) -> Answer {
+    let reply = match request {
+        Request::Ping => Ok(pong(principal, ctx)),
+        Request::StartJob(spec) => start(principal, spec, ctx).await,
+        Request::StopJob { job, grace } => stop(principal, job, grace, ctx).await,
+        Request::GetJob { job } => authorize_job(principal, Action::Get, job, ctx)
             .and_then(|()| ctx.engine.get(job))
             .map(|info| Response::Job(Box::new(info))),
         Request::ListJobs {
             state,
             limit,
             after,
-        } => {
-            let owner = principal.owner();
-            let all = principal.sees_all();
-            let (jobs, next) = ctx.engine.list(
-                |job| all || job.spec.owner == owner,
-                state,
-                limit.get() as usize,
-                after,
-            );
-            Ok(fit_page(jobs, next))
-        }
+        } => Ok(list(principal, state, limit, after, ctx)),
         Request::StreamOutput {
             job,
             offset,
             follow,
         } => {
-            let stream = authorize_job(&principal, Action::Stream, job, ctx)
-                .and_then(|()| ctx.engine.output(job, offset, follow));
-            return match stream {
-                Ok(stream) => {
-                    audit(peer_uid, caller, op, Some(job), Ok(()));
-                    stream_output(stream, sink, source).await
-                }
-                Err(e) => {
-                    audit(peer_uid, caller, op, Some(job), Err(&e));
-                    respond(sink, e).await
-                }
-            };
+            return Answer::Stream(
+                authorize_job(principal, Action::Stream, job, ctx)
+                    .and_then(|()| ctx.engine.output(job, offset, follow)),
+            );
         }
     };
-    let job = match &response {
-        Ok(Response::Job(info)) => Some(info.id),
-        _ => job,
-    };
-    audit(peer_uid, caller, op, job, response.as_ref().map(|_| ()));
-    let response = response.unwrap_or_else(Response::Error);
-    sink.send(response).await.map_err(|_| Closed)
+    Answer::Reply(reply)
+}
+
+/// The answer to a ping: the protocol version, the server's uptime, the
+/// caller as the server sees it, and the cgroup root and controllers.
+fn pong(principal: &Principal, ctx: &Context) -> Response {
+    Response::Pong(ServerInfo {
+        protocol_version: PROTOCOL_VERSION,
+        uptime_ms: u64::try_from(ctx.engine.uptime().as_millis()).unwrap_or(u64::MAX),
+        caller: principal.owner(),
+        cgroup_root: ctx.engine.cgroup_root().display().to_string(),
+        controllers: ctx
+            .engine
+            .controllers()
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    })
+}
+
+/// Starts a job owned by the caller, if the caller may start jobs.
+async fn start(principal: &Principal, spec: JobSpec, ctx: &Context) -> Result<Response, IpcError> {
+    principal.authorize(Action::Start, None)?;
+    ctx.engine
+        .start(principal.owner(), spec)
+        .await
+        .map(|info| Response::Job(Box::new(info)))
+}
+
+/// Stops a job the caller may stop, with the grace period it asks for (the
+/// engine's default when it asks for none).
+async fn stop(
+    principal: &Principal,
+    job: JobId,
+    grace: Option<GraceMs>,
+    ctx: &Context,
+) -> Result<Response, IpcError> {
+    authorize_job(principal, Action::Stop, job, ctx)?;
+    ctx.engine
+        .stop(job, grace.map(|g| Duration::from_millis(g.millis().into())))
+        .await
+        .map(|info| Response::Job(Box::new(info)))
+}
+
+/// One page of the jobs the caller may see (its own, or every job if it
+/// sees all), cut to fit a frame.
+fn list(
+    principal: &Principal,
+    state: Option<JobState>,
+    limit: PageSize,
+    after: Option<ListCursor>,
+    ctx: &Context,
+) -> Response {
+    let owner = principal.owner();
+    let all = principal.sees_all();
+    let (jobs, next) = ctx.engine.list(
+        |job| all || job.spec.owner == owner,
+        state,
+        limit.get() as usize,
+        after,
+    );
+    fit_page(jobs, next)
 }
 
 async fn respond(sink: &mut Sink, error: IpcError) -> Result<(), Closed> {
@@ -226,7 +269,7 @@ fn authorize_job(
 /// Sends output frames until the stream ends, the client goes away, or the
 /// client sends anything (which a stream does not allow).
 async fn stream_output(
-    mut stream: crate::engine::OutputStream,
+    mut stream: OutputStream,
     sink: &mut Sink,
     source: &mut Source,
 ) -> Result<(), Closed> {
