@@ -109,7 +109,10 @@ pub fn list_request(request: v1::ListJobsRequest) -> Result<Request, Invalid> {
         Some(Err(_)) => {
             return Err(invalid_field(
                 "state",
-                format!("{} is not a JobState value", request.state.unwrap_or_default()),
+                format!(
+                    "{} is not a JobState value",
+                    request.state.unwrap_or_default()
+                ),
             ));
         }
     };

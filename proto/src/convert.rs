@@ -114,8 +114,12 @@ impl TryFrom<v1::Job> for JobInfo {
     type Error = Invalid;
 
     fn try_from(job: v1::Job) -> Result<Self, Invalid> {
-        let state = v1::JobState::try_from(job.state)
-            .map_err(|_| invalid("state", format!("{} is no state this version knows", job.state)))?;
+        let state = v1::JobState::try_from(job.state).map_err(|_| {
+            invalid(
+                "state",
+                format!("{} is no state this version knows", job.state),
+            )
+        })?;
         let termination = match (job.exit_code, job.signal) {
             (Some(code), None) => Some(Termination::Exited(code)),
             (None, Some(signal)) => Some(Termination::Signaled(signal)),
@@ -147,7 +151,9 @@ impl TryFrom<v1::Job> for JobInfo {
                 pids: enforced.pids,
             },
             usage: Usage {
-                cpu_usec: usage.cpu_time.map_or(Ok(0), |d| micros("usage.cpu_time", &d))?,
+                cpu_usec: usage
+                    .cpu_time
+                    .map_or(Ok(0), |d| micros("usage.cpu_time", &d))?,
                 memory_peak_bytes: usage.memory_peak_bytes,
                 io_read_bytes: usage.io_read_bytes,
                 io_write_bytes: usage.io_write_bytes,
@@ -256,18 +262,51 @@ mod tests {
             owner: Owner::Remote(UserName::new("alice").unwrap()),
             ..self::info()
         };
-        assert_eq!(JobInfo::try_from(v1::Job::from(running.clone())), Ok(running));
+        assert_eq!(
+            JobInfo::try_from(v1::Job::from(running.clone())),
+            Ok(running)
+        );
     }
 
     #[test]
     fn what_the_ipc_cannot_hold_names_its_field() {
         let field = |job: v1::Job| JobInfo::try_from(job).unwrap_err().field;
         let job = v1::Job::from(info());
-        assert_eq!(field(v1::Job { state: 0, ..job.clone() }), "state");
-        assert_eq!(field(v1::Job { state: 99, ..job.clone() }), "state");
-        assert_eq!(field(v1::Job { owner: "a b".into(), ..job.clone() }), "owner");
-        assert_eq!(field(v1::Job { created_at: None, ..job.clone() }), "created_at");
-        assert_eq!(field(v1::Job { exit_code: Some(0), ..job }), "signal");
+        assert_eq!(
+            field(v1::Job {
+                state: 0,
+                ..job.clone()
+            }),
+            "state"
+        );
+        assert_eq!(
+            field(v1::Job {
+                state: 99,
+                ..job.clone()
+            }),
+            "state"
+        );
+        assert_eq!(
+            field(v1::Job {
+                owner: "a b".into(),
+                ..job.clone()
+            }),
+            "owner"
+        );
+        assert_eq!(
+            field(v1::Job {
+                created_at: None,
+                ..job.clone()
+            }),
+            "created_at"
+        );
+        assert_eq!(
+            field(v1::Job {
+                exit_code: Some(0),
+                ..job
+            }),
+            "signal"
+        );
         for state in JobState::ALL {
             assert_eq!(JobState::try_from(v1::JobState::from(state)), Ok(state));
             assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
@@ -283,10 +322,10 @@ mod tests {
             limits: Limits::new(Some(500), None, None, None, Some(7)).unwrap(),
             usage: Usage {
                 cpu_usec: 2_500_001,
-                ..self::info().usage
+                ..info().usage
             },
             failure: None,
-            ..self::info()
+            ..info()
         };
         let job = v1::Job::from(info.clone());
         assert_eq!(job.id, info.id.to_string());

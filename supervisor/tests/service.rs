@@ -14,20 +14,14 @@ use std::time::Duration;
 use daemon::{BINARY, Daemon, decode_responses, encode_call};
 use futures::{SinkExt, StreamExt};
 use jobworker_ipc::{
-    Args, Call, Env, IpcError, JobId, JobInfo, JobSpec, JobState, Limits, Owner, PageSize, Request,
-    RequestId, Response, Role, Termination, UserName, frame, handshake,
+    Call, IpcError, JobId, JobInfo, JobSpec, JobState, Owner, PageSize, Request, RequestId,
+    Response, Role, Termination, UserName, frame, handshake,
 };
+use jobworker_tests::fixture::supervisor::job_spec;
 use jobworker_tests::procs;
 
 fn spec(command: &str, args: &[&str]) -> JobSpec {
-    JobSpec {
-        command: jobworker_ipc::Command::new(command).unwrap(),
-        args: Args::new(args.iter().map(|a| (*a).to_owned()).collect()).unwrap(),
-        env: Env::default(),
-        working_dir: None,
-        limits: Limits::default(),
-        request_id: None,
-    }
+    job_spec(command, args).unwrap()
 }
 
 fn start(command: &str, args: &[&str]) -> Request {
@@ -41,7 +35,7 @@ async fn a_local_operator_can_do_everything() {
         panic!("no pong");
     };
     assert_eq!(info.caller, Owner::Local(UserName::new("root").unwrap()));
-    assert_eq!(info.cgroup_root, d.cgroup_root.display().to_string());
+    assert_eq!(info.cgroup_root, d.cgroup_root().display().to_string());
 
     let job = d.local_job(start("/bin/echo", &["hi"])).await;
     assert_eq!(job.owner.to_string(), "local:root");
@@ -276,12 +270,12 @@ async fn socket_activation_serves_the_passed_socket_and_reports_ready() {
     let mut d = Daemon::start("");
     d.kill9();
     std::fs::remove_file(&d.socket).unwrap();
-    let notify_path = d.dir.path().join("notify.sock");
+    let notify_path = d.dir().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let activated = d.dir.path().join("activated.sock");
+    let activated = d.dir().join("activated.sock");
     let mut manager = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&activated)
@@ -350,7 +344,7 @@ async fn jobs_outlive_a_killed_supervisor() {
     d.kill9();
     // `later` ends while nobody supervises; `counter` keeps counting.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    d.spawn();
+    d.restart().unwrap();
 
     let info = wait_state(&d, finished.id, JobState::Finished).await;
     assert_eq!(info.termination, Some(Termination::Exited(0)));
@@ -412,7 +406,7 @@ async fn jobs_outlive_a_killed_supervisor() {
         counts.iter().enumerate().all(|(i, &c)| c == i as u64),
         "a gap or a repeat in {counts:?}"
     );
-    let left: Vec<_> = std::fs::read_dir(d.cgroup_root.join("jobs"))
+    let left: Vec<_> = std::fs::read_dir(d.cgroup_root().join("jobs"))
         .unwrap()
         .flatten()
         .filter(|e| e.path().is_dir())
@@ -432,10 +426,15 @@ async fn an_unrecoverable_job_is_failed_and_killed() {
         .args(["-9", &init.to_string()])
         .status();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    d.spawn();
+    d.restart().unwrap();
     let info = wait_state(&d, job.id, JobState::Failed).await;
     assert!(info.failure.unwrap().contains("no exit record"));
-    assert!(!d.cgroup_root.join("jobs").join(job.id.to_string()).exists());
+    assert!(
+        !d.cgroup_root()
+            .join("jobs")
+            .join(job.id.to_string())
+            .exists()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -456,7 +455,12 @@ async fn retention_removes_the_oldest_ended_jobs_and_never_a_running_one() {
         Response::Error(IpcError::NotFound { job: ended[0].id }),
         "the oldest ended job went"
     );
-    assert!(!d.state.join("jobs").join(ended[0].id.to_string()).exists());
+    assert!(
+        !d.state_dir
+            .join("jobs")
+            .join(ended[0].id.to_string())
+            .exists()
+    );
     for job in &ended[1..] {
         assert_eq!(
             d.local_job(Request::GetJob { job: job.id }).await.state,
@@ -578,7 +582,7 @@ async fn stop_all_and_check_nothing_is_left(d: &Daemon, jobs: &[JobInfo]) {
     let work_dirs = |d: &Daemon| -> Vec<JobId> {
         ids.iter()
             .copied()
-            .filter(|id| d.state.join(format!("jobs/{id}/work")).exists())
+            .filter(|id| d.state_dir.join(format!("jobs/{id}/work")).exists())
             .collect()
     };
     for _ in 0..500 {
@@ -664,12 +668,12 @@ async fn uids_are_kept_and_never_reused_across_a_restart() {
         );
         assert_eq!((info.uid, info.gid), (job.uid, job.gid), "job {}", job.id);
         // Its work directory is still on disk, so its uid stays held.
-        let kept = d.state.join(format!("jobs/{}/work/kept", job.id));
+        let kept = d.state_dir.join(format!("jobs/{}/work/kept", job.id));
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "kept\n");
     }
 
     d.kill9();
-    d.spawn();
+    d.restart().unwrap();
 
     for job in &running {
         let again = d.local_job(Request::GetJob { job: job.id }).await;

@@ -1,6 +1,7 @@
 //! Removing a test's (or a benchmark's) cgroup subtree: every process in it
-//! killed through `cgroup.kill`, every directory removed, leaves first. Shared
-//! by the supervisor's, the gateway's and the CLI's tests and by the bench.
+//! killed through `cgroup.kill`, every directory removed, leaves first. Used
+//! by [`crate::fixture`] (every real supervisor, and the bench's cgroups) and
+//! by the supervisor's in-process engine fixture.
 
 use std::path::Path;
 use std::time::Duration;

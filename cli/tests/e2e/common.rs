@@ -1,4 +1,5 @@
-//! The real binaries for the CLI's tests: a `jobworker-supervisor` on its own
+//! The real binaries for the CLI's tests, on the shared fixture
+//! (`jobworker_tests::fixture`): a `jobworker-supervisor` on its own
 //! socket, state directory and cgroup subtree, a `jobworker-gateway` on a
 //! free loopback port with certificates made by `jobworker-certs`, and
 //! helpers that run `jobctl` and `jobworker-debug` with a time limit.
@@ -9,17 +10,12 @@
 //! `cargo build --workspace --bins`.
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use jobworker_certs::{ClientRequest, Overwrite, ServerRequest, Validity};
-use jobworker_ipc::{
-    Args, Call, Command as JobCommand, Env, JobId, JobSpec, Limits, Request, Response, codec,
-};
+use jobworker_ipc::{JobId, Request, Response};
+use jobworker_tests::fixture::supervisor::{call, job_spec};
+use jobworker_tests::fixture::{Stack, StackOptions, Supervisor, SupervisorOptions, USERS};
 
 /// `jobctl`, built for these tests.
 pub const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
@@ -28,53 +24,6 @@ pub const DEBUG: &str = env!("CARGO_BIN_EXE_jobworker-debug");
 
 /// How long one run of a CLI may take in these tests.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A binary of another package of the workspace, in `target/<profile>/`.
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name))
-        .expect("the test binary is in target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} is missing: run cargo build --workspace --bins first",
-        path.display()
-    );
-    path
-}
-
-/// The cgroup2 mount point, from `/proc/self/mountinfo`.
-pub fn cgroup2_mount() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (fields, after) = line.split_once(" - ")?;
-            (after.split(' ').next()? == "cgroup2")
-                .then(|| fields.split(' ').nth(4).map(PathBuf::from))
-                .flatten()
-        })
-        .expect("these tests need a cgroup2 mount (none in /proc/self/mountinfo)")
-}
-
-pub use jobworker_tests::cleanup::remove_cgroup_tree;
-
-fn assert_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests start the supervisor, which must run as root"
-    );
-}
-
-fn world_readable_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    // Other uids (the gateway's, nobody's) must reach the files inside.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 /// What a finished process left.
 #[derive(Debug)]
@@ -161,114 +110,48 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Outcome {
     }
 }
 
-/// A running `jobworker-supervisor`.
-pub struct Supervisor {
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    pub cgroup_root: PathBuf,
-    log: PathBuf,
+/// The supervisor's options in these tests: `gateway_user` is the
+/// gateway's account, and a stopped job has 2 s to exit.
+fn supervisor_options(gateway_user: &str) -> SupervisorOptions {
+    SupervisorOptions {
+        gateway_user: gateway_user.to_owned(),
+        extra: "grace_period_ms = 2000\n".to_owned(),
+        ..SupervisorOptions::default()
+    }
 }
 
-impl Supervisor {
-    /// Starts a supervisor whose gateway account is `gateway_user`.
-    pub fn start(gateway_user: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        assert_root();
-        let binary = workspace_bin("jobworker-supervisor");
-        let dir = world_readable_dir();
-        let cgroup_root = cgroup2_mount().join(format!(
-            "jobworker-test-cli-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let socket = dir.path().join("supervisor.sock");
-        let state = dir.path().join("state");
-        let config = dir.path().join("supervisor.toml");
-        let log = dir.path().join("supervisor.log");
-        std::fs::write(
-            &config,
-            format!(
-                "socket_path = {socket:?}\nsocket_group = \"nogroup\"\nstate_dir = {state:?}\n\
-                 cgroup_root = {cgroup_root:?}\ngateway_user = \"{gateway_user}\"\n\
-                 grace_period_ms = 2000\n"
-            ),
-        )
-        .unwrap();
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut supervisor = Self {
-            child: Some(child),
-            _dir: dir,
-            socket,
-            cgroup_root,
-            log,
-        };
-        supervisor.wait_ready();
-        supervisor
-    }
+/// Starts a supervisor (without a gateway) whose gateway account is
+/// `gateway_user`.
+pub fn supervisor(gateway_user: &str) -> Supervisor {
+    Supervisor::start(&supervisor_options(gateway_user)).unwrap()
+}
 
-    fn wait_ready(&mut self) {
-        for _ in 0..500 {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("the supervisor exited with {status}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the supervisor never served its socket:\n{}",
-            self.log_text()
-        );
-    }
-
-    /// The supervisor's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
+/// What these tests do to a supervisor besides through the gateway.
+pub trait LocalTools {
     /// Starts a job as the local operator (this process is root); its id.
-    pub fn start_local_job(&self, command: &str, args: &[&str]) -> JobId {
-        let spec = JobSpec {
-            command: JobCommand::new(command).unwrap(),
-            args: Args::new(args.iter().map(|a| (*a).to_owned()).collect()).unwrap(),
-            env: Env::default(),
-            working_dir: None,
-            limits: Limits::default(),
-            request_id: None,
-        };
+    fn start_local_job(&self, command: &str, args: &[&str]) -> JobId;
+
+    /// `jobworker-debug` on this supervisor's socket.
+    fn debug(&self, args: &[&str]) -> Outcome;
+}
+
+impl LocalTools for Supervisor {
+    fn start_local_job(&self, command: &str, args: &[&str]) -> JobId {
+        let request = Request::StartJob(job_spec(command, args).unwrap());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
-            let mut client = codec::client(stream).await.unwrap();
-            client
-                .send(Call {
-                    on_behalf_of: None,
-                    request: Request::StartJob(spec),
-                })
-                .await
-                .unwrap();
-            match client.next().await.expect("an answer").unwrap() {
-                Response::Job(info) => info.id,
-                other => panic!("starting a job: {other:?}"),
-            }
-        })
+        let response = runtime
+            .block_on(async { call(&mut self.connect().await?, request).await })
+            .unwrap();
+        match response {
+            Response::Job(info) => info.id,
+            other => panic!("starting a job: {other:?}"),
+        }
     }
 
-    /// `jobworker-debug` on this supervisor's socket.
-    pub fn debug(&self, args: &[&str]) -> Outcome {
+    fn debug(&self, args: &[&str]) -> Outcome {
         run_with_timeout(
             Command::new(DEBUG)
                 .arg("--socket")
@@ -280,212 +163,44 @@ impl Supervisor {
     }
 }
 
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- supervisor log ---\n{}", self.log_text());
-        }
-        remove_cgroup_tree(&self.cgroup_root);
-    }
-}
-
-/// Certificates for a test: the two CAs, the gateway's certificate, client
-/// certificates for admin (admin), alice and bob (user) and rita (reader), and a
-/// server CA of another deployment.
-pub struct Certs {
-    pub dir: tempfile::TempDir,
-    pub other: tempfile::TempDir,
-}
-
-impl Certs {
-    pub fn make() -> Self {
-        let dir = world_readable_dir();
-        let validity = Validity::days_from_now(2).unwrap();
-        jobworker_certs::init(dir.path(), &validity, Overwrite::Refuse).unwrap();
-        jobworker_certs::issue_server(
-            dir.path(),
-            &ServerRequest {
-                host: "localhost".into(),
-                extra_names: vec!["127.0.0.1".into()],
-                validity,
-                prefix: "server".into(),
-                overwrite: Overwrite::Refuse,
-            },
-        )
-        .unwrap();
-        for (user, role) in [
-            ("admin", "admin"),
-            ("alice", "user"),
-            ("bob", "user"),
-            ("rita", "reader"),
-        ] {
-            jobworker_certs::issue_client(
-                dir.path(),
-                &ClientRequest {
-                    user: user.into(),
-                    role_values: vec![role.into()],
-                    validity,
-                    prefix: user.into(),
-                    overwrite: Overwrite::Refuse,
-                },
-            )
-            .unwrap();
-        }
-        let other = tempfile::tempdir().unwrap();
-        jobworker_certs::init(other.path(), &validity, Overwrite::Refuse).unwrap();
-        jobworker_certs::issue_client(
-            other.path(),
-            &ClientRequest {
-                user: "mallory".into(),
-                role_values: vec!["admin".into()],
-                validity,
-                prefix: "mallory".into(),
-                overwrite: Overwrite::Refuse,
-            },
-        )
-        .unwrap();
-        Self { dir, other }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The server CA of another deployment, which did not sign our gateway.
-    pub fn wrong_ca(&self) -> PathBuf {
-        self.other.path().join("server-ca.pem")
-    }
-
-    /// A client certificate (and key) from another deployment's client CA.
-    pub fn foreign_client(&self) -> (PathBuf, PathBuf) {
-        (
-            self.other.path().join("mallory.pem"),
-            self.other.path().join("mallory.key"),
-        )
-    }
-}
-
-/// A running `jobworker-gateway` in front of a supervisor.
-pub struct Gateway {
-    child: Option<Child>,
-    pub address: String,
-    log: PathBuf,
-}
-
-impl Gateway {
-    /// Starts the gateway as root; it switches to nobody.
-    pub fn start(supervisor: &Supervisor, certs: &Certs) -> Self {
-        let binary = workspace_bin("jobworker-gateway");
-        let key = certs.path("server.key");
-        std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let config = certs.path("gateway.toml");
-        let log = certs.path("gateway.log");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nserver_cert = {:?}\nserver_key = {key:?}\n\
-                 client_ca = {:?}\nsupervisor_socket = {:?}\nrun_as_user = \"nobody\"\n",
-                certs.path("server.pem"),
-                certs.path("client-ca.pem"),
-                supervisor.socket,
-            ),
-        )
-        .unwrap();
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut gateway = Self {
-            child: Some(child),
-            address: String::new(),
-            log,
-        };
-        gateway.address = gateway.wait_listening();
-        gateway
-    }
-
-    fn wait_listening(&mut self) -> String {
-        for _ in 0..500 {
-            let log = self.log_text();
-            if let Some(address) = log
-                .lines()
-                .find_map(|line| line.split_once("listening on ").map(|(_, a)| a.trim()))
-            {
-                return address.to_owned();
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("the gateway exited with {status}:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the gateway never said where it listens:\n{}",
-            self.log_text()
-        );
-    }
-
-    /// The gateway's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- gateway log ---\n{}", self.log_text());
-        }
-    }
-}
-
-/// A whole deployment: supervisor, gateway, certificates. Fields drop in
-/// order: the gateway before the supervisor.
+/// A whole deployment: supervisor, gateway, certificates for admin
+/// (admin), alice and bob (user), rita (reader) and, from another
+/// deployment, mallory.
 pub struct Deployment {
-    pub gateway: Gateway,
-    pub supervisor: Supervisor,
-    pub certs: Certs,
+    /// The gateway, the supervisor and the certificates.
+    pub stack: Stack,
     /// An empty home, so no user's config file is read.
     pub home: tempfile::TempDir,
 }
 
 impl Deployment {
     pub fn start() -> Self {
-        let supervisor = Supervisor::start("nobody");
-        let certs = Certs::make();
-        let gateway = Gateway::start(&supervisor, &certs);
+        let options = StackOptions {
+            supervisor: supervisor_options("nobody"),
+            ..StackOptions::default()
+        };
         Self {
-            gateway,
-            supervisor,
-            certs,
+            stack: Stack::start(USERS, &options).unwrap(),
             home: tempfile::tempdir().unwrap(),
         }
     }
 
+    /// The gateway's address, as `jobctl` takes it.
+    pub fn address(&self) -> String {
+        self.stack.gateway.addr.to_string()
+    }
+
     /// A `jobctl` command for `user`, its settings in `JOBCTL_*` variables.
     pub fn jobctl(&self, user: &str) -> Command {
+        let pki = &self.stack.pki;
         let mut cmd = Command::new(JOBCTL);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
-            .env("JOBCTL_SERVER", &self.gateway.address)
-            .env("JOBCTL_CA", self.certs.path("server-ca.pem"))
-            .env("JOBCTL_CERT", self.certs.path(&format!("{user}.pem")))
-            .env("JOBCTL_KEY", self.certs.path(&format!("{user}.key")));
+            .env("JOBCTL_SERVER", self.address())
+            .env("JOBCTL_CA", pki.server_ca())
+            .env("JOBCTL_CERT", pki.path(&format!("{user}.pem")))
+            .env("JOBCTL_KEY", pki.path(&format!("{user}.key")));
         cmd
     }
 

@@ -2,15 +2,15 @@
 
 use std::process::Command;
 
-use crate::common::{CLI_TIMEOUT, DEBUG, Supervisor, run_with_timeout};
+use crate::common::{CLI_TIMEOUT, DEBUG, LocalTools, run_with_timeout, supervisor};
 
 #[test]
 fn ping_reports_the_supervisor() {
-    let supervisor = Supervisor::start("daemon");
+    let supervisor = supervisor("daemon");
     let text = supervisor.debug(&["ping"]).ok();
     assert!(text.contains("protocol version: 1\n"), "{text}");
     assert!(text.contains("caller:           local:root\n"), "{text}");
-    let root = supervisor.cgroup_root.display().to_string();
+    let root = supervisor.cgroup_root().display().to_string();
     assert!(text.contains(&root), "{text}");
     assert!(text.contains("controllers:"), "{text}");
     let json: serde_json::Value =
@@ -22,7 +22,7 @@ fn ping_reports_the_supervisor() {
 
 #[test]
 fn lists_shows_streams_and_stops_jobs() {
-    let supervisor = Supervisor::start("daemon");
+    let supervisor = supervisor("daemon");
     let printer = supervisor
         .start_local_job("sh", &["-c", "printf 'one\\ntwo\\n'"])
         .to_string();
@@ -71,7 +71,7 @@ fn lists_shows_streams_and_stops_jobs() {
 
 #[test]
 fn frames_traces_every_frame() {
-    let supervisor = Supervisor::start("daemon");
+    let supervisor = supervisor("daemon");
     let ping = supervisor.debug(&["--frames", "ping"]);
     ping.ok();
     let lines: Vec<&str> = ping.stderr.lines().collect();
@@ -113,7 +113,7 @@ fn frames_traces_every_frame() {
 
 #[test]
 fn unknown_jobs_are_not_found() {
-    let supervisor = Supervisor::start("daemon");
+    let supervisor = supervisor("daemon");
     let absent = supervisor.debug(&["job", "6f1c2d3e-4f50-4617-8a9b-0c1d2e3f4a5b"]);
     assert_eq!(absent.code(), 5, "{absent:?}");
     assert!(
@@ -160,7 +160,7 @@ fn other_users_are_refused() {
     // nobody is neither root, the gateway (daemon here), nor an operator;
     // the socket's group is nogroup, so its connect() succeeds and the
     // supervisor's peer-credential check refuses it.
-    let supervisor = Supervisor::start("daemon");
+    let supervisor = supervisor("daemon");
     let outcome = run_with_timeout(
         Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", DEBUG])

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::common::{CLI_TIMEOUT, Deployment, JOBCTL, run_with_timeout, wait_with_timeout};
+use crate::common::{
+    CLI_TIMEOUT, Deployment, JOBCTL, LocalTools, run_with_timeout, wait_with_timeout,
+};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -229,7 +231,7 @@ fn connection_failures_are_one_clear_line() {
     // A CA that did not sign the gateway's certificate.
     let wrong_ca = run_with_timeout(
         d.jobctl("alice")
-            .env("JOBCTL_CA", d.certs.wrong_ca())
+            .env("JOBCTL_CA", d.stack.pki.foreign_server_ca())
             .arg("list"),
         CLI_TIMEOUT,
     );
@@ -241,7 +243,10 @@ fn connection_failures_are_one_clear_line() {
     );
 
     // A client certificate the gateway's client CA did not sign.
-    let (cert, key) = d.certs.foreign_client();
+    let (cert, key) = (
+        d.stack.pki.path("mallory.pem"),
+        d.stack.pki.path("mallory.key"),
+    );
     let foreign = run_with_timeout(
         d.jobctl("alice")
             .env("JOBCTL_CERT", cert)
@@ -283,13 +288,13 @@ fn settings_come_from_flags_then_env_then_the_config_file() {
     let config_dir = d.home.path().join(".config/jobctl");
     std::fs::create_dir_all(&config_dir).unwrap();
     for file in ["server-ca.pem", "alice.pem", "alice.key"] {
-        std::fs::copy(d.certs.path(file), config_dir.join(file)).unwrap();
+        std::fs::copy(d.stack.pki.path(file), config_dir.join(file)).unwrap();
     }
     std::fs::write(
         config_dir.join("config.toml"),
         format!(
             "server = \"https://{}\"\nca = \"server-ca.pem\"\ncert = \"alice.pem\"\nkey = \"alice.key\"\nserver_name = \"localhost\"\n",
-            d.gateway.address
+            d.address()
         ),
     )
     .unwrap();
@@ -310,7 +315,7 @@ fn settings_come_from_flags_then_env_then_the_config_file() {
     let flag_right = run_with_timeout(
         bare()
             .env("JOBCTL_SERVER", "127.0.0.1:1")
-            .args(["list", "--server", &d.gateway.address]),
+            .args(["list", "--server", &d.address()]),
         CLI_TIMEOUT,
     );
     assert_eq!(flag_right.ok(), "no jobs\n");
@@ -359,13 +364,13 @@ fn ctrl_c_stops_the_job_and_exits_130() {
 fn the_debug_tool_lists_jobs_started_through_the_gateway() {
     let d = Deployment::start();
     let id = d.start_job("alice", &["true"]);
-    let table = d.supervisor.debug(&["jobs"]).ok();
+    let table = d.stack.supervisor.debug(&["jobs"]).ok();
     let row = table
         .lines()
         .find(|line| line.starts_with(&id))
         .unwrap_or_else(|| panic!("{id} not in:\n{table}"));
     assert!(row.contains(" alice "), "{row}");
-    let json = json(&d.supervisor.debug(&["job", "--json", &id]).ok());
+    let json = json(&d.stack.supervisor.debug(&["job", "--json", &id]).ok());
     assert_eq!(json["owner"], "alice");
 }
 

@@ -1,22 +1,22 @@
-//! A real `jobworker-supervisor` process for tests: its own socket, state
-//! directory and cgroup subtree (on this host's cgroup2 mount), started,
-//! killed and restarted like an operator would; everything is removed on
-//! drop. Clients are the test process itself (root: a local operator) or
-//! `socat` run by `setpriv` under another uid.
+//! The real `jobworker-supervisor` of these tests: the shared fixture's
+//! [`Supervisor`] (its own socket, state directory and cgroup subtree,
+//! started, killed and restarted like an operator would), configured with
+//! `daemon` as its gateway account, and the calls these tests make to it.
+//! Clients are the test process itself (root: a local operator) or `socat`
+//! run by `setpriv` under another uid.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use futures::{SinkExt, StreamExt};
-use jobworker_ipc::codec::{self, ClientFramed};
+use jobworker_ipc::codec::ClientFramed;
 use jobworker_ipc::{
     Call, GraceMs, Identity, JobId, JobInfo, JobSpec, Request, Response, Role, UserName, frame,
     handshake,
 };
+use jobworker_tests::fixture::supervisor::call;
+use jobworker_tests::fixture::{Supervisor, SupervisorOptions};
 use tokio::net::UnixStream;
 
 /// The supervisor binary under test.
@@ -25,115 +25,31 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_jobworker-supervisor");
 /// The account the tests configure as the gateway.
 pub const GATEWAY_USER: &str = "daemon";
 
-pub struct Daemon {
-    child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    pub state: PathBuf,
-    pub cgroup_root: PathBuf,
-    pub config: PathBuf,
-    log: PathBuf,
-}
+/// A running supervisor; it derefs to the fixture's [`Supervisor`].
+pub struct Daemon(Supervisor);
 
 impl Daemon {
-    /// Writes a config (the test's `extra` lines appended to the basics) and
-    /// starts the supervisor on it.
+    /// Starts the supervisor on a config of the basics and the test's
+    /// `extra` lines.
     pub fn start(extra: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "these tests run the supervisor, which must run as root"
-        );
-        let mount = jobworker_supervisor::cgroup::cgroup2_mount()
-            .expect("these tests need a cgroup2 mount (see /proc/self/mountinfo)");
-        let dir = tempfile::tempdir().unwrap();
-        // Other uids (nobody, the gateway's) must reach the socket inside.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cgroup_root = mount.join(format!(
-            "jobworker-test-svc-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let socket = dir.path().join("supervisor.sock");
-        let state = dir.path().join("state");
-        let config = dir.path().join("supervisor.toml");
-        let log = dir.path().join("supervisor.log");
-        std::fs::write(
-            &config,
-            format!(
-                "socket_path = {socket:?}\nsocket_group = \"nogroup\"\nstate_dir = {state:?}\n\
-                 cgroup_root = {cgroup_root:?}\ngateway_user = \"{GATEWAY_USER}\"\n\
-                 {extra}\n"
-            ),
+        Self(
+            Supervisor::start(&SupervisorOptions {
+                gateway_user: GATEWAY_USER.to_owned(),
+                extra: extra.to_owned(),
+                bin_dir: Path::new(BINARY).parent().map(Path::to_path_buf),
+            })
+            .unwrap(),
         )
-        .unwrap();
-        let mut daemon = Self {
-            child: None,
-            dir,
-            socket,
-            state,
-            cgroup_root,
-            config,
-            log,
-        };
-        daemon.spawn();
-        daemon
-    }
-
-    /// Starts the supervisor process and waits until it answers.
-    pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BINARY)
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..500 {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("the supervisor exited with {status}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the supervisor never served {}:\n{}",
-            self.socket.display(),
-            self.log_text()
-        );
-    }
-
-    /// SIGKILLs the supervisor (its jobs go on).
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The supervisor's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A connection as the test process (root: a local operator).
     pub async fn connect(&self) -> ClientFramed<UnixStream> {
-        let stream = UnixStream::connect(&self.socket).await.unwrap();
-        codec::client(stream).await.unwrap()
+        self.0.connect().await.unwrap()
     }
 
     /// One request as the local operator; its one response.
     pub async fn local(&self, request: Request) -> Response {
-        call_locally(&mut self.connect().await, request).await
+        call(&mut self.connect().await, request).await.unwrap()
     }
 
     /// A job's info from a response that must carry one.
@@ -241,7 +157,7 @@ impl Daemon {
         let mut client = self.connect().await;
         let mut infos = Vec::new();
         for request in requests {
-            match call_locally(&mut client, request).await {
+            match call(&mut client, request).await.unwrap() {
                 Response::Job(info) => infos.push(*info),
                 other => panic!("expected a job, got {other:?}"),
             }
@@ -251,14 +167,14 @@ impl Daemon {
 
     /// The job cgroups left below the supervisor's cgroup subtree.
     pub fn job_cgroups_left(&self) -> Vec<String> {
-        match std::fs::read_dir(self.cgroup_root.join("jobs")) {
+        match std::fs::read_dir(self.cgroup_root().join("jobs")) {
             Ok(entries) => entries
                 .flatten()
                 .filter(|e| e.path().is_dir())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => panic!("reading {}/jobs: {e}", self.cgroup_root.display()),
+            Err(e) => panic!("reading {}/jobs: {e}", self.cgroup_root().display()),
         }
     }
 
@@ -273,18 +189,6 @@ impl Daemon {
         };
         decode_responses(&self.raw_as(GATEWAY_USER, &encode_call(&call)))
     }
-}
-
-/// One request on `client` as the local operator; its one response.
-async fn call_locally(client: &mut ClientFramed<UnixStream>, request: Request) -> Response {
-    client
-        .send(Call {
-            on_behalf_of: None,
-            request,
-        })
-        .await
-        .unwrap();
-    client.next().await.expect("a response").unwrap()
 }
 
 /// The bytes a client sends: hello, then the call's frame.
@@ -312,12 +216,16 @@ pub fn decode_responses(bytes: &[u8]) -> Vec<Response> {
     out
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!("--- supervisor log ---\n{}", self.log_text());
-        }
-        jobworker_tests::cleanup::remove_cgroup_tree(&self.cgroup_root);
+impl std::ops::Deref for Daemon {
+    type Target = Supervisor;
+
+    fn deref(&self) -> &Supervisor {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Supervisor {
+        &mut self.0
     }
 }

@@ -1,8 +1,9 @@
 //! The benchmark harness behind `bench` (see BENCHMARKS.md): the real
 //! supervisor and gateway measured against floors and peers in the same run.
 //!
-//! - [`stack`]: certificates, the supervisor and the gateway started for
-//!   real, and their clients (mTLS gRPC, ipc).
+//! - [`stack`]: the fixture's stack (certificates, the supervisor and the
+//!   gateway started for real) as the bench starts it, and what it reads
+//!   of the stack's processes (memory, CPU time).
 //! - [`floor`]: the bare clone3 + namespaces + cgroup + exec program, built
 //!   with the system `cc`, and the spawn-to-first-byte timer for it and for
 //!   the peers (`unshare`, `bwrap`).

@@ -155,33 +155,27 @@ pub fn machine() -> String {
         .map(|l| l.trim().to_owned())
         .unwrap_or_default();
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
-    let mounts = read("/proc/self/mountinfo");
-    let mut cgroup = Vec::new();
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        match fields.get(sep + 1) {
-            Some(&"cgroup2") => {
-                let mount = fields.get(4).copied().unwrap_or("?");
-                let controllers = read(&format!("{mount}/cgroup.controllers"));
-                cgroup.push(format!(
-                    "cgroup2 at {mount} (controllers: {})",
-                    if controllers.trim().is_empty() {
-                        "none"
-                    } else {
-                        controllers.trim()
-                    }
-                ));
+    // The v1 hierarchies (a hybrid host's), then the cgroup2 mount the
+    // supervisor uses.
+    let mut cgroup: Vec<String> = read("/proc/self/mountinfo")
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let point = mount.split(' ').nth(4)?;
+            fs.starts_with("cgroup ").then(|| format!("v1 {point}"))
+        })
+        .collect();
+    if let Ok(mount) = jobworker_supervisor::cgroup::cgroup2_mount() {
+        let controllers = read(&format!("{}/cgroup.controllers", mount.display()));
+        cgroup.push(format!(
+            "cgroup2 at {} (controllers: {})",
+            mount.display(),
+            if controllers.trim().is_empty() {
+                "none"
+            } else {
+                controllers.trim()
             }
-            Some(&"cgroup") => {
-                if let Some(path) = fields.get(4) {
-                    cgroup.push(format!("v1 {path}"));
-                }
-            }
-            _ => {}
-        }
+        ));
     }
     let layout = if cgroup.iter().any(|c| c.starts_with("v1")) {
         "hybrid"

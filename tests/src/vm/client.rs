@@ -8,10 +8,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::{SinkExt, StreamExt};
 use jobworker_ipc::codec::{self, ClientFramed};
 use jobworker_ipc::{
-    Args, Call, Command, Env, GraceMs, JobId, JobInfo, JobSpec, JobState, Limits, PageSize,
-    Request, Response, ServerInfo,
+    Call, GraceMs, JobId, JobInfo, JobSpec, JobState, Limits, PageSize, Request, Response,
+    ServerInfo,
 };
 use tokio::net::UnixStream;
+
+use crate::fixture::supervisor;
 
 /// How long one request/response exchange may take. TCG is slow, but no
 /// single answer of the supervisor should take this long.
@@ -77,20 +79,7 @@ impl Client {
     pub async fn call(&self, request: Request) -> Result<Response> {
         let what = request_name(&request);
         let mut framed = self.connect().await?;
-        let exchange = async {
-            framed
-                .send(Call {
-                    on_behalf_of: None,
-                    request,
-                })
-                .await
-                .context("sending the call")?;
-            match framed.next().await {
-                Some(frame) => frame.context("reading the response"),
-                None => bail!("the supervisor closed the connection without answering"),
-            }
-        };
-        tokio::time::timeout(CALL_TIMEOUT, exchange)
+        tokio::time::timeout(CALL_TIMEOUT, supervisor::call(&mut framed, request))
             .await
             .with_context(|| format!("{what}: no answer within {CALL_TIMEOUT:?}"))?
             .with_context(|| format!("{what} call"))
@@ -107,12 +96,8 @@ impl Client {
     /// `StartJob` with a command, its arguments and limits.
     pub async fn start(&self, command: &str, args: &[&str], limits: Limits) -> Result<JobInfo> {
         let spec = JobSpec {
-            command: Command::new(command)?,
-            args: Args::new(args.iter().map(|a| (*a).to_owned()).collect())?,
-            env: Env::default(),
-            working_dir: None,
             limits,
-            request_id: None,
+            ..supervisor::job_spec(command, args)?
         };
         match self.call(Request::StartJob(spec)).await? {
             Response::Job(info) => Ok(*info),

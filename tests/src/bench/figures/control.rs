@@ -16,20 +16,22 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::bench::Options;
 use crate::bench::report::{Report, Unit};
-use crate::bench::stack::{self, Stack, StackOptions};
+use crate::bench::stack::{self, USER};
 use crate::bench::stats::Samples;
+use crate::fixture::gateway::start_request;
+use crate::fixture::supervisor;
 
 /// Warm-up round trips, not sampled.
 const WARMUP: usize = 100;
 
 /// Runs the figure.
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
-    let stack = Stack::start(&StackOptions::default())?;
-    let channel = stack.channel().await?;
+    let stack = stack::start("")?;
+    let channel = stack.channel(USER).await?;
     let mut jobs = v1::job_service_client::JobServiceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     let id = jobs
-        .start_job(stack::start_request("/bin/true", &[]))
+        .start_job(start_request("/bin/true", &[]))
         .await
         .context("StartJob")?
         .into_inner()
@@ -66,10 +68,10 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let job: JobId = id
         .parse()
         .map_err(|e| anyhow::anyhow!("job id {id}: {e:?}"))?;
-    let mut connection = stack.ipc().await?;
+    let mut connection = stack.supervisor.connect().await?;
     for i in 0..WARMUP + options.control_samples {
         let start = Instant::now();
-        match stack::ipc_call(&mut connection, Request::GetJob { job }).await? {
+        match supervisor::call(&mut connection, Request::GetJob { job }).await? {
             Response::Job(_) => {}
             other => bail!("GetJob over ipc: {other:?}"),
         }

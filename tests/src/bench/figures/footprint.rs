@@ -14,8 +14,9 @@ use jobworker_proto::v1;
 
 use crate::bench::Options;
 use crate::bench::report::{Report, Unit};
-use crate::bench::stack::{self, Stack, StackOptions};
+use crate::bench::stack::{self, USER};
 use crate::bench::stats::Samples;
+use crate::fixture::gateway::start_request;
 
 /// (allocated bytes, apparent bytes) of everything under `dir`.
 fn disk_usage(dir: &Path) -> Result<(u64, u64)> {
@@ -42,8 +43,8 @@ fn one(value: u64) -> Samples {
 /// Runs the figure.
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let f = "5 footprint";
-    let stack = Stack::start(&StackOptions::default())?;
-    let (sup, gw) = (stack.supervisor_pid(), stack.gateway_pid());
+    let stack = stack::start("")?;
+    let (sup, gw) = (stack.supervisor.pid(), stack.gateway.pid());
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.add(
         f,
@@ -67,12 +68,12 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let clients = 16.min(jobs.max(1));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut client = stack.client().await?;
+        let mut client = stack.client(USER).await?;
         let count = jobs / clients + usize::from(c < jobs % clients);
         tasks.push(tokio::spawn(async move {
             for _ in 0..count {
                 let id = client
-                    .start_job(stack::start_request("/bin/true", &[]))
+                    .start_job(start_request("/bin/true", &[]))
                     .await
                     .context("StartJob")?
                     .into_inner()
@@ -86,7 +87,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         task.await??;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let jobs_dir = stack.state_dir.join("jobs");
+    let jobs_dir = stack.supervisor.state_dir.join("jobs");
     let records = std::fs::read_dir(&jobs_dir)?.count();
     if records < jobs {
         bail!(
@@ -131,9 +132,9 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
 
     // M concurrent streams on one job.
     let streams = options.footprint_streams;
-    let mut control = stack.client().await?;
+    let mut control = stack.client(USER).await?;
     let id = control
-        .start_job(stack::start_request(
+        .start_job(start_request(
             "/bin/sh",
             &["-c", "while :; do echo tick; sleep 0.1; done"],
         ))
@@ -144,7 +145,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
     let mut followers = Vec::new();
     for _ in 0..streams {
-        let mut client = stack.client().await?;
+        let mut client = stack.client(USER).await?;
         let id = id.clone();
         let ready = ready_tx.clone();
         followers.push(tokio::spawn(async move {

@@ -11,13 +11,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
-use jobworker_ipc::{Args, Command, Env, JobSpec, Limits, Request, Response};
+use jobworker_ipc::{Request, Response};
 
 use crate::bench::Options;
 use crate::bench::floor::{self, Floor};
 use crate::bench::report::{Report, Unit};
-use crate::bench::stack::{self, CgroupGuard, Stack, StackOptions};
+use crate::bench::stack::{self, USER};
 use crate::bench::stats::Samples;
+use crate::fixture::gateway::start_request;
+use crate::fixture::{Cgroup, supervisor};
 
 /// The command every variant runs.
 const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
@@ -44,9 +46,10 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
 
     // The bare programs, on a blocking thread.
     let floor = Floor::compile()?;
-    let cgroup = CgroupGuard(stack::fresh_cgroup("floor")?);
-    std::fs::create_dir(&cgroup.0).with_context(|| format!("creating {}", cgroup.0.display()))?;
-    let floor_argv = floor.command(&cgroup.0, &COMMAND);
+    let cgroup = Cgroup::fresh("floor")?;
+    std::fs::create_dir(cgroup.path())
+        .with_context(|| format!("creating {}", cgroup.path().display()))?;
+    let floor_argv = floor.command(cgroup.path(), &COMMAND);
     let unshare: Vec<String> = [
         "unshare",
         "--pid",
@@ -97,14 +100,14 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let bwrap_samples = next();
 
     // The stack.
-    let stack = Stack::start(&StackOptions::default())?;
-    let mut client = stack.client().await?;
+    let stack = stack::start("")?;
+    let mut client = stack.client(USER).await?;
     let mut to_first = Samples::new();
     let mut reply = Samples::new();
     for i in 0..WARMUP + n {
         let start = Instant::now();
         let id = client
-            .start_job(stack::start_request(COMMAND[0], &COMMAND[1..]))
+            .start_job(start_request(COMMAND[0], &COMMAND[1..]))
             .await
             .context("StartJob")?
             .into_inner()
@@ -123,22 +126,15 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
 
     // Straight over ipc, as the local admin.
     let mut ipc = Samples::new();
-    let mut control = stack.ipc().await?;
+    let mut control = stack.supervisor.connect().await?;
     for i in 0..WARMUP + n {
-        let spec = JobSpec {
-            command: Command::new(COMMAND[0])?,
-            args: Args::new(COMMAND[1..].iter().map(|a| (*a).to_owned()).collect())?,
-            env: Env::default(),
-            working_dir: None,
-            limits: Limits::default(),
-            request_id: None,
-        };
+        let spec = supervisor::job_spec(COMMAND[0], &COMMAND[1..])?;
         let start = Instant::now();
-        let job = match stack::ipc_call(&mut control, Request::StartJob(spec)).await? {
+        let job = match supervisor::call(&mut control, Request::StartJob(spec)).await? {
             Response::Job(info) => info.id,
             other => bail!("StartJob over ipc: {other:?}"),
         };
-        let mut stream = stack.ipc().await?;
+        let mut stream = stack.supervisor.connect().await?;
         stream
             .send(jobworker_ipc::Call {
                 on_behalf_of: None,

@@ -22,8 +22,10 @@ use tonic::transport::Channel;
 
 use crate::bench::Options;
 use crate::bench::report::{Report, Unit};
-use crate::bench::stack::{self, Stack, StackOptions};
+use crate::bench::stack::{self, CpuReading, USER};
 use crate::bench::stats::Samples;
+use crate::fixture::Stack;
+use crate::fixture::gateway::start_request;
 
 /// Runs of the job alone and of the pipe.
 const REPEATS: usize = 3;
@@ -96,9 +98,9 @@ async fn run_once(
     bytes: u64,
 ) -> Result<(f64, Samples, f64, String)> {
     let n = bytes.to_string();
-    let cpu_before = stack.cpu()?;
+    let cpu_before = CpuReading::of(stack)?;
     let id = control
-        .start_job(stack::start_request("head", &["-c", &n, "/dev/zero"]))
+        .start_job(start_request("head", &["-c", &n, "/dev/zero"]))
         .await
         .context("StartJob")?
         .into_inner()
@@ -126,7 +128,7 @@ async fn run_once(
     }
     let wall = start.elapsed().as_secs_f64();
     let job = wait_ended(control, &id).await?;
-    let cpu = stack.cpu()?.since(&cpu_before);
+    let cpu = CpuReading::of(stack)?.since(&cpu_before);
     let mib = bytes as f64 / f64::from(1 << 20);
     let note = format!(
         "streaming {mib:.0} MiB to {} followers: {}",
@@ -150,20 +152,13 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let big = options.stream_bytes;
     let small = options.fanout_bytes;
     let cap = big.max(small) + (1 << 20);
-    let stack = Stack::start(&StackOptions {
-        supervisor_extra: format!(
-            "output_cap_bytes = {cap}\n[retention]\nmax_total_bytes = 0\nmax_age_secs = 0\n"
-        ),
-        ..StackOptions::default()
-    })?;
+    let stack = stack::start(&format!(
+        "output_cap_bytes = {cap}\n[retention]\nmax_total_bytes = 0\nmax_age_secs = 0\n"
+    ))?;
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
 
-    // The plain pipe into a file, next to the state directory.
-    let dir = stack
-        .state_dir
-        .parent()
-        .context("the state directory's parent")?
-        .to_owned();
+    // The plain pipe into a file, next to the supervisor's state directory.
+    let dir = stack.supervisor.dir().to_owned();
     let (cpu_before, cpu_children_before) = stack::cpu_seconds(std::process::id())?;
     let pipe = tokio::task::spawn_blocking(move || -> Result<Samples> {
         let mut s = Samples::new();
@@ -192,7 +187,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         None,
     );
 
-    let mut control = stack.client().await?;
+    let mut control = stack.client(USER).await?;
     // The job alone: bytes/s into its log.
     let mut alone = Samples::new();
     let mut last_note = String::new();
@@ -215,7 +210,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     );
 
     // One follower on the full size.
-    let one = vec![stack.client().await?];
+    let one = vec![stack.client(USER).await?];
     let (secs, rates, _, note) = run_once(&stack, &mut control, &one, big).await?;
     report.note(note);
     report.add(
@@ -249,7 +244,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let mut pool: Vec<JobServiceClient<Channel>> = Vec::new();
     let max = options.fanout_followers.iter().copied().max().unwrap_or(0);
     for _ in 0..max {
-        pool.push(stack.client().await?);
+        pool.push(stack.client(USER).await?);
     }
     let (secs0, _, _, _) = run_once(&stack, &mut control, &[], small).await?;
     report.add(

@@ -17,8 +17,10 @@ use jobworker_proto::v1;
 use crate::bench::Options;
 use crate::bench::floor::Floor;
 use crate::bench::report::{Report, Unit};
-use crate::bench::stack::{self, CgroupGuard, Stack, StackOptions};
+use crate::bench::stack::{self, CpuReading, USER};
 use crate::bench::stats::Samples;
+use crate::fixture::Cgroup;
+use crate::fixture::gateway::start_request;
 
 /// The phases of one job, from its record's timestamps and the client's
 /// clock (the same host's).
@@ -120,12 +122,12 @@ fn floor_loops(
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let secs = options.throughput_secs;
     let floor = Floor::compile()?;
-    let cgroup = CgroupGuard(stack::fresh_cgroup("floor")?);
-    std::fs::create_dir(&cgroup.0)?;
+    let cgroup = Cgroup::fresh("floor")?;
+    std::fs::create_dir(cgroup.path())?;
     let f = "3 throughput";
     for &clients in &options.throughput_clients {
         // The floor.
-        let argv = floor.command(&cgroup.0, &["/bin/true"]);
+        let argv = floor.command(cgroup.path(), &["/bin/true"]);
         let (start, done, each) =
             tokio::task::spawn_blocking(move || floor_loops(&argv, clients, secs)).await??;
         let floor_key = format!("tput.floor.c{clients}");
@@ -149,12 +151,12 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         );
 
         // The stack, fresh for each level.
-        let stack = Stack::start(&StackOptions::default())?;
+        let stack = stack::start("")?;
         let mut clients_v = Vec::new();
         for _ in 0..clients {
-            clients_v.push(stack.client().await?);
+            clients_v.push(stack.client(USER).await?);
         }
-        let cpu_before = stack.cpu()?;
+        let cpu_before = CpuReading::of(&stack)?;
         let start = Instant::now();
         let deadline = start + Duration::from_secs(secs);
         let tasks: Vec<_> = clients_v
@@ -166,7 +168,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
                         let t = Instant::now();
                         let sent = SystemTime::now();
                         let id = client
-                            .start_job(stack::start_request("/bin/true", &[]))
+                            .start_job(start_request("/bin/true", &[]))
                             .await
                             .context("StartJob")?
                             .into_inner()
@@ -194,7 +196,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
                 }
             }
         }
-        let cpu = stack.cpu()?.since(&cpu_before);
+        let cpu = CpuReading::of(&stack)?.since(&cpu_before);
         let wall = start.elapsed().as_secs_f64();
         drop(stack);
         report.note(format!(
