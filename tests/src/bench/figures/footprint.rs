@@ -40,28 +40,44 @@ fn one(value: u64) -> Samples {
     Samples::from_values(vec![value as f64])
 }
 
+/// The supervisor's and the gateway's VmRSS now, as `fp.sup.<when>` and
+/// `fp.gw.<when>`, against their idle readings (unless this is the idle one).
+fn add_rss(
+    report: &mut Report,
+    (sup, gw): (u32, u32),
+    when: &str,
+    (sup_what, gw_what): (String, String),
+) -> Result<()> {
+    let f = "5 footprint";
+    let idle = when != "idle";
+    for (daemon, pid, what) in [("sup", sup, sup_what), ("gw", gw, gw_what)] {
+        report.add(
+            f,
+            &format!("fp.{daemon}.{when}"),
+            what,
+            Unit::Bytes,
+            one(stack::rss_bytes(pid)?),
+            idle.then(|| format!("fp.{daemon}.idle")).as_deref(),
+        );
+    }
+    Ok(())
+}
+
 /// Runs the figure.
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let f = "5 footprint";
     let stack = stack::start("")?;
     let (sup, gw) = (stack.supervisor.pid(), stack.gateway.pid());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    report.add(
-        f,
-        "fp.sup.idle",
-        "supervisor VmRSS, idle",
-        Unit::Bytes,
-        one(stack::rss_bytes(sup)?),
-        None,
-    );
-    report.add(
-        f,
-        "fp.gw.idle",
-        "gateway VmRSS, idle",
-        Unit::Bytes,
-        one(stack::rss_bytes(gw)?),
-        None,
-    );
+    add_rss(
+        report,
+        (sup, gw),
+        "idle",
+        (
+            "supervisor VmRSS, idle".into(),
+            "gateway VmRSS, idle".into(),
+        ),
+    )?;
 
     // N finished jobs, from 16 clients.
     let jobs = options.footprint_jobs;
@@ -95,22 +111,15 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
             jobs_dir.display()
         );
     }
-    report.add(
-        f,
-        "fp.sup.jobs",
-        format!("supervisor VmRSS, {jobs} finished jobs on record"),
-        Unit::Bytes,
-        one(stack::rss_bytes(sup)?),
-        Some("fp.sup.idle"),
-    );
-    report.add(
-        f,
-        "fp.gw.jobs",
-        format!("gateway VmRSS, after {jobs} jobs"),
-        Unit::Bytes,
-        one(stack::rss_bytes(gw)?),
-        Some("fp.gw.idle"),
-    );
+    add_rss(
+        report,
+        (sup, gw),
+        "jobs",
+        (
+            format!("supervisor VmRSS, {jobs} finished jobs on record"),
+            format!("gateway VmRSS, after {jobs} jobs"),
+        ),
+    )?;
     let (allocated, apparent) = disk_usage(&jobs_dir)?;
     let n = records as u64;
     report.add(
@@ -177,22 +186,15 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
             .context("the streams did not all start within 60 s")?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    report.add(
-        f,
-        "fp.sup.streams",
-        format!("supervisor VmRSS, {streams} concurrent streams"),
-        Unit::Bytes,
-        one(stack::rss_bytes(sup)?),
-        Some("fp.sup.idle"),
-    );
-    report.add(
-        f,
-        "fp.gw.streams",
-        format!("gateway VmRSS, {streams} concurrent streams ({streams} mTLS connections)"),
-        Unit::Bytes,
-        one(stack::rss_bytes(gw)?),
-        Some("fp.gw.idle"),
-    );
+    add_rss(
+        report,
+        (sup, gw),
+        "streams",
+        (
+            format!("supervisor VmRSS, {streams} concurrent streams"),
+            format!("gateway VmRSS, {streams} concurrent streams ({streams} mTLS connections)"),
+        ),
+    )?;
     control
         .stop_job(v1::StopJobRequest {
             job_id: id,
