@@ -202,17 +202,13 @@ fn rustls_accepts_leaves_from_their_own_ca_only() {
     client_verifier(CaKind::Client)
         .verify_client_cert(&alice, &[], now)
         .unwrap();
-    assert!(
-        client_verifier(CaKind::Server)
-            .verify_client_cert(&alice, &[], now)
-            .is_err()
-    );
+    client_verifier(CaKind::Server)
+        .verify_client_cert(&alice, &[], now)
+        .unwrap_err();
     // A server certificate is not a client certificate, even from the right CA.
-    assert!(
-        client_verifier(CaKind::Server)
-            .verify_client_cert(&server, &[], now)
-            .is_err()
-    );
+    client_verifier(CaKind::Server)
+        .verify_client_cert(&server, &[], now)
+        .unwrap_err();
 
     let server_verifier = |kind| {
         WebPkiServerVerifier::builder_with_provider(roots(dir, kind), provider.clone())
@@ -224,18 +220,14 @@ fn rustls_accepts_leaves_from_their_own_ca_only() {
         server_verifier(CaKind::Server)
             .verify_server_cert(&server, &[], &name, &[], now)
             .unwrap();
-        assert!(
-            server_verifier(CaKind::Client)
-                .verify_server_cert(&server, &[], &name, &[], now)
-                .is_err()
-        );
+        server_verifier(CaKind::Client)
+            .verify_server_cert(&server, &[], &name, &[], now)
+            .unwrap_err();
     }
     let other = ServerName::try_from("elsewhere").unwrap();
-    assert!(
-        server_verifier(CaKind::Server)
-            .verify_server_cert(&server, &[], &other, &[], now)
-            .is_err()
-    );
+    server_verifier(CaKind::Server)
+        .verify_server_cert(&server, &[], &other, &[], now)
+        .unwrap_err();
 }
 
 #[test]

@@ -375,9 +375,9 @@ mod tests {
             normalize_server("https://gw.example:8443").unwrap(),
             "https://gw.example:8443"
         );
-        assert!(normalize_server("http://gw:80").is_err());
-        assert!(normalize_server("").is_err());
-        assert!(normalize_server("https://").is_err());
+        normalize_server("http://gw:80").unwrap_err();
+        normalize_server("").unwrap_err();
+        normalize_server("https://").unwrap_err();
     }
 
     #[test]
@@ -385,8 +385,8 @@ mod tests {
         let path = Path::new("/c.toml");
         let err = parse_file(path, "sever = \"x\"").unwrap_err().to_string();
         assert!(err.contains("/c.toml") && err.contains("sever"), "{err}");
-        assert!(parse_file(path, "server = 5").is_err());
-        assert!(parse_file(path, "connect_timeout = \"soon\"").is_err());
+        parse_file(path, "server = 5").unwrap_err();
+        parse_file(path, "connect_timeout = \"soon\"").unwrap_err();
         assert_eq!(parse_file(path, "").unwrap(), Layer::default());
     }
 
@@ -408,7 +408,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let absent = dir.path().join("none.toml");
         assert_eq!(file_layer(&absent, false).unwrap(), Layer::default());
-        assert!(file_layer(&absent, true).is_err());
+        file_layer(&absent, true).unwrap_err();
         let present = dir.path().join("c.toml");
         std::fs::write(&present, "server = \"h:1\"\n").unwrap();
         assert_eq!(

@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(parse_rate("10M"), Ok(10 << 20));
         assert_eq!(parse_rate("10M/s"), Ok(10 << 20));
         assert_eq!(parse_rate("4096/s"), Ok(4096));
-        assert!(parse_rate("/s").is_err());
+        parse_rate("/s").unwrap_err();
     }
 
     #[test]

@@ -327,9 +327,9 @@ mod tests {
 
     #[test]
     fn garbled_keyed_values_are_errors() {
-        assert!(keyed_value("populated yes\n", "populated").is_err());
-        assert!(keyed_value("populated\n", "populated").is_err());
-        assert!(keyed_value("populated 1 2\n", "populated").is_err());
+        keyed_value("populated yes\n", "populated").unwrap_err();
+        keyed_value("populated\n", "populated").unwrap_err();
+        keyed_value("populated 1 2\n", "populated").unwrap_err();
         // A garbled line for another key does not matter.
         assert_eq!(
             keyed_value("frozen ?\npopulated 0\n", "populated"),
@@ -350,9 +350,9 @@ mod tests {
 
     #[test]
     fn garbled_io_stat_is_an_error() {
-        assert!(io_stat_bytes("8:0 rbytes=x wbytes=1\n").is_err());
-        assert!(io_stat_bytes("8:0 rbytes 1\n").is_err());
-        assert!(io_stat_bytes("sda rbytes=1 wbytes=1\n").is_err());
+        io_stat_bytes("8:0 rbytes=x wbytes=1\n").unwrap_err();
+        io_stat_bytes("8:0 rbytes 1\n").unwrap_err();
+        io_stat_bytes("sda rbytes=1 wbytes=1\n").unwrap_err();
     }
 
     #[test]
@@ -367,13 +367,13 @@ mod tests {
     fn parses_cgroup_procs() {
         assert_eq!(pids("12\n345\n"), Ok(vec![12, 345]));
         assert_eq!(pids(""), Ok(vec![]));
-        assert!(pids("12\nx\n").is_err());
+        pids("12\nx\n").unwrap_err();
     }
 
     #[test]
     fn parses_single_numbers() {
         assert_eq!(number("1048576\n"), Ok(1_048_576));
-        assert!(number("max\n").is_err());
+        number("max\n").unwrap_err();
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn read_output(output: &mut Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io
 fn forward_signals(signals: &SignalFd) -> io::Result<bool> {
     let mut stopped = false;
     while let Some(info) = signals.read_signal()? {
-        match Signal::try_from(info.ssi_signo as i32) {
+        match Signal::try_from(info.ssi_signo.cast_signed()) {
             // To every process of the job, not only the command, so that each
             // gets the grace period to clean up. As pid 1, kill(-1) reaches
             // every other process of the namespace.

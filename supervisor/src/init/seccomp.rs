@@ -88,6 +88,16 @@ const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
 
+/// A BPF instruction's code: libc spells the classic BPF opcodes as `u32`,
+/// and every one of them fits the 16 bits of `sock_filter::code`.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "BPF opcodes are below 0x100"
+)]
+const fn opcode(code: u32) -> u16 {
+    code as u16
+}
+
 /// The compiled filter.
 pub struct Filters(BpfProgram);
 
@@ -168,7 +178,7 @@ struct Program(Vec<Insn>);
 impl Program {
     fn load(&mut self, offset: u32) {
         self.0.push(Insn {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            code: opcode(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS),
             k: offset,
             jt: Target::Next,
             jf: Target::Next,
@@ -182,7 +192,7 @@ impl Program {
             Cmp::Set => libc::BPF_JSET,
         };
         self.0.push(Insn {
-            code: (libc::BPF_JMP | op | libc::BPF_K) as u16,
+            code: opcode(libc::BPF_JMP | op | libc::BPF_K),
             k,
             jt,
             jf,
@@ -192,7 +202,7 @@ impl Program {
     /// An unconditional jump (its offset goes in `k`).
     fn goto(&mut self, to: Target) {
         self.0.push(Insn {
-            code: (libc::BPF_JMP | libc::BPF_JA) as u16,
+            code: opcode(libc::BPF_JMP | libc::BPF_JA),
             k: 0,
             jt: to,
             jf: Target::Next,
@@ -235,7 +245,7 @@ impl Program {
             Target::Eperm,
             Target::Allow,
         );
-        let errno = |e: i32| libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA);
+        let errno = |e: i32| libc::SECCOMP_RET_ERRNO | (e.cast_unsigned() & libc::SECCOMP_RET_DATA);
         for k in [
             libc::SECCOMP_RET_ALLOW,
             errno(libc::EPERM),
@@ -243,7 +253,7 @@ impl Program {
             libc::SECCOMP_RET_KILL_PROCESS,
         ] {
             self.0.push(Insn {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                code: opcode(libc::BPF_RET | libc::BPF_K),
                 k,
                 jt: Target::Next,
                 jf: Target::Next,
@@ -311,7 +321,7 @@ mod tests {
         let data = |offset: u32| match offset {
             NR => nr,
             ARCH => arch,
-            ARG0_LOW => arg0 as u32,
+            ARG0_LOW => u32::try_from(arg0 & 0xffff_ffff).unwrap(),
             other => panic!("loads offset {other}"),
         };
         let (mut pc, mut acc, mut steps) = (0, 0, 0);
@@ -339,7 +349,7 @@ mod tests {
     }
 
     fn errno(e: i32) -> u32 {
-        libc::SECCOMP_RET_ERRNO | e as u32
+        libc::SECCOMP_RET_ERRNO | e.cast_unsigned()
     }
 
     /// The answer the table above says the program must give.

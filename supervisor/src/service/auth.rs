@@ -126,9 +126,9 @@ mod tests {
             role: Role::User,
         };
         let operator = Peer::Operator(UserName::new("root").unwrap());
-        assert!(Principal::of(&Peer::Gateway, Some(alice.clone())).is_ok());
-        assert!(Principal::of(&Peer::Gateway, None).is_err());
-        assert!(Principal::of(&operator, None).is_ok());
-        assert!(Principal::of(&operator, Some(alice)).is_err());
+        Principal::of(&Peer::Gateway, Some(alice.clone())).unwrap();
+        Principal::of(&Peer::Gateway, None).unwrap_err();
+        Principal::of(&operator, None).unwrap();
+        Principal::of(&operator, Some(alice)).unwrap_err();
     }
 }

@@ -52,6 +52,11 @@ impl Samples {
         let n = sorted.len();
         // Nearest rank: the smallest value with at least p% of the samples at
         // or below it.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a rank between 1 and n, n a count of samples"
+        )]
         let rank = ((p / 100.0) * n as f64).ceil().max(1.0) as usize;
         sorted.get(rank.min(n) - 1).copied()
     }
