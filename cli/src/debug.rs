@@ -21,18 +21,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::{SinkExt, StreamExt};
-use jobworker_ipc::codec::{ClientFramed, FrameCodec};
-use jobworker_ipc::handshake::{self, HELLO_LEN, MAGIC};
+use jobworker_ipc::client::{self, ClientError, StreamFrame, Traced};
+use jobworker_ipc::handshake::{HELLO_LEN, MAGIC};
 use jobworker_ipc::types::MAX_PAGE_SIZE;
 use jobworker_ipc::{
-    Call, FrameError, GraceMs, JobId, JobInfo, JobState, ListCursor, PageSize, Request, Response,
-    ServerInfo, frame,
+    GraceMs, JobId, JobInfo, JobState, ListCursor, PageSize, Request, Response, ServerInfo, frame,
 };
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio_util::codec::Framed;
 
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
@@ -49,7 +44,8 @@ pub const TRACE_MAX_CHARS: usize = 2000;
 /// How many bytes of output data a traced frame previews.
 const TRACE_PREVIEW_BYTES: usize = 64;
 
-/// How long the supervisor has to answer the handshake.
+/// How long connecting and the supervisor's answer to the handshake may
+/// take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most pages a listing reads.
@@ -137,17 +133,7 @@ pub enum Command {
 
 /// One connection to the supervisor, as the local operator.
 pub struct Connection {
-    framed: ClientFramed<UnixStream>,
-    trace: bool,
-}
-
-fn is_hang_up(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::ConnectionReset
-    )
+    inner: client::Connection,
 }
 
 /// What a supervisor that closes before its handshake means for this peer.
@@ -166,6 +152,55 @@ fn describe_hello(hello: &[u8; HELLO_LEN]) -> String {
         magic.escape_ascii().to_string(),
         u16::from_be_bytes([version[0], version[1]])
     )
+}
+
+/// What a failure to talk to the supervisor means for the operator;
+/// `what` names the call, for messages.
+fn talk_error(error: ClientError, what: &str) -> CliError {
+    match error {
+        ClientError::Connect { path, source } => CliError::Socket {
+            path: path.display().to_string(),
+            error: source,
+        },
+        ClientError::TimedOut { path, timeout } => CliError::Unexpected(format!(
+            "{} did not answer the handshake within {}s: is it the supervisor's socket?",
+            path.display(),
+            timeout.as_secs()
+        )),
+        ClientError::ClosedInHandshake { .. } => closed_before_handshake(),
+        ClientError::Handshake { source, .. } => CliError::Frame {
+            what: "the handshake with the supervisor".into(),
+            error: source,
+        },
+        ClientError::Send { source, .. } => CliError::Frame {
+            what: "sending a call to the supervisor".into(),
+            error: source,
+        },
+        ClientError::Receive { source, .. } => CliError::Frame {
+            what: format!("reading the answer to {what}"),
+            error: source,
+        },
+        ClientError::Closed { .. } => CliError::HungUp {
+            what: what.to_owned(),
+        },
+        ClientError::Unexpected { response, .. } => unexpected(what, &response),
+    }
+}
+
+/// Prints a hello or a frame to stderr, for `--frames`.
+fn print_traced(traced: Traced<'_>) {
+    match traced {
+        Traced::HelloSent(hello) => eprintln!("-> {HELLO_LEN} bytes {}", describe_hello(hello)),
+        Traced::HelloReceived(hello) => {
+            eprintln!("<- {HELLO_LEN} bytes {}", describe_hello(hello));
+        }
+        Traced::Sent(call) => eprintln!("-> {} bytes {}", frame_size(call), debug_text(call)),
+        Traced::Received(response) => eprintln!(
+            "<- {} bytes {}",
+            frame_size(response),
+            describe_response(response)
+        ),
+    }
 }
 
 /// The size of a message's frame on the wire (length prefix included).
@@ -210,107 +245,54 @@ pub fn describe_response(response: &Response) -> String {
 }
 
 impl Connection {
-    /// Connects to the socket and performs the handshake.
+    /// Connects to the socket and performs the handshake; with `trace`,
+    /// every hello and frame is printed to stderr.
     pub async fn open(path: &Path, trace: bool) -> Result<Self, CliError> {
-        let socket_error = |error| CliError::Socket {
-            path: path.display().to_string(),
-            error,
+        let inner = if trace {
+            client::Connection::connect_traced(path, HANDSHAKE_TIMEOUT, Box::new(print_traced))
+                .await
+        } else {
+            client::Connection::connect(path, HANDSHAKE_TIMEOUT).await
         };
-        let mut stream = UnixStream::connect(path).await.map_err(socket_error)?;
-        let hello = handshake::hello();
-        if trace {
-            eprintln!("-> {HELLO_LEN} bytes {}", describe_hello(&hello));
-        }
-        let mut theirs = [0; HELLO_LEN];
-        let exchange = async {
-            stream.write_all(&hello).await?;
-            stream.flush().await?;
-            stream.read_exact(&mut theirs).await.map(|_| ())
-        };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if is_hang_up(&e) => return Err(closed_before_handshake()),
-            Ok(Err(source)) => {
-                return Err(CliError::Frame {
-                    what: "the handshake with the supervisor".into(),
-                    error: FrameError::Io {
-                        op: "handshake",
-                        source,
-                    },
-                });
-            }
-            Err(_) => {
-                return Err(CliError::Unexpected(format!(
-                    "{} did not answer the handshake within {}s: is it the supervisor's socket?",
-                    path.display(),
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )));
-            }
-        }
-        if trace {
-            eprintln!("<- {HELLO_LEN} bytes {}", describe_hello(&theirs));
-        }
-        handshake::check_hello(&theirs).map_err(|error| CliError::Frame {
-            what: "the handshake with the supervisor".into(),
-            error,
-        })?;
-        Ok(Self {
-            framed: Framed::new(stream, FrameCodec::new()),
-            trace,
-        })
+        let inner = inner.map_err(|e| talk_error(e, "the handshake"))?;
+        Ok(Self { inner })
     }
 
-    /// Sends one request as the local operator.
-    pub async fn send(&mut self, request: Request) -> Result<(), CliError> {
-        let call = Call {
-            on_behalf_of: None,
-            request,
-        };
-        if self.trace {
-            eprintln!("-> {} bytes {}", frame_size(&call), debug_text(&call));
-        }
-        self.framed
-            .send(call)
-            .await
-            .map_err(|error| CliError::Frame {
-                what: "sending a call to the supervisor".into(),
-                error,
-            })
-    }
-
-    /// Receives one response; `what` names the call, for messages.
-    pub async fn receive(&mut self, what: &str) -> Result<Response, CliError> {
-        match self.framed.next().await {
-            Some(Ok(response)) => {
-                if self.trace {
-                    eprintln!(
-                        "<- {} bytes {}",
-                        frame_size(&response),
-                        describe_response(&response)
-                    );
-                }
-                match response {
-                    Response::Error(error) => Err(CliError::Ipc {
-                        what: what.to_owned(),
-                        error,
-                    }),
-                    response => Ok(response),
-                }
-            }
-            Some(Err(error)) => Err(CliError::Frame {
-                what: format!("reading the answer to {what}"),
-                error,
-            }),
-            None => Err(CliError::HungUp {
-                what: what.to_owned(),
-            }),
-        }
-    }
-
-    /// One request and its one response.
+    /// One request and its one response; `what` names the call, for
+    /// messages. The supervisor's refusal is an error.
     pub async fn call(&mut self, request: Request, what: &str) -> Result<Response, CliError> {
-        self.send(request).await?;
-        self.receive(what).await
+        match self.inner.call(request).await {
+            Ok(Response::Error(error)) => Err(CliError::Ipc {
+                what: what.to_owned(),
+                error,
+            }),
+            Ok(response) => Ok(response),
+            Err(e) => Err(talk_error(e, what)),
+        }
+    }
+
+    /// Writes a job's output from `offset` to stdout, to its end when
+    /// `follow`, else to the bytes written so far.
+    pub async fn output(self, job: JobId, offset: u64, follow: bool) -> Result<(), CliError> {
+        let what = format!("reading the output of job {job}");
+        let request = Request::StreamOutput {
+            job,
+            offset,
+            follow,
+        };
+        let mut stream = self
+            .inner
+            .stream(request)
+            .await
+            .map_err(|e| talk_error(e, &what))?;
+        while let Some(frame) = stream.next().await.map_err(|e| talk_error(e, &what))? {
+            match frame {
+                StreamFrame::Output { data, .. } => write_stdout(data.as_slice()).await?,
+                StreamFrame::End(_) => {}
+                StreamFrame::Error(error) => return Err(CliError::Ipc { what, error }),
+            }
+        }
+        Ok(())
     }
 
     /// One request answered with a job.
@@ -442,20 +424,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Logs { follow, offset, id } => {
             let job = conn.resolve_id(&id).await?;
-            let what = format!("reading the output of job {job}");
-            conn.send(Request::StreamOutput {
-                job,
-                offset,
-                follow,
-            })
-            .await?;
-            loop {
-                match conn.receive(&what).await? {
-                    Response::Output { data, .. } => write_stdout(data.as_slice()).await?,
-                    Response::End(_) => break,
-                    other => return Err(unexpected(&what, &other)),
-                }
-            }
+            conn.output(job, offset, follow).await?;
         }
         Command::Stop { grace, json, id } => {
             let job = conn.resolve_id(&id).await?;
@@ -522,7 +491,7 @@ mod tests {
     #[test]
     fn hellos_read_well() {
         assert_eq!(
-            describe_hello(&handshake::hello()),
+            describe_hello(&jobworker_ipc::handshake::hello()),
             "hello: magic \"JOBWKR\", version 1"
         );
     }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use jobworker_ipc::client::StreamFrame;
 use jobworker_ipc::policy::{self, Action, Actor};
 use jobworker_ipc::{Identity, IpcError, JobId, JobInfo, Request as IpcRequest, Response as Ipc};
 use jobworker_proto::v1;
@@ -118,7 +119,7 @@ fn chunks(stream: OutputStream) -> impl Stream<Item = Result<v1::OutputChunk, St
     futures::stream::unfold(Some(stream), |state| async move {
         let mut stream = state?;
         let (item, more) = match stream.next().await {
-            Ok(Ipc::Output { offset, data }) => (
+            Ok(Some(StreamFrame::Output { offset, data })) => (
                 Ok(v1::OutputChunk {
                     kind: Some(v1::output_chunk::Kind::Output(v1::Output {
                         offset,
@@ -127,14 +128,14 @@ fn chunks(stream: OutputStream) -> impl Stream<Item = Result<v1::OutputChunk, St
                 }),
                 true,
             ),
-            Ok(Ipc::End(info)) => (
+            Ok(Some(StreamFrame::End(info))) => (
                 Ok(v1::OutputChunk {
                     kind: Some(v1::output_chunk::Kind::End((*info).into())),
                 }),
                 false,
             ),
-            Ok(Ipc::Error(e)) => (Err(convert::status_of(&e)), false),
-            Ok(other) => (Err(unexpected(&other)), false),
+            Ok(Some(StreamFrame::Error(e))) => (Err(convert::status_of(&e)), false),
+            Ok(None) => return None,
             Err(e) => (Err(Status::from(e)), false),
         };
         Some((item, more.then_some(stream)))

@@ -22,23 +22,23 @@
 //! another. When the supervisor cannot be reached a call fails at once with
 //! [`SupervisorError::Unreachable`]; the next call tries again, so the
 //! gateway recovers by itself when the supervisor is back.
+//!
+//! The connections themselves (connect, handshake, frames, their errors) are
+//! [`jobworker_ipc::client`]'s; this module adds the pool, the limits, the
+//! reachability watch and the messages for remote users.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use jobworker_ipc::codec::{self, ClientFramed};
-use jobworker_ipc::{Call, FrameError, Identity, Request, Response};
-use tokio::net::UnixStream;
+use jobworker_ipc::client::{self, ClientError, Connection, StreamFrame};
+use jobworker_ipc::{FrameError, Identity, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long an idle connection stays in the pool (well under the
 /// supervisor's default idle timeout of 5 minutes).
 pub const IDLE_LIFETIME: Duration = Duration::from_secs(30);
-
-type Conn = ClientFramed<UnixStream>;
 
 /// Why a call to the supervisor failed (the supervisor's own refusals are
 /// answers, not errors: see [`Response::Error`]).
@@ -86,6 +86,43 @@ impl From<SupervisorError> for tonic::Status {
     }
 }
 
+impl From<ClientError> for SupervisorError {
+    /// The error a remote user is told: without the socket's path.
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect { source, .. }
+            | ClientError::ClosedInHandshake { source, .. }
+            | ClientError::Handshake {
+                source: FrameError::Io { source, .. },
+                ..
+            } => Self::Unreachable {
+                reason: kind(&source),
+            },
+            ClientError::TimedOut { .. } => Self::Unreachable {
+                reason: "timed out".into(),
+            },
+            ClientError::Handshake { source, .. } => Self::Protocol(source.to_string()),
+            ClientError::Send { source, .. } | ClientError::Receive { source, .. } => {
+                match source {
+                    FrameError::Io { source, .. } => Self::Lost {
+                        reason: kind(&source),
+                    },
+                    e @ FrameError::Truncated { .. } => Self::Lost {
+                        reason: e.to_string(),
+                    },
+                    e => Self::Unexpected(e.to_string()),
+                }
+            }
+            ClientError::Closed { .. } => Self::Lost {
+                reason: "the supervisor closed the connection".into(),
+            },
+            ClientError::Unexpected {
+                response, expected, ..
+            } => Self::Unexpected(format!("{} where {expected} was due", response.name())),
+        }
+    }
+}
+
 /// How many connections the client may use.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolLimits {
@@ -104,7 +141,7 @@ pub struct Supervisor {
     limits: PoolLimits,
     unary: Semaphore,
     streams: Arc<Semaphore>,
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
     reachable: watch::Sender<bool>,
 }
 
@@ -140,13 +177,9 @@ impl Supervisor {
             .await
             .map_err(|_| SupervisorError::Unexpected("the client is shutting down".into()))?;
         let repeatable = !matches!(&request, Request::StartJob(spec) if spec.request_id.is_none());
-        let call = Call {
-            on_behalf_of: Some(identity.clone()),
-            request,
-        };
-        if repeatable && let Some(conn) = self.take_idle() {
-            match exchange(conn, call.clone()).await {
-                Ok((response, conn)) => {
+        if repeatable && let Some(mut conn) = self.take_idle() {
+            match conn.call_as(identity, request.clone()).await {
+                Ok(response) => {
                     self.put_idle(conn);
                     return Ok(response);
                 }
@@ -155,8 +188,8 @@ impl Supervisor {
                 }
             }
         }
-        let conn = self.connect().await?;
-        let (response, conn) = exchange(conn, call).await?;
+        let mut conn = self.connect().await?;
+        let response = conn.call_as(identity, request).await?;
         self.put_idle(conn);
         Ok(response)
     }
@@ -173,60 +206,43 @@ impl Supervisor {
                 .map_err(|_| SupervisorError::Busy {
                     max: self.limits.max_output_streams,
                 })?;
-        let mut conn = self.connect().await?;
-        conn.send(Call {
-            on_behalf_of: Some(identity.clone()),
-            request,
+        let stream = self.connect().await?.stream_as(identity, request).await?;
+        Ok(OutputStream {
+            stream,
+            _slot: slot,
         })
-        .await
-        .map_err(lost)?;
-        Ok(OutputStream { conn, _slot: slot })
     }
 
     /// A new connection, handshake done. A failure is logged here with the
     /// details (the socket's path among them) that the caller's error leaves
     /// out.
-    async fn connect(&self) -> Result<Conn, SupervisorError> {
-        let unreachable = |e: &io::Error| SupervisorError::Unreachable { reason: kind(e) };
-        let attempt = async {
-            let stream = UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| (unreachable(&e), format!("connecting: {e}")))?;
-            codec::client(stream).await.map_err(|e| match e {
-                FrameError::Io { source, .. } => (
-                    unreachable(&source),
-                    format!(
-                        "handshake: {source} (if the supervisor closed the connection at once, \
-                         check that its gateway_user is this gateway's account and that its \
-                         max_connections is not reached)"
-                    ),
-                ),
-                e => (SupervisorError::Protocol(e.to_string()), e.to_string()),
-            })
-        };
-        let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err((
-                SupervisorError::Unreachable {
-                    reason: "timed out".into(),
-                },
-                format!("no connection within {:?}", self.connect_timeout),
-            )),
-        };
-        match result {
+    async fn connect(&self) -> Result<Connection, SupervisorError> {
+        match Connection::connect(&self.socket, self.connect_timeout).await {
             Ok(conn) => {
                 if self.set_reachable(true) {
                     tracing::info!(socket = %self.socket.display(), "the supervisor is reachable again");
                 }
                 Ok(conn)
             }
-            Err((error, detail)) => {
+            Err(e) => {
+                let detail = match &e {
+                    ClientError::ClosedInHandshake { .. }
+                    | ClientError::Handshake {
+                        source: FrameError::Io { .. },
+                        ..
+                    } => format!(
+                        "{e} (if the supervisor closed the connection at once, check that its \
+                         gateway_user is this gateway's account and that its max_connections \
+                         is not reached)"
+                    ),
+                    e => e.to_string(),
+                };
                 if self.set_reachable(false) {
                     tracing::warn!(socket = %self.socket.display(), error = %detail, "the supervisor is unreachable");
                 } else {
                     tracing::debug!(socket = %self.socket.display(), error = %detail, "the supervisor is still unreachable");
                 }
-                Err(error)
+                Err(e.into())
             }
         }
     }
@@ -241,70 +257,36 @@ impl Supervisor {
     }
 
     /// A pooled connection that is still open, if any.
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_LIFETIME && is_open(&conn) {
+            if since.elapsed() < IDLE_LIFETIME && conn.is_reusable() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put_idle(&self, conn: Conn) {
+    fn put_idle(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|(_, since)| since.elapsed() < IDLE_LIFETIME);
-        if idle.len() < self.limits.max_idle && conn.read_buffer().is_empty() {
+        if idle.len() < self.limits.max_idle && conn.is_reusable() {
             idle.push((conn, Instant::now()));
         }
     }
 }
 
-/// The answers of one `StreamOutput` call. Dropping it closes its
+/// The frames of one `StreamOutput` call. Dropping it closes its
 /// connection, which ends the stream on the supervisor's side.
 pub struct OutputStream {
-    conn: Conn,
+    stream: client::OutputStream,
     _slot: OwnedSemaphorePermit,
 }
 
 impl OutputStream {
-    /// The next frame: `Output`, then `End` or `Error` last.
-    pub async fn next(&mut self) -> Result<Response, SupervisorError> {
-        receive(&mut self.conn).await
-    }
-}
-
-/// Sends `call` and reads its one answer; the connection comes back with it.
-async fn exchange(mut conn: Conn, call: Call) -> Result<(Response, Conn), SupervisorError> {
-    conn.send(call).await.map_err(lost)?;
-    let response = receive(&mut conn).await?;
-    match response {
-        Response::Output { .. } | Response::End(_) => Err(SupervisorError::Unexpected(
-            "an output frame to a call that is not a stream".into(),
-        )),
-        response => Ok((response, conn)),
-    }
-}
-
-async fn receive(conn: &mut Conn) -> Result<Response, SupervisorError> {
-    match conn.next().await {
-        Some(Ok(response)) => Ok(response),
-        Some(Err(e)) => Err(lost(e)),
-        None => Err(SupervisorError::Lost {
-            reason: "the supervisor closed the connection".into(),
-        }),
-    }
-}
-
-fn lost(e: FrameError) -> SupervisorError {
-    match e {
-        FrameError::Io { source, .. } => SupervisorError::Lost {
-            reason: kind(&source),
-        },
-        FrameError::Truncated { .. } => SupervisorError::Lost {
-            reason: e.to_string(),
-        },
-        e => SupervisorError::Unexpected(e.to_string()),
+    /// The next frame: `Output`, then `End` or `Error` last; `None` after it.
+    pub async fn next(&mut self) -> Result<Option<StreamFrame>, SupervisorError> {
+        Ok(self.stream.next().await?)
     }
 }
 
@@ -312,11 +294,4 @@ fn lost(e: FrameError) -> SupervisorError {
 /// that go to remote users: no paths.
 fn kind(e: &io::Error) -> String {
     e.kind().to_string()
-}
-
-/// Whether an idle connection is still open: the supervisor has not hung up
-/// (a read would block) and sent nothing unasked.
-fn is_open(conn: &Conn) -> bool {
-    let mut byte = [0; 1];
-    matches!(conn.get_ref().try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }

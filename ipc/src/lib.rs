@@ -12,8 +12,12 @@
 //!   gateway as its role gate.
 //! - [`error`]: the wire error [`IpcError`] and the local [`FrameError`].
 //! - [`codec`]: the tokio-util adapter and the async handshake.
+//! - [`client`]: the one client of the socket: connect with a timeout, the
+//!   handshake, unary calls and output streams, typed errors that name the
+//!   socket. No pool and no retries; its users add their own.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod codec;
 pub mod error;
 pub mod frame;

@@ -129,6 +129,21 @@ pub enum Response {
     Error(IpcError),
 }
 
+impl Response {
+    /// The variant's name (`Pong`, `Job`, `Jobs`, `Output`, `End`, `Error`),
+    /// for messages that must not quote a payload.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Pong(_) => "Pong",
+            Self::Job(_) => "Job",
+            Self::Jobs { .. } => "Jobs",
+            Self::Output { .. } => "Output",
+            Self::End(_) => "End",
+            Self::Error(_) => "Error",
+        }
+    }
+}
+
 /// Output bytes, at most [`MAX_OUTPUT_CHUNK`] of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "serde_bytes::ByteBuf")]
