@@ -162,17 +162,13 @@ async fn the_gateway_acts_for_users_within_their_rights() {
     assert!(matches!(seen.as_slice(), [Response::Job(_)]), "{seen:?}");
 
     // Only the gateway may assert identities, and it must.
-    let call = Call {
-        on_behalf_of: Some(jobworker_ipc::Identity {
-            user: UserName::new("mallory").unwrap(),
-            role: Role::Admin,
-        }),
-        request: Request::Ping,
+    let mallory = jobworker_ipc::Identity {
+        user: UserName::new("mallory").unwrap(),
+        role: Role::Admin,
     };
     let mut client = d.connect().await;
-    client.send(call).await.unwrap();
     assert!(matches!(
-        client.next().await.unwrap().unwrap(),
+        client.call_as(&mallory, Request::Ping).await.unwrap(),
         Response::Error(IpcError::PermissionDenied { .. })
     ));
     let anonymous = Call {

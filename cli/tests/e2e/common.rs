@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use jobworker_ipc::{JobId, Request, Response};
-use jobworker_tests::fixture::supervisor::{call, job_spec};
+use jobworker_tests::fixture::supervisor::job_spec;
 use jobworker_tests::fixture::{Stack, StackOptions, Supervisor, SupervisorOptions, USERS};
 
 /// `jobctl`, built for these tests.
@@ -143,7 +143,7 @@ impl LocalTools for Supervisor {
             .build()
             .unwrap();
         let response = runtime
-            .block_on(async { call(&mut self.connect().await?, request).await })
+            .block_on(async { anyhow::Ok(self.connect().await?.call(request).await?) })
             .unwrap();
         match response {
             Response::Job(info) => info.id,

@@ -9,15 +9,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use futures::{SinkExt, StreamExt};
-use jobworker_ipc::codec::ClientFramed;
+use jobworker_ipc::client::{Connection, StreamFrame};
 use jobworker_ipc::{
     Call, GraceMs, Identity, JobId, JobInfo, JobSpec, Request, Response, Role, UserName, frame,
     handshake,
 };
-use jobworker_tests::fixture::supervisor::call;
 use jobworker_tests::fixture::{Supervisor, SupervisorOptions};
-use tokio::net::UnixStream;
 
 /// The supervisor binary under test.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_jobworker-supervisor");
@@ -43,13 +40,13 @@ impl Daemon {
     }
 
     /// A connection as the test process (root: a local operator).
-    pub async fn connect(&self) -> ClientFramed<UnixStream> {
+    pub async fn connect(&self) -> Connection {
         self.0.connect().await.unwrap()
     }
 
     /// One request as the local operator; its one response.
     pub async fn local(&self, request: Request) -> Response {
-        call(&mut self.connect().await, request).await.unwrap()
+        self.connect().await.call(request).await.unwrap()
     }
 
     /// A job's info from a response that must carry one.
@@ -62,27 +59,21 @@ impl Daemon {
 
     /// Follows a job's output to its end.
     pub async fn output(&self, job: &JobInfo) -> (Vec<u8>, JobInfo) {
-        let mut client = self.connect().await;
-        client
-            .send(Call {
-                on_behalf_of: None,
-                request: Request::StreamOutput {
-                    job: job.id,
-                    offset: 0,
-                    follow: true,
-                },
-            })
-            .await
-            .unwrap();
+        let request = Request::StreamOutput {
+            job: job.id,
+            offset: 0,
+            follow: true,
+        };
+        let mut stream = self.connect().await.stream(request).await.unwrap();
         let mut bytes = Vec::new();
         loop {
-            match client.next().await.expect("a frame").unwrap() {
-                Response::Output { offset, data } => {
+            match stream.next().await.unwrap().expect("a frame") {
+                StreamFrame::Output { offset, data } => {
                     assert_eq!(offset, bytes.len() as u64);
                     bytes.extend_from_slice(data.as_slice());
                 }
-                Response::End(info) => return (bytes, *info),
-                other => panic!("unexpected {other:?}"),
+                StreamFrame::End(info) => return (bytes, *info),
+                StreamFrame::Error(e) => panic!("the stream failed: {e}"),
             }
         }
     }
@@ -157,7 +148,7 @@ impl Daemon {
         let mut client = self.connect().await;
         let mut infos = Vec::new();
         for request in requests {
-            match call(&mut client, request).await.unwrap() {
+            match client.call(request).await.unwrap() {
                 Response::Job(info) => infos.push(*info),
                 other => panic!("expected a job, got {other:?}"),
             }

@@ -1,17 +1,15 @@
-//! A minimal ipc client of the real supervisor: one connection per call, as
-//! the local admin (`on_behalf_of: None`, connecting as root).
+//! The VM driver's client of the real supervisor, on the ipc crate's
+//! client: one connection per call, as the local admin (connecting as
+//! root).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::{SinkExt, StreamExt};
-use jobworker_ipc::codec::{self, ClientFramed};
+use jobworker_ipc::client::{Connection, StreamFrame};
 use jobworker_ipc::{
-    Call, GraceMs, JobId, JobInfo, JobSpec, JobState, Limits, PageSize, Request, Response,
-    ServerInfo,
+    GraceMs, JobId, JobInfo, JobSpec, JobState, Limits, PageSize, Request, Response, ServerInfo,
 };
-use tokio::net::UnixStream;
 
 use crate::fixture::supervisor;
 
@@ -65,21 +63,15 @@ impl Client {
     }
 
     /// Connects and performs the handshake.
-    async fn connect(&self) -> Result<ClientFramed<UnixStream>> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .with_context(|| format!("connecting to {}", self.socket.display()))?;
-        tokio::time::timeout(CALL_TIMEOUT, codec::client(stream))
-            .await
-            .context("the handshake timed out")?
-            .context("the handshake failed")
+    async fn connect(&self) -> Result<Connection> {
+        Ok(Connection::connect(&self.socket, CALL_TIMEOUT).await?)
     }
 
     /// Sends one call on a new connection and reads its single response.
     pub async fn call(&self, request: Request) -> Result<Response> {
         let what = request_name(&request);
-        let mut framed = self.connect().await?;
-        tokio::time::timeout(CALL_TIMEOUT, supervisor::call(&mut framed, request))
+        let mut connection = self.connect().await?;
+        tokio::time::timeout(CALL_TIMEOUT, connection.call(request))
             .await
             .with_context(|| format!("{what}: no answer within {CALL_TIMEOUT:?}"))?
             .with_context(|| format!("{what} call"))
@@ -138,28 +130,21 @@ impl Client {
     /// Follows a job's output from offset 0 until its `End` frame, for at
     /// most `within`.
     pub async fn follow_to_end(&self, job: JobId, within: Duration) -> Result<Ended> {
-        let mut framed = self.connect().await?;
+        let connection = self.connect().await?;
         let stream = async {
-            framed
-                .send(Call {
-                    on_behalf_of: None,
-                    request: Request::StreamOutput {
-                        job,
-                        offset: 0,
-                        follow: true,
-                    },
-                })
+            let request = Request::StreamOutput {
+                job,
+                offset: 0,
+                follow: true,
+            };
+            let mut stream = connection
+                .stream(request)
                 .await
                 .context("sending StreamOutput")?;
             let mut output = Vec::new();
             loop {
-                let frame = framed
-                    .next()
-                    .await
-                    .ok_or_else(|| anyhow!("the stream closed before its End frame"))?
-                    .context("reading a stream frame")?;
-                match frame {
-                    Response::Output { offset, data } => {
+                match stream.next().await.context("reading a stream frame")? {
+                    Some(StreamFrame::Output { offset, data }) => {
                         if offset != output.len() as u64 {
                             bail!(
                                 "an Output frame at offset {offset}, expected {}",
@@ -168,13 +153,14 @@ impl Client {
                         }
                         output.extend_from_slice(data.as_slice());
                     }
-                    Response::End(info) => {
+                    Some(StreamFrame::End(info)) => {
                         return Ok(Ended {
                             output,
                             info: *info,
                         });
                     }
-                    other => return Err(unexpected("StreamOutput", &other)),
+                    Some(StreamFrame::Error(e)) => bail!("StreamOutput failed: {e}"),
+                    None => bail!("the stream closed before its End frame"),
                 }
             }
         };

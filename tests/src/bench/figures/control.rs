@@ -19,7 +19,6 @@ use crate::bench::report::{Report, Unit};
 use crate::bench::stack::{self, USER};
 use crate::bench::stats::Samples;
 use crate::fixture::gateway::start_request;
-use crate::fixture::supervisor;
 
 /// Warm-up round trips, not sampled.
 const WARMUP: usize = 100;
@@ -71,7 +70,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let mut connection = stack.supervisor.connect().await?;
     for i in 0..WARMUP + options.control_samples {
         let start = Instant::now();
-        match supervisor::call(&mut connection, Request::GetJob { job }).await? {
+        match connection.call(Request::GetJob { job }).await? {
             Response::Job(_) => {}
             other => bail!("GetJob over ipc: {other:?}"),
         }

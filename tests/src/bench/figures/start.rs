@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use futures::{SinkExt, StreamExt};
+use jobworker_ipc::client::StreamFrame;
 use jobworker_ipc::{Request, Response};
 
 use crate::bench::Options;
@@ -130,31 +130,26 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     for i in 0..WARMUP + n {
         let spec = supervisor::job_spec(COMMAND[0], &COMMAND[1..])?;
         let start = Instant::now();
-        let job = match supervisor::call(&mut control, Request::StartJob(spec)).await? {
+        let job = match control.call(Request::StartJob(spec)).await? {
             Response::Job(info) => info.id,
             other => bail!("StartJob over ipc: {other:?}"),
         };
-        let mut stream = stack.supervisor.connect().await?;
-        stream
-            .send(jobworker_ipc::Call {
-                on_behalf_of: None,
-                request: Request::StreamOutput {
-                    job,
-                    offset: 0,
-                    follow: true,
-                },
-            })
-            .await?;
+        let request = Request::StreamOutput {
+            job,
+            offset: 0,
+            follow: true,
+        };
+        let mut stream = stack.supervisor.connect().await?.stream(request).await?;
         let mut first = None;
-        while let Some(frame) = stream.next().await {
-            match frame? {
-                Response::Output { data, .. } => {
+        while let Some(frame) = stream.next().await? {
+            match frame {
+                StreamFrame::Output { data, .. } => {
                     if first.is_none() && !data.as_slice().is_empty() {
                         first = Some(start.elapsed());
                     }
                 }
-                Response::End(_) => break,
-                other => bail!("StreamOutput over ipc: {other:?}"),
+                StreamFrame::End(_) => {}
+                StreamFrame::Error(e) => bail!("StreamOutput over ipc: {e}"),
             }
         }
         let first = first.context("the job wrote nothing (ipc)")?;
