@@ -8,43 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::unistd::{Group, Uid, User};
+pub use jobworker_config::ConfigError;
+use jobworker_config::{invalid as invalid_config, positive_millis};
 use serde::{Deserialize, Serialize};
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/gateway.toml";
-
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading the configuration {}: {error}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        error: std::io::Error,
-    },
-    /// The file is not valid TOML, or has an unknown key or a value of the
-    /// wrong type (toml's message names the key and the line).
-    #[error("in {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, and where.
-        message: String,
-    },
-    /// A key has a value that cannot be used.
-    #[error("in {path}: `{key}`: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// The configuration file as written, with defaults for missing keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,35 +118,17 @@ pub struct Config {
 impl Config {
     /// Reads and resolves the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Self::parse(path, &text)
+        Self::resolve(path, jobworker_config::read(path)?)
     }
 
     /// Parses and resolves `text`, read from `path` (for messages).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        Self::resolve(path, file)
+        Self::resolve(path, jobworker_config::parse(path, text)?)
     }
 
     fn resolve(path: &Path, file: FileConfig) -> Result<Self, ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_owned(),
-            reason,
-        };
-        let positive_ms = |key: &str, value: u64| {
-            if value == 0 {
-                Err(invalid(key, "must be greater than 0".into()))
-            } else {
-                Ok(Duration::from_millis(value))
-            }
-        };
+        let invalid = |key: &str, reason: String| jobworker_config::invalid(path)((key, reason));
+        let positive_ms = |key, value| positive_millis(key, value).map_err(invalid_config(path));
         let listen: SocketAddr = file.listen.parse().map_err(|_| {
             invalid(
                 "listen",
@@ -228,7 +179,8 @@ impl Config {
                 ));
             }
             (Some(user), group) => {
-                let account = lookup_user(user).map_err(|r| invalid("run_as_user", r))?;
+                let account =
+                    jobworker_config::user(user).map_err(|r| invalid("run_as_user", r))?;
                 if account.uid.is_root() {
                     return Err(invalid(
                         "run_as_user",
@@ -237,7 +189,7 @@ impl Config {
                 }
                 let (gid, key) = match group {
                     Some(group) => (
-                        lookup_group(group).map_err(|r| invalid("run_as_group", r))?,
+                        jobworker_config::group(group).map_err(|r| invalid("run_as_group", r))?,
                         "run_as_group",
                     ),
                     None => (account.gid.as_raw(), "run_as_user"),
@@ -282,28 +234,6 @@ impl Config {
         }
         out
     }
-}
-
-/// Looks up an account by name or number.
-fn lookup_user(name: &str) -> Result<User, String> {
-    let found = match name.parse::<u32>() {
-        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
-        Err(_) => User::from_name(name),
-    };
-    found
-        .map_err(|e| format!("looking up user {name:?}: {e}"))?
-        .ok_or_else(|| format!("no such user {name:?}"))
-}
-
-/// Looks up a group by name or number.
-fn lookup_group(name: &str) -> Result<u32, String> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    Group::from_name(name)
-        .map_err(|e| format!("looking up group {name:?}: {e}"))?
-        .map(|group| group.gid.as_raw())
-        .ok_or_else(|| format!("no such group {name:?}"))
 }
 
 #[cfg(test)]

@@ -32,6 +32,21 @@ pub const MAX_GRACE_MS: u32 = 3_600_000;
 /// The most jobs one list page may hold.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// `TryFrom<$input>` for a validated type, through its `new`: what serde
+/// decodes (`#[serde(try_from = ...)]`) is validated exactly as what a
+/// caller builds.
+macro_rules! validated_by_new {
+    ($type:ty, $input:ty) => {
+        impl TryFrom<$input> for $type {
+            type Error = Invalid;
+
+            fn try_from(value: $input) -> Result<Self, Invalid> {
+                Self::new(value)
+            }
+        }
+    };
+}
+
 /// A value that failed validation: which field, and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason}")]
@@ -135,13 +150,7 @@ impl UserName {
     }
 }
 
-impl TryFrom<String> for UserName {
-    type Error = Invalid;
-
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Self::new(s)
-    }
-}
+validated_by_new!(UserName, String);
 
 impl fmt::Display for UserName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -267,13 +276,7 @@ impl Command {
     }
 }
 
-impl TryFrom<String> for Command {
-    type Error = Invalid;
-
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Self::new(s)
-    }
-}
+validated_by_new!(Command, String);
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -317,13 +320,7 @@ impl Args {
     }
 }
 
-impl TryFrom<Vec<String>> for Args {
-    type Error = Invalid;
-
-    fn try_from(v: Vec<String>) -> Result<Self, Invalid> {
-        Self::new(v)
-    }
-}
+validated_by_new!(Args, Vec<String>);
 
 /// One environment variable a request adds to the job's clean environment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,13 +382,7 @@ impl Env {
     }
 }
 
-impl TryFrom<Vec<EnvVar>> for Env {
-    type Error = Invalid;
-
-    fn try_from(v: Vec<EnvVar>) -> Result<Self, Invalid> {
-        Self::new(v)
-    }
-}
+validated_by_new!(Env, Vec<EnvVar>);
 
 /// A job's working directory: an absolute path without NUL bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,13 +406,7 @@ impl WorkingDir {
     }
 }
 
-impl TryFrom<String> for WorkingDir {
-    type Error = Invalid;
-
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Self::new(s)
-    }
-}
+validated_by_new!(WorkingDir, String);
 
 /// A client-chosen idempotency token: 1 to [`MAX_REQUEST_ID_LEN`] printable
 /// ASCII characters without spaces.
@@ -454,13 +439,7 @@ impl RequestId {
     }
 }
 
-impl TryFrom<String> for RequestId {
-    type Error = Invalid;
-
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Self::new(s)
-    }
-}
+validated_by_new!(RequestId, String);
 
 /// Resource limits of a job; `None` means "the server's default". Each value
 /// is range-checked: below the minimum a job could not even start, above the
@@ -634,13 +613,7 @@ impl PageSize {
     }
 }
 
-impl TryFrom<u32> for PageSize {
-    type Error = Invalid;
-
-    fn try_from(n: u32) -> Result<Self, Invalid> {
-        Self::new(n)
-    }
-}
+validated_by_new!(PageSize, u32);
 
 /// A point in time: milliseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

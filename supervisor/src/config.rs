@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
+pub use jobworker_config::ConfigError;
+use jobworker_config::positive_millis;
 use jobworker_ipc::Limits;
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Group};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::uids::JobIds;
@@ -18,38 +20,6 @@ use crate::handoff::{BindPath, WORK_MOUNT, sandbox_can_make};
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/supervisor.toml";
-
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading the configuration {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has an unknown key or a value of the
-    /// wrong type (toml's message names the key and the line).
-    #[error("in {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, and where.
-        message: String,
-    },
-    /// A key has a value that cannot be used.
-    #[error("in {path}: `{key}`: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The key, dotted (e.g. `max_limits.memory_bytes`).
-        key: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// Limits as written in the file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,30 +223,18 @@ pub struct Config {
 impl Config {
     /// Reads and resolves the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::resolve(path, jobworker_config::read(path)?)
     }
 
     /// Parses and resolves `text`, read from `path` (for messages).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        Self::resolve(path, file)
+        Self::resolve(path, jobworker_config::parse(path, text)?)
     }
 
     /// Validates `file` and resolves what it names: each check in turn, the
     /// first that fails naming its key.
     fn resolve(path: &Path, file: FileConfig) -> Result<Self, ConfigError> {
-        let invalid = |(key, reason): (&str, String)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_owned(),
-            reason,
-        };
+        let invalid = jobworker_config::invalid(path);
         server_keys(&file).map_err(invalid)?;
         let accounts = accounts(&file).map_err(invalid)?;
         let job_ids = job_ids(
@@ -372,7 +330,7 @@ fn accounts(file: &FileConfig) -> Result<Accounts, (&'static str, String)> {
     let gateway_uid = file
         .gateway_user
         .as_deref()
-        .map(lookup_user)
+        .map(jobworker_config::user)
         .transpose()
         .map_err(|r| ("gateway_user", r))?
         .map(|user| user.uid.as_raw());
@@ -382,13 +340,13 @@ fn accounts(file: &FileConfig) -> Result<Accounts, (&'static str, String)> {
     let operator_gid = file
         .operator_group
         .as_deref()
-        .map(lookup_group)
+        .map(jobworker_config::group)
         .transpose()
         .map_err(|r| ("operator_group", r))?;
     let socket_gid = file
         .socket_group
         .as_deref()
-        .map(lookup_group)
+        .map(jobworker_config::group)
         .transpose()
         .map_err(|r| ("socket_group", r))?;
     Ok(Accounts {
@@ -426,10 +384,10 @@ fn shared_job_ids(
     user: &str,
     gateway_uid: Option<u32>,
 ) -> Result<JobIds, (&'static str, String)> {
-    let account = lookup_user(user).map_err(|r| ("job_user", r))?;
+    let account = jobworker_config::user(user).map_err(|r| ("job_user", r))?;
     let uid = account.uid.as_raw();
     let gid = match &file.job_group {
-        Some(group) => lookup_group(group).map_err(|r| ("job_group", r))?,
+        Some(group) => jobworker_config::group(group).map_err(|r| ("job_group", r))?,
         None => account.gid.as_raw(),
     };
     if (uid == 0 || gid == 0) && !file.allow_root_jobs {
@@ -567,28 +525,6 @@ fn show(id: Option<u32>) -> String {
     id.map_or_else(|| "none".into(), |id| id.to_string())
 }
 
-/// Looks up an account by name or number.
-fn lookup_user(name: &str) -> Result<User, String> {
-    let found = match name.parse::<u32>() {
-        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
-        Err(_) => User::from_name(name),
-    };
-    found
-        .map_err(|e| format!("looking up user {name:?}: {e}"))?
-        .ok_or_else(|| format!("no such user {name:?}"))
-}
-
-/// Looks up a group by name or number.
-fn lookup_group(name: &str) -> Result<u32, String> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    Group::from_name(name)
-        .map_err(|e| format!("looking up group {name:?}: {e}"))?
-        .map(|group| group.gid.as_raw())
-        .ok_or_else(|| format!("no such group {name:?}"))
-}
-
 fn parse_device(text: &str) -> Result<(u32, u32), String> {
     text.split_once(':')
         .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)))
@@ -608,15 +544,6 @@ fn job_limits(file: &FileConfig) -> Result<(Limits, Limits), (String, String)> {
         ));
     }
     Ok((default_limits, max_limits))
-}
-
-/// `value` milliseconds of the key `key`, which must not be 0.
-fn positive_millis(key: &'static str, value: u64) -> Result<Duration, (&'static str, String)> {
-    if value == 0 {
-        Err((key, "must be greater than 0".into()))
-    } else {
-        Ok(Duration::from_millis(value))
-    }
 }
 
 fn limits(c: &LimitsConfig) -> Result<Limits, (String, String)> {
