@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
-use crate::render::{self, JobView, write_stdout};
+use crate::render::{self, write_stdout};
 use crate::settings;
 
 /// The supervisor's socket when neither `--socket` nor `JOBWORKER_SOCKET`
@@ -378,11 +378,10 @@ fn ping_json(info: &ServerInfo) -> serde_json::Value {
 }
 
 async fn print_job(info: &JobInfo, json: bool) -> Result<(), CliError> {
-    let view = JobView::from(info);
     if json {
-        write_stdout(format!("{}\n", view.to_json()).as_bytes()).await
+        write_stdout(format!("{}\n", render::to_json(info)).as_bytes()).await
     } else {
-        write_stdout(view.status_text().as_bytes()).await
+        write_stdout(render::status_text(info).as_bytes()).await
     }
 }
 
@@ -402,12 +401,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             other => return Err(unexpected("ping", &other)),
         },
         Command::Jobs { state, json } => {
-            let jobs: Vec<JobView> = conn
-                .list_all(state)
-                .await?
-                .iter()
-                .map(JobView::from)
-                .collect();
+            let jobs = conn.list_all(state).await?;
             let text = if json {
                 format!("{}\n", render::jobs_json(&jobs))
             } else {
@@ -443,8 +437,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             if json {
                 print_job(&info, true).await?;
             } else {
-                let view = JobView::from(&info);
-                write_stdout(format!("{}: {}\n", view.id, view.outcome()).as_bytes()).await?;
+                let text = format!("{}: {}\n", info.id, render::outcome(&info));
+                write_stdout(text.as_bytes()).await?;
             }
         }
     }

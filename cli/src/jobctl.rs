@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use jobworker_ipc::JobState;
+use jobworker_ipc::{JobInfo, JobState, Termination};
 use jobworker_proto::v1;
 use jobworker_proto::v1::output_chunk::Kind;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -26,7 +26,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::client::{self, Client, rpc_error};
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
-use crate::render::{self, JobView, write_stdout};
+use crate::render::{self, write_stdout};
 use crate::settings::{self, Layer, Settings, Sources};
 use crate::units;
 
@@ -329,15 +329,16 @@ async fn stop_command(client: &mut Client, args: StopArgs) -> Result<(), CliErro
         .await
         .map_err(|s| rpc_error(format!("stopping job {id}"), &s))?
         .into_inner();
-    let job = response.job.map(|j| JobView::from(&j)).ok_or_else(|| {
+    let job = response.job.ok_or_else(|| {
         CliError::Unexpected(format!(
             "the server stopped job {id} but did not say how it ended"
         ))
     })?;
+    let job = read_job(job)?;
     if args.json {
-        print_line(&job.to_json().to_string()).await
+        print_line(&render::to_json(&job).to_string()).await
     } else {
-        print_line(&format!("{}: {}", job.id, job.outcome())).await
+        print_line(&format!("{}: {}", job.id, render::outcome(&job))).await
     }
 }
 
@@ -348,20 +349,20 @@ async fn status_command(client: &mut Client, args: StatusArgs) -> Result<(), Cli
         .await
         .map_err(|s| rpc_error(format!("getting job {id}"), &s))?
         .into_inner();
-    let job = JobView::from(&job);
+    let job = read_job(job)?;
     if args.json {
-        print_line(&job.to_json().to_string()).await
+        print_line(&render::to_json(&job).to_string()).await
     } else {
-        write_stdout(job.status_text().as_bytes()).await
+        write_stdout(render::status_text(&job).as_bytes()).await
     }
 }
 
 async fn list_command(client: &mut Client, args: ListArgs) -> Result<(), CliError> {
-    let jobs: Vec<JobView> = list_all(client, args.state)
+    let jobs = list_all(client, args.state)
         .await?
-        .iter()
-        .map(JobView::from)
-        .collect();
+        .into_iter()
+        .map(read_job)
+        .collect::<Result<Vec<_>, _>>()?;
     if args.json {
         print_line(&render::jobs_json(&jobs).to_string()).await
     } else {
@@ -382,6 +383,18 @@ async fn logs_command(client: &mut Client, args: LogsArgs) -> Result<(), CliErro
         }
     }
     Ok(())
+}
+
+/// A job the server sent, in the shared model; one this jobctl cannot read
+/// (a state it does not know, say) is an error.
+fn read_job(job: v1::Job) -> Result<JobInfo, CliError> {
+    JobInfo::try_from(job).map_err(|e| {
+        CliError::Unexpected(format!(
+            "the server sent a job this jobctl cannot read ({}: {}); is jobctl older than the server?",
+            e.field,
+            render::printable(&e.reason)
+        ))
+    })
 }
 
 /// Starts a job; its id.
@@ -440,7 +453,7 @@ enum Event {
     /// Output bytes.
     Data(Vec<u8>),
     /// The job's status at the stream's end.
-    End(Box<JobView>),
+    End(Box<JobInfo>),
 }
 
 /// A job's output stream.
@@ -486,7 +499,7 @@ impl OutputStream {
                 // An empty message carries nothing: wait for the next.
                 None => {}
                 Some(Kind::Output(output)) => return Ok(Some(Event::Data(output.data))),
-                Some(Kind::End(job)) => return Ok(Some(Event::End(Box::new(JobView::from(&job))))),
+                Some(Kind::End(job)) => return Ok(Some(Event::End(Box::new(read_job(job)?)))),
             }
         }
     }
@@ -589,23 +602,24 @@ async fn interrupted(signal: &mut Signal) {
 
 /// The exit code `run` passes on: the job's exit code, 128 + the signal
 /// that killed it, or an error for a job that has neither (FAILED).
-pub fn exit_code_of(job: &JobView) -> Result<u8, CliError> {
-    if let Some(code) = job.exit_code {
-        return Ok(u8::try_from(code.rem_euclid(256)).unwrap_or(exit::OTHER));
+pub fn exit_code_of(job: &JobInfo) -> Result<u8, CliError> {
+    match job.termination {
+        Some(Termination::Exited(code)) => {
+            Ok(u8::try_from(code.rem_euclid(256)).unwrap_or(exit::OTHER))
+        }
+        Some(Termination::Signaled(signal)) => {
+            Ok(u8::try_from(128 + signal.clamp(0, 127)).unwrap_or(exit::OTHER))
+        }
+        None => Err(CliError::JobFailed {
+            id: job.id.to_string(),
+            failure: job.failure.clone().unwrap_or_else(|| {
+                format!("it ended {} without an exit status", render::outcome(job))
+            }),
+        }),
     }
-    if let Some(signal) = job.signal {
-        return Ok(u8::try_from(128 + signal.clamp(0, 127)).unwrap_or(exit::OTHER));
-    }
-    Err(CliError::JobFailed {
-        id: job.id.clone(),
-        failure: job
-            .failure
-            .clone()
-            .unwrap_or_else(|| format!("it ended {} without an exit status", job.outcome())),
-    })
 }
 
-fn note_truncation(job: &JobView) {
+fn note_truncation(job: &JobInfo) {
     if job.output_truncated_bytes > 0 {
         eprintln!(
             "jobctl: note: {} bytes of job {}'s output were dropped over the server's output cap",
@@ -737,23 +751,34 @@ mod tests {
 
     #[test]
     fn exit_codes_of_jobs() {
-        let job = |exit_code, signal| JobView {
-            exit_code,
-            signal,
-            ..JobView::default()
+        let job = |termination| JobInfo {
+            termination: Some(termination),
+            ..render::tests::job()
         };
-        assert_eq!(exit_code_of(&job(Some(7), None)).unwrap(), 7);
-        assert_eq!(exit_code_of(&job(Some(0), None)).unwrap(), 0);
-        assert_eq!(exit_code_of(&job(None, Some(15))).unwrap(), 143);
-        assert_eq!(exit_code_of(&job(None, Some(9))).unwrap(), 137);
-        let failed = JobView {
-            state: Some(JobState::Failed),
+        assert_eq!(exit_code_of(&job(Termination::Exited(7))).unwrap(), 7);
+        assert_eq!(exit_code_of(&job(Termination::Exited(0))).unwrap(), 0);
+        assert_eq!(exit_code_of(&job(Termination::Signaled(15))).unwrap(), 143);
+        assert_eq!(exit_code_of(&job(Termination::Signaled(9))).unwrap(), 137);
+        let failed = JobInfo {
+            state: JobState::Failed,
             failure: Some("lost".into()),
-            ..JobView::default()
+            ..render::tests::job()
         };
         let err = exit_code_of(&failed).unwrap_err();
         assert_eq!(err.exit_code(), exit::OTHER);
         assert!(err.to_string().contains("lost"));
+    }
+
+    #[test]
+    fn a_job_this_jobctl_cannot_read_is_an_error() {
+        let job = v1::Job::from(render::tests::job());
+        assert_eq!(read_job(job.clone()).unwrap().owner.to_string(), "alice");
+        let err = read_job(v1::Job { state: 99, ..job }).unwrap_err();
+        assert_eq!(err.exit_code(), exit::OTHER);
+        assert_eq!(
+            err.to_string(),
+            "the server sent a job this jobctl cannot read (state: 99 is no state this version knows); is jobctl older than the server?"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Jobs shown to people and to scripts.
 //!
-//! Both tools read jobs in their own form (`jobctl` the gRPC `Job`, the
-//! debug tool the ipc `JobInfo`); each converts to a [`JobView`], so a job
-//! looks the same whichever tool shows it.
+//! Both tools show the shared model, the ipc [`JobInfo`]: the debug tool
+//! reads it from the supervisor, `jobctl` converts each gRPC `Job` it
+//! receives into one; so a job looks the same whichever tool shows it.
 //!
 //! The JSON form is built field by field, with stable names (the proto's
 //! field names; states in lower case; times in RFC 3339 UTC; absent values
@@ -26,8 +26,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobworker_ipc::{JobInfo, JobState, Termination};
-use jobworker_proto::v1;
+use jobworker_ipc::{JobInfo, JobState, Termination, UnixMillis};
 use serde_json::{Value, json};
 
 use tokio::io::AsyncWriteExt;
@@ -42,215 +41,18 @@ pub fn state_arg() -> impl clap::builder::TypedValueParser<Value = JobState> {
         .try_map(|name| name.parse::<JobState>())
 }
 
-/// A state's name for people: `RUNNING`, ...; `UNKNOWN` for a state this
-/// tool does not know.
-fn shout(state: Option<JobState>) -> String {
-    state.map_or_else(|| "UNKNOWN".into(), |s| s.as_str().to_uppercase())
+/// A state's name for people: `RUNNING`, ...
+fn shout(state: JobState) -> String {
+    state.as_str().to_uppercase()
 }
 
-/// A job's limits; `None` is no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LimitsView {
-    /// CPU in millicores.
-    pub cpu_millicores: Option<u32>,
-    /// Memory in bytes.
-    pub memory_bytes: Option<u64>,
-    /// Read bandwidth in bytes per second.
-    pub io_read_bytes_per_sec: Option<u64>,
-    /// Write bandwidth in bytes per second.
-    pub io_write_bytes_per_sec: Option<u64>,
-    /// Tasks.
-    pub pids: Option<u32>,
+/// A time as the system's clock reads it; `None` past its range.
+fn system_time(at: UnixMillis) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(at.0))
 }
 
-/// Which limits the kernel enforces.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EnforcedView {
-    /// `cpu.max`.
-    pub cpu: bool,
-    /// `memory.max`.
-    pub memory: bool,
-    /// `io.max`.
-    pub io: bool,
-    /// `pids.max`.
-    pub pids: bool,
-}
-
-/// What a job used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UsageView {
-    /// CPU time, user + system, when known.
-    pub cpu_time: Option<Duration>,
-    /// Peak memory, when the kernel reports it.
-    pub memory_peak_bytes: Option<u64>,
-    /// Bytes read from block devices.
-    pub io_read_bytes: u64,
-    /// Bytes written to block devices.
-    pub io_write_bytes: u64,
-}
-
-/// A job, as both tools show it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JobView {
-    /// Its id.
-    pub id: String,
-    /// Who started it.
-    pub owner: String,
-    /// The command.
-    pub command: String,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// Its state; `None` if the server sent none this tool knows.
-    pub state: Option<JobState>,
-    /// Its init's pid on the host.
-    pub pid: Option<u32>,
-    /// The uid its processes run as.
-    pub uid: Option<u32>,
-    /// The gid its processes run as.
-    pub gid: Option<u32>,
-    /// The command's exit code, when it exited.
-    pub exit_code: Option<i32>,
-    /// The signal that killed the command, when one did.
-    pub signal: Option<i32>,
-    /// The OOM killer killed a process of the job.
-    pub oom_killed: bool,
-    /// When it was asked for.
-    pub created_at: Option<SystemTime>,
-    /// When its command was exec'd.
-    pub started_at: Option<SystemTime>,
-    /// When it ended.
-    pub ended_at: Option<SystemTime>,
-    /// Its limits.
-    pub limits: LimitsView,
-    /// Which of them are enforced.
-    pub enforced: EnforcedView,
-    /// What it used.
-    pub usage: UsageView,
-    /// Bytes of output it wrote.
-    pub output_bytes: u64,
-    /// Bytes of output dropped over the server's cap.
-    pub output_truncated_bytes: u64,
-    /// Why it failed, when it did.
-    pub failure: Option<String>,
-}
-
-fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
-    let ts = ts?;
-    let seconds = u64::try_from(ts.seconds).ok()?;
-    let nanos = u32::try_from(ts.nanos).ok()?;
-    if seconds == 0 && nanos == 0 {
-        return None;
-    }
-    UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
-}
-
-fn millis(ms: u64) -> Option<SystemTime> {
-    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
-}
-
-impl From<&v1::Job> for JobView {
-    fn from(job: &v1::Job) -> Self {
-        let limits = job.limits.unwrap_or_default();
-        let enforced = job.enforced.unwrap_or_default();
-        let usage = job.usage.unwrap_or_default();
-        Self {
-            id: job.id.clone(),
-            owner: job.owner.clone(),
-            command: job.command.clone(),
-            args: job.args.clone(),
-            state: v1::JobState::try_from(job.state)
-                .ok()
-                .and_then(|state| JobState::try_from(state).ok()),
-            pid: job.pid,
-            uid: job.uid,
-            gid: job.gid,
-            exit_code: job.exit_code,
-            signal: job.signal,
-            oom_killed: job.oom_killed,
-            created_at: timestamp(job.created_at.as_ref()),
-            started_at: timestamp(job.started_at.as_ref()),
-            ended_at: timestamp(job.ended_at.as_ref()),
-            limits: LimitsView {
-                cpu_millicores: limits.cpu_millicores,
-                memory_bytes: limits.memory_bytes,
-                io_read_bytes_per_sec: limits.io_read_bytes_per_sec,
-                io_write_bytes_per_sec: limits.io_write_bytes_per_sec,
-                pids: limits.pids,
-            },
-            enforced: EnforcedView {
-                cpu: enforced.cpu,
-                memory: enforced.memory,
-                io: enforced.io,
-                pids: enforced.pids,
-            },
-            usage: UsageView {
-                cpu_time: usage.cpu_time.and_then(|d| {
-                    Some(Duration::new(
-                        u64::try_from(d.seconds).ok()?,
-                        u32::try_from(d.nanos).ok()?,
-                    ))
-                }),
-                memory_peak_bytes: usage.memory_peak_bytes,
-                io_read_bytes: usage.io_read_bytes,
-                io_write_bytes: usage.io_write_bytes,
-            },
-            output_bytes: job.output_bytes,
-            output_truncated_bytes: job.output_truncated_bytes,
-            failure: Some(job.failure.clone()).filter(|f| !f.is_empty()),
-        }
-    }
-}
-
-impl From<&JobInfo> for JobView {
-    fn from(job: &JobInfo) -> Self {
-        let (exit_code, signal) = match job.termination {
-            Some(Termination::Exited(code)) => (Some(code), None),
-            Some(Termination::Signaled(signal)) => (None, Some(signal)),
-            None => (None, None),
-        };
-        Self {
-            id: job.id.to_string(),
-            owner: job.owner.to_string(),
-            command: job.command.to_string(),
-            args: job.args.as_slice().to_vec(),
-            state: Some(job.state),
-            pid: job.pid,
-            uid: job.uid,
-            gid: job.gid,
-            exit_code,
-            signal,
-            oom_killed: job.oom_killed,
-            created_at: millis(job.created_at.0),
-            started_at: job.started_at.and_then(|t| millis(t.0)),
-            ended_at: job.ended_at.and_then(|t| millis(t.0)),
-            limits: LimitsView {
-                cpu_millicores: job.limits.cpu_millicores(),
-                memory_bytes: job.limits.memory_bytes(),
-                io_read_bytes_per_sec: job.limits.io_read_bps(),
-                io_write_bytes_per_sec: job.limits.io_write_bps(),
-                pids: job.limits.pids(),
-            },
-            enforced: EnforcedView {
-                cpu: job.enforced.cpu,
-                memory: job.enforced.memory,
-                io: job.enforced.io,
-                pids: job.enforced.pids,
-            },
-            usage: UsageView {
-                cpu_time: Some(Duration::from_micros(job.usage.cpu_usec)),
-                memory_peak_bytes: job.usage.memory_peak_bytes,
-                io_read_bytes: job.usage.io_read_bytes,
-                io_write_bytes: job.usage.io_write_bytes,
-            },
-            output_bytes: job.output_bytes,
-            output_truncated_bytes: job.output_truncated_bytes,
-            failure: job.failure.clone(),
-        }
-    }
-}
-
-fn rfc3339(time: Option<SystemTime>) -> Value {
-    time.map_or(Value::Null, |t| {
+fn rfc3339(at: Option<UnixMillis>) -> Value {
+    at.and_then(system_time).map_or(Value::Null, |t| {
         Value::String(humantime::format_rfc3339_millis(t).to_string())
     })
 }
@@ -269,194 +71,189 @@ fn describe_signal(signal: i32) -> String {
     }
 }
 
-impl JobView {
-    /// The job as one JSON object.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "owner": self.owner,
-            "command": self.command,
-            "args": self.args,
-            "state": self.state.map_or("unspecified", JobState::as_str),
-            "pid": self.pid,
-            "uid": self.uid,
-            "gid": self.gid,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "oom_killed": self.oom_killed,
-            "created_at": rfc3339(self.created_at),
-            "started_at": rfc3339(self.started_at),
-            "ended_at": rfc3339(self.ended_at),
-            "limits": {
-                "cpu_millicores": self.limits.cpu_millicores,
-                "memory_bytes": self.limits.memory_bytes,
-                "io_read_bytes_per_sec": self.limits.io_read_bytes_per_sec,
-                "io_write_bytes_per_sec": self.limits.io_write_bytes_per_sec,
-                "pids": self.limits.pids,
-            },
-            "enforced": {
-                "cpu": self.enforced.cpu,
-                "memory": self.enforced.memory,
-                "io": self.enforced.io,
-                "pids": self.enforced.pids,
-            },
-            "usage": {
-                "cpu_time_usec": self.usage.cpu_time
-                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                "memory_peak_bytes": self.usage.memory_peak_bytes,
-                "io_read_bytes": self.usage.io_read_bytes,
-                "io_write_bytes": self.usage.io_write_bytes,
-            },
-            "output_bytes": self.output_bytes,
-            "output_truncated_bytes": self.output_truncated_bytes,
-            "failure": self.failure,
-        })
-    }
+/// The job as one JSON object.
+pub fn to_json(job: &JobInfo) -> Value {
+    let (exit_code, signal) = match job.termination {
+        Some(Termination::Exited(code)) => (Some(code), None),
+        Some(Termination::Signaled(signal)) => (None, Some(signal)),
+        None => (None, None),
+    };
+    let limits = &job.limits;
+    let enforced = &job.enforced;
+    let usage = &job.usage;
+    json!({
+        "id": job.id.to_string(),
+        "owner": job.owner.to_string(),
+        "command": job.command.as_str(),
+        "args": job.args.as_slice(),
+        "state": job.state.as_str(),
+        "pid": job.pid,
+        "uid": job.uid,
+        "gid": job.gid,
+        "exit_code": exit_code,
+        "signal": signal,
+        "oom_killed": job.oom_killed,
+        "created_at": rfc3339(Some(job.created_at)),
+        "started_at": rfc3339(job.started_at),
+        "ended_at": rfc3339(job.ended_at),
+        "limits": {
+            "cpu_millicores": limits.cpu_millicores(),
+            "memory_bytes": limits.memory_bytes(),
+            "io_read_bytes_per_sec": limits.io_read_bps(),
+            "io_write_bytes_per_sec": limits.io_write_bps(),
+            "pids": limits.pids(),
+        },
+        "enforced": {
+            "cpu": enforced.cpu,
+            "memory": enforced.memory,
+            "io": enforced.io,
+            "pids": enforced.pids,
+        },
+        "usage": {
+            "cpu_time_usec": usage.cpu_usec,
+            "memory_peak_bytes": usage.memory_peak_bytes,
+            "io_read_bytes": usage.io_read_bytes,
+            "io_write_bytes": usage.io_write_bytes,
+        },
+        "output_bytes": job.output_bytes,
+        "output_truncated_bytes": job.output_truncated_bytes,
+        "failure": job.failure,
+    })
+}
 
-    /// The state and how the job ended, on one line: `FINISHED (exit code
-    /// 7)`, `STOPPED (killed by signal 15, SIGTERM)`, `RUNNING (pid 42)`.
-    pub fn outcome(&self) -> String {
-        let mut text = shout(self.state);
-        let mut details = Vec::new();
-        if let Some(code) = self.exit_code {
-            details.push(format!("exit code {code}"));
-        }
-        if let Some(signal) = self.signal {
+/// The state and how the job ended, on one line: `FINISHED (exit code
+/// 7)`, `STOPPED (killed by signal 15, SIGTERM)`, `RUNNING (pid 42)`.
+pub fn outcome(job: &JobInfo) -> String {
+    let mut text = shout(job.state);
+    let mut details = Vec::new();
+    match job.termination {
+        Some(Termination::Exited(code)) => details.push(format!("exit code {code}")),
+        Some(Termination::Signaled(signal)) => {
             details.push(format!("killed by {}", describe_signal(signal)));
         }
-        if self.state == Some(JobState::Running)
-            && let Some(pid) = self.pid
-        {
-            details.push(format!("pid {pid}"));
-        }
-        if self.oom_killed {
-            details.push("OOM killed".into());
-        }
-        if !details.is_empty() {
-            let _ = write!(text, " ({})", details.join(", "));
-        }
-        if let Some(failure) = &self.failure {
-            let _ = write!(text, ": {}", printable(failure));
-        }
-        text
+        None => {}
     }
-
-    /// The command line, quoted for a POSIX shell.
-    pub fn command_line(&self) -> String {
-        shell_quote(std::iter::once(&self.command).chain(&self.args))
+    if job.state == JobState::Running
+        && let Some(pid) = job.pid
+    {
+        details.push(format!("pid {pid}"));
     }
+    if job.oom_killed {
+        details.push("OOM killed".into());
+    }
+    if !details.is_empty() {
+        let _ = write!(text, " ({})", details.join(", "));
+    }
+    if let Some(failure) = &job.failure {
+        let _ = write!(text, ": {}", printable(failure));
+    }
+    text
+}
 
-    /// A human-readable summary of everything known about the job.
-    pub fn status_text(&self) -> String {
-        let mut out = String::new();
-        let mut line = |label: &str, value: &str| {
-            let _ = writeln!(out, "{label:<13}{value}");
-        };
-        line("Job:", &self.id);
-        line("Owner:", &self.owner);
-        line("Command:", &self.command_line());
-        line("State:", &self.outcome());
-        if let Some(pid) = self.pid {
-            line("PID:", &pid.to_string());
-        }
-        if let (Some(uid), Some(gid)) = (self.uid, self.gid) {
-            line("Runs as:", &format!("uid {uid}, gid {gid}"));
-        }
-        line(
-            "OOM killed:",
-            if self.oom_killed {
-                "yes: the kernel's OOM killer killed a process of this job"
-            } else {
-                "no"
-            },
-        );
-        line("Created:", &human_time(self.created_at));
-        line("Started:", &human_time(self.started_at));
-        let ended = match (self.started_at, self.ended_at) {
-            (Some(start), Some(end)) => format!(
-                "{} (ran for {})",
-                human_time(Some(end)),
-                human_duration(end.duration_since(start).unwrap_or_default())
-            ),
-            (_, end) => human_time(end),
-        };
-        line("Ended:", &ended);
-        out.push_str("Limits:\n");
-        let limit = |out: &mut String, label: &str, value: Option<String>, enforced: bool| {
-            let text = match value {
-                None => "no limit".to_owned(),
-                Some(v) if enforced => format!("{v}, enforced"),
-                Some(v) => format!("{v}, not enforced on this host"),
-            };
-            let _ = writeln!(out, "  {label:<13}{text}");
-        };
-        let l = &self.limits;
-        let e = &self.enforced;
-        let rate = |bps: u64| format!("{}/s", format_bytes(bps));
-        limit(&mut out, "CPU:", l.cpu_millicores.map(format_cpu), e.cpu);
-        limit(
-            &mut out,
-            "Memory:",
-            l.memory_bytes.map(format_bytes),
-            e.memory,
-        );
-        limit(
-            &mut out,
-            "I/O read:",
-            l.io_read_bytes_per_sec.map(rate),
-            e.io,
-        );
-        limit(
-            &mut out,
-            "I/O write:",
-            l.io_write_bytes_per_sec.map(rate),
-            e.io,
-        );
-        limit(&mut out, "Tasks:", l.pids.map(|p| p.to_string()), e.pids);
-        out.push_str("Usage:\n");
-        let u = &self.usage;
-        let mut usage = |label: &str, value: String| {
-            let _ = writeln!(out, "  {label:<13}{value}");
-        };
-        usage(
-            "CPU time:",
-            u.cpu_time
-                .map_or_else(|| "not reported".into(), human_duration),
-        );
-        usage(
-            "Memory peak:",
-            u.memory_peak_bytes
-                .map_or_else(|| "not reported by this host's kernel".into(), format_bytes),
-        );
-        usage("I/O read:", format_bytes(u.io_read_bytes));
-        usage("I/O write:", format_bytes(u.io_write_bytes));
-        let output = if self.output_truncated_bytes > 0 {
-            format!(
-                "{} bytes, of which {} were dropped over the server's output cap (the stored output is the first {} bytes)",
-                self.output_bytes,
-                self.output_truncated_bytes,
-                self.output_bytes
-                    .saturating_sub(self.output_truncated_bytes)
-            )
+/// The command line, quoted for a POSIX shell.
+pub fn command_line(job: &JobInfo) -> String {
+    let command = job.command.to_string();
+    shell_quote(std::iter::once(&command).chain(job.args.as_slice()))
+}
+
+/// A human-readable summary of everything known about the job.
+pub fn status_text(job: &JobInfo) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: &str| {
+        let _ = writeln!(out, "{label:<13}{value}");
+    };
+    line("Job:", &job.id.to_string());
+    line("Owner:", &job.owner.to_string());
+    line("Command:", &command_line(job));
+    line("State:", &outcome(job));
+    if let Some(pid) = job.pid {
+        line("PID:", &pid.to_string());
+    }
+    if let (Some(uid), Some(gid)) = (job.uid, job.gid) {
+        line("Runs as:", &format!("uid {uid}, gid {gid}"));
+    }
+    line(
+        "OOM killed:",
+        if job.oom_killed {
+            "yes: the kernel's OOM killer killed a process of this job"
         } else {
-            format!("{} bytes, none dropped", self.output_bytes)
+            "no"
+        },
+    );
+    line("Created:", &human_time(Some(job.created_at)));
+    line("Started:", &human_time(job.started_at));
+    let ended = match (job.started_at, job.ended_at) {
+        (Some(start), Some(end)) => format!(
+            "{} (ran for {})",
+            human_time(Some(end)),
+            human_duration(Duration::from_millis(end.0.saturating_sub(start.0)))
+        ),
+        (_, end) => human_time(end),
+    };
+    line("Ended:", &ended);
+    out.push_str("Limits:\n");
+    let limit = |out: &mut String, label: &str, value: Option<String>, enforced: bool| {
+        let text = match value {
+            None => "no limit".to_owned(),
+            Some(v) if enforced => format!("{v}, enforced"),
+            Some(v) => format!("{v}, not enforced on this host"),
         };
-        let _ = writeln!(out, "{:<13}{output}", "Output:");
-        out
-    }
+        let _ = writeln!(out, "  {label:<13}{text}");
+    };
+    let l = &job.limits;
+    let e = &job.enforced;
+    let rate = |bps: u64| format!("{}/s", format_bytes(bps));
+    limit(&mut out, "CPU:", l.cpu_millicores().map(format_cpu), e.cpu);
+    limit(
+        &mut out,
+        "Memory:",
+        l.memory_bytes().map(format_bytes),
+        e.memory,
+    );
+    limit(&mut out, "I/O read:", l.io_read_bps().map(rate), e.io);
+    limit(&mut out, "I/O write:", l.io_write_bps().map(rate), e.io);
+    limit(&mut out, "Tasks:", l.pids().map(|p| p.to_string()), e.pids);
+    out.push_str("Usage:\n");
+    let u = &job.usage;
+    let mut usage = |label: &str, value: String| {
+        let _ = writeln!(out, "  {label:<13}{value}");
+    };
+    usage(
+        "CPU time:",
+        human_duration(Duration::from_micros(u.cpu_usec)),
+    );
+    usage(
+        "Memory peak:",
+        u.memory_peak_bytes
+            .map_or_else(|| "not reported by this host's kernel".into(), format_bytes),
+    );
+    usage("I/O read:", format_bytes(u.io_read_bytes));
+    usage("I/O write:", format_bytes(u.io_write_bytes));
+    let output = if job.output_truncated_bytes > 0 {
+        format!(
+            "{} bytes, of which {} were dropped over the server's output cap (the stored output is the first {} bytes)",
+            job.output_bytes,
+            job.output_truncated_bytes,
+            job.output_bytes.saturating_sub(job.output_truncated_bytes)
+        )
+    } else {
+        format!("{} bytes, none dropped", job.output_bytes)
+    };
+    let _ = writeln!(out, "{:<13}{output}", "Output:");
+    out
 }
 
 /// The exit column of a list: `7`, `sig 15`, or `-`.
-fn exit_column(job: &JobView) -> String {
-    match (job.exit_code, job.signal) {
-        (Some(code), _) => code.to_string(),
-        (None, Some(signal)) => format!("sig {signal}"),
-        (None, None) => "-".into(),
+fn exit_column(job: &JobInfo) -> String {
+    match job.termination {
+        Some(Termination::Exited(code)) => code.to_string(),
+        Some(Termination::Signaled(signal)) => format!("sig {signal}"),
+        None => "-".into(),
     }
 }
 
 /// The jobs as a table, one per line under a header; `no jobs` when empty.
-pub fn list_table(jobs: &[JobView]) -> String {
+pub fn list_table(jobs: &[JobInfo]) -> String {
     const COMMAND_WIDTH: usize = 60;
     if jobs.is_empty() {
         return "no jobs\n".into();
@@ -465,17 +262,16 @@ pub fn list_table(jobs: &[JobView]) -> String {
     let rows: Vec<[String; 6]> = jobs
         .iter()
         .map(|job| {
-            let command = abbreviate(job.command_line(), COMMAND_WIDTH);
             [
-                job.id.clone(),
+                job.id.to_string(),
                 shout(job.state),
                 exit_column(job),
-                job.owner.clone(),
-                job.created_at.map_or_else(
+                job.owner.to_string(),
+                system_time(job.created_at).map_or_else(
                     || "-".into(),
                     |t| humantime::format_rfc3339_seconds(t).to_string(),
                 ),
-                command,
+                abbreviate(command_line(job), COMMAND_WIDTH),
             ]
         })
         .collect();
@@ -505,13 +301,13 @@ pub fn list_table(jobs: &[JobView]) -> String {
 }
 
 /// The jobs as one JSON array.
-pub fn jobs_json(jobs: &[JobView]) -> Value {
-    Value::Array(jobs.iter().map(JobView::to_json).collect())
+pub fn jobs_json(jobs: &[JobInfo]) -> Value {
+    Value::Array(jobs.iter().map(to_json).collect())
 }
 
 /// A time for people: RFC 3339 in UTC, to the millisecond; `-` when unset.
-fn human_time(time: Option<SystemTime>) -> String {
-    time.map_or_else(
+fn human_time(at: Option<UnixMillis>) -> String {
+    at.and_then(system_time).map_or_else(
         || "-".into(),
         |t| humantime::format_rfc3339_millis(t).to_string(),
     )
@@ -612,11 +408,35 @@ pub fn printable(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use jobworker_ipc::{
-        Args, Command, EnforcedLimits, JobId, Limits, Owner, UnixMillis, Usage, UserName,
-    };
+    use jobworker_ipc::{Args, Command, EnforcedLimits, JobId, Limits, Owner, Usage, UserName};
+    use jobworker_proto::v1;
+
+    /// A job with the least set: no pid, no termination, no limits.
+    pub(crate) fn job() -> JobInfo {
+        JobInfo {
+            id: JobId::random(),
+            owner: Owner::Remote(UserName::new("alice").unwrap()),
+            command: Command::new("true").unwrap(),
+            args: Args::default(),
+            state: JobState::Finished,
+            pid: None,
+            uid: None,
+            gid: None,
+            termination: None,
+            oom_killed: false,
+            created_at: UnixMillis(1_700_000_000_005),
+            started_at: None,
+            ended_at: None,
+            limits: Limits::default(),
+            enforced: EnforcedLimits::default(),
+            usage: Usage::default(),
+            output_bytes: 0,
+            output_truncated_bytes: 0,
+            failure: None,
+        }
+    }
 
     fn proto_job() -> v1::Job {
         v1::Job {
@@ -664,9 +484,14 @@ mod tests {
         }
     }
 
+    /// The job jobctl reads from [`proto_job`].
+    fn read_proto_job() -> JobInfo {
+        JobInfo::try_from(proto_job()).unwrap()
+    }
+
     #[test]
     fn json_has_stable_fields() {
-        let value = JobView::from(&proto_job()).to_json();
+        let value = to_json(&read_proto_job());
         assert_eq!(value["state"], "finished");
         assert_eq!(value["exit_code"], 7);
         assert_eq!(value["signal"], Value::Null);
@@ -688,7 +513,7 @@ mod tests {
 
     #[test]
     fn status_says_what_is_not_enforced() {
-        let text = JobView::from(&proto_job()).status_text();
+        let text = status_text(&read_proto_job());
         for expected in [
             "State:       FINISHED (exit code 7)",
             "Command:     sh -c 'echo '\\''hi'\\''; exit 7'",
@@ -708,31 +533,30 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        let mut job = JobView::from(&proto_job());
-        assert_eq!(job.outcome(), "FINISHED (exit code 7)");
-        job.exit_code = None;
-        job.signal = Some(15);
-        job.state = Some(JobState::Stopped);
-        assert_eq!(job.outcome(), "STOPPED (killed by signal 15, SIGTERM)");
-        job.signal = Some(9);
+        let mut job = read_proto_job();
+        assert_eq!(outcome(&job), "FINISHED (exit code 7)");
+        job.termination = Some(Termination::Signaled(15));
+        job.state = JobState::Stopped;
+        assert_eq!(outcome(&job), "STOPPED (killed by signal 15, SIGTERM)");
+        job.termination = Some(Termination::Signaled(9));
         job.oom_killed = true;
-        job.state = Some(JobState::Finished);
+        job.state = JobState::Finished;
         assert_eq!(
-            job.outcome(),
+            outcome(&job),
             "FINISHED (killed by signal 9, SIGKILL, OOM killed)"
         );
-        let running = JobView {
-            state: Some(JobState::Running),
+        let running = JobInfo {
+            state: JobState::Running,
             pid: Some(3),
-            ..JobView::default()
+            ..self::job()
         };
-        assert_eq!(running.outcome(), "RUNNING (pid 3)");
-        let failed = JobView {
-            state: Some(JobState::Failed),
+        assert_eq!(outcome(&running), "RUNNING (pid 3)");
+        let failed = JobInfo {
+            state: JobState::Failed,
             failure: Some("its state was lost".into()),
-            ..JobView::default()
+            ..self::job()
         };
-        assert_eq!(failed.outcome(), "FAILED: its state was lost");
+        assert_eq!(outcome(&failed), "FAILED: its state was lost");
     }
 
     #[test]
@@ -761,27 +585,23 @@ mod tests {
             output_truncated_bytes: 0,
             failure: None,
         };
-        let view = JobView::from(&info);
-        assert_eq!(view.owner, "local:root");
-        assert_eq!(view.outcome(), "STOPPED (killed by signal 15, SIGTERM)");
-        let json = view.to_json();
+        let json = to_json(&info);
+        assert_eq!(json["owner"], "local:root");
+        assert_eq!(outcome(&info), "STOPPED (killed by signal 15, SIGTERM)");
         assert_eq!(json["created_at"], "2023-11-14T22:13:20.005Z");
         assert_eq!(json["limits"]["io_read_bytes_per_sec"], 10 << 20);
         assert_eq!(json["usage"]["cpu_time_usec"], 1500);
-        assert!(
-            view.status_text()
-                .contains("I/O read:    10 MiB/s, not enforced on this host")
-        );
+        assert!(status_text(&info).contains("I/O read:    10 MiB/s, not enforced on this host"));
     }
 
     #[test]
     fn tables() {
         assert_eq!(list_table(&[]), "no jobs\n");
-        let job = JobView::from(&proto_job());
+        let job = read_proto_job();
         let table = list_table(&[
             job.clone(),
-            JobView {
-                state: Some(JobState::Running),
+            JobInfo {
+                state: JobState::Running,
                 ..job
             },
         ]);
@@ -809,10 +629,10 @@ mod tests {
             shell_quote(&hostile),
             "printf $'\\x1b[2J\\x1b]0;owned\\x07' $'a\\nb\\r' $'x\\u202ey\\'z\\\\'"
         );
-        let listed = list_table(&[JobView {
-            command: "sh".into(),
-            args: hostile.clone(),
-            ..JobView::default()
+        let listed = list_table(&[JobInfo {
+            command: Command::new("sh").unwrap(),
+            args: Args::new(hostile.clone()).unwrap(),
+            ..job()
         }]);
         assert!(
             !listed.contains('\u{1b}') && listed.lines().count() == 2,
@@ -829,13 +649,13 @@ mod tests {
 
     #[test]
     fn failures_reach_a_terminal_as_text() {
-        let failed = JobView {
-            state: Some(JobState::Failed),
+        let failed = JobInfo {
+            state: JobState::Failed,
             failure: Some("cannot execute \u{1b}[31mx\ny: No such file".into()),
-            ..JobView::default()
+            ..job()
         };
         assert_eq!(
-            failed.outcome(),
+            outcome(&failed),
             "FAILED: cannot execute \\u{1b}[31mx\\u{a}y: No such file"
         );
     }
