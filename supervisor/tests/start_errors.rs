@@ -13,15 +13,11 @@
 #[allow(dead_code, reason = "the fixture is shared by several test crates")]
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::TestEngine;
-use jobworker_ipc::{IpcError, Limits, Termination};
-use jobworker_supervisor::cgroup::CgroupTree;
+use jobworker_ipc::{IpcError, Termination};
 use jobworker_supervisor::engine::uids::JobIds;
-use jobworker_supervisor::engine::{Engine, EngineConfig, Retention, SandboxConfig};
 
 /// In a helper's environment: the outer test's pid and pid namespace.
 const HELPER: &str = "JOBWORKER_START_ERRORS_OUTER";
@@ -108,37 +104,12 @@ fn pid_namespace() -> String {
 /// root named after the outer test's pid and `helper`: a helper's own pid is
 /// 1, as is every other helper's.
 fn engine_with_one_uid(outer: u32, helper: &str) -> TestEngine {
-    let mount = common::require_root_and_cgroup2();
-    let cgroup_root = mount.join(format!("jobworker-test-{outer}-{helper}"));
-    let mut tree = CgroupTree::discover(Some(&cgroup_root)).unwrap();
-    let controllers = tree.setup(None).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        state_dir: state.path().to_path_buf(),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-supervisor")),
-        job_ids: JobIds::PerJob {
+    TestEngine::at(&format!("jobworker-test-{outer}-{helper}"), |c| {
+        c.job_ids = JobIds::PerJob {
             range: ONE_UID..=ONE_UID,
             excluded: Default::default(),
-        },
-        sandbox: SandboxConfig {
-            masked_paths: jobworker_supervisor::config::default_masked_paths(),
-            max_processes: 4096,
-            ..SandboxConfig::default()
-        },
-        default_limits: Limits::default(),
-        max_limits: Limits::default(),
-        retention: Retention::default(),
-        strict_limits: false,
-        output_cap: 64 << 20,
-        grace: Duration::from_secs(5),
-        io_device: None,
-        working_dir: jobworker_supervisor::handoff::WORK_MOUNT.into(),
-    };
-    TestEngine {
-        engine: Engine::new(config, tree, controllers).unwrap(),
-        cgroup_root,
-        state,
-    }
+        };
+    })
 }
 
 /// Asserts that a start was refused as RESOURCE_EXHAUSTED by clone3 with

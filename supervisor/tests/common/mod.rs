@@ -40,12 +40,18 @@ impl TestEngine {
     /// An engine whose config `adjust` may change.
     pub fn with(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let mount = require_root_and_cgroup2();
-        let cgroup_root = mount.join(format!(
+        let name = format!(
             "jobworker-test-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        Self::at(&name, adjust)
+    }
+
+    /// An engine under the cgroup `name` of the cgroup2 mount, whose config
+    /// `adjust` may change.
+    pub fn at(name: &str, adjust: impl FnOnce(&mut EngineConfig)) -> Self {
+        let cgroup_root = require_root_and_cgroup2().join(name);
         let mut tree = CgroupTree::discover(Some(&cgroup_root)).expect("test cgroup root");
         let controllers = tree.setup(None).expect("setting up the test cgroup root");
         let state = tempfile::tempdir().expect("state dir");
