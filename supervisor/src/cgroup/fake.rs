@@ -14,6 +14,16 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use super::Controllers;
+
+/// Every controller we use, all available.
+pub const ALL: Controllers = Controllers {
+    cpu: true,
+    memory: true,
+    io: true,
+    pids: true,
+};
+
 /// A pressure file's contents with no stall.
 const NO_PRESSURE: &str = "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n\
                            full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";

@@ -74,14 +74,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::cgroup::fake;
-
-    const ALL: Controllers = Controllers {
-        cpu: true,
-        memory: true,
-        io: true,
-        pids: true,
-    };
+    use crate::cgroup::fake::{self, ALL};
 
     fn limits(cpu: Option<u32>, memory: Option<u64>) -> Limits {
         Limits::new(cpu, memory, None, None, None).unwrap()

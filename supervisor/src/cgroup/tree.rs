@@ -201,14 +201,8 @@ fn enable_controllers(dir: &Path, controllers: Controllers) -> Result<(), Cgroup
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::fake;
+    use crate::cgroup::fake::{self, ALL};
 
-    const ALL: Controllers = Controllers {
-        cpu: true,
-        memory: true,
-        io: true,
-        pids: true,
-    };
     const JOB: &str = "0b6f1e8e-6c39-4d4e-9f51-2f3b0c1a9d7e";
 
     /// A tree on the fake subtree root `root`, whose new cgroups the fake
