@@ -16,7 +16,7 @@ use nix::unistd::{Gid, Group};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::uids::JobIds;
-use crate::handoff::{BindPath, WORK_MOUNT, sandbox_can_make};
+use crate::handoff::{BindPath, PRIVATE_TMP, REPLACED, WORK_MOUNT, sandbox_can_make};
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/supervisor.toml";
@@ -478,6 +478,26 @@ fn sandbox_paths(file: &FileConfig) -> Result<(), (&'static str, String)> {
             format!("{} is not an absolute path", path.display()),
         ));
     }
+    let replaced = |path: &Path| {
+        REPLACED
+            .iter()
+            .chain(PRIVATE_TMP)
+            .find(|own| path.starts_with(own))
+    };
+    if let Some((path, own)) = file
+        .masked_paths
+        .iter()
+        .find_map(|p| replaced(p).map(|own| (p, own)))
+    {
+        return Err((
+            "masked_paths",
+            format!(
+                "{} is inside {own}, which every job gets a fresh one of: nothing of the \
+                 host's is there to mask",
+                path.display()
+            ),
+        ));
+    }
     for bind in &file.bind_paths {
         if !bind.source.is_absolute() || !bind.target().is_absolute() {
             return Err((
@@ -496,12 +516,21 @@ fn sandbox_paths(file: &FileConfig) -> Result<(), (&'static str, String)> {
             ));
         }
         let target = bind.target();
+        if let Some(own) = REPLACED.iter().find(|own| target.starts_with(own)) {
+            return Err((
+                "bind_paths",
+                format!(
+                    "the target {} is inside {own}, which the sandbox replaces",
+                    target.display()
+                ),
+            ));
+        }
         if !target.exists() && !sandbox_can_make(target, &file.masked_paths) {
             return Err((
                 "bind_paths",
                 format!(
                     "the target {} does not exist on this host: make it (an empty {}) \
-                     or choose one that exists, or one inside /tmp, /work or a masked path",
+                     or choose one that exists, or one inside /tmp or a masked directory",
                     target.display(),
                     if bind.source.is_dir() {
                         "directory"
@@ -690,7 +719,7 @@ mod tests {
     /// it: in a tmpfs of its own or a masked directory.
     #[test]
     fn bind_targets_the_sandbox_makes() {
-        for target in ["/tmp/data", "/work/data", "/run/no-such-socket-dir"] {
+        for target in ["/tmp/data", "/run/no-such-socket-dir"] {
             let text = format!("[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"{target}\"");
             assert!(parse(&text).is_ok(), "{target}");
         }
@@ -698,6 +727,34 @@ mod tests {
                         target = \"/run/no-such-socket-dir\"";
         let err = parse(unmasked).unwrap_err().to_string();
         assert!(err.contains("make it (an empty directory)"), "{err}");
+        // A mount point in /work would stay in the job's work directory.
+        let in_work = "[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"/work/data\"";
+        assert!(
+            parse(in_work)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+        let in_dev = "[[bind_paths]]\nsource = \"/usr/share\"\ntarget = \"/dev/data\"";
+        assert!(
+            parse(in_dev)
+                .unwrap_err()
+                .to_string()
+                .contains("which the sandbox replaces")
+        );
+        for masked in [
+            "/proc/sysrq-trigger",
+            "/sys/firmware",
+            "/tmp/x",
+            "/dev/kmsg",
+        ] {
+            let text = format!("masked_paths = [\"{masked}\"]");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("nothing of the host's is there to mask"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -75,17 +75,24 @@ pub const WORK_MOUNT: &str = "/work";
 pub const PRIVATE_TMP: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
 /// Whether the sandbox can make a mount point at `path` when the host has
-/// none: only inside a mount of its own (its `/dev`, a private temporary
-/// directory, its work directory, a masked directory); the host's tree is
-/// read-only to it.
+/// none: only inside a tmpfs of its own that is writable while it builds
+/// (a private temporary directory, a masked directory), and only where the
+/// host has a real directory to mount that tmpfs on; the host's tree is
+/// read-only to it, its `/dev` too, and a mount point in `/work` would be
+/// left behind in the job's work directory.
 pub fn sandbox_can_make(path: &Path, masked_paths: &[PathBuf]) -> bool {
-    let own = ["/dev", WORK_MOUNT]
-        .into_iter()
-        .chain(PRIVATE_TMP.iter().copied());
-    own.map(Path::new)
+    PRIVATE_TMP
+        .iter()
+        .map(Path::new)
         .chain(masked_paths.iter().map(PathBuf::as_path))
+        .filter(|mount| std::fs::symlink_metadata(mount).is_ok_and(|m| m.is_dir()))
         .any(|mount| path.starts_with(mount) && path != mount)
 }
+
+/// The directories the sandbox mounts a file system of its own on, over
+/// the host's: a mask below one of them would be covered, and so would a
+/// bind mount's target.
+pub const REPLACED: &[&str] = &["/proc", "/sys", "/dev"];
 
 /// A host path an operator makes visible to every job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -518,3 +518,24 @@ async fn an_offset_beyond_any_output_is_an_invalid_argument() {
     assert!(rest.is_empty());
     assert_eq!(end.state, JobState::Finished);
 }
+
+/// A record written by a newer supervisor is left as it is, and recovery
+/// refuses to go on: this supervisor would misread it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_record_stops_recovery_and_stays_untouched() {
+    let t = TestEngine::new();
+    let dir = t
+        .state
+        .path()
+        .join("jobs")
+        .join(jobworker_ipc::JobId::random().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = r#"{"version": 3, "spec": {}, "status": {}}"#;
+    std::fs::write(dir.join("job.json"), record).unwrap();
+    let err = t.engine.recover().unwrap_err().to_string();
+    assert!(err.contains("record version 3, newer than"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("job.json")).unwrap(),
+        record
+    );
+}

@@ -113,6 +113,9 @@ pub struct Spec {
 /// Why a record cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// The file could not be read.
+    #[error("reading the job record: {0}")]
+    Read(#[from] std::io::Error),
     /// Not JSON, or not a record of the version it says.
     #[error("decoding a job record: {0}")]
     Decode(#[from] serde_json::Error),

@@ -32,7 +32,7 @@ use jobworker_ipc::{IpcError, JobId, JobInfo, JobState, Limits, ListCursor};
 
 use crate::cgroup::{CgroupTree, Controllers};
 use crate::handoff::{BindPath, WORK_MOUNT};
-use job::Job;
+use job::{Job, RECORD_VERSION};
 pub use output::{Chunk, OutputStream};
 pub use retention::Retention;
 use uids::{JobIds, UidPool};
@@ -115,6 +115,19 @@ pub enum EngineError {
         path: PathBuf,
         /// The error.
         source: crate::cgroup::CgroupError,
+    },
+    /// A job record was written by a newer supervisor: this one would
+    /// misread it, so it does not start.
+    #[error(
+        "{path} has record version {version}, newer than this supervisor's {RECORD_VERSION}: \
+         run the newer supervisor (a downgrade cannot read its records)",
+        path = path.display()
+    )]
+    NewerRecord {
+        /// The record.
+        path: PathBuf,
+        /// Its version.
+        version: u64,
     },
     /// inotify could not be set up.
     #[error("setting up inotify for output followers: {0}")]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use jobworker_ipc::{Args, Command, JobId, Owner, UnixMillis, UserName};
 
-use super::job::{Job, RECORD_VERSION, Record, Spec, Status, record_path};
+use super::job::{Job, RECORD_VERSION, Record, RecordError, Spec, Status, record_path};
 use super::{Engine, EngineError};
 use crate::handoff::EXIT_FILE;
 
@@ -54,6 +54,12 @@ impl Engine {
             };
             known.insert(name);
             match self.recover_job(id, &entry.path()) {
+                Ok(Kind::Newer(version)) => {
+                    return Err(EngineError::NewerRecord {
+                        path: record_path(&entry.path()),
+                        version,
+                    });
+                }
                 Ok(Kind::Ended) => recovered.ended += 1,
                 Ok(Kind::Adopted) => recovered.adopted += 1,
                 Ok(Kind::Settled) => recovered.settled += 1,
@@ -87,7 +93,9 @@ impl Engine {
         let record = match read_record(dir) {
             Ok(record) if record.spec.id == id => record,
             Ok(_) => unreadable(id, "its record names another job".into()),
-            Err(reason) => unreadable(id, reason),
+            // Neither touched nor taken: the supervisor refuses to start.
+            Err(RecordError::Newer(version)) => return Ok(Kind::Newer(version)),
+            Err(e) => unreadable(id, format!("{}: {e}", record_path(dir).display())),
         };
         let Record { spec, status, .. } = record;
         let (state, pid) = (status.state, status.pid);
@@ -127,15 +135,15 @@ impl Engine {
 }
 
 enum Kind {
+    /// Its record is of a newer supervisor (this version).
+    Newer(u64),
     Ended,
     Adopted,
     Settled,
 }
 
-fn read_record(dir: &Path) -> Result<Record, String> {
-    let path = record_path(dir);
-    let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Record::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+fn read_record(dir: &Path) -> Result<Record, RecordError> {
+    Record::decode(&std::fs::read(record_path(dir))?)
 }
 
 /// A record for a job whose own record cannot be read: FAILED, with why. Its

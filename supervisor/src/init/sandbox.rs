@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{CWD, FileType, Mode, OFlags, makedev, mknodat};
 use rustix::mount::{
     MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, mount, mount_change,
-    move_mount, open_tree,
+    mount_remount, move_mount, open_tree,
 };
 
 use crate::handoff::{InitSpec, PRIVATE_TMP, Sandbox, WORK_MOUNT};
@@ -235,9 +235,8 @@ fn make_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(0o755).create(path)
 }
 
-/// A tmpfs over the host's `/dev` (root's, 0755: no job process can add to
-/// it) with the job's devices, a private devpts, and the mount point of
-/// `/dev/shm`.
+/// A tmpfs over the host's `/dev` with the job's devices, a private
+/// devpts, and the mount point of `/dev/shm`; then read-only.
 fn devices() -> io::Result<()> {
     mount(
         "tmpfs",
@@ -272,7 +271,14 @@ fn devices() -> io::Result<()> {
     ] {
         symlink(target, link)?;
     }
-    make_dir(Path::new("/dev/shm"))
+    make_dir(Path::new("/dev/shm"))?;
+    // Read-only (even to a root job), its mount points made.
+    mount_remount(
+        "/dev",
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NOEXEC,
+        "",
+    )
+    .map_err(Into::into)
 }
 
 /// A tmpfs of the job's on `path`. A path the host does not have, and that
