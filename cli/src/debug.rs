@@ -486,7 +486,10 @@ mod tests {
     fn hellos_read_well() {
         assert_eq!(
             describe_hello(&jobworker_ipc::handshake::hello()),
-            "hello: magic \"JOBWKR\", version 1"
+            format!(
+                "hello: magic \"JOBWKR\", version {}",
+                jobworker_ipc::handshake::PROTOCOL_VERSION
+            )
         );
     }
 

@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobworker_ipc::{JobInfo, JobState, Termination, UnixMillis};
+use jobworker_ipc::{JobInfo, JobState, Termination, UnixMicros};
 use serde_json::{Value, json};
 
 use tokio::io::AsyncWriteExt;
@@ -47,11 +47,11 @@ fn shout(state: JobState) -> String {
 }
 
 /// A time as the system's clock reads it; `None` past its range.
-fn system_time(at: UnixMillis) -> Option<SystemTime> {
-    UNIX_EPOCH.checked_add(Duration::from_millis(at.0))
+fn system_time(at: UnixMicros) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(at.since_epoch())
 }
 
-fn rfc3339(at: Option<UnixMillis>) -> Value {
+fn rfc3339(at: Option<UnixMicros>) -> Value {
     at.and_then(system_time).map_or(Value::Null, |t| {
         Value::String(humantime::format_rfc3339_millis(t).to_string())
     })
@@ -186,7 +186,7 @@ pub fn status_text(job: &JobInfo) -> String {
         (Some(start), Some(end)) => format!(
             "{} (ran for {})",
             human_time(Some(end)),
-            human_duration(Duration::from_millis(end.0.saturating_sub(start.0)))
+            human_duration(Duration::from_micros(end.0.saturating_sub(start.0)))
         ),
         (_, end) => human_time(end),
     };
@@ -306,7 +306,7 @@ pub fn jobs_json(jobs: &[JobInfo]) -> Value {
 }
 
 /// A time for people: RFC 3339 in UTC, to the millisecond; `-` when unset.
-fn human_time(at: Option<UnixMillis>) -> String {
+fn human_time(at: Option<UnixMicros>) -> String {
     at.and_then(system_time).map_or_else(
         || "-".into(),
         |t| humantime::format_rfc3339_millis(t).to_string(),
@@ -426,7 +426,7 @@ pub(crate) mod tests {
             gid: None,
             termination: None,
             oom_killed: false,
-            created_at: UnixMillis(1_700_000_000_005),
+            created_at: UnixMicros(1_700_000_000_005_000),
             started_at: None,
             ended_at: None,
             limits: Limits::default(),
@@ -572,8 +572,8 @@ pub(crate) mod tests {
             gid: Some(61200),
             termination: Some(Termination::Signaled(15)),
             oom_killed: false,
-            created_at: UnixMillis(1_700_000_000_005),
-            started_at: Some(UnixMillis(1_700_000_001_000)),
+            created_at: UnixMicros(1_700_000_000_005_000),
+            started_at: Some(UnixMicros(1_700_000_001_000_000)),
             ended_at: None,
             limits: Limits::new(None, None, Some(10 << 20), None, None).unwrap(),
             enforced: EnforcedLimits::default(),

@@ -11,7 +11,7 @@
 use jobworker_ipc::types::MAX_GRACE_MS;
 use jobworker_ipc::{
     Args, Command, Env, EnvVar, ErrorCode, GraceMs, Invalid, IpcError, JobId, JobSpec, JobState,
-    ListCursor, PageSize, Request, RequestId, UnixMillis, WorkingDir,
+    ListCursor, PageSize, Request, RequestId, UnixMicros, WorkingDir,
 };
 use jobworker_proto::v1;
 use tonic::{Code, Status};
@@ -127,21 +127,27 @@ pub fn list_request(request: v1::ListJobsRequest) -> Result<Request, Invalid> {
     })
 }
 
-/// The page token of a list cursor.
+/// The page token of a list cursor: `u<microseconds>.<job id>`.
 pub fn page_token(cursor: &ListCursor) -> String {
-    format!("{}.{}", cursor.created_at.0, cursor.job)
+    format!("u{}.{}", cursor.created_at.0, cursor.job)
 }
 
-/// The list cursor of a page token; `None` for the first page (empty).
+/// The list cursor of a page token; `None` for the first page (empty). A
+/// token without the `u` is one from before times had microseconds
+/// (`<milliseconds>.<job id>`), so that a listing goes on across an upgrade.
 pub fn parse_page_token(token: &str) -> Result<Option<ListCursor>, Invalid> {
     if token.is_empty() {
         return Ok(None);
     }
     token
         .split_once('.')
-        .and_then(|(millis, job)| {
+        .and_then(|(at, job)| {
+            let created_at = match at.strip_prefix('u') {
+                Some(micros) => UnixMicros(micros.parse().ok()?),
+                None => UnixMicros::from_millis(at.parse().ok()?),
+            };
             Some(ListCursor {
-                created_at: UnixMillis(millis.parse().ok()?),
+                created_at,
                 job: job.parse().ok()?,
             })
         })
@@ -311,19 +317,29 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_are_checked() {
         let cursor = ListCursor {
-            created_at: UnixMillis(1_700_000_000_123),
+            created_at: UnixMicros(1_700_000_000_123_456),
             job: JobId::random(),
         };
         let token = page_token(&cursor);
         assert_eq!(parse_page_token(&token), Ok(Some(cursor)));
         assert_eq!(parse_page_token(""), Ok(None));
+        // A token from before microseconds: milliseconds, no `u`.
+        assert_eq!(
+            parse_page_token(&format!("1700000000123.{}", cursor.job)),
+            Ok(Some(ListCursor {
+                created_at: UnixMicros(1_700_000_000_123_000),
+                job: cursor.job
+            }))
+        );
         for bad in [
             "x",
             "12",
             "12.",
             ".uuid",
             "-1.x",
+            "u.x",
             &format!("x.{}", cursor.job),
+            &format!("u-5.{}", cursor.job),
         ] {
             assert_eq!(parse_page_token(bad).unwrap_err().field, "page_token");
         }

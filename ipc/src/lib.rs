@@ -35,5 +35,5 @@ pub use message::{
 };
 pub use types::{
     Args, Command, Env, EnvVar, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize,
-    RequestId, Role, UnixMillis, UnknownRole, UserName, WorkingDir,
+    RequestId, Role, UnixMicros, UnknownRole, UserName, WorkingDir,
 };

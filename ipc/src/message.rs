@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::IpcError;
 use crate::types::{
     Args, Command, Env, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize, RequestId,
-    UnixMillis, WorkingDir,
+    UnixMicros, WorkingDir,
 };
 
 /// The most bytes one [`Response::Output`] frame carries.
@@ -97,7 +97,7 @@ pub struct JobSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListCursor {
     /// That job's creation time.
-    pub created_at: UnixMillis,
+    pub created_at: UnixMicros,
     /// That job's id.
     pub job: JobId,
 }
@@ -313,11 +313,11 @@ pub struct JobInfo {
     /// The OOM killer killed a process of the job.
     pub oom_killed: bool,
     /// When it was asked for.
-    pub created_at: UnixMillis,
+    pub created_at: UnixMicros,
     /// When its command was exec'd.
-    pub started_at: Option<UnixMillis>,
+    pub started_at: Option<UnixMicros>,
     /// When it ended.
-    pub ended_at: Option<UnixMillis>,
+    pub ended_at: Option<UnixMicros>,
     /// The limits in effect.
     pub limits: Limits,
     /// Which of them the kernel enforces.

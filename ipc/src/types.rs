@@ -615,16 +615,27 @@ impl PageSize {
 
 validated_by_new!(PageSize, u32);
 
-/// A point in time: milliseconds since the Unix epoch.
+/// A point in time: microseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct UnixMillis(pub u64);
+pub struct UnixMicros(pub u64);
 
-impl UnixMillis {
+impl UnixMicros {
     /// The current time (0 if the clock is before 1970).
     pub fn now() -> Self {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Self(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        Self(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The time `millis` milliseconds after the epoch (saturating), for
+    /// times written when the unit was the millisecond.
+    pub fn from_millis(millis: u64) -> Self {
+        Self(millis.saturating_mul(1000))
+    }
+
+    /// The time since the epoch.
+    pub fn since_epoch(self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.0)
     }
 }

@@ -86,7 +86,7 @@ fn job_info() -> JobInfo {
         gid: None,
         termination: Some(Termination::Exited(0)),
         oom_killed: false,
-        created_at: UnixMillis(1),
+        created_at: UnixMicros(1),
         started_at: None,
         ended_at: None,
         limits: Limits::default(),

@@ -19,9 +19,9 @@ fn job_info() -> JobInfo {
         gid: Some(61184),
         termination: Some(Termination::Signaled(9)),
         oom_killed: true,
-        created_at: UnixMillis(1),
-        started_at: Some(UnixMillis(2)),
-        ended_at: Some(UnixMillis(3)),
+        created_at: UnixMicros(1),
+        started_at: Some(UnixMicros(2)),
+        ended_at: Some(UnixMicros(3)),
         limits: Limits::new(Some(500), Some(64 << 20), Some(1 << 20), None, Some(32)).unwrap(),
         enforced: EnforcedLimits {
             cpu: true,
@@ -78,7 +78,7 @@ fn calls_for(job: JobId) -> Vec<Call> {
             state: Some(JobState::Running),
             limit: PageSize::DEFAULT,
             after: Some(ListCursor {
-                created_at: UnixMillis(7),
+                created_at: UnixMicros(7),
                 job,
             }),
         },
@@ -125,7 +125,7 @@ fn all_responses() -> Vec<Response> {
         Response::Jobs {
             jobs: vec![job.clone(), job.clone()],
             next: Some(ListCursor {
-                created_at: UnixMillis(1),
+                created_at: UnixMicros(1),
                 job: job.id,
             }),
         },

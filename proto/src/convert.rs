@@ -1,13 +1,13 @@
 //! The contract's job beside the ipc's: conversions both ways, next to the
 //! generated types, so that the gateway (ipc -> proto) and jobctl (proto ->
 //! ipc) say them once. Times are `google.protobuf.Timestamp`s of the ipc's
-//! Unix milliseconds; CPU time a `google.protobuf.Duration` of its
+//! Unix microseconds; CPU time a `google.protobuf.Duration` of its
 //! microseconds. A proto value the ipc model cannot hold (an unknown state,
 //! an owner or command that does not validate) is an [`Invalid`] naming the
 //! field.
 
 use jobworker_ipc::{
-    Args, Command, EnforcedLimits, Invalid, JobInfo, JobState, Limits, Termination, UnixMillis,
+    Args, Command, EnforcedLimits, Invalid, JobInfo, JobState, Limits, Termination, UnixMicros,
     Usage,
 };
 
@@ -139,10 +139,10 @@ impl TryFrom<v1::Job> for JobInfo {
             gid: job.gid,
             termination,
             oom_killed: job.oom_killed,
-            created_at: unix_millis("created_at", job.created_at)?
+            created_at: unix_micros("created_at", job.created_at)?
                 .ok_or_else(|| invalid("created_at", "is missing"))?,
-            started_at: unix_millis("started_at", job.started_at)?,
-            ended_at: unix_millis("ended_at", job.ended_at)?,
+            started_at: unix_micros("started_at", job.started_at)?,
+            ended_at: unix_micros("ended_at", job.ended_at)?,
             limits: job.limits.unwrap_or_default().try_into()?,
             enforced: EnforcedLimits {
                 cpu: enforced.cpu,
@@ -165,30 +165,30 @@ impl TryFrom<v1::Job> for JobInfo {
     }
 }
 
-/// A `google.protobuf.Timestamp` of Unix milliseconds.
-pub fn timestamp(at: UnixMillis) -> prost_types::Timestamp {
+/// A `google.protobuf.Timestamp` of Unix microseconds.
+pub fn timestamp(at: UnixMicros) -> prost_types::Timestamp {
     prost_types::Timestamp {
-        seconds: i64::try_from(at.0 / 1000).unwrap_or(i64::MAX),
+        seconds: i64::try_from(at.0 / 1_000_000).unwrap_or(i64::MAX),
         // Below 10^9: fits.
-        nanos: i32::try_from(at.0 % 1000 * 1_000_000).unwrap_or(0),
+        nanos: i32::try_from(at.0 % 1_000_000 * 1000).unwrap_or(0),
     }
 }
 
-/// Unix milliseconds of a timestamp (sub-millisecond parts dropped); `None`
+/// Unix microseconds of a timestamp (sub-microsecond parts dropped); `None`
 /// for an unset one.
-fn unix_millis(
+fn unix_micros(
     field: &str,
     at: Option<prost_types::Timestamp>,
-) -> Result<Option<UnixMillis>, Invalid> {
+) -> Result<Option<UnixMicros>, Invalid> {
     let Some(at) = at else {
         return Ok(None);
     };
     let seconds = u64::try_from(at.seconds).map_err(|_| invalid(field, "is before 1970"))?;
     let nanos = u64::try_from(at.nanos).map_err(|_| invalid(field, "has negative nanos"))?;
     seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(nanos / 1_000_000))
-        .map(|ms| Some(UnixMillis(ms)))
+        .checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(nanos / 1000))
+        .map(|us| Some(UnixMicros(us)))
         .ok_or_else(|| invalid(field, "is out of range"))
 }
 
@@ -227,9 +227,9 @@ mod tests {
             gid: Some(61184),
             termination: Some(Termination::Signaled(15)),
             oom_killed: true,
-            created_at: UnixMillis(1_700_000_000_123),
-            started_at: Some(UnixMillis(1_700_000_000_456)),
-            ended_at: Some(UnixMillis(1_700_000_001_789)),
+            created_at: UnixMicros(1_700_000_000_123_456),
+            started_at: Some(UnixMicros(1_700_000_000_456_789)),
+            ended_at: Some(UnixMicros(1_700_000_001_789_012)),
             limits: Limits::new(Some(500), Some(64 << 20), None, Some(1 << 20), Some(64)).unwrap(),
             enforced: EnforcedLimits {
                 cpu: true,
@@ -337,10 +337,10 @@ mod tests {
             job.created_at,
             Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
-                nanos: 123_000_000
+                nanos: 123_456_000
             })
         );
-        assert_eq!(job.started_at.unwrap().nanos, 456_000_000);
+        assert_eq!(job.started_at.unwrap().nanos, 456_789_000);
         assert_eq!(job.ended_at, None);
         let limits = job.limits.unwrap();
         assert_eq!((limits.cpu_millicores, limits.pids), (Some(500), Some(7)));

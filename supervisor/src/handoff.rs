@@ -11,7 +11,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use jobworker_ipc::{Termination, UnixMillis};
+use jobworker_ipc::{Termination, UnixMicros};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -125,8 +125,11 @@ pub enum InitReport {
 }
 
 /// How the command ended, written by the init once every process of the job
-/// is gone and every output byte is in the log.
+/// is gone and every output byte is in the log. An init of an older
+/// supervisor (still running a job across an upgrade) wrote `ended_at` in
+/// milliseconds; it is still read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AnyExitRecord")]
 pub struct ExitRecord {
     /// The command's exit code or signal.
     pub termination: Termination,
@@ -138,7 +141,37 @@ pub struct ExitRecord {
     /// Output bytes dropped over the cap.
     pub truncated_bytes: u64,
     /// When the command ended.
-    pub ended_at: UnixMillis,
+    pub ended_at_us: UnixMicros,
+}
+
+/// An [`ExitRecord`] of this version or of one from before microseconds.
+#[derive(Deserialize)]
+struct AnyExitRecord {
+    termination: Termination,
+    stopped: bool,
+    output_bytes: u64,
+    truncated_bytes: u64,
+    ended_at_us: Option<UnixMicros>,
+    /// Milliseconds, from before `ended_at_us`.
+    ended_at: Option<u64>,
+}
+
+impl TryFrom<AnyExitRecord> for ExitRecord {
+    type Error = &'static str;
+
+    fn try_from(any: AnyExitRecord) -> Result<Self, Self::Error> {
+        let ended_at_us = any
+            .ended_at_us
+            .or(any.ended_at.map(UnixMicros::from_millis))
+            .ok_or("missing field `ended_at_us`")?;
+        Ok(Self {
+            termination: any.termination,
+            stopped: any.stopped,
+            output_bytes: any.output_bytes,
+            truncated_bytes: any.truncated_bytes,
+            ended_at_us,
+        })
+    }
 }
 
 /// Writes one control message.
@@ -190,5 +223,30 @@ mod tests {
         huge.extend_from_slice(b"{}");
         let err = read_message::<InitReport>(&mut huge.as_slice()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn exit_records_of_this_and_the_millisecond_version_read() {
+        let record = ExitRecord {
+            termination: Termination::Exited(5),
+            stopped: false,
+            output_bytes: 3,
+            truncated_bytes: 0,
+            ended_at_us: UnixMicros(1_796_218_825_431_123),
+        };
+        let written = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ExitRecord>(&written).unwrap(),
+            record
+        );
+        let old = r#"{"termination":{"Exited":5},"stopped":false,"output_bytes":3,
+                      "truncated_bytes":0,"ended_at":1796218825431}"#;
+        assert_eq!(
+            serde_json::from_str::<ExitRecord>(old).unwrap().ended_at_us,
+            UnixMicros(1_796_218_825_431_000)
+        );
+        let neither = r#"{"termination":{"Exited":5},"stopped":false,"output_bytes":3,
+                          "truncated_bytes":0}"#;
+        serde_json::from_str::<ExitRecord>(neither).unwrap_err();
     }
 }

@@ -530,10 +530,11 @@ async fn a_newer_record_stops_recovery_and_stays_untouched() {
         .join("jobs")
         .join(jobworker_ipc::JobId::random().to_string());
     std::fs::create_dir_all(&dir).unwrap();
-    let record = r#"{"version": 3, "spec": {}, "status": {}}"#;
-    std::fs::write(dir.join("job.json"), record).unwrap();
+    let newer = jobworker_supervisor::engine::job::RECORD_VERSION + 1;
+    let record = format!(r#"{{"version": {newer}, "spec": {{}}, "status": {{}}}}"#);
+    std::fs::write(dir.join("job.json"), &record).unwrap();
     let err = t.engine.recover().unwrap_err().to_string();
-    assert!(err.contains("record version 3, newer than"), "{err}");
+    assert!(err.contains(&format!("record version {newer}, newer than")), "{err}");
     assert_eq!(
         std::fs::read_to_string(dir.join("job.json")).unwrap(),
         record

@@ -8,7 +8,11 @@ use crate::common::{CLI_TIMEOUT, DEBUG, LocalTools, run_with_timeout, supervisor
 fn ping_reports_the_supervisor() {
     let supervisor = supervisor("daemon");
     let text = supervisor.debug(&["ping"]).ok();
-    assert!(text.contains("protocol version: 1\n"), "{text}");
+    let version = jobworker_ipc::handshake::PROTOCOL_VERSION;
+    assert!(
+        text.contains(&format!("protocol version: {version}\n")),
+        "{text}"
+    );
     assert!(text.contains("caller:           local:root\n"), "{text}");
     let root = supervisor.cgroup_root().display().to_string();
     assert!(text.contains(&root), "{text}");
@@ -76,8 +80,12 @@ fn frames_traces_every_frame() {
     ping.ok();
     let lines: Vec<&str> = ping.stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{}", ping.stderr);
-    assert_eq!(lines[0], "-> 8 bytes hello: magic \"JOBWKR\", version 1");
-    assert_eq!(lines[1], "<- 8 bytes hello: magic \"JOBWKR\", version 1");
+    let hello = format!(
+        "8 bytes hello: magic \"JOBWKR\", version {}",
+        jobworker_ipc::handshake::PROTOCOL_VERSION
+    );
+    assert_eq!(lines[0], format!("-> {hello}"));
+    assert_eq!(lines[1], format!("<- {hello}"));
     assert!(
         lines[2].starts_with("-> ")
             && lines[2].contains("Call { on_behalf_of: None, request: Ping }"),

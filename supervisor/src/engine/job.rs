@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use jobworker_ipc::{
     Args, Command, EnforcedLimits, JobId, JobInfo, JobState, Limits, Owner, RequestId, Termination,
-    UnixMillis, Usage,
+    UnixMicros, Usage,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -33,9 +33,9 @@ pub struct Status {
     /// The OOM killer struck.
     pub oom_killed: bool,
     /// When the command was exec'd.
-    pub started_at: Option<UnixMillis>,
+    pub started_at: Option<UnixMicros>,
     /// When the job ended.
-    pub ended_at: Option<UnixMillis>,
+    pub ended_at: Option<UnixMicros>,
     /// Usage, final once the job has ended.
     pub usage: Usage,
     /// Output bytes written (final once ended).
@@ -68,12 +68,13 @@ impl Status {
 }
 
 /// The version of [`Record`] this supervisor writes.
-pub const RECORD_VERSION: u32 = 2;
+pub const RECORD_VERSION: u32 = 3;
 
 /// The job's record on disk (`job.json`): a type of its own, versioned, so
 /// that the wire type ([`JobInfo`]) can change without the disk's format.
-/// Version 1 (no `version` field) held the wire type itself; it is still
-/// read ([`Record::decode`]).
+/// Older versions are still read ([`Record::decode`]): version 1 (no
+/// `version` field) held the wire type itself, and versions 1 and 2 held
+/// times in milliseconds (microseconds since version 3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// [`RECORD_VERSION`].
@@ -100,7 +101,7 @@ pub struct Spec {
     /// Which of them are enforced.
     pub enforced: EnforcedLimits,
     /// When it was asked for.
-    pub created_at: UnixMillis,
+    pub created_at: UnixMicros,
     /// The idempotency token it was started with.
     pub request_id: Option<RequestId>,
     /// The uid its processes run as (unknown in records of version 1 from
@@ -132,12 +133,26 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let value: serde_json::Value = serde_json::from_slice(bytes)?;
         match value.get("version").and_then(serde_json::Value::as_u64) {
-            None => Ok(serde_json::from_value::<RecordV1>(value)?.into()),
+            None => Ok(Record::from(serde_json::from_value::<RecordV1>(value)?).in_micros()),
+            Some(version) if version < 3 => {
+                Ok(serde_json::from_value::<Record>(value)?.in_micros())
+            }
             Some(version) if version <= u64::from(RECORD_VERSION) => {
                 Ok(serde_json::from_value(value)?)
             }
             Some(version) => Err(RecordError::Newer(version)),
         }
+    }
+
+    /// This record, read from a version that held times in milliseconds,
+    /// with its times in microseconds.
+    fn in_micros(mut self) -> Self {
+        let micros = |at: UnixMicros| UnixMicros::from_millis(at.0);
+        self.version = RECORD_VERSION;
+        self.spec.created_at = micros(self.spec.created_at);
+        self.status.started_at = self.status.started_at.map(micros);
+        self.status.ended_at = self.status.ended_at.map(micros);
+        self
     }
 }
 
@@ -350,6 +365,11 @@ mod tests {
         assert_eq!(record.status.termination, Some(Termination::Exited(0)));
         assert_eq!(record.status.output_bytes, 344);
         assert!(record.status.stop_requested);
+        assert_eq!(record.spec.created_at, UnixMicros(1_796_218_823_907_000));
+        assert_eq!(
+            record.status.ended_at,
+            Some(UnixMicros(1_796_218_825_431_000))
+        );
         // A record from before per-job uids has none.
         let older = VERSION_1
             .replace("\"uid\": 61184,", "")
@@ -363,11 +383,22 @@ mod tests {
         let written = serde_json::to_vec(&record).unwrap();
         assert_eq!(Record::decode(&written).unwrap(), record);
         let mut newer: serde_json::Value = serde_json::from_slice(&written).unwrap();
-        newer["version"] = 3.into();
+        newer["version"] = 4.into();
         let err = Record::decode(newer.to_string().as_bytes()).unwrap_err();
-        assert!(matches!(err, RecordError::Newer(3)), "{err}");
+        assert!(matches!(err, RecordError::Newer(4)), "{err}");
+        // Version 2: the same but times in milliseconds.
+        let mut version_2: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        version_2["version"] = 2.into();
+        version_2["spec"]["created_at"] = 1_796_218_823_907_u64.into();
+        assert_eq!(
+            Record::decode(version_2.to_string().as_bytes())
+                .unwrap()
+                .spec
+                .created_at,
+            UnixMicros(1_796_218_823_907_000)
+        );
         assert!(matches!(
-            Record::decode(b"{\"version\": 2}"),
+            Record::decode(b"{\"version\": 3}"),
             Err(RecordError::Decode(_))
         ));
     }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_ipc::{JobState, Termination, UnixMillis, Usage};
+use jobworker_ipc::{JobState, Termination, UnixMicros, Usage};
 
 use super::job::{Job, Status};
 use crate::handoff::{EXIT_FILE, ExitRecord};
@@ -91,7 +91,7 @@ async fn remove_cgroup(job: &Job) -> (Option<Usage>, bool) {
 /// finished.
 fn end_as_recorded(status: &mut Status, record: &ExitRecord) {
     status.termination = Some(record.termination);
-    status.ended_at = Some(record.ended_at);
+    status.ended_at = Some(record.ended_at_us);
     status.output_bytes = record.output_bytes;
     status.truncated_bytes = record.truncated_bytes;
     // Stopped only if the stop reached the init while the command still ran:
@@ -109,7 +109,7 @@ fn end_as_recorded(status: &mut Status, record: &ExitRecord) {
 /// Ends the job's status when the init left no exit record: stopped (killed
 /// through its cgroup) if a stop was asked for, failed otherwise.
 fn end_unrecorded(status: &mut Status, job: &Job) {
-    status.ended_at = Some(UnixMillis::now());
+    status.ended_at = Some(UnixMicros::now());
     status.output_bytes = std::fs::metadata(job.output_path()).map_or(0, |m| m.len());
     if status.stop_requested {
         // Killed through its cgroup after the grace period.

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_ipc::{Args, Command, JobId, Owner, UnixMillis, UserName};
+use jobworker_ipc::{Args, Command, JobId, Owner, UnixMicros, UserName};
 
 use super::job::{Job, RECORD_VERSION, Record, RecordError, Spec, Status, record_path};
 use super::{Engine, EngineError};
@@ -161,7 +161,7 @@ fn unreadable(id: JobId, reason: String) -> Record {
             args: Args::default(),
             limits: Default::default(),
             enforced: Default::default(),
-            created_at: UnixMillis::now(),
+            created_at: UnixMicros::now(),
             request_id: None,
             uid: None,
             gid: None,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use jobworker_ipc::UnixMillis;
+use jobworker_ipc::UnixMicros;
 
 use super::Engine;
 use super::job::Job;
@@ -43,7 +43,7 @@ impl Engine {
             })
             .collect();
         let mut total: u64 = sized.iter().map(|(_, size)| size).sum();
-        let mut ended: Vec<(Arc<Job>, UnixMillis, u64)> = sized
+        let mut ended: Vec<(Arc<Job>, UnixMicros, u64)> = sized
             .drain(..)
             .filter_map(|(job, size)| {
                 let ended_at = job.status().ended_at?;
@@ -52,10 +52,11 @@ impl Engine {
             .collect();
         ended.sort_by_key(|(job, ended_at, _)| (*ended_at, job.spec.created_at));
 
-        let now = UnixMillis::now();
+        let now = UnixMicros::now();
         let mut removed = 0;
         for (job, ended_at, size) in ended {
-            let too_old = max_age_ms > 0 && now.0.saturating_sub(ended_at.0) > max_age_ms;
+            let too_old = max_age_ms > 0
+                && now.0.saturating_sub(ended_at.0) > max_age_ms.saturating_mul(1000);
             let too_big = max_total_bytes > 0 && total > max_total_bytes;
             if !too_old && !too_big {
                 continue;

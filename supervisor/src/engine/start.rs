@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobworker_ipc::{
-    EnforcedLimits, IpcError, JobId, JobInfo, JobSpec, Limits, Owner, RequestId, UnixMillis,
+    EnforcedLimits, IpcError, JobId, JobInfo, JobSpec, Limits, Owner, RequestId, UnixMicros,
 };
 
 use super::job::{self, Job, Status};
@@ -260,7 +260,7 @@ impl Engine {
             args: spec.args,
             limits,
             enforced,
-            created_at: UnixMillis::now(),
+            created_at: UnixMicros::now(),
             request_id: spec.request_id,
             uid: Some(uid),
             gid: Some(gid),
@@ -352,7 +352,7 @@ impl Engine {
         {
             let mut status = job.status();
             status.pid = Some(pid);
-            status.started_at = Some(UnixMillis::now());
+            status.started_at = Some(UnixMicros::now());
         }
         if let Err(e) = job.persist() {
             tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");

@@ -101,7 +101,7 @@ fn run() -> Result<(), String> {
         stopped: outcome.stopped,
         output_bytes: outcome.output_bytes,
         truncated_bytes: outcome.dropped_bytes,
-        ended_at: outcome.ended_at,
+        ended_at_us: outcome.ended_at,
     };
     atomic::write_json_at(&job_dir, EXIT_FILE.as_ref(), &record)
         .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
-use jobworker_ipc::{Termination, UnixMillis};
+use jobworker_ipc::{Termination, UnixMicros};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
@@ -22,7 +22,7 @@ pub struct Outcome {
     /// How the command ended.
     pub termination: Termination,
     /// When the command ended.
-    pub ended_at: UnixMillis,
+    pub ended_at: UnixMicros,
     /// A stop (SIGTERM, SIGINT or SIGUSR1) reached the init before the
     /// command ended.
     pub stopped: bool,
@@ -92,7 +92,7 @@ pub fn run(
     let mut output = Some(File::from(output));
     let mut sink = Sink::new(log, cap);
     let mut termination = None;
-    let mut ended_at = UnixMillis(0);
+    let mut ended_at = UnixMicros(0);
     let mut stopped = false;
     let mut buf = vec![0u8; 64 * 1024];
 
@@ -104,7 +104,7 @@ pub fn run(
         if ready.signals {
             stopped |= forward_signals(signals)?;
             if reap(command, &mut termination)? {
-                ended_at = UnixMillis::now();
+                ended_at = UnixMicros::now();
             }
         }
     }

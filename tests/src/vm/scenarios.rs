@@ -514,13 +514,13 @@ async fn direct_write(bed: &Bed, file: &str, count: u32, limits: Limits) -> Resu
         .await?
         .info;
     let bytes = written(&jobs)?.saturating_sub(before);
-    let millis = match (end.started_at, end.ended_at) {
+    let micros = match (end.started_at, end.ended_at) {
         (Some(start), Some(stop)) => stop.0.saturating_sub(start.0),
         _ => 0,
     };
     Ok(IoRun {
         bytes,
-        seconds: millis as f64 / 1000.0,
+        seconds: micros as f64 / 1e6,
         io_max,
         end,
     })

@@ -219,7 +219,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
                 report.add(
                     f,
                     &format!("tput.c1.{key}"),
-                    format!("breakdown, 1 client: {what} (record timestamps, ms resolution)"),
+                    format!("breakdown, 1 client: {what} (record timestamps, µs resolution)"),
                     Unit::Seconds,
                     samples,
                     None,
