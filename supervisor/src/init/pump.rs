@@ -102,7 +102,13 @@ pub fn run(
             read_output(&mut output, &mut sink, &mut buf)?;
         }
         if ready.signals {
-            stopped |= forward_signals(signals)?;
+            // Reaped first: a stop read in the same batch as the command's
+            // SIGCHLD came after the command had ended by itself.
+            if reap(command, &mut termination)? {
+                ended_at = UnixMicros::now();
+            }
+            let stop = forward_signals(signals)?;
+            stopped |= stop && termination.is_none();
             if reap(command, &mut termination)? {
                 ended_at = UnixMicros::now();
             }
