@@ -1,6 +1,8 @@
-//! Atomic file replacement: write a temporary file beside the target, fsync
-//! it, rename it over the target, fsync the directory. A reader sees the old
-//! content or the new, never a part; a crash leaves one of the two.
+//! Atomic file replacement: write a temporary file beside the target and
+//! rename it over the target. A reader (and a supervisor restarted after a
+//! crash) sees the old content or the new, never a part. Nothing is synced
+//! here: when a file becomes durable is the caller's contract (job records:
+//! [`crate::engine::records`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -35,9 +37,8 @@ pub fn write_at(dir: &File, name: &OsStr, contents: &[u8]) -> io::Result<()> {
         )?;
         let mut file = File::from(fd);
         file.write_all(contents)?;
-        file.sync_all()?;
         rustix::fs::renameat(dir.as_fd(), &tmp, dir.as_fd(), name)?;
-        dir.sync_all()
+        Ok(())
     })();
     if result.is_err() {
         let _ = rustix::fs::unlinkat(dir.as_fd(), &tmp, AtFlags::empty());

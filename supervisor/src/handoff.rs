@@ -140,6 +140,8 @@ pub struct ExitRecord {
     pub output_bytes: u64,
     /// Output bytes dropped over the cap.
     pub truncated_bytes: u64,
+    /// When the command was exec'd (not in records of older inits).
+    pub started_at_us: Option<UnixMicros>,
     /// When the command ended.
     pub ended_at_us: UnixMicros,
 }
@@ -151,6 +153,8 @@ struct AnyExitRecord {
     stopped: bool,
     output_bytes: u64,
     truncated_bytes: u64,
+    #[serde(default)]
+    started_at_us: Option<UnixMicros>,
     ended_at_us: Option<UnixMicros>,
     /// Milliseconds, from before `ended_at_us`.
     ended_at: Option<u64>,
@@ -169,6 +173,7 @@ impl TryFrom<AnyExitRecord> for ExitRecord {
             stopped: any.stopped,
             output_bytes: any.output_bytes,
             truncated_bytes: any.truncated_bytes,
+            started_at_us: any.started_at_us,
             ended_at_us,
         })
     }
@@ -232,6 +237,7 @@ mod tests {
             stopped: false,
             output_bytes: 3,
             truncated_bytes: 0,
+            started_at_us: Some(UnixMicros(1_796_218_825_000_001)),
             ended_at_us: UnixMicros(1_796_218_825_431_123),
         };
         let written = serde_json::to_string(&record).unwrap();
@@ -241,10 +247,9 @@ mod tests {
         );
         let old = r#"{"termination":{"Exited":5},"stopped":false,"output_bytes":3,
                       "truncated_bytes":0,"ended_at":1796218825431}"#;
-        assert_eq!(
-            serde_json::from_str::<ExitRecord>(old).unwrap().ended_at_us,
-            UnixMicros(1_796_218_825_431_000)
-        );
+        let old = serde_json::from_str::<ExitRecord>(old).unwrap();
+        assert_eq!(old.ended_at_us, UnixMicros(1_796_218_825_431_000));
+        assert_eq!(old.started_at_us, None);
         let neither = r#"{"termination":{"Exited":5},"stopped":false,"output_bytes":3,
                           "truncated_bytes":0}"#;
         serde_json::from_str::<ExitRecord>(neither).unwrap_err();

@@ -350,7 +350,7 @@ async fn commands_that_cannot_run_fail_at_start_and_leave_nothing() {
     let err = t.start_spec(in_missing_dir).await.unwrap_err();
     assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
 
-    let (jobs, _) = t.engine.list(|_| true, None, 100, None);
+    let (jobs, _) = t.engine.list(|_| true, None, 100, None).await;
     assert!(jobs.is_empty(), "no job remains: {jobs:?}");
     assert!(t.job_dirs().is_empty(), "no job directory remains");
     assert!(t.job_cgroups().is_empty(), "no job cgroup remains");
@@ -534,7 +534,10 @@ async fn a_newer_record_stops_recovery_and_stays_untouched() {
     let record = format!(r#"{{"version": {newer}, "spec": {{}}, "status": {{}}}}"#);
     std::fs::write(dir.join("job.json"), &record).unwrap();
     let err = t.engine.recover().unwrap_err().to_string();
-    assert!(err.contains(&format!("record version {newer}, newer than")), "{err}");
+    assert!(
+        err.contains(&format!("record version {newer}, newer than")),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("job.json")).unwrap(),
         record

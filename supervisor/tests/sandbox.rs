@@ -58,7 +58,7 @@ async fn a_uid_is_held_until_nothing_of_the_job_is_left() {
     let c = t.start("sleep", &["1000"]).await.unwrap();
     assert_eq!(c.uid, a.uid, "A's uid, reclaimed");
     assert!(!a_work.exists(), "A's work directory was removed for it");
-    let a_now = t.engine.get(a.id).unwrap();
+    let a_now = t.engine.get(a.id).await.unwrap();
     assert_eq!(a_now.state, JobState::Finished, "A's record stays");
 
     // D: both uids are held by running jobs.

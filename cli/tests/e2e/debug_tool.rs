@@ -19,7 +19,7 @@ fn ping_reports_the_supervisor() {
     assert!(text.contains("controllers:"), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(&supervisor.debug(&["ping", "--json"]).ok()).unwrap();
-    assert_eq!(json["protocol_version"], 1);
+    assert_eq!(json["protocol_version"], version);
     assert_eq!(json["caller"], "local:root");
     assert!(json["controllers"].is_array());
 }

@@ -1,10 +1,12 @@
 //! One job as the engine holds it: what was asked (fixed at start), what
 //! happened (its status, behind a lock), and a watch channel that wakes output
 //! readers when the log grows or the job ends. The status is persisted as
-//! `job.json` in the job's directory on every change of state.
+//! `job.json` in the job's directory on every change of state, through the
+//! engine's [`Records`].
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use jobworker_ipc::{
@@ -14,7 +16,7 @@ use jobworker_ipc::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::atomic;
+use super::records::Records;
 use crate::cgroup::JobCgroup;
 use crate::handoff::OUTPUT_FILE;
 
@@ -216,6 +218,9 @@ pub struct Job {
     /// The bytes its directory takes, once it has ended (it no longer
     /// changes then), so that retention measures each job once.
     pub ended_size: OnceLock<u64>,
+    /// Nothing of the ended job is left but its directory: its cgroup is
+    /// removed and its record written.
+    cleaned_up: AtomicBool,
 }
 
 impl Job {
@@ -231,6 +236,7 @@ impl Job {
             changed: watch::channel(0).0,
             persisting: Mutex::new(()),
             ended_size: OnceLock::new(),
+            cleaned_up: AtomicBool::new(false),
         }
     }
 
@@ -251,6 +257,18 @@ impl Job {
         self.dir.join(OUTPUT_FILE)
     }
 
+    /// Whether the ended job has been cleaned up ([`Job::set_cleaned_up`]).
+    pub fn is_cleaned_up(&self) -> bool {
+        self.cleaned_up.load(Ordering::Acquire)
+    }
+
+    /// Records that the ended job's cgroup is removed and its record
+    /// written, and wakes whoever waits for that (a stop).
+    pub fn set_cleaned_up(&self) {
+        self.cleaned_up.store(true, Ordering::Release);
+        self.notify();
+    }
+
     /// Wakes everyone waiting on the job (output readers, stoppers).
     pub fn notify(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -262,17 +280,24 @@ impl Job {
     }
 
     /// The job as a client sees it. While it runs, usage comes live from its
-    /// cgroup and the output size from the log.
+    /// cgroup and the output size from the log: that reads files, so call it
+    /// on a blocking thread then (see [`Job::recorded_info`]).
     pub fn info(&self) -> JobInfo {
-        let status = self.status().clone();
-        let (usage, output_bytes) = if status.state.is_ended() {
-            (status.usage, status.output_bytes)
-        } else {
-            (
-                self.cgroup.usage().unwrap_or(status.usage),
-                std::fs::metadata(self.output_path()).map_or(0, |m| m.len()),
-            )
-        };
+        let mut status = self.status().clone();
+        if !status.state.is_ended() {
+            status.usage = self.cgroup.usage().unwrap_or(status.usage);
+            status.output_bytes = std::fs::metadata(self.output_path()).map_or(0, |m| m.len());
+        }
+        self.info_of(status)
+    }
+
+    /// The job as recorded, reading no file: a running job's usage and
+    /// output size are as of its last settled figures (none at its start).
+    pub fn recorded_info(&self) -> JobInfo {
+        self.info_of(self.status().clone())
+    }
+
+    fn info_of(&self, status: Status) -> JobInfo {
         let spec = &self.spec;
         JobInfo {
             id: spec.id,
@@ -290,22 +315,23 @@ impl Job {
             ended_at: status.ended_at,
             limits: spec.limits,
             enforced: spec.enforced,
-            usage,
-            output_bytes,
+            usage: status.usage,
+            output_bytes: status.output_bytes,
             output_truncated_bytes: status.truncated_bytes,
             failure: status.failure,
         }
     }
 
-    /// Writes the record atomically.
-    pub fn persist(&self) -> std::io::Result<()> {
+    /// Writes the record through `records` (atomically, durable within its
+    /// bound). Blocks: call it from a blocking thread.
+    pub fn persist(&self, records: &Records) -> std::io::Result<()> {
         let _one_at_a_time = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
         let record = Record {
             version: RECORD_VERSION,
             spec: self.spec.clone(),
             status: self.status().clone(),
         };
-        atomic::write_json(&record_path(&self.dir), &record)
+        records.write(&record_path(&self.dir), &record)
     }
 }
 

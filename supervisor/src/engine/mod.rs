@@ -8,21 +8,26 @@
 //!   a failed one.
 //! - [`spawn`]: clone3 and the handoff to the init.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
+//! - [`records`]: writing job records, and the durability contract.
 //! - [`output`]: output readers and the inotify watcher that wakes them.
 //! - [`recovery`]: accounting for every job on disk after a restart.
 //! - [`retention`]: removing the oldest ended jobs.
 //! - [`uids`]: the uid and gid each job runs as.
+//! - [`workers`]: the engine's own threads for blocking steps.
 
 pub mod job;
 pub mod monitor;
 pub mod output;
+pub mod records;
 pub mod recovery;
 pub mod retention;
 pub mod spawn;
 pub mod start;
 pub mod uids;
+pub mod workers;
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,7 +39,9 @@ use crate::cgroup::{CgroupTree, Controllers};
 use crate::handoff::{BindPath, WORK_MOUNT};
 use job::{Job, RECORD_VERSION};
 pub use output::{Chunk, OutputStream};
+use records::Records;
 pub use retention::Retention;
+use spawn::ExitWatch;
 use uids::{JobIds, UidPool};
 
 /// The `PATH` a job gets unless its request sets one.
@@ -43,6 +50,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// How long the init may take to stop everything after SIGUSR1, before the
 /// engine kills the job's cgroup (init included).
 const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a stop waits for an ended job's cleanup (its cgroup removed,
+/// its record written) before it answers anyway.
+const CLEANUP_WAIT: Duration = Duration::from_secs(15);
 
 /// A job's writable directory, in its directory on the host.
 pub const WORK_DIR: &str = "work";
@@ -132,6 +143,12 @@ pub enum EngineError {
     /// inotify could not be set up.
     #[error("setting up inotify for output followers: {0}")]
     Inotify(std::io::Error),
+    /// The thread that makes job records durable could not be started.
+    #[error("starting the job record syncer thread: {0}")]
+    Syncer(std::io::Error),
+    /// The engine's worker threads could not be started.
+    #[error("starting the engine's worker threads: {0}")]
+    Workers(std::io::Error),
     /// The mount point of jobs' work directories is missing and could not
     /// be made, or is not a directory.
     #[error(
@@ -148,6 +165,8 @@ pub struct Engine {
     controllers: Controllers,
     io_device: Option<(u32, u32)>,
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    records: Arc<Records>,
+    workers: workers::Workers,
     watcher: Arc<output::Watcher>,
     /// The uids jobs get, unless they all run as one account.
     uid_pool: Option<Mutex<UidPool>>,
@@ -184,6 +203,9 @@ impl Engine {
                 }
             })?,
         };
+        let records = Records::start().map_err(EngineError::Syncer)?;
+        let workers = workers::Workers::start(&tokio::runtime::Handle::current())
+            .map_err(EngineError::Workers)?;
         let watcher = output::Watcher::new().map_err(EngineError::Inotify)?;
         tokio::spawn(Arc::clone(&watcher).run());
         let uid_pool = match &config.job_ids {
@@ -198,6 +220,8 @@ impl Engine {
             controllers,
             io_device,
             jobs: Mutex::new(HashMap::new()),
+            records,
+            workers,
             watcher,
             uid_pool,
             started: Instant::now(),
@@ -265,52 +289,65 @@ impl Engine {
         }
     }
 
-    /// Takes charge of a running job: its pidfd, its output watch, and a task
-    /// that settles it when its init exits.
-    fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: std::os::fd::OwnedFd) {
+    /// Starts waking `job`'s followers when its log grows. Blocks (inotify
+    /// looks up the path).
+    fn watch_output(&self, job: &Arc<Job>) {
+        if let Err(e) = self.watcher.watch(job) {
+            tracing::warn!(job = %job.spec.id, error = %e,
+                "watching the output log; followers wake only at the job's end");
+        }
+    }
+
+    /// Takes charge of a running job (its log watched already): its pidfd,
+    /// and a task that settles it when its init exits (learning how from
+    /// `exit`, the init's control socket, when this supervisor started it).
+    fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: OwnedFd, exit: Option<ExitWatch>) {
         match pidfd.try_clone() {
             Ok(watched) => {
                 *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(pidfd);
-                self.supervise(job, Some(watched));
+                self.supervise(job, Some(watched), exit);
             }
             Err(e) => {
                 tracing::error!(job = %job.spec.id, error = %e, "duplicating the init's pidfd");
-                self.supervise(job, Some(pidfd));
+                self.supervise(job, Some(pidfd), exit);
             }
         }
     }
 
     /// Registers `job` and spawns the task that settles it: after its init
     /// (behind `pidfd`) exits, or at once when there is none.
-    fn supervise(self: &Arc<Self>, job: &Arc<Job>, pidfd: Option<std::os::fd::OwnedFd>) {
-        if let Err(e) = self.watcher.watch(job) {
-            tracing::warn!(job = %job.spec.id, error = %e,
-                "watching the output log; followers wake only at the job's end");
-        }
+    fn supervise(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        pidfd: Option<OwnedFd>,
+        exit: Option<ExitWatch>,
+    ) {
         self.jobs().insert(job.spec.id, Arc::clone(job));
         let engine = Arc::clone(self);
         let job = Arc::clone(job);
         tokio::spawn(async move {
+            // The record comes just before the init exits.
+            let record = match exit {
+                Some(exit) => exit.exit_record().await,
+                None => None,
+            };
             if let Some(pidfd) = pidfd
                 && let Err(e) = monitor::wait_exit(pidfd).await
             {
                 tracing::error!(job = %job.spec.id, error = %e, "waiting for the job's init");
             }
-            monitor::settle(&job).await;
-            *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            engine.watcher.unwatch(&job);
-            // Before the waiters wake: whoever saw the job end may start
-            // another at once, and finds its uid free.
-            engine.release_if_nothing_left(&job);
-            job.notify();
-            engine.enforce_retention();
+            engine.settle(job, record).await;
         });
     }
 
     /// Stops a job: SIGTERM to its init (which forwards it to the command),
     /// the grace period, then SIGKILL to every process of the job. Returns
     /// once nothing of the job runs. Stopping an ended job returns it as is.
-    pub async fn stop(&self, id: JobId, grace: Option<Duration>) -> Result<JobInfo, IpcError> {
+    pub async fn stop(
+        self: &Arc<Self>,
+        id: JobId,
+        grace: Option<Duration>,
+    ) -> Result<JobInfo, IpcError> {
         let job = self.job(id)?;
         let grace = match grace {
             None => self.config.grace,
@@ -333,9 +370,9 @@ impl Engine {
             status.state.is_ended()
         };
         if already_ended {
-            return Ok(job.info());
+            return Ok(self.settled_info(&job, &mut changes).await);
         }
-        let _ = job.persist();
+        self.persist_in_background(&job);
         self.signal_init(&job, rustix::process::Signal::TERM);
         if !wait_ended(&job, &mut changes, grace).await {
             self.signal_init(&job, rustix::process::Signal::USR1);
@@ -350,7 +387,45 @@ impl Engine {
                 }
             }
         }
-        Ok(job.info())
+        Ok(self.settled_info(&job, &mut changes).await)
+    }
+
+    /// An ended job once it is cleaned up (its cgroup removed, its record
+    /// written): whoever stopped it then finds nothing of it left.
+    async fn settled_info(
+        &self,
+        job: &Job,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> JobInfo {
+        let cleaned_up = async {
+            loop {
+                changes.borrow_and_update();
+                if job.is_cleaned_up() || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(CLEANUP_WAIT, cleaned_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!(job = %job.spec.id, "the ended job's cleanup is still under way");
+        }
+        job.recorded_info()
+    }
+
+    /// Writes `job`'s record on the engine's threads, without waiting for
+    /// it.
+    fn persist_in_background(self: &Arc<Self>, job: &Arc<Job>) {
+        let (records, job) = (Arc::clone(&self.records), Arc::clone(job));
+        let written = self.workers.spawn(move || {
+            if let Err(e) = job.persist(&records) {
+                tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
+            }
+        });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "writing a job's record");
+        }
     }
 
     fn signal_init(&self, job: &Job, signal: rustix::process::Signal) {
@@ -362,15 +437,19 @@ impl Engine {
         }
     }
 
-    /// The status of a job.
-    pub fn get(&self, id: JobId) -> Result<JobInfo, IpcError> {
-        Ok(self.job(id)?.info())
+    /// The status of a job (a running one's usage read on a blocking
+    /// thread).
+    pub async fn get(&self, id: JobId) -> Result<JobInfo, IpcError> {
+        self.infos(vec![self.job(id)?])
+            .await
+            .pop()
+            .ok_or_else(|| internal(format!("job {id} vanished while read")))
     }
 
     /// Jobs for which `visible` holds, newest first, in `state` if given, at
     /// most `limit`, after `after`; with the cursor of the next page if more
     /// follow.
-    pub fn list(
+    pub async fn list(
         &self,
         visible: impl Fn(&Job) -> bool,
         state: Option<JobState>,
@@ -381,19 +460,35 @@ impl Engine {
             .jobs()
             .values()
             .filter(|job| visible(job))
+            .filter(|job| state.is_none_or(|s| job.status().state == s))
             .filter(|job| {
                 after.is_none_or(|c| (job.spec.created_at, job.spec.id) < (c.created_at, c.job))
             })
             .cloned()
             .collect();
         jobs.sort_by_key(|job| std::cmp::Reverse((job.spec.created_at, job.spec.id)));
-        let infos: Vec<JobInfo> = jobs
-            .iter()
-            .map(|job| job.info())
-            .filter(|info| state.is_none_or(|s| info.state == s))
-            .take(limit.saturating_add(1))
-            .collect();
-        page(infos, limit)
+        jobs.truncate(limit.saturating_add(1));
+        page(self.infos(jobs).await, limit)
+    }
+
+    /// The jobs as clients see them: on the engine's threads if one of them
+    /// runs (its usage and output size are read from files then).
+    async fn infos(&self, jobs: Vec<Arc<Job>>) -> Vec<JobInfo> {
+        if jobs.iter().all(|job| job.is_ended()) {
+            return jobs.iter().map(|job| job.info()).collect();
+        }
+        let read = jobs.clone();
+        match self
+            .workers
+            .run(move || read.iter().map(|job| job.info()).collect())
+            .await
+        {
+            Ok(infos) => infos,
+            Err(e) => {
+                tracing::error!(error = %e, "reading running jobs' usage");
+                jobs.iter().map(|job| job.recorded_info()).collect()
+            }
+        }
     }
 
     /// A reader of a job's output.

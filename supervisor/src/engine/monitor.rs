@@ -1,17 +1,25 @@
-//! Watching a job's init until it exits, then settling the job: its exit
-//! record (written by the init), its usage and OOM kills (read from its cgroup
-//! before the cgroup goes), its state, and its cgroup emptied and removed.
+//! Watching a job's init until it exits, then settling the job. The end is
+//! decided by the init's exit and its exit record: the init was pid 1 of
+//! the job's pid namespace, so when it has exited every other process of the
+//! job has been killed and reaped by the kernel, and nothing waits for the
+//! cgroup to report itself empty (`cgroup.events` is rate-limited to one
+//! notification per ~10-16 ms). In order: the exit record and the usage
+//! (read before the cgroup goes), the status, the waiters woken (followers
+//! see the end here), then the record written and the cgroup removed
+//! (`cgroup.kill` and a wait only if it is, unexpectedly, still busy).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_ipc::{JobState, Termination, UnixMicros, Usage};
+use jobworker_ipc::{JobState, Termination, UnixMicros};
 
+use super::Engine;
 use super::job::{Job, Status};
 use crate::handoff::{EXIT_FILE, ExitRecord};
 
-/// How long a job's cgroup may take to empty after `cgroup.kill`.
+/// How long a job's cgroup may take to empty after `cgroup.kill`, when it
+/// did not go at once.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waits until the process behind `pidfd` has exited (a pidfd becomes
@@ -27,25 +35,66 @@ pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Settles a job whose init has exited (the caller wakes its waiters).
-pub async fn settle(job: &Arc<Job>) {
-    let exit = read_exit_record(job);
-    let (usage, oom_killed) = remove_cgroup(job).await;
+impl Engine {
+    /// Settles a job whose init has exited (or that has none), given the
+    /// exit record it sent, if it did: see the module docs. With the record,
+    /// the job ends here, on the runtime (the only files read are the
+    /// cgroup's, which the kernel serves from memory); without it, the
+    /// record file is read on the engine's threads. The cleanup (record,
+    /// cgroup, uid, retention) runs on the engine's threads after the end.
+    pub(super) async fn settle(self: &Arc<Self>, job: Arc<Job>, exit: Option<ExitRecord>) {
+        match exit {
+            Some(record) => end(&job, Some(&record)),
+            None => {
+                let ending = Arc::clone(&job);
+                let ended = self.workers.run(move || {
+                    let record = read_exit_record(&ending);
+                    end(&ending, record.as_ref());
+                });
+                if let Err(e) = ended.await {
+                    tracing::error!(job = %job.spec.id, error = %e, "ending the job");
+                }
+            }
+        }
+        let engine = Arc::clone(self);
+        let cleanup = self.workers.spawn(move || engine.clean_up(&job));
+        if let Err(e) = cleanup {
+            tracing::error!(error = %e, "cleaning up after a job");
+        }
+    }
+
+    /// What follows a job's end, off its critical path. Blocks.
+    fn clean_up(&self, job: &Arc<Job>) {
+        self.watcher.unwatch(job);
+        self.release_if_nothing_left(job);
+        if let Err(e) = job.persist(&self.records) {
+            tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
+        }
+        remove_cgroup(job);
+        job.set_cleaned_up();
+        self.enforce_retention();
+    }
+}
+
+/// Ends the job's status (as its exit record tells, if there is one) with
+/// its final usage, and wakes its waiters: followers see the end here.
+fn end(job: &Job, exit: Option<&ExitRecord>) {
+    let usage = job.cgroup.usage();
+    let oom_killed = job.cgroup.oom_killed().unwrap_or(false);
     {
         let mut status = job.status();
         status.pid = None;
         status.oom_killed = oom_killed;
-        if let Some(usage) = usage {
+        if let Ok(usage) = usage {
             status.usage = usage;
         }
-        match &exit {
+        match exit {
             Some(record) => end_as_recorded(&mut status, record),
             None => end_unrecorded(&mut status, job),
         }
     }
-    if let Err(e) = job.persist() {
-        tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
-    }
+    *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    job.notify();
 }
 
 /// The exit record the init wrote in the job's directory, if there is one
@@ -56,40 +105,28 @@ fn read_exit_record(job: &Job) -> Option<ExitRecord> {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
 
-/// Reads the job's usage and whether the OOM killer struck, then empties
-/// and removes its cgroup (off the runtime's threads), logging a cgroup that
-/// would not go. Returns the usage (if it could be read) and the OOM kill.
-async fn remove_cgroup(job: &Job) -> (Option<Usage>, bool) {
-    let cgroup = job.cgroup.clone();
-    let settled = tokio::task::spawn_blocking(move || {
-        let usage = cgroup.usage();
-        let oom = cgroup.oom_killed().unwrap_or(false);
-        // The init killed the rest of the job before it exited, and the kernel
-        // kills a pid namespace whose init dies; the kill is the backstop.
-        // The cgroup goes before the job counts as ended: whoever waits for
-        // the end (a stop) then finds nothing of the job left.
-        let destroyed = cgroup.destroy(EMPTY_TIMEOUT);
-        (usage.ok(), oom, destroyed.map_err(|e| e.to_string()))
-    })
-    .await;
-    let (usage, oom_killed, destroyed) = match settled {
-        Ok(settled) => settled,
-        Err(e) => (None, false, Err(format!("the settling task failed: {e}"))),
-    };
-    match destroyed {
+/// Removes the ended job's cgroup; one still busy (which a job whose init
+/// has exited cannot be, unless the kernel lags) is killed, waited for and
+/// removed, and one that will not go is logged.
+fn remove_cgroup(job: &Job) {
+    if job.cgroup.remove().is_ok() {
+        return;
+    }
+    match job.cgroup.destroy(EMPTY_TIMEOUT) {
         Ok(true) => {}
         Ok(false) => {
             tracing::error!(job = %job.spec.id, "the job's cgroup did not empty after cgroup.kill")
         }
         Err(e) => tracing::error!(job = %job.spec.id, error = %e, "destroying the job's cgroup"),
     }
-    (usage, oom_killed)
 }
 
 /// Ends the job's status as the init's exit record tells: how and when the
 /// command ended, its output, and whether it failed, was stopped or
 /// finished.
 fn end_as_recorded(status: &mut Status, record: &ExitRecord) {
+    // A supervisor restarted while the job ran learns its start here.
+    status.started_at = status.started_at.or(record.started_at_us);
     status.termination = Some(record.termination);
     status.ended_at = Some(record.ended_at_us);
     status.output_bytes = record.output_bytes;

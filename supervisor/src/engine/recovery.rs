@@ -3,7 +3,9 @@
 //!
 //! - an ended job is loaded as it was recorded;
 //! - a running job whose init still runs is re-adopted: its pidfd is watched,
-//!   its output followed, stop and status work on it;
+//!   its output followed, stop and status work on it (the init is the
+//!   process of the job's cgroup that is pid 1 of its pid namespace: a
+//!   running job's record names no pid);
 //! - a running job whose init has exited meanwhile is settled from the exit
 //!   record the init left (its real exit status);
 //! - a job whose state cannot be recovered (no init and no exit record, a
@@ -112,11 +114,19 @@ impl Engine {
             return Ok(Kind::Ended);
         }
         if dir.join(EXIT_FILE).exists() {
-            self.supervise(&job, None);
+            self.supervise(&job, None, None);
             return Ok(Kind::Settled);
         }
-        if let Some(pidfd) = pid.and_then(|pid| live_init(&job, pid)) {
-            self.adopt(&job, pidfd);
+        // A job's pid is recorded only at its end: a running one's init is
+        // found in its cgroup (a record from before that names it).
+        let init = match pid {
+            Some(pid) => live_init(&job, pid).map(|pidfd| (pid, pidfd)),
+            None => find_init(&job),
+        };
+        if let Some((pid, pidfd)) = init {
+            job.status().pid = Some(pid);
+            self.watch_output(&job);
+            self.adopt(&job, pidfd, None);
             return Ok(Kind::Adopted);
         }
         // A job being stopped whose init is gone was killed through its
@@ -124,12 +134,14 @@ impl Engine {
         let mut status = job.status();
         if !status.stop_requested && status.failure.is_none() {
             status.failure = Some(match pid {
-                None => "the supervisor stopped while the job was starting".into(),
+                None => "the supervisor stopped while the job was starting, or the job's init \
+                         is gone and left no exit record"
+                    .into(),
                 Some(_) => "the job's init is gone and left no exit record".into(),
             });
         }
         drop(status);
-        self.supervise(&job, None);
+        self.supervise(&job, None, None);
         Ok(Kind::Settled)
     }
 }
@@ -177,4 +189,18 @@ fn live_init(job: &Job, pid: u32) -> Option<std::os::fd::OwnedFd> {
     let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
     let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
     job.cgroup.pids().ok()?.contains(&pid).then_some(pidfd)
+}
+
+/// The init of a job whose record names none: the process of its cgroup that
+/// is pid 1 of its own pid namespace (`NSpid` in `/proc/<pid>/status` ends in
+/// 1), as a pidfd checked against the cgroup like [`live_init`]'s.
+fn find_init(job: &Job) -> Option<(u32, std::os::fd::OwnedFd)> {
+    job.cgroup.pids().ok()?.into_iter().find_map(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+        (nspid.split_whitespace().last()? == "1")
+            .then(|| live_init(job, pid))
+            .flatten()
+            .map(|pidfd| (pid, pidfd))
+    })
 }

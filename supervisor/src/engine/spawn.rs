@@ -1,18 +1,21 @@
-//! Starting a job's init: clone3 into the job's cgroup and namespaces (see
-//! [`crate::sys::clone_init`]), hand it its [`InitSpec`] over a socket pair,
-//! and wait for its report on the exec.
+//! Starting a job's init: its [`InitSpec`] written into a socket pair (as
+//! much as the socket holds: all of any ordinary spec, so that the init reads
+//! it at once), clone3 into the job's cgroup and namespaces (see
+//! [`crate::sys::clone_init`]), then, asynchronously, the rest of the spec
+//! and the wait for the init's report on the exec.
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cgroup::{CgroupError, JobCgroup};
-use crate::handoff::{self, InitReport, InitSpec};
+use crate::handoff::{self, ExitRecord, InitReport, InitSpec};
 use crate::sys;
 
 /// How long an init may take to set up and exec the command.
@@ -30,7 +33,10 @@ pub enum SpawnError {
     /// The job's cgroup could not be opened for `CLONE_INTO_CGROUP`.
     #[error("opening the job's cgroup: {0}")]
     OpenCgroup(#[source] CgroupError),
-    /// The socket pair to the init could not be made.
+    /// The job spec could not be encoded.
+    #[error("encoding the job spec: {0}")]
+    Encode(#[source] io::Error),
+    /// The socket pair to the init could not be made, or the spec written.
     #[error("creating the control socket: {0}")]
     ControlSocket(#[source] io::Error),
     /// clone3 refused: its errno says whether the host is out of something.
@@ -53,9 +59,6 @@ pub enum ReportError {
     /// The init said nothing in time.
     #[error("the job's init did not report within {} s", REPORT_TIMEOUT.as_secs())]
     Timeout,
-    /// The job spec could not be encoded.
-    #[error("encoding the job spec: {0}")]
-    Encode(#[source] io::Error),
     /// The job spec could not be sent.
     #[error("sending the job spec to its init: {0}")]
     Send(#[source] io::Error),
@@ -73,65 +76,104 @@ pub enum ReportError {
     Decode(#[source] serde_json::Error),
 }
 
-/// A started init and its answer.
-pub struct Started {
+/// A started init, before its report.
+pub struct Spawned {
     /// The init's host pid.
     pub pid: u32,
     /// A pidfd of it.
     pub pidfd: OwnedFd,
-    /// What it reported (an error if it never did).
-    pub report: Result<InitReport, ReportError>,
+    /// What is left of the handoff: the report.
+    pub handoff: Handoff,
 }
 
-/// Clones the init of a job into `cgroup` and hands it `spec`.
-pub async fn start(
+/// The control socket of a started init.
+pub struct Handoff {
+    control: UnixStream,
+    /// The part of the spec's message the socket did not hold yet.
+    rest: Vec<u8>,
+}
+
+/// Writes `spec` into a new control socket and clones the init of a job into
+/// `cgroup` with the other end. Blocks (briefly: nothing here waits for the
+/// init).
+pub fn clone(
     init_program: &Path,
     cgroup: &JobCgroup,
     spec: &InitSpec,
-) -> Result<Started, SpawnError> {
+) -> Result<Spawned, SpawnError> {
     let program =
         CString::new(init_program.as_os_str().as_bytes()).map_err(|_| SpawnError::ProgramPath {
             path: init_program.to_path_buf(),
         })?;
     let argv = [program.clone(), c"init".to_owned()];
+    let mut message = Vec::new();
+    handoff::write_message(&mut message, spec).map_err(SpawnError::Encode)?;
     let cgroup_fd = cgroup.open_fd().map_err(SpawnError::OpenCgroup)?;
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(SpawnError::ControlSocket)?;
+    let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::ControlSocket)?;
+    ours.set_nonblocking(true)
+        .map_err(SpawnError::ControlSocket)?;
+    let mut sent = 0;
+    while sent < message.len() {
+        match ours.write(&message[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(SpawnError::ControlSocket(e)),
+        }
+    }
     let spawned = sys::clone_init(cgroup_fd.as_fd(), theirs.as_fd(), &program, &argv, &[])
         .map_err(|source| SpawnError::Clone {
             cgroup: cgroup.path().to_path_buf(),
             source,
         })?;
     drop(theirs);
-
-    // From here on the init runs: every failure becomes its report, so that
-    // the caller kills and reaps it.
-    let report = match ours
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(ours))
-    {
-        Ok(mut control) => tokio::time::timeout(REPORT_TIMEOUT, exchange(&mut control, spec))
-            .await
-            .unwrap_or(Err(ReportError::Timeout)),
-        Err(e) => Err(ReportError::Socket(e)),
-    };
-    Ok(Started {
+    message.drain(..sent);
+    Ok(Spawned {
         pid: spawned.pid,
         pidfd: spawned.pidfd,
-        report,
+        handoff: Handoff {
+            control: ours,
+            rest: message,
+        },
     })
+}
+
+impl Handoff {
+    /// Sends the rest of the spec and waits for the init's report, within
+    /// [`REPORT_TIMEOUT`]; with the control socket, on which the init sends
+    /// its exit record when the job ends.
+    pub async fn report(self) -> Result<(InitReport, ExitWatch), ReportError> {
+        let mut control =
+            tokio::net::UnixStream::from_std(self.control).map_err(ReportError::Socket)?;
+        let report = tokio::time::timeout(REPORT_TIMEOUT, exchange(&mut control, &self.rest))
+            .await
+            .unwrap_or(Err(ReportError::Timeout))?;
+        Ok((report, ExitWatch { control }))
+    }
+}
+
+/// The control socket of a running init, on which its exit record comes.
+pub struct ExitWatch {
+    control: tokio::net::UnixStream,
+}
+
+impl ExitWatch {
+    /// The exit record the init sends as it ends; `None` if it ended without
+    /// one (killed, or it failed to record), or sent one that does not
+    /// decode.
+    pub async fn exit_record(mut self) -> Option<ExitRecord> {
+        let mut prefix = [0; 4];
+        self.control.read_exact(&mut prefix).await.ok()?;
+        let mut body = vec![0; handoff::body_len(prefix).ok()?];
+        self.control.read_exact(&mut body).await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
 }
 
 async fn exchange(
     control: &mut tokio::net::UnixStream,
-    spec: &InitSpec,
+    rest: &[u8],
 ) -> Result<InitReport, ReportError> {
-    let mut message = Vec::new();
-    handoff::write_message(&mut message, spec).map_err(ReportError::Encode)?;
-    control
-        .write_all(&message)
-        .await
-        .map_err(ReportError::Send)?;
+    control.write_all(rest).await.map_err(ReportError::Send)?;
     let mut prefix = [0; 4];
     control
         .read_exact(&mut prefix)

@@ -7,7 +7,7 @@
 use std::io;
 use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +17,12 @@ use jobworker_ipc::{
 };
 
 use super::job::{self, Job, Status};
-use super::spawn::{self, ReportError, SpawnError};
+use super::spawn::{self, ExitWatch, ReportError, SpawnError, Spawned};
 use super::uids::JobIds;
+use super::workers::WorkFailed;
 use super::{DEFAULT_PATH, DEFAULT_TMP_SIZE, Engine, WORK_DIR, internal, lock, monitor};
 use crate::cgroup::{CgroupError, JobCgroup};
-use crate::handoff::{InitReport, InitSpec, Sandbox};
+use crate::handoff::{InitReport, InitSpec, OUTPUT_FILE, Sandbox};
 
 /// How long a failed start's init may take to exit after SIGKILL, and its
 /// cgroup to empty after `cgroup.kill`.
@@ -120,6 +121,9 @@ pub enum StartError {
     /// The task running the start failed.
     #[error("the start task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// A step on the engine's threads failed (it panicked).
+    #[error(transparent)]
+    Worker(#[from] WorkFailed),
 }
 
 impl From<StartError> for IpcError {
@@ -195,7 +199,7 @@ impl Engine {
             Some(request_id) => {
                 let lock = self.idempotency.lock().await;
                 if let Some(job) = self.started_before(&owner, request_id) {
-                    return Ok(job.info());
+                    return Ok(job.recorded_info());
                 }
                 Some(lock)
             }
@@ -203,16 +207,47 @@ impl Engine {
         };
         let limits = self.limits_of(&spec)?;
         let mut guard = StartGuard::new(&self, JobId::random());
-        match self.launch(&mut guard, owner, spec, limits).await {
-            Ok((job, pid, pidfd)) => {
-                guard.commit();
-                Ok(self.running(&job, pid, pidfd))
-            }
+        let ids = match self.allocate_ids(guard.made.job).await {
+            Ok(ids) => ids,
             Err(error) => {
                 guard.undo().await;
-                Err(error)
+                return Err(error);
             }
-        }
+        };
+        guard.made.uid = Some(ids.0);
+        // The file system work and clone3 block: on the engine's threads,
+        // with the guard (a panic there drops it there, which undoes the
+        // start).
+        let engine = Arc::clone(&self);
+        let (mut guard, made) = self
+            .workers
+            .run(move || {
+                let made = engine.launch(&mut guard, owner, spec, limits, ids);
+                (guard, made)
+            })
+            .await?;
+        let (job, spawned) = match made {
+            Ok(made) => made,
+            Err(error) => {
+                guard.undo().await;
+                return Err(error);
+            }
+        };
+        let report = spawned.handoff.report().await;
+        let error = match report {
+            Ok((InitReport::Started, exit)) => {
+                // The command runs: from here on the job is settled when it
+                // ends, never undone.
+                guard.commit();
+                self.running(&job, spawned.pidfd, exit);
+                return Ok(job.recorded_info());
+            }
+            Ok((InitReport::Failed(reason), _)) => StartError::Refused(reason),
+            Err(e) => StartError::Report(e),
+        };
+        guard.made.init = Some(spawned.pidfd);
+        guard.undo().await;
+        Err(error)
     }
 
     /// The job `owner` started with `request_id`, if any.
@@ -237,19 +272,36 @@ impl Engine {
         }
     }
 
-    /// Makes the job (its uid, directory, cgroup and record) and starts its
-    /// init; returns the job, the init's pid and a pidfd of it. `guard`
-    /// learns of each thing as it is made.
-    async fn launch(
+    /// Makes the job (its directory, cgroup and record) and clones its init;
+    /// returns the job and the init, whose report is still to come.
+    /// `guard` learns of each thing as it is made; what it holds when this
+    /// fails is undone here, as nothing ran yet. Blocks.
+    fn launch(
         &self,
         guard: &mut StartGuard,
         owner: Owner,
         spec: JobSpec,
         limits: Limits,
-    ) -> Result<(Arc<Job>, u32, OwnedFd), StartError> {
+        ids: (u32, u32),
+    ) -> Result<(Arc<Job>, Spawned), StartError> {
+        let launched = self.make_and_clone(guard, owner, spec, limits, ids);
+        if launched.is_err() {
+            // Undone on the thread that made it: a host out of pids
+            // (clone3's EAGAIN) may have no thread to spare later.
+            guard.made.take().remove(self);
+        }
+        launched
+    }
+
+    fn make_and_clone(
+        &self,
+        guard: &mut StartGuard,
+        owner: Owner,
+        spec: JobSpec,
+        limits: Limits,
+        (uid, gid): (u32, u32),
+    ) -> Result<(Arc<Job>, Spawned), StartError> {
         let id = guard.made.job;
-        let (uid, gid) = self.allocate_ids(id).await?;
-        guard.made.uid = Some(uid);
         let dir = self.make_job_dir(guard, (uid, gid))?;
         let (cgroup, enforced) = self.make_cgroup(guard, &limits)?;
         let init_spec = self.init_spec(&id, &dir, &spec, &limits, (uid, gid));
@@ -268,16 +320,21 @@ impl Engine {
         let job = Arc::new(Job::new(fixed, dir, cgroup, Status::starting()));
         // Recorded before the clone: a supervisor that dies from here on
         // finds the job on disk (and its cgroup) after a restart.
-        job.persist().map_err(|source| StartError::Record {
-            path: job::record_path(&job.dir),
-            source,
-        })?;
-        let (pid, pidfd) = self.start_init(guard, &job, &init_spec).await?;
-        Ok((job, pid, pidfd))
+        job.persist(&self.records)
+            .map_err(|source| StartError::Record {
+                path: job::record_path(&job.dir),
+                source,
+            })?;
+        let spawned = spawn::clone(&self.config.init_program, &job.cgroup, &init_spec)?;
+        // Not recorded until the job ends: a supervisor restarted meanwhile
+        // finds the init in the job's cgroup (see recovery).
+        job.status().pid = Some(spawned.pid);
+        self.watch_output(&job);
+        Ok((job, spawned))
     }
 
-    /// Makes the job's directory, and in it its work directory, owned by
-    /// its uid and private to it.
+    /// Makes the job's directory, in it its work directory, owned by its
+    /// uid and private to it, and its (empty) output log.
     fn make_job_dir(
         &self,
         guard: &mut StartGuard,
@@ -302,6 +359,15 @@ impl Engine {
             .create(&work)
             .and_then(|()| std::os::unix::fs::chown(&work, Some(uid), Some(gid)))
             .map_err(|source| StartError::WorkDir { path: work, source })?;
+        // Made here, so that followers are woken from the first byte on (the
+        // init appends to it).
+        let log = dir.join(OUTPUT_FILE);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&log)
+            .map_err(|source| StartError::JobDir { path: log, source })?;
         Ok(dir)
     }
 
@@ -328,37 +394,13 @@ impl Engine {
         Ok((cgroup, enforced))
     }
 
-    /// Starts the job's init and waits for its report: the init's pid and a
-    /// pidfd of it once the command was exec'd. An init that reports
-    /// anything else is left to `guard`.
-    async fn start_init(
-        &self,
-        guard: &mut StartGuard,
-        job: &Job,
-        spec: &InitSpec,
-    ) -> Result<(u32, OwnedFd), StartError> {
-        let started = spawn::start(&self.config.init_program, &job.cgroup, spec).await?;
-        let error = match started.report {
-            Ok(InitReport::Started) => return Ok((started.pid, started.pidfd)),
-            Ok(InitReport::Failed(reason)) => StartError::Refused(reason),
-            Err(e) => StartError::Report(e),
-        };
-        guard.made.init = Some(started.pidfd);
-        Err(error)
-    }
-
-    /// Records that a job's command runs, and takes charge of it.
-    fn running(self: &Arc<Self>, job: &Arc<Job>, pid: u32, pidfd: OwnedFd) -> JobInfo {
-        {
-            let mut status = job.status();
-            status.pid = Some(pid);
-            status.started_at = Some(UnixMicros::now());
-        }
-        if let Err(e) = job.persist() {
-            tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
-        }
-        self.adopt(job, pidfd);
-        job.info()
+    /// Notes that a job's command runs, and takes charge of it. Nothing is
+    /// written: the record of its start holds what a restarted supervisor
+    /// needs, and its end record (which the init's exit record completes)
+    /// the rest.
+    fn running(self: &Arc<Self>, job: &Arc<Job>, pidfd: OwnedFd, exit: ExitWatch) {
+        job.status().started_at = Some(UnixMicros::now());
+        self.adopt(job, pidfd, Some(exit));
     }
 
     /// The uid and gid of a new job: its own from the pool (reclaiming the
@@ -519,7 +561,8 @@ impl StartGuard {
 
     /// The start failed: undo everything made so far.
     async fn undo(mut self) {
-        self.made.take().undo(&self.engine).await;
+        let engine = Arc::clone(&self.engine);
+        self.made.take().undo(&engine).await;
     }
 }
 
@@ -556,27 +599,40 @@ impl Made {
         self.uid.is_none() && self.dir.is_none() && self.cgroup.is_none() && self.init.is_none()
     }
 
-    /// Kills and reaps the init, destroys the cgroup (kill, wait until
-    /// empty, remove), removes the directory, gives the uid back. Waits only
-    /// with a timeout or on the blocking pool.
-    async fn undo(self, engine: &Engine) {
+    /// Kills and reaps the init, if one was started, then undoes the rest
+    /// on a blocking thread ([`Made::remove`]).
+    async fn undo(mut self, engine: &Arc<Engine>) {
         let job = self.job;
-        let (cgroup, dir) = (self.cgroup, self.dir);
-        match self.init {
-            Some(init) => {
-                stop_init(job, init).await;
-                // Its cgroup may take a while to empty.
-                if let Err(e) = tokio::task::spawn_blocking(move || remove(job, cgroup, dir)).await
-                {
-                    tracing::error!(%job, error = %e, "the task removing a failed job failed");
+        if let Some(init) = self.init.take() {
+            stop_init(job, init).await;
+        }
+        if self.is_nothing() {
+            return;
+        }
+        let engine = Arc::clone(engine);
+        // Its cgroup may take a while to empty.
+        if let Err(e) = tokio::task::spawn_blocking(move || self.remove(&engine)).await {
+            tracing::error!(%job, error = %e, "the task removing a failed job failed");
+        }
+    }
+
+    /// Destroys the cgroup (waiting up to [`UNDO_TIMEOUT`] until it is
+    /// empty), removes the directory, gives the uid back. Blocks.
+    fn remove(self, engine: &Engine) {
+        let job = self.job;
+        if let Some(cgroup) = self.cgroup {
+            match cgroup.destroy(UNDO_TIMEOUT) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(%job, "a failed job's cgroup did not empty after cgroup.kill")
                 }
+                Err(e) => tracing::error!(%job, error = %e, "destroying a failed job's cgroup"),
             }
-            // Nothing ever ran in the cgroup, so nothing waits: the cgroup is
-            // empty and the directory holds only what this start wrote. Done
-            // here, as the start made them: the blocking pool may have no
-            // thread, and a host out of pids (clone3's EAGAIN) cannot make
-            // one (tokio panics then).
-            None => remove(job, cgroup, dir),
+        }
+        if let Some(dir) = self.dir
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::error!(%job, error = %e, path = %dir.display(), "removing a failed job's directory");
         }
         if let (Some(pool), Some(uid)) = (&engine.uid_pool, self.uid) {
             lock(pool).release(uid, job);
@@ -593,25 +649,6 @@ async fn stop_init(job: JobId, init: OwnedFd) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(%job, error = %e, "waiting for a failed job's init"),
         Err(_) => tracing::error!(%job, "a failed job's init did not exit after SIGKILL"),
-    }
-}
-
-/// Destroys a failed start's cgroup (waiting up to [`UNDO_TIMEOUT`] until it
-/// is empty) and removes its directory.
-fn remove(job: JobId, cgroup: Option<JobCgroup>, dir: Option<PathBuf>) {
-    if let Some(cgroup) = cgroup {
-        match cgroup.destroy(UNDO_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(%job, "a failed job's cgroup did not empty after cgroup.kill")
-            }
-            Err(e) => tracing::error!(%job, error = %e, "destroying a failed job's cgroup"),
-        }
-    }
-    if let Some(dir) = dir
-        && let Err(e) = std::fs::remove_dir_all(&dir)
-    {
-        tracing::error!(%job, error = %e, path = %dir.display(), "removing a failed job's directory");
     }
 }
 

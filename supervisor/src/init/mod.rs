@@ -14,7 +14,8 @@
 //! 5. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
 //! 6. when the command has ended, kills whatever is left of the job, drains
-//!    the last output and writes the [`ExitRecord`].
+//!    the last output, writes the [`ExitRecord`] in the job's directory and
+//!    sends it on the control socket.
 //!
 //! Because the init, not the supervisor, holds the output pipe and records the
 //! exit, a supervisor restart loses neither bytes nor exit statuses.
@@ -28,6 +29,7 @@ use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
+use jobworker_ipc::UnixMicros;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::fs::{Mode, OFlags};
@@ -64,6 +66,9 @@ fn run() -> Result<(), String> {
     sys::close_fds_from(sys::INIT_CONTROL_FD + 1, sys::CloseMode::Close)
         .map_err(|e| format!("closing inherited fds: {e}"))?;
     let control = sys::take_control_fd().map_err(|e| format!("control socket: {e}"))?;
+    // Held until the end (the exit record goes there too), never by the command.
+    rustix::io::fcntl_setfd(&control, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("control socket: {e}"))?;
     let mut control = UnixStream::from(control);
     // Its own session: a terminal's Ctrl-C or hangup that reaches the
     // supervisor's process group must not reach the jobs.
@@ -78,13 +83,13 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("creating the signalfd: {e}"))?;
 
     let started = start(&spec);
+    let started_at = UnixMicros::now();
     let report = match &started {
         Ok(_) => InitReport::Started,
         Err(message) => InitReport::Failed(message.clone()),
     };
     // The supervisor may be gone (restarted); the job goes on regardless.
     let _ = handoff::write_message(&mut control, &report);
-    drop(control);
     let Started {
         child,
         output,
@@ -101,10 +106,15 @@ fn run() -> Result<(), String> {
         stopped: outcome.stopped,
         output_bytes: outcome.output_bytes,
         truncated_bytes: outcome.dropped_bytes,
+        started_at_us: Some(started_at),
         ended_at_us: outcome.ended_at,
     };
     atomic::write_json_at(&job_dir, EXIT_FILE.as_ref(), &record)
-        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))
+        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))?;
+    // The supervisor that started the job learns of its end from this
+    // message, without reading the file; one restarted since reads the file.
+    let _ = handoff::write_message(&mut control, &record);
+    Ok(())
 }
 
 /// The OOM killer should pick the job's processes, not the init that

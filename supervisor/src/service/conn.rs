@@ -167,14 +167,19 @@ async fn dispatch(request: Request, principal: &Principal, ctx: &Context) -> Ans
         Request::Ping => Ok(pong(principal, ctx)),
         Request::StartJob(spec) => start(principal, spec, ctx).await,
         Request::StopJob { job, grace } => stop(principal, job, grace, ctx).await,
-        Request::GetJob { job } => authorize_job(principal, Action::Get, job, ctx)
-            .and_then(|()| ctx.engine.get(job))
-            .map(|info| Response::Job(Box::new(info))),
+        Request::GetJob { job } => match authorize_job(principal, Action::Get, job, ctx) {
+            Ok(()) => ctx
+                .engine
+                .get(job)
+                .await
+                .map(|info| Response::Job(Box::new(info))),
+            Err(e) => Err(e),
+        },
         Request::ListJobs {
             state,
             limit,
             after,
-        } => Ok(list(principal, state, limit, after, ctx)),
+        } => Ok(list(principal, state, limit, after, ctx).await),
         Request::StreamOutput {
             job,
             offset,
@@ -233,7 +238,7 @@ async fn stop(
 
 /// One page of the jobs the caller may see (its own, or every job if it
 /// sees all), cut to fit a frame.
-fn list(
+async fn list(
     principal: &Principal,
     state: Option<JobState>,
     limit: PageSize,
@@ -242,12 +247,15 @@ fn list(
 ) -> Response {
     let owner = principal.owner();
     let all = principal.sees_all();
-    let (jobs, next) = ctx.engine.list(
-        |job| all || job.spec.owner == owner,
-        state,
-        limit.get() as usize,
-        after,
-    );
+    let (jobs, next) = ctx
+        .engine
+        .list(
+            |job| all || job.spec.owner == owner,
+            state,
+            limit.get() as usize,
+            after,
+        )
+        .await;
     fit_page(jobs, next)
 }
 
