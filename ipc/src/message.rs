@@ -144,14 +144,16 @@ impl Response {
     }
 }
 
-/// Output bytes, at most [`MAX_OUTPUT_CHUNK`] of them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Output bytes, at most [`MAX_OUTPUT_CHUNK`] of them: a shared buffer, so
+/// that one job's output goes to each of its followers without a copy.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "serde_bytes::ByteBuf")]
-pub struct OutputData(#[serde(with = "serde_bytes")] Vec<u8>);
+pub struct OutputData(bytes::Bytes);
 
 impl OutputData {
     /// Validates a chunk of output.
-    pub fn new(data: Vec<u8>) -> Result<Self, Invalid> {
+    pub fn new(data: impl Into<bytes::Bytes>) -> Result<Self, Invalid> {
+        let data = data.into();
         if data.len() > MAX_OUTPUT_CHUNK {
             return Err(Invalid {
                 field: "output".into(),
@@ -169,9 +171,15 @@ impl OutputData {
         &self.0
     }
 
-    /// The bytes, owned.
+    /// The bytes, owned (without a copy when this is their only holder).
     pub fn into_vec(self) -> Vec<u8> {
-        self.0
+        self.0.into()
+    }
+}
+
+impl Serialize for OutputData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
     }
 }
 

@@ -132,13 +132,12 @@ async fn serve(
         orphans = recovered.orphans,
         "jobs on disk accounted for"
     );
-    engine.enforce_retention();
     let retention = Arc::clone(&engine);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RETENTION_INTERVAL);
         loop {
             tick.tick().await;
-            retention.enforce_retention();
+            retention.enforce_retention_in_background();
         }
     });
 

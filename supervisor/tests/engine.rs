@@ -8,6 +8,7 @@ mod common;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{JOB_UIDS, TestEngine, read_all, spec};
@@ -542,4 +543,57 @@ async fn a_newer_record_stops_recovery_and_stays_untouched() {
         std::fs::read_to_string(dir.join("job.json")).unwrap(),
         record
     );
+}
+
+/// Followers of one job share its tail; one that falls far behind it (more
+/// than the tail keeps) reads the rest from the log; each gets every byte
+/// exactly once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_share_the_tail_and_a_slow_one_catches_up_from_the_log() {
+    let t = TestEngine::new();
+    let big = jobworker_supervisor::engine::output::TAIL_BYTES + (1 << 20);
+    let script = format!(
+        "for i in $(seq 1 2000); do echo $i; done; sleep 0.3; \
+         head -c {big} /dev/zero | tr '\\0' x; echo; sleep 0.3; echo end"
+    );
+    let job = t.start("sh", &["-c", &script]).await.unwrap();
+    let engine = Arc::clone(&t.engine);
+    let fast: Vec<_> = (0..8)
+        .map(|_| {
+            let (engine, job) = (Arc::clone(&engine), job.clone());
+            tokio::spawn(async move { read_all(&engine, &job, 0).await })
+        })
+        .collect();
+    // Attached now, read only once the job has written more than the tail
+    // keeps.
+    let mut slow = t.engine.output(job.id, 0, true).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut slow_bytes = Vec::new();
+    while let Some(chunk) = slow.next().await.unwrap() {
+        match chunk {
+            jobworker_supervisor::engine::Chunk::Data { offset, bytes } => {
+                assert_eq!(offset, slow_bytes.len() as u64, "contiguous");
+                slow_bytes.extend_from_slice(&bytes);
+            }
+            jobworker_supervisor::engine::Chunk::End(_) => break,
+        }
+    }
+    let log = std::fs::read(
+        t.state
+            .path()
+            .join("jobs")
+            .join(job.id.to_string())
+            .join("output.log"),
+    )
+    .unwrap();
+    assert!(log.len() as u64 > big && log.ends_with(b"\nend\n"));
+    assert!(
+        slow_bytes == log,
+        "the slow follower got the log byte for byte"
+    );
+    for follower in fast {
+        let (bytes, end) = follower.await.unwrap();
+        assert!(bytes == log, "a follower got the log byte for byte");
+        assert_eq!(end.termination, Some(Termination::Exited(0)));
+    }
 }

@@ -701,3 +701,23 @@ async fn uids_are_kept_and_never_reused_across_a_restart() {
     let all: Vec<JobInfo> = running.into_iter().chain(more).collect();
     stop_all_and_check_nothing_is_left(&d, &all).await;
 }
+
+/// A job that ended before a restart is cleaned up already: stopping it
+/// answers at once (the stop of an ended job waits for its cleanup, 15 s at
+/// most).
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_a_job_that_ended_before_a_restart_answers_at_once() {
+    let mut d = Daemon::start("");
+    let job = d.local_job(start("true", &[])).await;
+    wait_state(&d, job.id, JobState::Finished).await;
+    d.kill9();
+    d.restart().unwrap();
+    let stop = d.local_job(Request::StopJob {
+        job: job.id,
+        grace: None,
+    });
+    let stopped = tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("the stop answered within 5 s");
+    assert_eq!(stopped.state, JobState::Finished);
+}

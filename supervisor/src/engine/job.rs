@@ -16,6 +16,7 @@ use jobworker_ipc::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::output::Tail;
 use super::records::Records;
 use crate::cgroup::JobCgroup;
 use crate::handoff::OUTPUT_FILE;
@@ -210,6 +211,8 @@ pub struct Job {
     pub cgroup: JobCgroup,
     /// A pidfd of its init, while it runs.
     pub pidfd: Mutex<Option<OwnedFd>>,
+    /// Its recent output, shared by its followers.
+    pub tail: Tail,
     status: Mutex<Status>,
     changed: watch::Sender<u64>,
     /// Held while the record is built and written, so that the last write
@@ -227,16 +230,20 @@ impl Job {
     /// A job of `spec` in directory `dir` and cgroup `cgroup`, with its
     /// status so far.
     pub fn new(spec: Spec, dir: PathBuf, cgroup: JobCgroup, status: Status) -> Self {
+        // A job recorded as ended (recovered after a restart) was cleaned
+        // up before its record said so.
+        let cleaned_up = AtomicBool::new(status.state.is_ended());
         Self {
             spec,
             dir,
             cgroup,
             pidfd: Mutex::new(None),
+            tail: Tail::default(),
             status: Mutex::new(status),
             changed: watch::channel(0).0,
             persisting: Mutex::new(()),
             ended_size: OnceLock::new(),
-            cleaned_up: AtomicBool::new(false),
+            cleaned_up,
         }
     }
 
@@ -269,7 +276,7 @@ impl Job {
         self.notify();
     }
 
-    /// Wakes everyone waiting on the job (output readers, stoppers).
+    /// Wakes everyone waiting on the job (output followers, stoppers).
     pub fn notify(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -9,7 +9,8 @@
 //! - [`spawn`]: clone3 and the handoff to the init.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
 //! - [`records`]: writing job records, and the durability contract.
-//! - [`output`]: output readers and the inotify watcher that wakes them.
+//! - [`output`]: output readers, each job's shared tail, and the inotify
+//!   watcher that wakes them.
 //! - [`recovery`]: accounting for every job on disk after a restart.
 //! - [`retention`]: removing the oldest ended jobs.
 //! - [`uids`]: the uid and gid each job runs as.
@@ -166,7 +167,7 @@ pub struct Engine {
     io_device: Option<(u32, u32)>,
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
     records: Arc<Records>,
-    workers: workers::Workers,
+    workers: Arc<workers::Workers>,
     watcher: Arc<output::Watcher>,
     /// The uids jobs get, unless they all run as one account.
     uid_pool: Option<Mutex<UidPool>>,
@@ -174,6 +175,8 @@ pub struct Engine {
     /// Held across a start that carries a request id, so that two retries of
     /// one request cannot both start a job.
     idempotency: tokio::sync::Mutex<()>,
+    /// Held through a pass of retention.
+    retaining: Mutex<()>,
 }
 
 impl Engine {
@@ -205,8 +208,9 @@ impl Engine {
         };
         let records = Records::start().map_err(EngineError::Syncer)?;
         let workers = workers::Workers::start(&tokio::runtime::Handle::current())
+            .map(Arc::new)
             .map_err(EngineError::Workers)?;
-        let watcher = output::Watcher::new().map_err(EngineError::Inotify)?;
+        let watcher = output::Watcher::new(Arc::clone(&workers)).map_err(EngineError::Inotify)?;
         tokio::spawn(Arc::clone(&watcher).run());
         let uid_pool = match &config.job_ids {
             JobIds::Shared { .. } => None,
@@ -226,6 +230,7 @@ impl Engine {
             uid_pool,
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
+            retaining: Mutex::new(()),
         }))
     }
 
@@ -504,7 +509,12 @@ impl Engine {
                 ),
             });
         }
-        Ok(OutputStream::new(job, offset, follow))
+        Ok(OutputStream::new(
+            job,
+            Arc::clone(&self.workers),
+            offset,
+            follow,
+        ))
     }
 }
 

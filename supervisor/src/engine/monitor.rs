@@ -66,11 +66,13 @@ impl Engine {
     /// What follows a job's end, off its critical path. Blocks.
     fn clean_up(&self, job: &Arc<Job>) {
         self.watcher.unwatch(job);
-        self.release_if_nothing_left(job);
         if let Err(e) = job.persist(&self.records) {
             tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
         }
+        // The cgroup before the uid: a job settled without an init (after a
+        // restart) may still have processes, which its removal kills.
         remove_cgroup(job);
+        self.release_if_nothing_left(job);
         job.set_cleaned_up();
         self.enforce_retention();
     }

@@ -2,23 +2,37 @@
 //! following the log as it grows and ending after the last byte of an ended
 //! job.
 //!
-//! The job's init appends to the log; the supervisor learns of growth from one
-//! inotify instance watching every running job's log (`IN_MODIFY`), which
-//! wakes that job's readers through its watch channel. Each reader reads the
-//! file itself, at its own pace: a slow reader delays no one.
+//! The job's init appends to the log. A job that has followers has a
+//! [`Tail`]: one reader (on the engine's threads) reads each new byte of the
+//! log once, woken by one inotify instance watching every running job's log
+//! (`IN_MODIFY`), and keeps the last [`TAIL_BYTES`] as shared buffers
+//! ([`Bytes`]) that every follower takes without a copy; the job's watch
+//! channel wakes them. The tail never waits for a follower: one that falls
+//! behind it (or starts before it) reads the log itself, in large reads on
+//! the engine's threads, until it catches up. Without followers nothing
+//! reads the log.
 
-use std::collections::HashMap;
-use std::io::SeekFrom;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use bytes::{Bytes, BytesMut};
 use jobworker_ipc::{JobInfo, MAX_OUTPUT_CHUNK};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use super::job::Job;
+use super::workers::Workers;
 use crate::sys::{self, Registered};
+
+/// The most recent output a job's tail keeps for its followers.
+pub const TAIL_BYTES: u64 = 4 << 20;
+
+/// The most a follower that is behind the tail reads from the log at once
+/// (then handed out in chunks of [`MAX_OUTPUT_CHUNK`]).
+const CATCH_UP_READ: usize = 1 << 20;
 
 /// One step of an output stream.
 #[derive(Debug)]
@@ -28,57 +42,217 @@ pub enum Chunk {
         /// Where `bytes` start in the output.
         offset: u64,
         /// At most [`MAX_OUTPUT_CHUNK`] bytes.
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// The stream is complete: the job's status at its end.
     End(Box<JobInfo>),
 }
 
+/// The shared recent output of a job with followers.
+#[derive(Default)]
+pub struct Tail {
+    state: Mutex<TailState>,
+}
+
+#[derive(Default)]
+struct TailState {
+    /// Followers attached.
+    followers: usize,
+    /// Counts the times the tail was set up: a reader of an earlier one
+    /// keeps nothing.
+    generation: u64,
+    /// The log, and where the tail's reader is in it; `None` until the
+    /// first follower's tail is set up (and again after the last left).
+    log: Option<(Arc<File>, u64)>,
+    /// The kept output, contiguous, ending at the reader's position.
+    chunks: VecDeque<Bytes>,
+    kept: u64,
+    /// The reader runs, or is to run.
+    reading: bool,
+    /// The log grew since the reader last found its end.
+    grown: bool,
+}
+
+/// Where an offset is, seen from the tail.
+enum Place {
+    /// In the tail: these bytes start there.
+    Kept(Bytes),
+    /// Before the tail's first kept byte, or there is no tail yet.
+    Behind,
+    /// At or past the tail's end: wait for more.
+    Ahead,
+}
+
+impl Tail {
+    fn state(&self) -> MutexGuard<'_, TailState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where `offset` is, and at most [`MAX_OUTPUT_CHUNK`] bytes from it if
+    /// they are kept.
+    fn place(&self, offset: u64) -> Place {
+        let state = self.state();
+        let Some((_, end)) = state.log else {
+            return Place::Behind;
+        };
+        if offset >= end {
+            return Place::Ahead;
+        }
+        let mut at = end - state.kept;
+        if offset < at {
+            return Place::Behind;
+        }
+        for chunk in &state.chunks {
+            let len = chunk.len() as u64;
+            if offset < at + len {
+                let from = usize::try_from(offset - at).unwrap_or(0);
+                let to = chunk.len().min(from + MAX_OUTPUT_CHUNK);
+                return Place::Kept(chunk.slice(from..to));
+            }
+            at += len;
+        }
+        Place::Ahead
+    }
+
+    /// Notes that the log grew; says whether the caller is to start the
+    /// reader (there are followers and it is not running).
+    fn grew(&self) -> bool {
+        let mut state = self.state();
+        state.grown = true;
+        if state.followers == 0 || state.log.is_none() || state.reading {
+            return false;
+        }
+        state.reading = true;
+        true
+    }
+}
+
+/// Reads what the log gained into `job`'s tail, until nothing more came
+/// meanwhile, waking the followers after each read. Blocks.
+fn read_tail(job: &Job) {
+    loop {
+        let (file, mut end, generation) = {
+            let mut state = job.tail.state();
+            match (&state.log, state.grown && state.followers > 0) {
+                (Some((file, end)), true) => {
+                    let pass = (Arc::clone(file), *end, state.generation);
+                    state.grown = false;
+                    pass
+                }
+                _ => {
+                    state.reading = false;
+                    return;
+                }
+            }
+        };
+        while let Ok(Some(bytes)) = read_at(&file, end, MAX_OUTPUT_CHUNK) {
+            end += bytes.len() as u64;
+            if !keep(job, bytes, end, generation) {
+                break;
+            }
+            job.notify();
+        }
+    }
+}
+
+/// Appends `bytes` (which end at `end`) to the tail, dropping its oldest
+/// bytes beyond [`TAIL_BYTES`]; false if the tail was set up again since
+/// (or is gone).
+fn keep(job: &Job, bytes: Bytes, end: u64, generation: u64) -> bool {
+    let mut state = job.tail.state();
+    if state.generation != generation {
+        return false;
+    }
+    let Some((_, position)) = state.log.as_mut() else {
+        return false;
+    };
+    *position = end;
+    state.kept += bytes.len() as u64;
+    state.chunks.push_back(bytes);
+    while state.kept > TAIL_BYTES {
+        let Some(oldest) = state.chunks.pop_front() else {
+            break;
+        };
+        state.kept -= oldest.len() as u64;
+    }
+    true
+}
+
+/// Up to `max` bytes of `file` from `offset`; `None` at its end. Only the
+/// bytes read are ever initialized.
+fn read_at(file: &File, offset: u64, max: usize) -> std::io::Result<Option<Bytes>> {
+    let len = file.metadata()?.len();
+    let want = usize::try_from(len.saturating_sub(offset)).map_or(max, |left| left.min(max));
+    if want == 0 {
+        return Ok(None);
+    }
+    let mut buf = BytesMut::zeroed(want);
+    let n = file.read_at(&mut buf, offset)?;
+    buf.truncate(n);
+    Ok((n > 0).then(|| buf.freeze()))
+}
+
 /// Reads a job's output from an offset, optionally following it.
 pub struct OutputStream {
     job: Arc<Job>,
-    file: Option<tokio::fs::File>,
+    workers: Arc<Workers>,
     offset: u64,
     follow: bool,
     changes: watch::Receiver<u64>,
+    /// The log, opened by the first read this stream makes itself.
+    file: Option<Arc<File>>,
+    /// Read ahead by this stream itself, from `offset` on.
+    pending: VecDeque<Bytes>,
+    attached: bool,
     done: bool,
 }
 
 impl OutputStream {
     /// A stream of `job`'s output from `offset`.
-    pub fn new(job: Arc<Job>, offset: u64, follow: bool) -> Self {
+    pub fn new(job: Arc<Job>, workers: Arc<Workers>, offset: u64, follow: bool) -> Self {
         let changes = job.subscribe();
         Self {
             job,
-            file: None,
+            workers,
             offset,
             follow,
             changes,
+            file: None,
+            pending: VecDeque::new(),
+            attached: false,
             done: false,
         }
     }
 
     /// The next chunk; `None` after [`Chunk::End`].
     pub async fn next(&mut self) -> std::io::Result<Option<Chunk>> {
-        let mut buf = vec![0; MAX_OUTPUT_CHUNK];
         while !self.done {
-            // Mark the current generation seen *before* reading: growth or an
-            // end after this point wakes `changed()` below.
+            if let Some(bytes) = self.pending.pop_front() {
+                return Ok(Some(self.data(bytes)));
+            }
+            // Mark the current generation seen *before* looking: growth or
+            // an end after this point wakes `changed()` below.
             self.changes.borrow_and_update();
             let ended = self.job.is_ended();
-            let n = self.read(&mut buf).await?;
-            if n > 0 {
-                buf.truncate(n);
-                let chunk = Chunk::Data {
-                    offset: self.offset,
-                    bytes: buf,
-                };
-                self.offset += n as u64;
-                return Ok(Some(chunk));
+            if self.follow && !ended && !self.attached {
+                self.attach().await?;
+            }
+            match self.job.tail.place(self.offset) {
+                Place::Kept(bytes) => return Ok(Some(self.data(bytes))),
+                Place::Behind => {
+                    if self.read_ahead().await? {
+                        continue;
+                    }
+                }
+                Place::Ahead => {}
             }
             if ended || !self.follow {
+                // Whatever the tail did not read yet is in the log.
+                if self.read_ahead().await? {
+                    continue;
+                }
                 self.done = true;
-                return Ok(Some(Chunk::End(Box::new(self.job.info()))));
+                return Ok(Some(Chunk::End(Box::new(self.status().await))));
             }
             if self.changes.changed().await.is_err() {
                 // The job is gone from the engine; read what is there and end.
@@ -88,49 +262,144 @@ impl OutputStream {
         Ok(None)
     }
 
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.file.is_none() {
-            let mut file = match tokio::fs::File::open(self.job.output_path()).await {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-                Err(e) => return Err(e),
-            };
-            // Past the end there is nothing to read yet (and a seek beyond
-            // what the file system allows fails): try again once it grows.
-            if self.offset > file.metadata().await?.len() {
-                return Ok(0);
-            }
-            file.seek(SeekFrom::Start(self.offset)).await?;
-            self.file = Some(file);
+    /// The job's status for the stream's end: as recorded once it has
+    /// ended; a running one's read live on the engine's threads.
+    async fn status(&self) -> JobInfo {
+        if self.job.is_ended() {
+            return self.job.recorded_info();
         }
-        match self.file.as_mut() {
-            Some(file) => file.read(buf).await,
-            None => Ok(0),
+        let job = Arc::clone(&self.job);
+        self.workers
+            .run(move || job.info())
+            .await
+            .unwrap_or_else(|_| self.job.recorded_info())
+    }
+
+    fn data(&mut self, bytes: Bytes) -> Chunk {
+        let offset = self.offset;
+        self.offset += bytes.len() as u64;
+        Chunk::Data { offset, bytes }
+    }
+
+    /// Joins the job's followers, setting up its tail if this is the first
+    /// (the log's end found on the engine's threads).
+    async fn attach(&mut self) -> std::io::Result<()> {
+        self.attached = true;
+        let first = {
+            let mut state = self.job.tail.state();
+            state.followers += 1;
+            state.log.is_none()
+        };
+        if first {
+            let job = Arc::clone(&self.job);
+            self.workers
+                .run(move || set_up_tail(&job))
+                .await
+                .map_err(std::io::Error::other)??;
+        }
+        Ok(())
+    }
+
+    /// Reads up to [`CATCH_UP_READ`] bytes of the log from this stream's
+    /// offset on the engine's threads, into `pending`; says whether any came.
+    async fn read_ahead(&mut self) -> std::io::Result<bool> {
+        let (opened, path, offset) = (self.file.clone(), self.job.output_path(), self.offset);
+        let read = self
+            .workers
+            .run(move || {
+                let file = match opened {
+                    Some(file) => file,
+                    None => match File::open(path) {
+                        Ok(file) => Arc::new(file),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e),
+                    },
+                };
+                let bytes = read_at(&file, offset, CATCH_UP_READ)?;
+                Ok(Some((file, bytes)))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+        let Some((file, Some(bytes))) = read else {
+            return Ok(false);
+        };
+        self.file = Some(file);
+        let mut at = 0;
+        while at < bytes.len() {
+            let to = bytes.len().min(at + MAX_OUTPUT_CHUNK);
+            self.pending.push_back(bytes.slice(at..to));
+            at = to;
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for OutputStream {
+    fn drop(&mut self) {
+        if !self.attached {
+            return;
+        }
+        let mut state = self.job.tail.state();
+        state.followers = state.followers.saturating_sub(1);
+        if state.followers == 0 {
+            // Nothing reads the log until a follower comes again (a reader
+            // still running stops at its next read).
+            state.log = None;
+            state.chunks.clear();
+            state.kept = 0;
+            state.generation += 1;
         }
     }
 }
 
-/// Watches the logs of running jobs and wakes their readers.
+/// Opens the log for the job's tail and starts it at the log's end, unless
+/// another follower did meanwhile; then reads what came since (its inotify
+/// event may have come before the tail was there). Blocks.
+fn set_up_tail(job: &Job) -> std::io::Result<()> {
+    let file = File::open(job.output_path())?;
+    let end = file.metadata()?.len();
+    {
+        let mut state = job.tail.state();
+        if state.log.is_some() || state.followers == 0 {
+            return Ok(());
+        }
+        state.log = Some((Arc::new(file), end));
+        state.generation += 1;
+        state.grown = true;
+        if state.reading {
+            return Ok(());
+        }
+        state.reading = true;
+    }
+    read_tail(job);
+    Ok(())
+}
+
+/// Watches the logs of running jobs and wakes their tails.
 pub struct Watcher {
     inotify: AsyncFd<Registered<Inotify>>,
     watches: Mutex<HashMap<WatchDescriptor, Weak<Job>>>,
+    workers: Arc<Workers>,
 }
 
 impl Watcher {
-    /// A watcher; call [`Watcher::run`] in a task.
-    pub fn new() -> std::io::Result<Arc<Self>> {
+    /// A watcher whose tails read on `workers`; call [`Watcher::run`] in a
+    /// task.
+    pub fn new(workers: Arc<Workers>) -> std::io::Result<Arc<Self>> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         Ok(Arc::new(Self {
             inotify: sys::register(inotify, tokio::io::Interest::READABLE)?,
             watches: Mutex::new(HashMap::new()),
+            workers,
         }))
     }
 
-    fn watches(&self) -> std::sync::MutexGuard<'_, HashMap<WatchDescriptor, Weak<Job>>> {
+    fn watches(&self) -> MutexGuard<'_, HashMap<WatchDescriptor, Weak<Job>>> {
         self.watches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts waking `job`'s readers when its log grows.
+    /// Starts waking `job`'s tail when its log grows. Blocks (inotify looks
+    /// up the path).
     pub fn watch(&self, job: &Arc<Job>) -> std::io::Result<()> {
         let wd = self
             .inotify
@@ -161,7 +430,7 @@ impl Watcher {
             let mut guard = match self.inotify.readable().await {
                 Ok(guard) => guard,
                 Err(e) => {
-                    tracing::error!(error = %e, "inotify failed; output readers fall back to job ends");
+                    tracing::error!(error = %e, "inotify failed; output followers fall back to job ends");
                     return;
                 }
             };
@@ -171,19 +440,31 @@ impl Watcher {
                     .read_events()
                     .map_err(std::io::Error::from)
             }) {
-                Ok(Ok(events)) => {
-                    let watches = self.watches();
-                    let overflow = events
-                        .iter()
-                        .any(|e| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW));
-                    for job in watches.iter().filter_map(|(wd, job)| {
-                        (overflow || events.iter().any(|e| e.wd == *wd)).then(|| job.upgrade())?
-                    }) {
-                        job.notify();
-                    }
-                }
+                Ok(Ok(events)) => self.dispatch(&events),
                 Ok(Err(e)) => tracing::warn!(error = %e, "reading inotify events"),
                 Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Starts the tail reader of each job whose log grew.
+    fn dispatch(&self, events: &[nix::sys::inotify::InotifyEvent]) {
+        let overflow = events
+            .iter()
+            .any(|e| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW));
+        let grown: Vec<Arc<Job>> = self
+            .watches()
+            .iter()
+            .filter(|(wd, _)| overflow || events.iter().any(|e| e.wd == **wd))
+            .filter_map(|(_, job)| job.upgrade())
+            .collect();
+        for job in grown {
+            if !job.tail.grew() {
+                continue;
+            }
+            let reading = Arc::clone(&job);
+            if let Err(e) = self.workers.spawn(move || read_tail(&reading)) {
+                tracing::error!(job = %job.spec.id, error = %e, "reading a job's output for its followers");
             }
         }
     }

@@ -8,9 +8,11 @@
 //!   One syncer thread makes records durable in rounds (group commit): it
 //!   takes every record written since its last round, `fdatasync`s each and
 //!   `fsync`s each directory once, however many changes a record had
-//!   meanwhile. A write waits while the round in progress is older than
-//!   [`MAX_LAG`] (a disk that slow sets the pace), so no change stays
-//!   volatile longer than about that. A job whose last changes were lost
+//!   meanwhile. A write waits while the round in progress is older than half
+//!   of [`MAX_LAG`] (a disk that slow sets the pace): a change waits for at
+//!   most the rest of that round and one more, so no change stays volatile
+//!   longer than about [`MAX_LAG`]. A file whose sync fails is synced again
+//!   in the next round. A job whose last changes were lost
 //!   reads as it was before them: running (then FAILED by recovery, as its
 //!   init is gone) or not yet ended.
 //!
@@ -37,6 +39,9 @@ use crate::atomic;
 /// The longest a record change may stay in the page cache only; see the
 /// module docs.
 pub const MAX_LAG: Duration = Duration::from_secs(1);
+
+/// How long the syncer waits after a round in which a sync failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The record writer and its syncer thread.
 pub struct Records {
@@ -82,11 +87,11 @@ impl Records {
         let mut state = self.state();
         while state
             .round_began
-            .is_some_and(|began| began.elapsed() > MAX_LAG)
+            .is_some_and(|began| began.elapsed() > MAX_LAG / 2)
         {
             state = self
                 .changed
-                .wait_timeout(state, MAX_LAG)
+                .wait_timeout(state, MAX_LAG / 2)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -120,25 +125,36 @@ impl Records {
                 state.round_began = Some(Instant::now());
                 (std::mem::take(&mut state.dirty), state.written)
             };
-            sync_round(&files);
+            let failed = sync_round(&files);
             let mut state = self.state();
             state.round_began = None;
-            state.synced = upto;
+            let retry = !failed.is_empty();
+            if retry {
+                state.dirty.extend(failed);
+            } else {
+                state.synced = upto;
+            }
             drop(state);
             self.changed.notify_all();
+            if retry {
+                // A failing disk is not retried at full speed.
+                std::thread::sleep(RETRY_PAUSE);
+            }
         }
     }
 }
 
-/// Makes `files` and their directories durable; logs what fails (the next
-/// write of the record tries again).
-fn sync_round(files: &HashSet<PathBuf>) {
+/// Makes `files` and their directories durable; returns the files that
+/// could not be (each logged), to be synced again.
+fn sync_round(files: &HashSet<PathBuf>) -> Vec<PathBuf> {
     let mut dirs = HashSet::new();
+    let mut failed = Vec::new();
     for file in files {
         if let Err(e) = File::open(file).and_then(|f| f.sync_data()) {
             // A job removed by retention meanwhile: nothing to keep.
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::error!(path = %file.display(), error = %e, "syncing a job record");
+                failed.push(file.clone());
             }
         }
         if let Some(dir) = file.parent() {
@@ -152,8 +168,10 @@ fn sync_round(files: &HashSet<PathBuf>) {
             && e.kind() != io::ErrorKind::NotFound
         {
             tracing::error!(path = %dir.display(), error = %e, "syncing a job directory");
+            failed.extend(files.iter().filter(|f| f.parent() == Some(dir)).cloned());
         }
     }
+    failed
 }
 
 #[cfg(test)]
@@ -188,7 +206,15 @@ mod tests {
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         let kept = dir.path().join("job.json");
         records.write(&kept, &2).unwrap();
-        records.flush();
-        assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), "2");
+        let (done, flushed) = std::sync::mpsc::channel();
+        let flushing = Arc::clone(&records);
+        std::thread::spawn(move || {
+            flushing.flush();
+            let _ = done.send(());
+        });
+        flushed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the syncer goes on past a removed record");
+        assert_eq!(records.state().synced, 2);
     }
 }

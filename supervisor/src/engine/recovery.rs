@@ -9,8 +9,12 @@
 //! - a running job whose init has exited meanwhile is settled from the exit
 //!   record the init left (its real exit status);
 //! - a job whose state cannot be recovered (no init and no exit record, a
-//!   record that cannot be read, a start that never completed) is FAILED with
-//!   the reason, and whatever is left of it is killed through its cgroup;
+//!   record that cannot be read, a start that never reached its clone) is
+//!   FAILED with the reason, and whatever is left of it is killed through its
+//!   cgroup. A start that did reach its clone is adopted like a running job
+//!   (its caller may have had its answer; a retry with the same request id
+//!   finds the job): an init that then fails to start the command exits
+//!   without an exit record, and the job is FAILED saying so;
 //! - a job cgroup with no job directory is killed and removed.
 
 use std::collections::HashSet;

@@ -22,8 +22,21 @@ pub struct Retention {
 }
 
 impl Engine {
+    /// Applies the retention policy on the engine's threads.
+    pub fn enforce_retention_in_background(self: &Arc<Self>) {
+        let engine = Arc::clone(self);
+        if let Err(e) = self.workers.spawn(move || {
+            engine.enforce_retention();
+        }) {
+            tracing::error!(error = %e, "applying the retention policy");
+        }
+    }
+
     /// Applies the retention policy now; returns how many jobs it removed.
+    /// Only a job whose end is cleaned up (its record final, its cgroup gone)
+    /// is ever removed; one pass at a time. Blocks.
     pub fn enforce_retention(&self) -> usize {
+        let _one_pass_at_a_time = super::lock(&self.retaining);
         let Retention {
             max_age_ms,
             max_total_bytes,
@@ -45,6 +58,7 @@ impl Engine {
         let mut total: u64 = sized.iter().map(|(_, size)| size).sum();
         let mut ended: Vec<(Arc<Job>, UnixMicros, u64)> = sized
             .drain(..)
+            .filter(|(job, _)| job.is_cleaned_up())
             .filter_map(|(job, size)| {
                 let ended_at = job.status().ended_at?;
                 Some((job, ended_at, size))

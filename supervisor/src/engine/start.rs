@@ -600,7 +600,8 @@ impl Made {
     }
 
     /// Kills and reaps the init, if one was started, then undoes the rest
-    /// on a blocking thread ([`Made::remove`]).
+    /// on the engine's threads ([`Made::remove`]; tokio's blocking pool may
+    /// be unable to make a thread on a host out of pids).
     async fn undo(mut self, engine: &Arc<Engine>) {
         let job = self.job;
         if let Some(init) = self.init.take() {
@@ -609,10 +610,9 @@ impl Made {
         if self.is_nothing() {
             return;
         }
-        let engine = Arc::clone(engine);
-        // Its cgroup may take a while to empty.
-        if let Err(e) = tokio::task::spawn_blocking(move || self.remove(&engine)).await {
-            tracing::error!(%job, error = %e, "the task removing a failed job failed");
+        let removing = Arc::clone(engine);
+        if let Err(e) = engine.workers.run(move || self.remove(&removing)).await {
+            tracing::error!(%job, error = %e, "removing a failed job");
         }
     }
 
