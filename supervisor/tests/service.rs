@@ -425,6 +425,14 @@ async fn an_unrecoverable_job_is_failed_and_killed() {
     d.restart().unwrap();
     let info = wait_state(&d, job.id, JobState::Failed).await;
     assert!(info.failure.unwrap().contains("no exit record"));
+    // A stop of an ended job answers once its cleanup is done.
+    let stopped = d
+        .local_job(Request::StopJob {
+            job: job.id,
+            grace: None,
+        })
+        .await;
+    assert_eq!(stopped.state, JobState::Failed);
     assert!(
         !d.cgroup_root()
             .join("jobs")

@@ -64,17 +64,33 @@ impl Engine {
     }
 
     /// What follows a job's end, off its critical path. Blocks.
-    fn clean_up(&self, job: &Arc<Job>) {
+    fn clean_up(self: &Arc<Self>, job: &Arc<Job>) {
         self.watcher.unwatch(job);
         if let Err(e) = job.persist(&self.records) {
             tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
         }
         // The cgroup before the uid: a job settled without an init (after a
         // restart) may still have processes, which its removal kills.
-        remove_cgroup(job);
+        if job.cgroup.remove().is_ok() {
+            self.finish_clean_up(job);
+            return;
+        }
+        // Still busy (a job settled without an init, or the kernel lags):
+        // killed and waited for on tokio's blocking pool, not on the
+        // engine's few threads.
+        let (engine, job) = (Arc::clone(self), Arc::clone(job));
+        tokio::task::spawn_blocking(move || {
+            destroy_cgroup(&job);
+            engine.finish_clean_up(&job);
+        });
+    }
+
+    /// The uid given back (if nothing is left of the job), the cleanup
+    /// marked done, retention applied.
+    fn finish_clean_up(self: &Arc<Self>, job: &Arc<Job>) {
         self.release_if_nothing_left(job);
         job.set_cleaned_up();
-        self.enforce_retention();
+        self.enforce_retention_in_background();
     }
 }
 
@@ -107,13 +123,9 @@ fn read_exit_record(job: &Job) -> Option<ExitRecord> {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
 
-/// Removes the ended job's cgroup; one still busy (which a job whose init
-/// has exited cannot be, unless the kernel lags) is killed, waited for and
-/// removed, and one that will not go is logged.
-fn remove_cgroup(job: &Job) {
-    if job.cgroup.remove().is_ok() {
-        return;
-    }
+/// Kills what is left in the ended job's cgroup, waits until it is empty
+/// and removes it; logs one that will not go. Blocks up to [`EMPTY_TIMEOUT`].
+fn destroy_cgroup(job: &Job) {
     match job.cgroup.destroy(EMPTY_TIMEOUT) {
         Ok(true) => {}
         Ok(false) => {

@@ -22,14 +22,11 @@ pub struct Retention {
 }
 
 impl Engine {
-    /// Applies the retention policy on the engine's threads.
+    /// Applies the retention policy on tokio's blocking pool (removing a
+    /// job's directory may take long; not on the engine's few threads).
     pub fn enforce_retention_in_background(self: &Arc<Self>) {
         let engine = Arc::clone(self);
-        if let Err(e) = self.workers.spawn(move || {
-            engine.enforce_retention();
-        }) {
-            tracing::error!(error = %e, "applying the retention policy");
-        }
+        tokio::task::spawn_blocking(move || engine.enforce_retention());
     }
 
     /// Applies the retention policy now; returns how many jobs it removed.

@@ -9,8 +9,8 @@
 //!   the peers (`unshare`, `bwrap`).
 //! - [`stats`]: median and p99.
 //! - [`report`]: the table and the machine's description.
-//! - [`figures`]: the five figures: start latency, control-plane latency,
-//!   job throughput, streaming, footprint.
+//! - [`figures`]: the six figures: start latency, control-plane latency,
+//!   job throughput, streaming, footprint, followers of a steady writer.
 
 pub mod figures;
 pub mod floor;
@@ -39,4 +39,6 @@ pub struct Options {
     pub footprint_jobs: usize,
     /// Concurrent streams for the footprint figure.
     pub footprint_streams: usize,
+    /// Followers of the steady writer (figure 6).
+    pub steady_followers: usize,
 }

@@ -17,6 +17,10 @@ pub enum Unit {
     JobsPerSec,
     /// Bytes (printed as KiB or MiB).
     Bytes,
+    /// A share of one CPU core, in percent.
+    Percent,
+    /// A number of things.
+    Count,
 }
 
 impl Unit {
@@ -32,6 +36,8 @@ impl Unit {
                 format!("{:.1} KiB", value / 1024.0)
             }
             Unit::Bytes => format!("{:.1} MiB", value / f64::from(1 << 20)),
+            Unit::Percent => format!("{value:.1} %"),
+            Unit::Count => format!("{value:.0}"),
         }
     }
 }
@@ -39,7 +45,7 @@ impl Unit {
 /// One measurement.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// The figure it belongs to (1-5 of BENCHMARKS.md).
+    /// The figure it belongs to (1-6 of BENCHMARKS.md).
     pub figure: &'static str,
     /// A unique key, which other rows name as their baseline.
     pub key: String,

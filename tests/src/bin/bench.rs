@@ -3,7 +3,7 @@
 //! Run as root, after `cargo build --release --workspace --bins`:
 //!
 //! ```text
-//! cargo run --release -p jobworker-tests --bin bench -- [--only start,control,throughput,streaming,footprint]
+//! cargo run --release -p jobworker-tests --bin bench -- [--only start,control,throughput,streaming,footprint,followers]
 //! ```
 //!
 //! It starts the real supervisor and gateway (their binaries next to its
@@ -21,14 +21,21 @@ use jobworker_tests::bench::report::{self, Report};
 use jobworker_tests::bench::{Options, figures};
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 5] = ["start", "control", "throughput", "streaming", "footprint"];
+const FIGURES: [&str; 6] = [
+    "start",
+    "control",
+    "throughput",
+    "streaming",
+    "footprint",
+    "followers",
+];
 
 /// Benchmarks the real supervisor and gateway against floors and peers.
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Cli {
     /// The figures to run, comma-separated: start, control, throughput,
-    /// streaming, footprint. All when unset.
+    /// streaming, footprint, followers. All when unset.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Samples per start-latency measurement.
@@ -58,6 +65,9 @@ struct Cli {
     /// Concurrent streams for the footprint figure.
     #[arg(long, default_value_t = 256)]
     footprint_streams: usize,
+    /// Followers of the steady writer in the followers figure.
+    #[arg(long, default_value_t = 100)]
+    steady_followers: usize,
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -82,6 +92,7 @@ async fn run(cli: Cli) -> Result<()> {
         fanout_followers: cli.fanout_followers,
         footprint_jobs: cli.footprint_jobs,
         footprint_streams: cli.footprint_streams,
+        steady_followers: cli.steady_followers,
     };
     let selected = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
     let mut report = Report::default();
@@ -98,7 +109,8 @@ async fn run(cli: Cli) -> Result<()> {
             "control" => figures::control::run(&options, &mut report).await?,
             "throughput" => figures::throughput::run(&options, &mut report).await?,
             "streaming" => figures::streaming::run(&options, &mut report).await?,
-            _ => figures::footprint::run(&options, &mut report).await?,
+            "footprint" => figures::footprint::run(&options, &mut report).await?,
+            _ => figures::followers::run(&options, &mut report).await?,
         }
         eprintln!(
             "bench: {figure} took {:.1} s",
