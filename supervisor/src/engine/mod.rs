@@ -4,6 +4,8 @@
 //! permissions: the service in front of it decides who may do what.
 //!
 //! - [`job`]: one job's state and record.
+//! - [`lifecycle`]: the engine's decisions (a stop's escalation, a job's
+//!   end, recovery, retention) as pure functions, unit-tested without root.
 //! - [`start`]: the steps of a start, its errors, and the guard that undoes
 //!   a failed one.
 //! - [`spawn`]: clone3 and the handoff to the init.
@@ -17,6 +19,7 @@
 //! - [`workers`]: the engine's own threads for blocking steps.
 
 pub mod job;
+pub mod lifecycle;
 pub mod monitor;
 pub mod output;
 pub mod records;
@@ -39,6 +42,7 @@ use jobworker_ipc::{IpcError, JobId, JobInfo, JobState, Limits, ListCursor};
 use crate::cgroup::{CgroupTree, Controllers};
 use crate::handoff::{BindPath, WORK_MOUNT};
 use job::{Job, RECORD_VERSION};
+use lifecycle::StopStep;
 pub use output::{Chunk, OutputStream};
 use records::Records;
 pub use retention::Retention;
@@ -47,10 +51,6 @@ use uids::{JobIds, UidPool};
 
 /// The `PATH` a job gets unless its request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How long the init may take to stop everything after SIGUSR1, before the
-/// engine kills the job's cgroup (init included).
-const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a stop waits for an ended job's cleanup (its cgroup removed,
 /// its record written) before it answers anyway.
@@ -354,20 +354,7 @@ impl Engine {
         grace: Option<Duration>,
     ) -> Result<JobInfo, IpcError> {
         let job = self.job(id)?;
-        let grace = match grace {
-            None => self.config.grace,
-            Some(asked) if asked <= self.config.grace => asked,
-            Some(asked) => {
-                return Err(IpcError::InvalidArgument {
-                    field: "grace_period".into(),
-                    reason: format!(
-                        "{} ms is longer than this server's maximum of {} ms",
-                        asked.as_millis(),
-                        self.config.grace.as_millis()
-                    ),
-                });
-            }
-        };
+        let grace = lifecycle::grace(grace, self.config.grace)?;
         let mut changes = job.subscribe();
         let already_ended = {
             let mut status = job.status();
@@ -378,21 +365,23 @@ impl Engine {
             return Ok(self.settled_info(&job, &mut changes).await);
         }
         self.persist_in_background(&job);
-        self.signal_init(&job, rustix::process::Signal::TERM);
-        if !wait_ended(&job, &mut changes, grace).await {
-            self.signal_init(&job, rustix::process::Signal::USR1);
-            if !wait_ended(&job, &mut changes, KILL_GRACE).await {
-                if let Err(e) = job.cgroup.kill() {
-                    tracing::error!(job = %id, error = %e, "killing the job's cgroup");
-                }
-                if !wait_ended(&job, &mut changes, Duration::from_secs(30)).await {
-                    return Err(internal(format!(
-                        "job {id} did not end after its cgroup was killed"
-                    )));
+        for (step, wait) in lifecycle::stop_plan(grace) {
+            match step {
+                StopStep::Terminate => self.signal_init(&job, rustix::process::Signal::TERM),
+                StopStep::KillAll => self.signal_init(&job, rustix::process::Signal::USR1),
+                StopStep::KillCgroup => {
+                    if let Err(e) = job.cgroup.kill() {
+                        tracing::error!(job = %id, error = %e, "killing the job's cgroup");
+                    }
                 }
             }
+            if wait_ended(&job, &mut changes, wait).await {
+                return Ok(self.settled_info(&job, &mut changes).await);
+            }
         }
-        Ok(self.settled_info(&job, &mut changes).await)
+        Err(internal(format!(
+            "job {id} did not end after its cgroup was killed"
+        )))
     }
 
     /// An ended job once it is cleaned up (its cgroup removed, its record

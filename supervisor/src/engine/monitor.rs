@@ -12,10 +12,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_ipc::{JobState, Termination, UnixMicros};
+use jobworker_ipc::UnixMicros;
 
-use super::Engine;
-use super::job::{Job, Status};
+use super::job::Job;
+use super::{Engine, lifecycle};
 use crate::handoff::{EXIT_FILE, ExitRecord};
 
 /// How long a job's cgroup may take to empty after `cgroup.kill`, when it
@@ -94,22 +94,24 @@ impl Engine {
     }
 }
 
-/// Ends the job's status (as its exit record tells, if there is one) with
-/// its final usage, and wakes its waiters: followers see the end here.
+/// Ends the job's status (as its exit record tells, if there is one; see
+/// [`lifecycle::end`]) with its final usage, and wakes its waiters:
+/// followers see the end here. Without an exit record it reads the log's
+/// length: call it on a blocking thread then.
 fn end(job: &Job, exit: Option<&ExitRecord>) {
     let usage = job.cgroup.usage();
     let oom_killed = job.cgroup.oom_killed().unwrap_or(false);
+    let log_len = match exit {
+        Some(_) => 0,
+        None => std::fs::metadata(job.output_path()).map_or(0, |m| m.len()),
+    };
     {
         let mut status = job.status();
-        status.pid = None;
         status.oom_killed = oom_killed;
         if let Ok(usage) = usage {
             status.usage = usage;
         }
-        match exit {
-            Some(record) => end_as_recorded(&mut status, record),
-            None => end_unrecorded(&mut status, job),
-        }
+        lifecycle::end(&mut status, exit, log_len, UnixMicros::now());
     }
     *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
     job.notify();
@@ -132,44 +134,5 @@ fn destroy_cgroup(job: &Job) {
             tracing::error!(job = %job.spec.id, "the job's cgroup did not empty after cgroup.kill")
         }
         Err(e) => tracing::error!(job = %job.spec.id, error = %e, "destroying the job's cgroup"),
-    }
-}
-
-/// Ends the job's status as the init's exit record tells: how and when the
-/// command ended, its output, and whether it failed, was stopped or
-/// finished.
-fn end_as_recorded(status: &mut Status, record: &ExitRecord) {
-    // A supervisor restarted while the job ran learns its start here.
-    status.started_at = status.started_at.or(record.started_at_us);
-    status.termination = Some(record.termination);
-    status.ended_at = Some(record.ended_at_us);
-    status.output_bytes = record.output_bytes;
-    status.truncated_bytes = record.truncated_bytes;
-    // Stopped only if the stop reached the init while the command still ran:
-    // a stop that raced with the command's own end leaves the job FINISHED,
-    // as it ended by itself.
-    status.state = if status.failure.is_some() {
-        JobState::Failed
-    } else if record.stopped {
-        JobState::Stopped
-    } else {
-        JobState::Finished
-    };
-}
-
-/// Ends the job's status when the init left no exit record: stopped (killed
-/// through its cgroup) if a stop was asked for, failed otherwise.
-fn end_unrecorded(status: &mut Status, job: &Job) {
-    status.ended_at = Some(UnixMicros::now());
-    status.output_bytes = std::fs::metadata(job.output_path()).map_or(0, |m| m.len());
-    if status.stop_requested {
-        // Killed through its cgroup after the grace period.
-        status.termination = Some(Termination::Signaled(libc::SIGKILL));
-        status.state = JobState::Stopped;
-    } else {
-        status.state = JobState::Failed;
-        status.failure.get_or_insert_with(|| {
-            "the job's init ended without recording how the command ended".into()
-        });
     }
 }

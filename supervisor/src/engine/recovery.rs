@@ -25,6 +25,7 @@ use std::time::Duration;
 use jobworker_ipc::{Args, Command, JobId, Owner, UnixMicros, UserName};
 
 use super::job::{Job, RECORD_VERSION, Record, RecordError, Spec, Status, record_path};
+use super::lifecycle::{self, Found, Recovery};
 use super::{Engine, EngineError};
 use crate::handoff::EXIT_FILE;
 
@@ -104,49 +105,54 @@ impl Engine {
             Err(e) => unreadable(id, format!("{}: {e}", record_path(dir).display())),
         };
         let Record { spec, status, .. } = record;
-        let (state, pid) = (status.state, status.pid);
+        let (ended, pid) = (status.state.is_ended(), status.pid);
         let job = Arc::new(Job::new(spec, dir.to_path_buf(), cgroup, status));
         // Its uid stays held until nothing of the job is left, as before
         // the restart (an ended job with an empty work directory holds none).
         self.hold_recovered_uid(&job);
-        if state.is_ended() {
-            // A crash while settling may have left the (empty) cgroup.
-            if job.cgroup.path().exists() {
-                let _ = job.cgroup.destroy(Duration::from_secs(10));
-            }
-            self.jobs().insert(id, job);
-            return Ok(Kind::Ended);
-        }
-        if dir.join(EXIT_FILE).exists() {
-            self.supervise(&job, None, None);
-            return Ok(Kind::Settled);
-        }
+        let exit_record = dir.join(EXIT_FILE).exists();
         // A job's pid is recorded only at its end: a running one's init is
         // found in its cgroup (a record from before that names it).
-        let init = match pid {
-            Some(pid) => live_init(&job, pid).map(|pidfd| (pid, pidfd)),
-            None => find_init(&job),
+        let init = if ended || exit_record {
+            None
+        } else {
+            match pid {
+                Some(pid) => live_init(&job, pid).map(|pidfd| (pid, pidfd)),
+                None => find_init(&job),
+            }
         };
-        if let Some((pid, pidfd)) = init {
-            job.status().pid = Some(pid);
-            self.watch_output(&job);
-            self.adopt(&job, pidfd, None);
-            return Ok(Kind::Adopted);
+        let found = Found {
+            ended,
+            exit_record,
+            init_runs: init.is_some(),
+            pid_recorded: pid.is_some(),
+        };
+        let decision = lifecycle::recover(found, &job.status());
+        match (decision, init) {
+            (Recovery::Ended, _) => {
+                // A crash while settling may have left the (empty) cgroup.
+                if job.cgroup.path().exists() {
+                    let _ = job.cgroup.destroy(Duration::from_secs(10));
+                }
+                self.jobs().insert(id, job);
+                Ok(Kind::Ended)
+            }
+            (Recovery::Adopt, Some((pid, pidfd))) => {
+                job.status().pid = Some(pid);
+                self.watch_output(&job);
+                self.adopt(&job, pidfd, None);
+                Ok(Kind::Adopted)
+            }
+            (Recovery::SettleUnrecorded(Some(failure)), _) => {
+                job.status().failure = Some(failure);
+                self.supervise(&job, None, None);
+                Ok(Kind::Settled)
+            }
+            _ => {
+                self.supervise(&job, None, None);
+                Ok(Kind::Settled)
+            }
         }
-        // A job being stopped whose init is gone was killed through its
-        // cgroup: settling records it STOPPED. Any other is FAILED.
-        let mut status = job.status();
-        if !status.stop_requested && status.failure.is_none() {
-            status.failure = Some(match pid {
-                None => "the supervisor stopped while the job was starting, or the job's init \
-                         is gone and left no exit record"
-                    .into(),
-                Some(_) => "the job's init is gone and left no exit record".into(),
-            });
-        }
-        drop(status);
-        self.supervise(&job, None, None);
-        Ok(Kind::Settled)
     }
 }
 

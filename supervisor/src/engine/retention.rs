@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use jobworker_ipc::UnixMicros;
 
-use super::Engine;
 use super::job::Job;
+use super::{Engine, lifecycle};
 
 /// How long ended jobs are kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,10 +34,6 @@ impl Engine {
     /// is ever removed; one pass at a time. Blocks.
     pub fn enforce_retention(&self) -> usize {
         let _one_pass_at_a_time = super::lock(&self.retaining);
-        let Retention {
-            max_age_ms,
-            max_total_bytes,
-        } = self.config.retention;
         let jobs: Vec<Arc<Job>> = self.jobs().values().cloned().collect();
         // An ended job's directory no longer changes: it is measured once.
         // A running one (a record and a growing log) is measured each time.
@@ -61,17 +57,18 @@ impl Engine {
                 Some((job, ended_at, size))
             })
             .collect();
-        ended.sort_by_key(|(job, ended_at, _)| (*ended_at, job.spec.created_at));
+        ended.sort_by_key(|(job, ended_at, _)| {
+            lifecycle::retention_order(*ended_at, job.spec.created_at)
+        });
 
         let now = UnixMicros::now();
         let mut removed = 0;
         for (job, ended_at, size) in ended {
-            let too_old = max_age_ms > 0
-                && now.0.saturating_sub(ended_at.0) > max_age_ms.saturating_mul(1000);
-            let too_big = max_total_bytes > 0 && total > max_total_bytes;
-            if !too_old && !too_big {
+            let Some((too_old, too_big)) =
+                lifecycle::expired(self.config.retention, now, ended_at, total)
+            else {
                 continue;
-            }
+            };
             self.jobs().remove(&job.spec.id);
             match std::fs::remove_dir_all(&job.dir) {
                 Ok(()) => {
