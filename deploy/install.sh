@@ -19,7 +19,7 @@ DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/usr}
 BIN_DIR=${BIN_DIR:-target/release}
 UNIT_DIR=${UNIT_DIR:-/lib/systemd/system}
-BINARIES=(jobworker-supervisor jobworker-gateway jobctl jobworker-debug jobworker-certs)
+BINARIES=(jobworker-supervisor jobworker-init jobworker-gateway jobctl jobworker-debug jobworker-certs)
 
 for bin in "${BINARIES[@]}"; do
   if [ ! -x "$BIN_DIR/$bin" ]; then

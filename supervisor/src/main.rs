@@ -5,8 +5,7 @@
 //! it is ready, and serves the ipc protocol until SIGTERM or SIGINT. Jobs
 //! outlive it: a restarted supervisor re-adopts them.
 //!
-//! `jobworker-supervisor init` is the job's init, exec'd by the supervisor
-//! inside each job's namespaces; it is not meant to be run by hand.
+//! Each job's init is `jobworker-init`, which must be installed beside it.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -15,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use jobworker_supervisor::cgroup::{CgroupTree, SKIP_LIMITS_ENV};
 use jobworker_supervisor::config::{self, Config};
 use jobworker_supervisor::engine::{Engine, EngineConfig, Retention, SandboxConfig};
 use jobworker_supervisor::service::{self, conn::Context, listen};
-use jobworker_supervisor::{init, sys};
+use jobworker_supervisor::sys;
 
 /// How often the retention policy runs besides at each job's end.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -36,22 +35,17 @@ struct Cli {
     /// Validate the configuration, print the effective values, and exit.
     #[arg(long)]
     check_config: bool,
-    #[command(subcommand)]
-    mode: Option<Mode>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Mode {
-    /// The job init (started by the supervisor inside a job's namespaces).
-    #[command(hide = true)]
-    Init,
-}
+/// The job init's program, beside this one.
+const INIT_BINARY: &str = "jobworker-init";
+
+/// The lowest fd the held job init may take: above the sockets systemd
+/// passes (from 3) and the init's control socket (3 in the child).
+const INIT_FD_FLOOR: i32 = 10;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Mode::Init) = cli.mode {
-        return init::main();
-    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -159,11 +153,31 @@ async fn serve(
     Ok(())
 }
 
+/// The job init beside this binary, held open for the supervisor's life and
+/// exec'd through `/proc/self/fd`: every job of this supervisor runs the
+/// init it was installed with, even once an upgrade has replaced the file.
+fn init_program() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the supervisor's own binary")?;
+    let path = exe.with_file_name(INIT_BINARY);
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "opening the job init {} (install it beside jobworker-supervisor, as deploy/install.sh does)",
+            path.display()
+        )
+    })?;
+    let held = rustix::io::fcntl_dupfd_cloexec(&file, INIT_FD_FLOOR)
+        .with_context(|| format!("holding the job init {} open", path.display()))?;
+    tracing::info!(path = %path.display(), "jobs' init");
+    Ok(PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::IntoRawFd::into_raw_fd(held)
+    )))
+}
+
 fn engine_config(config: &Config) -> anyhow::Result<EngineConfig> {
     Ok(EngineConfig {
         state_dir: config.file.state_dir.clone(),
-        // The running binary itself, even if an upgrade replaced the file.
-        init_program: PathBuf::from("/proc/self/exe"),
+        init_program: init_program()?,
         job_ids: config.job_ids.clone(),
         sandbox: SandboxConfig {
             tmp_size: config.file.tmp_size_bytes,

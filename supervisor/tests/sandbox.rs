@@ -170,7 +170,7 @@ async fn the_job_sees_a_read_only_host_and_its_own_directories() {
         owned,
     ]
     .into_iter()
-    .chain(["0".to_owned(), "jobworker-super".to_owned()])
+    .chain(["0".to_owned(), "jobworker-init".to_owned()])
     .chain(std::iter::repeat_n("Read-only file system".to_owned(), 7))
     .chain([
         "lock".into(),

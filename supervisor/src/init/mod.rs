@@ -1,6 +1,7 @@
 //! The job's init: pid 1 of the job's namespaces, exec'd by the supervisor
-//! right after clone3 (as `jobworker-supervisor init`). It is single-threaded
-//! and owes the supervisor nothing once the command runs:
+//! right after clone3 (the `jobworker-init` binary, installed beside the
+//! supervisor: small, so that its exec is cheap). It is single-threaded and
+//! owes the supervisor nothing once the command runs:
 //!
 //! 1. reads its [`InitSpec`] from the control socket at fd 3;
 //! 2. builds the job's sandbox ([`sandbox`]): the host's tree read-only
@@ -56,7 +57,7 @@ pub fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("jobworker-supervisor init: {message}");
+            eprintln!("jobworker-init: {message}");
             ExitCode::FAILURE
         }
     }
@@ -123,7 +124,7 @@ fn run() -> Result<(), String> {
 /// in some containers), the init runs unexempted.
 fn exempt_from_the_oom_killer() {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        eprintln!("jobworker-supervisor init: cannot exempt the init from the OOM killer: {e}");
+        eprintln!("jobworker-init: cannot exempt the init from the OOM killer: {e}");
     }
 }
 

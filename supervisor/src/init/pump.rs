@@ -61,7 +61,7 @@ impl Sink {
                 Ok(()) => self.written += keep as u64,
                 Err(e) => {
                     eprintln!(
-                        "jobworker-supervisor init: writing the output log: {e}; \
+                        "jobworker-init: writing the output log: {e}; \
                          output is dropped from here on"
                     );
                     self.failed = true;

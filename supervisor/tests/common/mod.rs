@@ -57,7 +57,7 @@ impl TestEngine {
         let state = tempfile::tempdir().expect("state dir");
         let mut config = EngineConfig {
             state_dir: state.path().to_path_buf(),
-            init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-supervisor")),
+            init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-init")),
             job_ids: JobIds::PerJob {
                 range: JOB_UIDS,
                 excluded: Default::default(),
