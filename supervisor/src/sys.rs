@@ -3,9 +3,12 @@
 //! calls safely:
 //!
 //! - [`clone_init`]: clone3 straight into a job's cgroup and new namespaces,
-//!   then exec the job's init. The child of a clone in the multithreaded
-//!   supervisor runs only raw system calls on memory prepared before the
-//!   clone: no allocation, no locks, no logging.
+//!   then exec the job's init. On x86_64 the child shares the supervisor's
+//!   memory until its exec (`CLONE_VM | CLONE_VFORK`, as posix_spawn does),
+//!   on a stack of its own: no copy of the multithreaded supervisor's page
+//!   tables, no copy-on-write faults and TLB shootdowns after it. The child
+//!   runs only raw system calls on memory prepared before the clone, with
+//!   every signal blocked: no allocation, no locks, no logging, no handler.
 //! - [`spawn_sharing_memory`]: the job's init starting the command (a
 //!   vfork-like clone; the init is single-threaded).
 //! - [`loopback_up`]: the `SIOCSIFFLAGS` ioctl that brings `lo` up.
@@ -64,12 +67,17 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
 }
 
+/// The stack of [`clone_init`]'s child while it shares the supervisor's
+/// memory: it makes a few raw system calls and execs.
+const CHILD_STACK: usize = 64 << 10;
+
 /// Clones a child directly into the cgroup `cgroup` (no moment outside it)
 /// and into new pid, mount, network, uts, ipc and cgroup namespaces (the
 /// job's cgroup is the root of the latter); the child puts
-/// `control` at fd [`INIT_CONTROL_FD`], clears its signal mask and execs
-/// `program` with `argv` and `envp`. If the exec fails, the child exits with
-/// status 127.
+/// `control` at fd [`INIT_CONTROL_FD`] and execs `program` with `argv` and
+/// `envp`, with every signal blocked (the init sets its own mask). If the
+/// exec fails, the child exits with status 127. The calling thread waits
+/// until the child has exec'd or exited.
 ///
 /// All memory the child touches is prepared here before the clone.
 pub fn clone_init(
@@ -83,31 +91,139 @@ pub fn clone_init(
     let cgroup_fd =
         u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     let mut pidfd: RawFd = -1;
+    let mut stack = vec![0_u8; CHILD_STACK];
     let args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP | NAMESPACES,
+        flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP | NAMESPACES | SHARE_UNTIL_EXEC,
         pidfd: &raw mut pidfd as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup_fd,
         ..CloneArgs::default()
     };
-    // SAFETY: clone3 with no stack behaves like fork: the child continues on
-    // a copy of this thread's stack. `args` is a valid clone_args of the size
-    // we pass. In the child, only async-signal-safe raw system calls run, on
-    // memory prepared above (`exec`), and the child never returns from
-    // `exec.run_in_child()`: it execs or _exits.
+    let pid = with_signals_blocked(|| clone3_exec(args, &mut stack, &exec))?;
+    // SAFETY: with CLONE_PIDFD, a successful clone3 stored a new pidfd that
+    // nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Spawned { pid, pidfd })
+}
+
+/// The clone flags that make [`clone_init`]'s child share the
+/// supervisor's memory until its exec, where [`clone3_exec`] supports it.
+#[cfg(target_arch = "x86_64")]
+const SHARE_UNTIL_EXEC: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+#[cfg(not(target_arch = "x86_64"))]
+const SHARE_UNTIL_EXEC: u64 = 0;
+
+/// Runs `f` with every signal blocked in the calling thread (glibc's own
+/// two included: the raw system call), then restores the thread's mask.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask reads one 8-byte mask (the kernel's sigset_t)
+    // and writes one, both valid for the call; blocking signals in this
+    // thread is always sound.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const all,
+            &raw mut old,
+            8usize,
+        );
+    }
+    let result = f();
+    // SAFETY: as above, restoring the mask read then.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const old,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+    result
+}
+
+/// The child's pid of a clone3 that returned `ret` (negated errno on
+/// failure).
+fn clone3_result(ret: libc::c_long) -> io::Result<u32> {
+    if ret < 0 {
+        let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    u32::try_from(ret).map_err(|_| io::Error::other("clone3 returned a bad pid"))
+}
+
+/// clone3 with `args`, the child running [`InitExec::run_in_child`] on
+/// `stack` (it shares this process's memory, and this thread waits until it
+/// has exec'd or exited: `CLONE_VM | CLONE_VFORK`). Returns the child's pid.
+#[cfg(target_arch = "x86_64")]
+fn clone3_exec(mut args: CloneArgs, stack: &mut [u8], exec: &InitExec<'_>) -> io::Result<u32> {
+    extern "C" fn child(exec: *const InitExec<'_>) -> ! {
+        // SAFETY: `exec` points at the parent's InitExec, alive and
+        // unchanged while the parent is suspended (CLONE_VFORK); we are
+        // the child of the clone3 below, and call this once.
+        unsafe { (*exec).run_in_child() }
+    }
+    // The stack's top, aligned to 16 bytes as the ABI wants before a call.
+    let base = stack.as_mut_ptr() as u64;
+    let top = (base + stack.len() as u64) & !15;
+    args.stack = base;
+    args.stack_size = top - base;
+    let ret: libc::c_long;
+    // SAFETY: `args` is a valid clone_args of the size passed, its stack
+    // ours and unused until the child is done with it (this thread is
+    // suspended until the child execs or exits). The child starts on that
+    // stack with the registers of the syscall: it calls `child` with
+    // `exec` (kept in r12 and r13, which the syscall preserves) and never
+    // returns; the parent goes on past label 2 with rax = the result.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &raw const args,
+            in("rsi") size_of::<CloneArgs>(),
+            in("r12") exec as *const InitExec<'_>,
+            in("r13") child as extern "C" fn(*const InitExec<'_>) -> !,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    clone3_result(ret)
+}
+
+/// clone3 with `args` like fork (no stack: the child continues on a copy of
+/// this thread's stack) and the child running
+/// [`InitExec::run_in_child`]; for the architectures [`clone3_exec`]'s
+/// shared-memory form does not cover.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone3_exec(args: CloneArgs, _stack: &mut [u8], exec: &InitExec<'_>) -> io::Result<u32> {
+    // SAFETY: clone3 with no stack behaves like fork: the child continues
+    // on a copy of this thread's stack. `args` is a valid clone_args of the
+    // size we pass. In the child, only async-signal-safe raw system calls
+    // run, on memory prepared before (`exec`), and the child never returns
+    // from `exec.run_in_child()`: it execs or _exits.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
     if ret == 0 {
         // SAFETY: we are the child of the clone3 above, and call this once.
         unsafe { exec.run_in_child() }
     }
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let pid = u32::try_from(ret).map_err(|_| io::Error::other("clone3 returned a bad pid"))?;
-    // SAFETY: with CLONE_PIDFD, a successful clone3 stored a new pidfd that
-    // nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok(Spawned { pid, pidfd })
+    clone3_result(if ret < 0 {
+        -libc::c_long::from(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL),
+        )
+    } else {
+        ret
+    })
 }
 
 /// Everything the child of [`clone_init`] uses between clone3 and exec,
@@ -116,8 +232,6 @@ pub fn clone_init(
 struct InitExec<'a> {
     /// The control socket, to put at [`INIT_CONTROL_FD`].
     control_fd: RawFd,
-    /// An empty signal mask.
-    empty_mask: libc::sigset_t,
     /// The program to exec.
     program: &'a CStr,
     /// `argv`'s pointers, NULL-terminated.
@@ -141,16 +255,8 @@ impl<'a> InitExec<'a> {
         let argv = null_terminated(argv);
         let envp = null_terminated(envp);
         let control_fd = control.as_raw_fd();
-        // SAFETY: sigset_t is plain data; an all-zero value is a valid (empty)
-        // set, and sigemptyset makes that explicit.
-        let empty_mask = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            set
-        };
         Self {
             control_fd,
-            empty_mask,
             program,
             argv,
             envp,
@@ -159,12 +265,11 @@ impl<'a> InitExec<'a> {
     }
 
     /// The child's part of [`clone_init`]: puts the control socket at
-    /// [`INIT_CONTROL_FD`], clears the signal mask and execs the program, or
-    /// exits with 127 if the exec fails. Raw system calls only, on `self`
-    /// (prepared before the clone): nothing allocates, takes a lock, logs or
-    /// drops anything. Inlined, so that the child's path from clone3 to exec
-    /// stays in `clone_init`'s frame (a call would be sound too: the child
-    /// runs on its own copy of the stack).
+    /// [`INIT_CONTROL_FD`] and execs the program (signals stay blocked: the
+    /// init sets its own mask), or exits with 127 if the exec fails. Raw
+    /// system calls only, on `self` (prepared before the clone, and left
+    /// unchanged: the parent may share this memory): nothing allocates,
+    /// takes a lock, logs or drops anything.
     ///
     /// # Safety
     ///
@@ -181,13 +286,6 @@ impl<'a> InitExec<'a> {
             } else {
                 libc::syscall(libc::SYS_dup3, self.control_fd, INIT_CONTROL_FD, 0);
             }
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &raw const self.empty_mask,
-                std::ptr::null::<libc::sigset_t>(),
-                8usize, // the kernel's sigset_t: 64 signals
-            );
             libc::syscall(
                 libc::SYS_execve,
                 self.program.as_ptr(),

@@ -78,7 +78,8 @@ fn run() -> Result<(), String> {
         handoff::read_message(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
 
     let signals = handled_signals();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+    // Exactly these: the supervisor execs the init with every signal blocked.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signals), None)
         .map_err(|e| format!("blocking signals: {e}"))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("creating the signalfd: {e}"))?;
