@@ -69,6 +69,7 @@ pub struct Spawned {
 
 /// The stack of [`clone_init`]'s child while it shares the supervisor's
 /// memory: it makes a few raw system calls and execs.
+#[cfg(target_arch = "x86_64")]
 const CHILD_STACK: usize = 64 << 10;
 
 /// Clones a child directly into the cgroup `cgroup` (no moment outside it)
@@ -91,7 +92,6 @@ pub fn clone_init(
     let cgroup_fd =
         u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     let mut pidfd: RawFd = -1;
-    let mut stack = vec![0_u8; CHILD_STACK];
     let args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP | NAMESPACES | SHARE_UNTIL_EXEC,
         pidfd: &raw mut pidfd as u64,
@@ -99,7 +99,7 @@ pub fn clone_init(
         cgroup: cgroup_fd,
         ..CloneArgs::default()
     };
-    let pid = with_signals_blocked(|| clone3_exec(args, &mut stack, &exec))?;
+    let pid = with_signals_blocked(|| clone3_exec(args, &exec))?;
     // SAFETY: with CLONE_PIDFD, a successful clone3 stored a new pidfd that
     // nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -114,35 +114,49 @@ const SHARE_UNTIL_EXEC: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
 const SHARE_UNTIL_EXEC: u64 = 0;
 
 /// Runs `f` with every signal blocked in the calling thread (glibc's own
-/// two included: the raw system call), then restores the thread's mask.
-fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+/// two included: the raw system call), then restores the thread's mask,
+/// also if `f` panics. Fails if the mask cannot be set (nothing runs then).
+fn with_signals_blocked<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    /// Puts the thread's mask back when dropped.
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: as in `with_signals_blocked`, restoring the mask it read.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &raw const self.0,
+                    std::ptr::null_mut::<u64>(),
+                    KERNEL_SIGSET_SIZE,
+                );
+            }
+        }
+    }
     let all: u64 = !0;
     let mut old: u64 = 0;
-    // SAFETY: rt_sigprocmask reads one 8-byte mask (the kernel's sigset_t)
-    // and writes one, both valid for the call; blocking signals in this
-    // thread is always sound.
-    unsafe {
+    // SAFETY: rt_sigprocmask reads one mask of the kernel's sigset size and
+    // writes one, both valid for the call; blocking signals in this thread
+    // is always sound.
+    let ret = unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
             &raw const all,
             &raw mut old,
-            8usize,
-        );
+            KERNEL_SIGSET_SIZE,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
     }
-    let result = f();
-    // SAFETY: as above, restoring the mask read then.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &raw const old,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
-    }
-    result
+    let _restore = Restore(old);
+    f()
 }
+
+/// The kernel's `sigset_t` (64 signals) on the architectures the supervisor
+/// is built for (x86_64, aarch64).
+const KERNEL_SIGSET_SIZE: usize = 8;
 
 /// The child's pid of a clone3 that returned `ret` (negated errno on
 /// failure).
@@ -154,17 +168,21 @@ fn clone3_result(ret: libc::c_long) -> io::Result<u32> {
     u32::try_from(ret).map_err(|_| io::Error::other("clone3 returned a bad pid"))
 }
 
-/// clone3 with `args`, the child running [`InitExec::run_in_child`] on
-/// `stack` (it shares this process's memory, and this thread waits until it
-/// has exec'd or exited: `CLONE_VM | CLONE_VFORK`). Returns the child's pid.
+/// clone3 with `args`, the child running [`InitExec::run_in_child`] on a
+/// stack of its own (it shares this process's memory, and this thread waits
+/// until it has exec'd or exited: `CLONE_VM | CLONE_VFORK`). Returns the
+/// child's pid.
 #[cfg(target_arch = "x86_64")]
-fn clone3_exec(mut args: CloneArgs, stack: &mut [u8], exec: &InitExec<'_>) -> io::Result<u32> {
+fn clone3_exec(mut args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
     extern "C" fn child(exec: *const InitExec<'_>) -> ! {
         // SAFETY: `exec` points at the parent's InitExec, alive and
         // unchanged while the parent is suspended (CLONE_VFORK); we are
         // the child of the clone3 below, and call this once.
         unsafe { (*exec).run_in_child() }
     }
+    // The child needs well under 1 KiB of it (a few calls into libc's
+    // syscall wrapper, then execve); it has no guard page.
+    let mut stack = vec![0_u8; CHILD_STACK];
     // The stack's top, aligned to 16 bytes as the ABI wants before a call.
     let base = stack.as_mut_ptr() as u64;
     let top = (base + stack.len() as u64) & !15;
@@ -196,6 +214,7 @@ fn clone3_exec(mut args: CloneArgs, stack: &mut [u8], exec: &InitExec<'_>) -> io
             options(nostack),
         );
     }
+    drop(stack);
     clone3_result(ret)
 }
 
@@ -204,7 +223,7 @@ fn clone3_exec(mut args: CloneArgs, stack: &mut [u8], exec: &InitExec<'_>) -> io
 /// [`InitExec::run_in_child`]; for the architectures [`clone3_exec`]'s
 /// shared-memory form does not cover.
 #[cfg(not(target_arch = "x86_64"))]
-fn clone3_exec(args: CloneArgs, _stack: &mut [u8], exec: &InitExec<'_>) -> io::Result<u32> {
+fn clone3_exec(args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
     // SAFETY: clone3 with no stack behaves like fork: the child continues
     // on a copy of this thread's stack. `args` is a valid clone_args of the
     // size we pass. In the child, only async-signal-safe raw system calls
@@ -267,9 +286,11 @@ impl<'a> InitExec<'a> {
     /// The child's part of [`clone_init`]: puts the control socket at
     /// [`INIT_CONTROL_FD`] and execs the program (signals stay blocked: the
     /// init sets its own mask), or exits with 127 if the exec fails. Raw
-    /// system calls only, on `self` (prepared before the clone, and left
-    /// unchanged: the parent may share this memory): nothing allocates,
-    /// takes a lock, logs or drops anything.
+    /// system calls only, on `self` (prepared before the clone): nothing
+    /// allocates, takes a lock, logs or drops anything. The only memory it
+    /// writes is errno (libc's wrapper sets it when a call fails), which in
+    /// shared memory is the suspended parent thread's, and which the parent
+    /// does not read.
     ///
     /// # Safety
     ///

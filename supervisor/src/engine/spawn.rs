@@ -94,8 +94,10 @@ pub struct Handoff {
 }
 
 /// Writes `spec` into a new control socket and clones the init of a job into
-/// `cgroup` with the other end. Blocks (briefly: nothing here waits for the
-/// init).
+/// `cgroup` with the other end. Blocks until the init's exec (the child
+/// shares the supervisor's memory until then: see [`sys::clone_init`]),
+/// about a millisecond; a child frozen before its exec (a frozen cgroup
+/// subtree) holds the calling engine thread.
 pub fn clone(
     init_program: &Path,
     cgroup: &JobCgroup,
