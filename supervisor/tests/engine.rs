@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{JOB_UIDS, TestEngine, read_all, spec};
+use common::{JOB_UIDS, TestEngine, drain, read_all, spec};
 use jobworker_ipc::{IpcError, JobState, Termination};
 use jobworker_supervisor::handoff::BindPath;
 
@@ -272,14 +272,7 @@ async fn concurrent_readers_get_identical_bytes() {
     for reader in readers {
         results.push(reader.await.unwrap());
     }
-    let log = std::fs::read(
-        t.state
-            .path()
-            .join("jobs")
-            .join(job.id.to_string())
-            .join("output.log"),
-    )
-    .unwrap();
+    let log = t.output_log(&job);
     assert_eq!(log.len(), 50 << 20);
     for (len, h, end) in &results {
         assert_eq!(*len, log.len());
@@ -566,26 +559,10 @@ async fn followers_share_the_tail_and_a_slow_one_catches_up_from_the_log() {
         .collect();
     // Attached now, read only once the job has written more than the tail
     // keeps.
-    let mut slow = t.engine.output(job.id, 0, true).unwrap();
+    let slow = t.engine.output(job.id, 0, true).unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut slow_bytes = Vec::new();
-    while let Some(chunk) = slow.next().await.unwrap() {
-        match chunk {
-            jobworker_supervisor::engine::Chunk::Data { offset, bytes } => {
-                assert_eq!(offset, slow_bytes.len() as u64, "contiguous");
-                slow_bytes.extend_from_slice(&bytes);
-            }
-            jobworker_supervisor::engine::Chunk::End(_) => break,
-        }
-    }
-    let log = std::fs::read(
-        t.state
-            .path()
-            .join("jobs")
-            .join(job.id.to_string())
-            .join("output.log"),
-    )
-    .unwrap();
+    let (slow_bytes, _) = drain(slow, 0).await;
+    let log = t.output_log(&job);
     assert!(log.len() as u64 > big && log.ends_with(b"\nend\n"));
     assert!(
         slow_bytes == log,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jobworker_ipc::{Args, Command, Env, JobInfo, JobSpec, Limits, Owner, UserName};
 use jobworker_supervisor::cgroup::{self, CgroupTree};
 use jobworker_supervisor::engine::uids::JobIds;
-use jobworker_supervisor::engine::{Chunk, Engine, EngineConfig, SandboxConfig};
+use jobworker_supervisor::engine::{Chunk, Engine, EngineConfig, OutputStream, SandboxConfig};
 
 /// The uids jobs get in tests: the default range.
 pub const JOB_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
@@ -123,6 +123,17 @@ impl TestEngine {
             .await
     }
 
+    /// The job's output log as it is on disk.
+    pub fn output_log(&self, job: &JobInfo) -> Vec<u8> {
+        let path = self
+            .state
+            .path()
+            .join("jobs")
+            .join(job.id.to_string())
+            .join("output.log");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
     /// Reads a job's whole output (following it to its end) and its final
     /// status.
     pub async fn output(&self, job: &JobInfo) -> (Vec<u8>, JobInfo) {
@@ -144,7 +155,16 @@ pub fn spec(command: &str, args: &[&str]) -> JobSpec {
 
 /// Follows a job's output from `offset` to its end.
 pub async fn read_all(engine: &Engine, job: &JobInfo, offset: u64) -> (Vec<u8>, JobInfo) {
-    let mut stream = engine.output(job.id, offset, true).expect("output stream");
+    drain(
+        engine.output(job.id, offset, true).expect("output stream"),
+        offset,
+    )
+    .await
+}
+
+/// Reads `stream`, which starts at `offset`, to its end: the bytes, checked
+/// to be contiguous, and the final status.
+pub async fn drain(mut stream: OutputStream, offset: u64) -> (Vec<u8>, JobInfo) {
     let mut bytes = Vec::new();
     let mut expected = offset;
     loop {

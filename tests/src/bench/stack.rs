@@ -1,9 +1,10 @@
 //! The system under test for the bench: the fixture's [`Stack`] (see
 //! [`crate::fixture`]) with a client certificate for [`USER`], and what the
-//! figures measure it with: following a job's output over gRPC, and the
-//! memory and CPU time of the stack's processes from `/proc`.
+//! figures measure it with: following a job's output over gRPC (one client, or
+//! many followers), and the memory and CPU time of the stack's processes from
+//! `/proc`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -60,6 +61,74 @@ pub async fn follow(
         }
     }
     bail!("the stream of job {job_id} ended without its last message")
+}
+
+/// Followers of one job, each on its own mTLS connection.
+pub struct Followers {
+    tasks: Vec<tokio::task::JoinHandle<Result<u64>>>,
+}
+
+impl Followers {
+    /// Starts `n` followers of job `id` from `offset` and returns once each
+    /// has received its first message (within 60 s).
+    pub async fn start(stack: &Stack, id: &str, n: usize, offset: u64) -> Result<Self> {
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut client = stack.client(USER).await?;
+            let (id, ready) = (id.to_owned(), ready_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut stream = client
+                    .stream_output(v1::StreamOutputRequest {
+                        job_id: id,
+                        offset,
+                        follow: Some(true),
+                    })
+                    .await?
+                    .into_inner();
+                let mut bytes = 0_u64;
+                let mut told = false;
+                while let Some(chunk) = stream.message().await? {
+                    if !told {
+                        let _ = ready.send(()).await;
+                        told = true;
+                    }
+                    match chunk.kind {
+                        Some(v1::output_chunk::Kind::Output(out)) => {
+                            bytes += out.data.len() as u64;
+                        }
+                        Some(v1::output_chunk::Kind::End(_)) => break,
+                        None => {}
+                    }
+                }
+                anyhow::Ok(bytes)
+            }));
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+                .await
+                .context("the followers did not all receive output within 60 s")?;
+        }
+        Ok(Self { tasks })
+    }
+
+    /// Stops job `id` through `control` and waits until every follower's
+    /// stream has ended; the bytes they received in all.
+    pub async fn stop_job(self, control: &mut JobServiceClient<Channel>, id: &str) -> Result<u64> {
+        control
+            .stop_job(v1::StopJobRequest {
+                job_id: id.to_owned(),
+                grace_period: None,
+            })
+            .await
+            .context("StopJob")?;
+        let mut bytes = 0;
+        for task in self.tasks {
+            bytes += task.await??;
+        }
+        Ok(bytes)
+    }
 }
 
 /// The resident memory of a process in bytes (VmRSS of /proc/<pid>/status).

@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use jobworker_proto::v1;
 
 use crate::bench::Options;
 use crate::bench::report::{Report, Unit};
@@ -76,55 +75,10 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         .join("jobs")
         .join(&id)
         .join("output.log");
-    let mut followers = Vec::new();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
-    for _ in 0..n {
-        let mut client = stack.client(USER).await?;
-        let (id, ready) = (id.clone(), ready_tx.clone());
-        let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
-        followers.push(tokio::spawn(async move {
-            let mut stream = client
-                .stream_output(v1::StreamOutputRequest {
-                    job_id: id,
-                    offset,
-                    follow: Some(true),
-                })
-                .await?
-                .into_inner();
-            let mut bytes = 0_u64;
-            let mut told = false;
-            while let Some(chunk) = stream.message().await? {
-                match chunk.kind {
-                    Some(v1::output_chunk::Kind::Output(out)) => bytes += out.data.len() as u64,
-                    Some(v1::output_chunk::Kind::End(_)) => break,
-                    None => {}
-                }
-                if !told {
-                    let _ = ready.send(()).await;
-                    told = true;
-                }
-            }
-            anyhow::Ok(bytes)
-        }));
-    }
-    drop(ready_tx);
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-            .await
-            .context("the followers did not all receive output within 60 s")?;
-    }
+    let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let followers = stack::Followers::start(&stack, &id, n, offset).await?;
     let (sup, gw, threads_n) = reading(&stack).await?;
-    control
-        .stop_job(v1::StopJobRequest {
-            job_id: id,
-            grace_period: None,
-        })
-        .await
-        .context("StopJob")?;
-    let mut delivered = 0;
-    for follower in followers {
-        delivered += follower.await??;
-    }
+    let delivered = followers.stop_job(&mut control, &id).await?;
     let what = "a job printing a 1,500-byte line every ~10 ms";
     let rows = [
         (

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use jobworker_proto::v1;
 
 use crate::bench::Options;
 use crate::bench::report::{Report, Unit};
@@ -151,40 +150,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         .context("StartJob")?
         .into_inner()
         .job_id;
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
-    let mut followers = Vec::new();
-    for _ in 0..streams {
-        let mut client = stack.client(USER).await?;
-        let id = id.clone();
-        let ready = ready_tx.clone();
-        followers.push(tokio::spawn(async move {
-            let mut stream = client
-                .stream_output(v1::StreamOutputRequest {
-                    job_id: id,
-                    offset: 0,
-                    follow: Some(true),
-                })
-                .await?
-                .into_inner();
-            let mut told = false;
-            while let Some(chunk) = stream.message().await? {
-                if !told {
-                    let _ = ready.send(()).await;
-                    told = true;
-                }
-                if matches!(chunk.kind, Some(v1::output_chunk::Kind::End(_))) {
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    drop(ready_tx);
-    for _ in 0..streams {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-            .await
-            .context("the streams did not all start within 60 s")?;
-    }
+    let followers = stack::Followers::start(&stack, &id, streams, 0).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     add_rss(
         report,
@@ -195,16 +161,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
             format!("gateway VmRSS, {streams} concurrent streams ({streams} mTLS connections)"),
         ),
     )?;
-    control
-        .stop_job(v1::StopJobRequest {
-            job_id: id,
-            grace_period: None,
-        })
-        .await
-        .context("StopJob")?;
-    for follower in followers {
-        follower.await??;
-    }
+    followers.stop_job(&mut control, &id).await?;
     drop(stack);
     Ok(())
 }
