@@ -194,7 +194,7 @@ impl Supervisor {
         Ok(response)
     }
 
-    /// Opens a `StreamOutput` call on a connection of its own.
+    /// Opens a `StreamOutput` call on a connection it keeps for its life.
     pub async fn stream(
         &self,
         identity: &Identity,
@@ -206,7 +206,13 @@ impl Supervisor {
                 .map_err(|_| SupervisorError::Busy {
                     max: self.limits.max_output_streams,
                 })?;
-        let stream = self.connect().await?.stream_as(identity, request).await?;
+        // An idle connection when there is one (the one a StartJob just
+        // used, typically): no connect and handshake before the first byte.
+        let conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let stream = conn.stream_as(identity, request).await?;
         Ok(OutputStream {
             stream,
             _slot: slot,

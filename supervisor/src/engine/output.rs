@@ -235,7 +235,9 @@ impl OutputStream {
             self.changes.borrow_and_update();
             let ended = self.job.is_ended();
             if self.follow && !ended && !self.attached {
+                // It may have read from this stream's offset: look again.
                 self.attach().await?;
+                continue;
             }
             match self.job.tail.place(self.offset) {
                 Place::Kept(bytes) => return Ok(Some(self.data(bytes))),
@@ -282,7 +284,8 @@ impl OutputStream {
     }
 
     /// Joins the job's followers, setting up its tail if this is the first
-    /// (the log's end found on the engine's threads).
+    /// (the log's end found on the engine's threads, and in the same trip
+    /// the log read from this stream's offset, into `pending`).
     async fn attach(&mut self) -> std::io::Result<()> {
         self.attached = true;
         let first = {
@@ -290,13 +293,19 @@ impl OutputStream {
             state.followers += 1;
             state.log.is_none()
         };
-        if first {
-            let job = Arc::clone(&self.job);
-            self.workers
-                .run(move || set_up_tail(&job))
-                .await
-                .map_err(std::io::Error::other)??;
+        if !first {
+            return Ok(());
         }
+        let (job, opened, offset) = (Arc::clone(&self.job), self.file.clone(), self.offset);
+        let read = self
+            .workers
+            .run(move || {
+                set_up_tail(&job)?;
+                read_log(opened, &job.output_path(), offset)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+        self.keep_read(read);
         Ok(())
     }
 
@@ -306,32 +315,50 @@ impl OutputStream {
         let (opened, path, offset) = (self.file.clone(), self.job.output_path(), self.offset);
         let read = self
             .workers
-            .run(move || {
-                let file = match opened {
-                    Some(file) => file,
-                    None => match File::open(path) {
-                        Ok(file) => Arc::new(file),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                        Err(e) => return Err(e),
-                    },
-                };
-                let bytes = read_at(&file, offset, CATCH_UP_READ)?;
-                Ok(Some((file, bytes)))
-            })
+            .run(move || read_log(opened, &path, offset))
             .await
             .map_err(std::io::Error::other)??;
-        let Some((file, Some(bytes))) = read else {
-            return Ok(false);
+        Ok(self.keep_read(read))
+    }
+
+    /// Keeps what [`read_log`] read (the log, and its bytes in chunks of at
+    /// most [`MAX_OUTPUT_CHUNK`]); says whether any bytes came.
+    fn keep_read(&mut self, read: Option<(Arc<File>, Option<Bytes>)>) -> bool {
+        let Some((file, bytes)) = read else {
+            return false;
         };
         self.file = Some(file);
+        let Some(bytes) = bytes else {
+            return false;
+        };
         let mut at = 0;
         while at < bytes.len() {
             let to = bytes.len().min(at + MAX_OUTPUT_CHUNK);
             self.pending.push_back(bytes.slice(at..to));
             at = to;
         }
-        Ok(true)
+        true
     }
+}
+
+/// Up to [`CATCH_UP_READ`] bytes of the log at `path` (`opened` already, or
+/// opened now) from `offset`, with the open log; `None` if there is no log.
+/// Blocks.
+fn read_log(
+    opened: Option<Arc<File>>,
+    path: &std::path::Path,
+    offset: u64,
+) -> std::io::Result<Option<(Arc<File>, Option<Bytes>)>> {
+    let file = match opened {
+        Some(file) => file,
+        None => match File::open(path) {
+            Ok(file) => Arc::new(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        },
+    };
+    let bytes = read_at(&file, offset, CATCH_UP_READ)?;
+    Ok(Some((file, bytes)))
 }
 
 impl Drop for OutputStream {
