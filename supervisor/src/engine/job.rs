@@ -7,7 +7,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 use jobworker_ipc::{
     Args, Command, EnforcedLimits, JobId, JobInfo, JobState, Limits, Owner, RequestId, Termination,
@@ -218,9 +218,6 @@ pub struct Job {
     /// Held while the record is built and written, so that the last write
     /// holds the latest status.
     persisting: Mutex<()>,
-    /// The bytes its directory takes, once it has ended (it no longer
-    /// changes then), so that retention measures each job once.
-    pub ended_size: OnceLock<u64>,
     /// Nothing of the ended job is left but its directory: its cgroup is
     /// removed and its record written.
     cleaned_up: AtomicBool,
@@ -242,7 +239,6 @@ impl Job {
             status: Mutex::new(status),
             changed: watch::channel(0).0,
             persisting: Mutex::new(()),
-            ended_size: OnceLock::new(),
             cleaned_up,
         }
     }

@@ -175,8 +175,8 @@ pub struct Engine {
     /// Held across a start that carries a request id, so that two retries of
     /// one request cannot both start a job.
     idempotency: tokio::sync::Mutex<()>,
-    /// Held through a pass of retention.
-    retaining: Mutex<()>,
+    /// The ended jobs retention may remove.
+    retention: Mutex<retention::Index>,
 }
 
 impl Engine {
@@ -230,7 +230,7 @@ impl Engine {
             uid_pool,
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
-            retaining: Mutex::new(()),
+            retention: Mutex::new(retention::Index::default()),
         }))
     }
 

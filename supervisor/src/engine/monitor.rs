@@ -90,7 +90,7 @@ impl Engine {
     fn finish_clean_up(self: &Arc<Self>, job: &Arc<Job>) {
         self.release_if_nothing_left(job);
         job.set_cleaned_up();
-        self.enforce_retention_in_background();
+        self.retain_ended(job);
     }
 }
 

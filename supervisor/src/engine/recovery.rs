@@ -134,6 +134,7 @@ impl Engine {
                 if job.cgroup.path().exists() {
                     let _ = job.cgroup.destroy(Duration::from_secs(10));
                 }
+                self.index_recovered(&job);
                 self.jobs().insert(id, job);
                 Ok(Kind::Ended)
             }
