@@ -147,8 +147,16 @@ async fn serve(
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "telling systemd we are ready");
     }
-    let ctx = Arc::new(Context { config, engine });
+    let ctx = Arc::new(Context {
+        config,
+        engine: Arc::clone(&engine),
+    });
     service::serve(listener, ctx, shutdown_signal()).await;
+    // A host that goes down right after a clean stop loses no record change.
+    let flushing = Arc::clone(&engine);
+    if let Err(e) = tokio::task::spawn_blocking(move || flushing.flush_records()).await {
+        tracing::error!(error = %e, "making the job records durable");
+    }
     tracing::info!("shutting down; running jobs go on and are re-adopted at the next start");
     Ok(())
 }

@@ -234,6 +234,11 @@ impl Engine {
         }))
     }
 
+    /// Waits until every record written so far is durable. Blocks.
+    pub fn flush_records(&self) {
+        self.records.flush();
+    }
+
     /// How long the engine has run.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()

@@ -145,12 +145,23 @@ fn read_tail(job: &Job) {
                 }
             }
         };
-        while let Ok(Some(bytes)) = read_at(&file, end, MAX_OUTPUT_CHUNK) {
-            end += bytes.len() as u64;
-            if !keep(job, bytes, end, generation) {
-                break;
+        loop {
+            match read_at(&file, end, MAX_OUTPUT_CHUNK) {
+                Ok(Some(bytes)) => {
+                    end += bytes.len() as u64;
+                    if !keep(job, bytes, end, generation) {
+                        break;
+                    }
+                    job.notify();
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The next growth tries again; at the job's end its
+                    // followers read the rest of the log themselves.
+                    tracing::warn!(job = %job.spec.id, error = %e, "reading the output log for its followers");
+                    break;
+                }
             }
-            job.notify();
         }
     }
 }
