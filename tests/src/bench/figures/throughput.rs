@@ -128,8 +128,12 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     for &clients in &options.throughput_clients {
         // The floor.
         let argv = floor.command(cgroup.path(), &["/bin/true"]);
+        // The floor's processes are this one's children: their CPU, all in.
+        let floor_cpu_before = stack::cpu_seconds(std::process::id())?.1;
         let (start, done, each) =
             tokio::task::spawn_blocking(move || floor_loops(&argv, clients, secs)).await??;
+        let floor_cpu_per_job = (stack::cpu_seconds(std::process::id())?.1 - floor_cpu_before)
+            / done.len().max(1) as f64;
         let floor_key = format!("tput.floor.c{clients}");
         report.add(
             f,
@@ -199,11 +203,14 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         let cpu = CpuReading::of(&stack)?.since(&cpu_before);
         let wall = start.elapsed().as_secs_f64();
         drop(stack);
+        let jobs = each.len().max(1) as f64;
         report.note(format!(
-            "throughput, {clients} clients: {} jobs in {wall:.1} s; {}; the bench's wall time over 2 CPUs = {:.2} ms of CPU per job available",
+            "throughput, {clients} clients: {} jobs in {wall:.1} s; {}; the floor, all in (its C program and /bin/true): {:.2} ms per job, so the jobs' inits take at least {:.2} ms per job beyond it (the floor's figure holds its clone3 of the namespaces, which the stack pays in the supervisor's time); the bench's wall time over 2 CPUs = {:.2} ms of CPU per job available",
             each.len(),
-            cpu.describe_per(each.len().max(1) as f64, "job"),
-            wall * 2e3 / each.len().max(1) as f64,
+            cpu.describe_per(jobs, "job"),
+            floor_cpu_per_job * 1e3,
+            (cpu.children / jobs - floor_cpu_per_job) * 1e3,
+            wall * 2e3 / jobs,
         ));
         report.add(f, &format!("tput.stack.c{clients}"), format!("stack: {clients} concurrent clients, StartJob(/bin/true) + follow to end, per 1 s window"), Unit::JobsPerSec, per_second(start, &done, secs), Some(&floor_key));
         report.add(
