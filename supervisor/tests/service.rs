@@ -729,3 +729,30 @@ async fn stopping_a_job_that_ended_before_a_restart_answers_at_once() {
         .expect("the stop answered within 5 s");
     assert_eq!(stopped.state, JobState::Finished);
 }
+
+/// Retries of one request that arrive while its start is still under way
+/// wait for it and get its job: one job, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_retried_during_its_start_gives_one_job() {
+    let d = Daemon::start("");
+    let mut retried = spec("sleep", &["1000"]);
+    retried.request_id = Some(RequestId::new("retry-during-start").unwrap());
+    let starts = (0..8).map(|_| d.local_job(Request::StartJob(retried.clone())));
+    let jobs = futures::future::join_all(starts).await;
+    assert!(
+        jobs.iter().all(|job| job.id == jobs[0].id),
+        "{:?}",
+        jobs.iter().map(|job| job.id).collect::<Vec<_>>()
+    );
+    let Response::Jobs { jobs: listed, .. } = d
+        .local(Request::ListJobs {
+            state: None,
+            limit: PageSize::DEFAULT,
+            after: None,
+        })
+        .await
+    else {
+        panic!("no list");
+    };
+    assert_eq!(listed.len(), 1);
+}
