@@ -485,17 +485,7 @@ async fn the_same_request_id_gives_one_job() {
     let first = d.local_job(Request::StartJob(retried.clone())).await;
     let second = d.local_job(Request::StartJob(retried)).await;
     assert_eq!(first.id, second.id);
-    let Response::Jobs { jobs, .. } = d
-        .local(Request::ListJobs {
-            state: None,
-            limit: PageSize::DEFAULT,
-            after: None,
-        })
-        .await
-    else {
-        panic!("no list");
-    };
-    assert_eq!(jobs.len(), 1);
+    assert_eq!(listed(&d).await.len(), 1);
 }
 
 #[test]
@@ -744,15 +734,5 @@ async fn a_request_id_retried_during_its_start_gives_one_job() {
         "{:?}",
         jobs.iter().map(|job| job.id).collect::<Vec<_>>()
     );
-    let Response::Jobs { jobs: listed, .. } = d
-        .local(Request::ListJobs {
-            state: None,
-            limit: PageSize::DEFAULT,
-            after: None,
-        })
-        .await
-    else {
-        panic!("no list");
-    };
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed(&d).await.len(), 1);
 }
