@@ -313,6 +313,7 @@ impl Connection {
                 state,
                 limit,
                 after,
+                labels: Default::default(),
             };
             match self.call(request, "listing jobs").await? {
                 Response::Jobs { jobs: page, next } => {

@@ -7,7 +7,7 @@
 //!   killed it). Ctrl-C stops the job (SIGTERM, the server's grace period,
 //!   then kill), prints the rest of its output and exits 130; a second
 //!   Ctrl-C exits 130 at once.
-//! - `stop [--grace 5s] ID`, `status ID`, `list [--state S]`.
+//! - `stop [--grace 5s] ID`, `status ID`, `list [--state S] [-l KEY=VALUE,...]`.
 //! - `logs [-f] [--offset N] ID` writes the output's raw bytes to stdout.
 //! - `completions bash|zsh|fish|...` prints a shell completion script.
 //!
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use jobworker_ipc::{JobInfo, JobState, Termination};
+use jobworker_ipc::{JobInfo, JobState, Labels, Termination};
 use jobworker_proto::v1;
 use jobworker_proto::v1::output_chunk::Kind;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -171,9 +171,31 @@ pub struct JobSpecArgs {
     /// A token that makes retries safe: the same token starts at most one job
     #[arg(long, value_name = "TOKEN")]
     pub request_id: Option<String>,
+    /// The longest the job may run (30s, 5m, 2h); then it is stopped as `stop` would.
+    /// The server's default (and maximum) applies when unset
+    #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// A label to find the job by (`list -l`); repeatable, or comma-separated
+    #[arg(
+        long = "label",
+        short = 'l',
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
     /// The command and its arguments (after `--`)
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Labels given as `KEY=VALUE` arguments, checked as the server checks them.
+fn labels_arg(
+    flag: &str,
+    pairs: &[String],
+) -> Result<std::collections::HashMap<String, String>, CliError> {
+    let labels = Labels::parse("labels", pairs.iter().map(String::as_str))
+        .map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
+    Ok(labels.as_map().clone().into_iter().collect())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -210,6 +232,8 @@ impl JobSpecArgs {
             working_dir: self.workdir.clone(),
             limits: Some(limits).filter(|l| *l != v1::Limits::default()),
             request_id: self.request_id.clone(),
+            timeout: self.timeout.map(jobworker_proto::convert::duration),
+            labels: labels_arg("--label", &self.labels)?,
         })
     }
 }
@@ -263,6 +287,14 @@ pub struct ListArgs {
     /// Only jobs in this state
     #[arg(long, value_parser = render::state_arg())]
     pub state: Option<JobState>,
+    /// Only jobs carrying these labels: -l team=build,env=ci (all must match)
+    #[arg(
+        long = "label",
+        short = 'l',
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
     /// Print the jobs as one JSON array
     #[arg(long)]
     pub json: bool,
@@ -317,10 +349,7 @@ async fn start_command(client: &mut Client, args: StartArgs) -> Result<(), CliEr
 
 async fn stop_command(client: &mut Client, args: StopArgs) -> Result<(), CliError> {
     let id = resolve_id(client, &args.id).await?;
-    let grace = args.grace.map(|d| prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    });
+    let grace = args.grace.map(jobworker_proto::convert::duration);
     let response = client
         .stop_job(v1::StopJobRequest {
             job_id: id.clone(),
@@ -358,7 +387,8 @@ async fn status_command(client: &mut Client, args: StatusArgs) -> Result<(), Cli
 }
 
 async fn list_command(client: &mut Client, args: ListArgs) -> Result<(), CliError> {
-    let jobs = list_all(client, args.state)
+    let selector = labels_arg("--label", &args.labels)?;
+    let jobs = list_all(client, args.state, &selector)
         .await?
         .into_iter()
         .map(read_job)
@@ -412,8 +442,13 @@ async fn start(client: &mut Client, spec: &JobSpecArgs) -> Result<String, CliErr
     Ok(response.job_id)
 }
 
-/// Every job the caller may see (in `state`, if given), all pages.
-async fn list_all(client: &mut Client, state: Option<JobState>) -> Result<Vec<v1::Job>, CliError> {
+/// Every job the caller may see (in `state`, if given, carrying every label
+/// of `selector`), all pages.
+async fn list_all(
+    client: &mut Client,
+    state: Option<JobState>,
+    selector: &std::collections::HashMap<String, String>,
+) -> Result<Vec<v1::Job>, CliError> {
     let mut jobs = Vec::new();
     let mut token = String::new();
     for _ in 0..MAX_PAGES {
@@ -422,6 +457,7 @@ async fn list_all(client: &mut Client, state: Option<JobState>) -> Result<Vec<v1
                 state: state.map(|s| v1::JobState::from(s).into()),
                 page_size: PAGE_SIZE,
                 page_token: token.clone(),
+                label_selector: selector.clone(),
             })
             .await
             .map_err(|s| rpc_error("listing jobs", &s))?
@@ -442,7 +478,7 @@ async fn resolve_id(client: &mut Client, arg: &str) -> Result<String, CliError> 
     match ids::parse(arg)? {
         IdArg::Full(id) => Ok(id),
         IdArg::Prefix(prefix) => {
-            let jobs = list_all(client, None).await?;
+            let jobs = list_all(client, None, &Default::default()).await?;
             ids::resolve(arg, &prefix, jobs.iter().map(|job| job.id.as_str()))
         }
     }

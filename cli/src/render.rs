@@ -435,6 +435,9 @@ pub(crate) mod tests {
             output_bytes: 0,
             output_truncated_bytes: 0,
             failure: None,
+            stop_reason: None,
+            timeout: None,
+            labels: Default::default(),
         }
     }
 
@@ -584,6 +587,9 @@ pub(crate) mod tests {
             output_bytes: 0,
             output_truncated_bytes: 0,
             failure: None,
+            stop_reason: None,
+            timeout: None,
+            labels: Default::default(),
         };
         let json = to_json(&info);
         assert_eq!(json["owner"], "local:root");

@@ -11,7 +11,7 @@
 use jobworker_ipc::types::MAX_GRACE_MS;
 use jobworker_ipc::{
     Args, Command, Env, EnvVar, ErrorCode, GraceMs, Invalid, IpcError, JobId, JobSpec, JobState,
-    ListCursor, PageSize, Request, RequestId, UnixMicros, WorkingDir,
+    Labels, ListCursor, PageSize, Request, RequestId, UnixMicros, WorkingDir,
 };
 use jobworker_proto::v1;
 use tonic::{Code, Status};
@@ -65,6 +65,12 @@ pub fn job_spec(request: v1::StartJobRequest) -> Result<JobSpec, Invalid> {
         working_dir: request.working_dir.map(WorkingDir::new).transpose()?,
         limits: request.limits.unwrap_or_default().try_into()?,
         request_id: request.request_id.map(RequestId::new).transpose()?,
+        timeout: request
+            .timeout
+            .as_ref()
+            .map(jobworker_proto::convert::timeout)
+            .transpose()?,
+        labels: Labels::new("labels", request.labels.into_iter().collect())?,
     })
 }
 
@@ -124,6 +130,10 @@ pub fn list_request(request: v1::ListJobsRequest) -> Result<Request, Invalid> {
         state,
         limit,
         after: parse_page_token(&request.page_token)?,
+        labels: Labels::new(
+            "label_selector",
+            request.label_selector.into_iter().collect(),
+        )?,
     })
 }
 
@@ -259,6 +269,33 @@ mod tests {
                 },
                 "request_id",
             ),
+            (
+                v1::StartJobRequest {
+                    labels: [("team".into(), "a b".into())].into(),
+                    ..start("ls")
+                },
+                "labels[\"team\"]",
+            ),
+            (
+                v1::StartJobRequest {
+                    timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                    ..start("ls")
+                },
+                "timeout",
+            ),
+            (
+                v1::StartJobRequest {
+                    timeout: Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    }),
+                    ..start("ls")
+                },
+                "timeout",
+            ),
         ];
         for (request, field) in cases {
             let status = invalid(job_spec(request).unwrap_err());
@@ -287,6 +324,11 @@ mod tests {
                 ..Default::default()
             }),
             request_id: Some("r-1".into()),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000,
+            }),
+            labels: [("team".into(), "build".into())].into(),
         })
         .unwrap();
         assert_eq!(spec.command.as_str(), "/bin/echo");
@@ -351,6 +393,7 @@ mod tests {
             state: Some(v1::JobState::Running.into()),
             page_size: 0,
             page_token: String::new(),
+            label_selector: [("env".into(), "ci".into())].into(),
         })
         .unwrap();
         assert_eq!(
@@ -358,13 +401,15 @@ mod tests {
             Request::ListJobs {
                 state: Some(JobState::Running),
                 limit: PageSize::DEFAULT,
-                after: None
+                after: None,
+                labels: Labels::parse("label_selector", ["env=ci"]).unwrap(),
             }
         );
         let unspecified = list_request(v1::ListJobsRequest {
             state: Some(0),
             page_size: 5,
             page_token: String::new(),
+            label_selector: Default::default(),
         })
         .unwrap();
         assert!(
@@ -384,6 +429,13 @@ mod tests {
                     ..Default::default()
                 },
                 "page_size",
+            ),
+            (
+                v1::ListJobsRequest {
+                    label_selector: [("-x".into(), "y".into())].into(),
+                    ..Default::default()
+                },
+                "label_selector[\"-x\"]",
             ),
         ] {
             assert_eq!(list_request(request).unwrap_err().field, field);

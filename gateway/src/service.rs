@@ -143,14 +143,7 @@ fn chunks(stream: OutputStream) -> impl Stream<Item = Result<v1::OutputChunk, St
 }
 
 fn unexpected(response: &Ipc) -> Status {
-    let kind = match response {
-        Ipc::Pong(_) => "Pong",
-        Ipc::Job(_) => "Job",
-        Ipc::Jobs { .. } => "Jobs",
-        Ipc::Output { .. } => "Output",
-        Ipc::End(_) => "End",
-        Ipc::Error(_) => "Error",
-    };
+    let kind = response.name();
     tracing::error!(answer = kind, "the supervisor answered out of protocol");
     Status::internal(format!(
         "the job supervisor sent an unexpected answer ({kind})"

@@ -11,7 +11,7 @@ pub const MAGIC: [u8; 6] = *b"JOBWKR";
 
 /// The protocol version this crate speaks. Any change to a message's encoding
 /// must bump it.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The size of a hello.
 pub const HELLO_LEN: usize = 8;

@@ -5,6 +5,8 @@
 //! - [`frame`]: the pure codec: 4-byte big-endian length + bincode body,
 //!   bounded before allocation, trailing bytes rejected. No I/O.
 //! - [`message`]: the closed [`Request`] / [`Response`] enums.
+//! - [`labels`]: jobs' labels and the selectors that find jobs by them.
+//! - [`metrics`]: the supervisor's figures, as a metrics request answers.
 //! - [`types`]: validated newtypes ([`JobId`], [`UserName`], [`Limits`], ...):
 //!   a value that decoded is a value that validated.
 //! - [`policy`]: who may do what with jobs, one pure function
@@ -22,18 +24,22 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod labels;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod types;
 
 pub use error::{ErrorCode, FrameError, IpcError};
 pub use frame::MAX_FRAME_LEN;
 pub use handshake::PROTOCOL_VERSION;
+pub use labels::{LabelSelector, Labels};
 pub use message::{
     Call, EnforcedLimits, JobInfo, JobSpec, JobState, ListCursor, MAX_OUTPUT_CHUNK, OutputData,
-    Request, Response, ServerInfo, Termination, Usage,
+    Request, Response, ServerInfo, StopReason, Termination, Usage,
 };
+pub use metrics::{EndReason, SupervisorMetrics};
 pub use types::{
     Args, Command, Env, EnvVar, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize,
-    RequestId, Role, UnixMicros, UnknownRole, UserName, WorkingDir,
+    RequestId, Role, TimeoutMs, UnixMicros, UnknownRole, UserName, WorkingDir,
 };

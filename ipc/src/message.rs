@@ -10,9 +10,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::IpcError;
+use crate::labels::{LabelSelector, Labels};
+use crate::metrics::SupervisorMetrics;
 use crate::types::{
     Args, Command, Env, GraceMs, Identity, Invalid, JobId, Limits, Owner, PageSize, RequestId,
-    UnixMicros, WorkingDir,
+    TimeoutMs, UnixMicros, WorkingDir,
 };
 
 /// The most bytes one [`Response::Output`] frame carries.
@@ -62,6 +64,8 @@ pub enum Request {
         /// Only jobs after this one in the listing order (the previous page's
         /// `next`).
         after: Option<ListCursor>,
+        /// Only jobs carrying every one of these labels.
+        labels: LabelSelector,
     },
     /// A job's output from `offset`. Answered with [`Response::Output`]
     /// frames, then [`Response::End`].
@@ -74,6 +78,9 @@ pub enum Request {
         /// written so far.
         follow: bool,
     },
+    /// The supervisor's figures, for the gateway's metrics endpoint or a
+    /// local operator. Answered with [`Response::Metrics`].
+    Metrics,
 }
 
 /// What to run.
@@ -91,6 +98,10 @@ pub struct JobSpec {
     pub limits: Limits,
     /// An idempotency token.
     pub request_id: Option<RequestId>,
+    /// The longest the command may run; the server's default when unset.
+    pub timeout: Option<TimeoutMs>,
+    /// Labels to find the job by.
+    pub labels: Labels,
 }
 
 /// Where a list page ended: the last job it held.
@@ -125,12 +136,15 @@ pub enum Response {
     },
     /// The last frame of a stream: the job's status when it ended.
     End(Box<JobInfo>),
+    /// The answer to [`Request::Metrics`].
+    Metrics(Box<SupervisorMetrics>),
     /// The call failed.
     Error(IpcError),
 }
 
 impl Response {
-    /// The variant's name (`Pong`, `Job`, `Jobs`, `Output`, `End`, `Error`),
+    /// The variant's name (`Pong`, `Job`, `Jobs`, `Output`, `End`,
+    /// `Metrics`, `Error`),
     /// for messages that must not quote a payload.
     pub const fn name(&self) -> &'static str {
         match self {
@@ -139,6 +153,7 @@ impl Response {
             Self::Jobs { .. } => "Jobs",
             Self::Output { .. } => "Output",
             Self::End(_) => "End",
+            Self::Metrics(_) => "Metrics",
             Self::Error(_) => "Error",
         }
     }
@@ -268,6 +283,15 @@ pub enum Termination {
     Signaled(i32),
 }
 
+/// Why a STOPPED job was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// A stop request.
+    Requested,
+    /// Its time limit ran out.
+    TimedOut,
+}
+
 /// Which limits the kernel enforces on a job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnforcedLimits {
@@ -339,4 +363,14 @@ pub struct JobInfo {
     pub output_truncated_bytes: u64,
     /// Why it FAILED, when it did.
     pub failure: Option<String>,
+    /// Why it was STOPPED, when it was. (Defaults, like `uid` and `gid`,
+    /// for the supervisor's records of version 1, which held this type.)
+    #[serde(default)]
+    pub stop_reason: Option<StopReason>,
+    /// Its time limit, if it has one.
+    #[serde(default)]
+    pub timeout: Option<TimeoutMs>,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: Labels,
 }

@@ -6,7 +6,10 @@
 //! - a remote user: start jobs, list (their own), and stop, get or stream
 //!   their own; another's job is NOT_FOUND, worded as a job that does not
 //!   exist, so its existence does not leak;
-//! - a remote reader: get, list and stream every job; never start or stop.
+//! - a remote reader: get, list and stream every job; never start or stop;
+//! - the gateway on its own behalf (no caller): ping and read the metrics,
+//!   nothing else; remote callers never read the supervisor's metrics
+//!   (the gateway's metrics endpoint serves them).
 //!
 //! The supervisor is the authority and applies it in full: it has each
 //! job's owner at hand. The gateway applies the role gate alone (no job yet)
@@ -21,6 +24,8 @@ pub enum Actor<'a> {
     Local,
     /// A remote caller, as the gateway asserts it.
     Remote(&'a Identity),
+    /// The gateway itself, on no caller's behalf.
+    Gateway,
 }
 
 /// What it does.
@@ -38,6 +43,8 @@ pub enum Action {
     List,
     /// Read a job's output.
     Stream,
+    /// Read the supervisor's figures.
+    Metrics,
 }
 
 impl Action {
@@ -50,6 +57,7 @@ impl Action {
             Self::Get => "get",
             Self::List => "list",
             Self::Stream => "stream",
+            Self::Metrics => "metrics",
         }
     }
 
@@ -62,6 +70,7 @@ impl Action {
             Self::Get => "get jobs",
             Self::List => "list jobs",
             Self::Stream => "stream the output of jobs",
+            Self::Metrics => "read the supervisor's metrics",
         }
     }
 }
@@ -75,10 +84,24 @@ pub fn authorize(
     action: Action,
     target: Option<(JobId, &Owner)>,
 ) -> Result<(), IpcError> {
-    let Actor::Remote(identity) = actor else {
-        return Ok(());
+    let identity = match actor {
+        Actor::Local => return Ok(()),
+        Actor::Gateway if matches!(action, Action::Ping | Action::Metrics) => return Ok(()),
+        Actor::Gateway => {
+            return Err(IpcError::PermissionDenied {
+                reason: "the gateway must say on whose behalf it calls".into(),
+            });
+        }
+        Actor::Remote(identity) => identity,
     };
     match (identity.role, action) {
+        (_, Action::Metrics) => Err(IpcError::PermissionDenied {
+            reason: format!(
+                "{} is a remote caller: the supervisor's metrics are served on the gateway's \
+                 metrics endpoint",
+                identity.user
+            ),
+        }),
         (Role::Admin, _) | (_, Action::Ping | Action::List) => Ok(()),
         (Role::Reader, Action::Start | Action::Stop) => Err(IpcError::PermissionDenied {
             reason: format!(
@@ -102,6 +125,7 @@ pub fn authorize(
 pub fn sees_all(actor: Actor<'_>) -> bool {
     match actor {
         Actor::Local => true,
+        Actor::Gateway => false,
         Actor::Remote(identity) => matches!(identity.role, Role::Admin | Role::Reader),
     }
 }
@@ -111,13 +135,14 @@ mod tests {
     use super::*;
     use crate::UserName;
 
-    const ACTIONS: [Action; 6] = [
+    const ACTIONS: [Action; 7] = [
         Action::Ping,
         Action::Start,
         Action::Stop,
         Action::Get,
         Action::List,
         Action::Stream,
+        Action::Metrics,
     ];
 
     fn remote(user: &str, role: Role) -> Identity {
@@ -158,11 +183,13 @@ mod tests {
             remote("alice", Role::Reader),
         );
         // For each action: [own job, bob's job, root's job, no job].
-        let table: [(Actor<'_>, [[Want; 4]; 6]); 4] = [
-            (Actor::Local, [const { [Allow, Allow, Allow, Allow] }; 6]),
+        const ALLOW: [Want; 4] = [Allow, Allow, Allow, Allow];
+        const DENY: [Want; 4] = [Denied, Denied, Denied, Denied];
+        let table: [(Actor<'_>, [[Want; 4]; 7]); 5] = [
+            (Actor::Local, [ALLOW; 7]),
             (
                 Actor::Remote(&admin),
-                [const { [Allow, Allow, Allow, Allow] }; 6],
+                [ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, DENY],
             ),
             (
                 Actor::Remote(&user),
@@ -173,6 +200,7 @@ mod tests {
                     [Allow, NotFound, NotFound, Allow],
                     [Allow, Allow, Allow, Allow],
                     [Allow, NotFound, NotFound, Allow],
+                    DENY,
                 ],
             ),
             (
@@ -184,8 +212,10 @@ mod tests {
                     [Allow, Allow, Allow, Allow],
                     [Allow, Allow, Allow, Allow],
                     [Allow, Allow, Allow, Allow],
+                    DENY,
                 ],
             ),
+            (Actor::Gateway, [ALLOW, DENY, DENY, DENY, DENY, DENY, ALLOW]),
         ];
         for (actor, rows) in table {
             for (action, row) in ACTIONS.into_iter().zip(rows) {
@@ -198,6 +228,7 @@ mod tests {
         }
         assert!(sees_all(Actor::Local) && sees_all(Actor::Remote(&admin)));
         assert!(sees_all(Actor::Remote(&reader)) && !sees_all(Actor::Remote(&user)));
+        assert!(!sees_all(Actor::Gateway));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 pub const MAX_GRACE_MS: u32 = 3_600_000;
 /// The most jobs one list page may hold.
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The longest time limit a job may carry, in milliseconds (a year).
+pub const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3_600_000;
 
 /// `TryFrom<$input>` for a validated type, through its `new`: what serde
 /// decodes (`#[serde(try_from = ...)]`) is validated exactly as what a
@@ -586,6 +588,51 @@ impl TryFrom<u32> for GraceMs {
         Self::new(ms)
     }
 }
+
+/// A job's time limit in milliseconds: 1 to [`MAX_TIMEOUT_MS`]. Its run
+/// time (from the exec of its command) never goes past it: then it is
+/// stopped as a stop request would stop it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct TimeoutMs(u64);
+
+impl TimeoutMs {
+    /// Validates a time limit.
+    pub fn new(ms: u64) -> Result<Self, Invalid> {
+        if ms == 0 || ms > MAX_TIMEOUT_MS {
+            return Err(Invalid::new(
+                "timeout",
+                format!("{ms} ms is out of range 1..={MAX_TIMEOUT_MS} ms (a year)"),
+            ));
+        }
+        Ok(Self(ms))
+    }
+
+    /// The limit in milliseconds.
+    pub fn millis(self) -> u64 {
+        self.0
+    }
+
+    /// The limit as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0)
+    }
+}
+
+impl fmt::Display for TimeoutMs {
+    /// The shortest exact form: `90s`, `1500ms`, `2m`, `3h`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        match ms {
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+validated_by_new!(TimeoutMs, u64);
 
 /// How many jobs one list page may hold: 1 to [`MAX_PAGE_SIZE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,6 +95,9 @@ fn job_info() -> JobInfo {
         output_bytes: 5,
         output_truncated_bytes: 0,
         failure: None,
+        stop_reason: None,
+        timeout: None,
+        labels: Default::default(),
     }
 }
 

@@ -38,6 +38,9 @@ fn job_info() -> JobInfo {
         output_bytes: 100,
         output_truncated_bytes: 10,
         failure: Some("lost".into()),
+        stop_reason: Some(StopReason::TimedOut),
+        timeout: Some(TimeoutMs::new(30_000).unwrap()),
+        labels: Labels::parse("labels", ["team=build", "env=ci"]).unwrap(),
     }
 }
 
@@ -64,6 +67,8 @@ fn calls_for(job: JobId) -> Vec<Call> {
         working_dir: Some(WorkingDir::new("/tmp").unwrap()),
         limits: Limits::new(Some(10), None, None, Some(4096), None).unwrap(),
         request_id: Some(RequestId::new("retry-1").unwrap()),
+        timeout: Some(TimeoutMs::new(1500).unwrap()),
+        labels: Labels::parse("labels", ["team=build"]).unwrap(),
     };
     let requests = vec![
         Request::Ping,
@@ -81,12 +86,15 @@ fn calls_for(job: JobId) -> Vec<Call> {
                 created_at: UnixMicros(7),
                 job,
             }),
+            labels: Labels::parse("label_selector", ["env=ci"]).unwrap(),
         },
         Request::ListJobs {
             state: None,
             limit: PageSize::new(1000).unwrap(),
             after: None,
+            labels: Labels::default(),
         },
+        Request::Metrics,
         Request::StreamOutput {
             job,
             offset: u64::MAX,
@@ -142,6 +150,24 @@ fn all_responses() -> Vec<Response> {
             data: OutputData::new(vec![0xAB; MAX_OUTPUT_CHUNK]).unwrap(),
         },
         Response::End(Box::new(job.clone())),
+        Response::Metrics(Box::new(SupervisorMetrics {
+            version: "0.1.0".into(),
+            jobs_started: 3,
+            start_failures: 1,
+            jobs_ended: vec![metrics::EndedCount {
+                state: JobState::Stopped,
+                reason: EndReason::Timeout,
+                count: 2,
+            }],
+            jobs_running: 1,
+            start_seconds: metrics::Histogram::new(&metrics::START_SECONDS_BUCKETS),
+            duration_seconds: metrics::Histogram::new(&metrics::DURATION_SECONDS_BUCKETS),
+            output_bytes: 100,
+            output_dropped_bytes: metrics::DroppedBytes { output_cap: 7 },
+            followers: 2,
+            limits_enforced: EnforcedLimits::default(),
+            uptime_ms: 1234,
+        })),
         Response::Error(IpcError::InvalidArgument {
             field: "args[0]".into(),
             reason: "contains a NUL byte".into(),

@@ -7,8 +7,8 @@
 //! field.
 
 use jobworker_ipc::{
-    Args, Command, EnforcedLimits, Invalid, JobInfo, JobState, Limits, Termination, UnixMicros,
-    Usage,
+    Args, Command, EnforcedLimits, Invalid, JobInfo, JobState, Labels, Limits, StopReason,
+    Termination, TimeoutMs, UnixMicros, Usage,
 };
 
 use crate::v1;
@@ -94,11 +94,9 @@ impl From<JobInfo> for v1::Job {
                 pids: info.enforced.pids,
             }),
             usage: Some(v1::Usage {
-                cpu_time: Some(prost_types::Duration {
-                    seconds: i64::try_from(info.usage.cpu_usec / 1_000_000).unwrap_or(i64::MAX),
-                    // Below 10^9: fits.
-                    nanos: i32::try_from(info.usage.cpu_usec % 1_000_000 * 1000).unwrap_or(0),
-                }),
+                cpu_time: Some(duration(std::time::Duration::from_micros(
+                    info.usage.cpu_usec,
+                ))),
                 memory_peak_bytes: info.usage.memory_peak_bytes,
                 io_read_bytes: info.usage.io_read_bytes,
                 io_write_bytes: info.usage.io_write_bytes,
@@ -106,6 +104,14 @@ impl From<JobInfo> for v1::Job {
             output_bytes: info.output_bytes,
             output_truncated_bytes: info.output_truncated_bytes,
             failure: info.failure.unwrap_or_default(),
+            stop_reason: match info.stop_reason {
+                None => v1::StopReason::Unspecified,
+                Some(StopReason::Requested) => v1::StopReason::Requested,
+                Some(StopReason::TimedOut) => v1::StopReason::TimedOut,
+            }
+            .into(),
+            timeout: info.timeout.map(|t| duration(t.duration())),
+            labels: info.labels.as_map().clone().into_iter().collect(),
         }
     }
 }
@@ -161,8 +167,31 @@ impl TryFrom<v1::Job> for JobInfo {
             output_bytes: job.output_bytes,
             output_truncated_bytes: job.output_truncated_bytes,
             failure: Some(job.failure).filter(|f| !f.is_empty()),
+            stop_reason: match v1::StopReason::try_from(job.stop_reason) {
+                Ok(v1::StopReason::Requested) => Some(StopReason::Requested),
+                Ok(v1::StopReason::TimedOut) => Some(StopReason::TimedOut),
+                Ok(v1::StopReason::Unspecified) | Err(_) => None,
+            },
+            timeout: job.timeout.as_ref().map(timeout).transpose()?,
+            labels: Labels::new("labels", job.labels.into_iter().collect())?,
         })
     }
+}
+
+/// A `google.protobuf.Duration` of a duration.
+pub fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // Below 10^9: fits.
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A job's time limit of a `google.protobuf.Duration` (whole milliseconds;
+/// a finer part rounds up, so that a limit is never shorter than asked).
+pub fn timeout(d: &prost_types::Duration) -> Result<TimeoutMs, Invalid> {
+    let us = micros("timeout", d)?;
+    TimeoutMs::new(us.div_ceil(1000))
 }
 
 /// A `google.protobuf.Timestamp` of Unix microseconds.
@@ -196,6 +225,9 @@ fn unix_micros(
 fn micros(field: &str, d: &prost_types::Duration) -> Result<u64, Invalid> {
     let seconds = u64::try_from(d.seconds).map_err(|_| invalid(field, "is negative"))?;
     let nanos = u64::try_from(d.nanos).map_err(|_| invalid(field, "is negative"))?;
+    if nanos >= 1_000_000_000 {
+        return Err(invalid(field, "nanos must be less than one second"));
+    }
     seconds
         .checked_mul(1_000_000)
         .and_then(|us| us.checked_add(nanos / 1000))
@@ -246,6 +278,9 @@ mod tests {
             output_bytes: 6,
             output_truncated_bytes: 1,
             failure: Some("why".into()),
+            stop_reason: Some(StopReason::TimedOut),
+            timeout: Some(TimeoutMs::new(90_000).unwrap()),
+            labels: Labels::parse("labels", ["team=build", "env=ci"]).unwrap(),
         }
     }
 
@@ -259,6 +294,9 @@ mod tests {
             started_at: None,
             ended_at: None,
             failure: None,
+            stop_reason: None,
+            timeout: None,
+            labels: Labels::default(),
             owner: Owner::Remote(UserName::new("alice").unwrap()),
             ..self::info()
         };

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 pub use jobworker_config::ConfigError;
 use jobworker_config::positive_millis;
-use jobworker_ipc::Limits;
+use jobworker_ipc::{Limits, TimeoutMs};
 use nix::unistd::{Gid, Group};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +113,13 @@ pub struct FileConfig {
     /// Grace period between SIGTERM and SIGKILL when stopping a job, in
     /// milliseconds; also the longest a stop request may ask for.
     pub grace_period_ms: u64,
+    /// The time limit of a job that asks for none, in milliseconds; none
+    /// when unset (such a job may run for ever).
+    pub default_timeout_ms: Option<u64>,
+    /// The longest time limit a job may ask for, in milliseconds: a longer
+    /// one is refused, and a job asking for none gets `default_timeout_ms`,
+    /// or this when that is unset. Unlimited when unset.
+    pub max_timeout_ms: Option<u64>,
     /// How long a client has to complete the ipc handshake, in milliseconds.
     pub handshake_timeout_ms: u64,
     /// How long a connection may sit idle between requests, in milliseconds.
@@ -181,6 +188,8 @@ impl Default for FileConfig {
             max_processes: 4096,
             output_cap_bytes: 64 << 20,
             grace_period_ms: 5000,
+            default_timeout_ms: None,
+            max_timeout_ms: None,
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 300_000,
             max_connections: 1024,
@@ -214,6 +223,8 @@ pub struct Config {
     pub max_limits: Limits,
     /// `grace_period_ms`.
     pub grace: Duration,
+    /// `default_timeout_ms` and `max_timeout_ms`, validated.
+    pub timeouts: Timeouts,
     /// `handshake_timeout_ms`.
     pub handshake_timeout: Duration,
     /// `idle_timeout_ms`.
@@ -253,6 +264,7 @@ impl Config {
         let (default_limits, max_limits) =
             job_limits(&file).map_err(|(key, reason)| invalid((&key, reason)))?;
         let grace = positive_millis("grace_period_ms", file.grace_period_ms).map_err(invalid)?;
+        let timeouts = timeouts(&file).map_err(invalid)?;
         let handshake_timeout =
             positive_millis("handshake_timeout_ms", file.handshake_timeout_ms).map_err(invalid)?;
         let idle_timeout =
@@ -266,6 +278,7 @@ impl Config {
             default_limits,
             max_limits,
             grace,
+            timeouts,
             handshake_timeout,
             idle_timeout,
             file,
@@ -293,6 +306,37 @@ impl Config {
         ));
         out
     }
+}
+
+/// Jobs' time limits: the one a job gets when it asks for none, and the
+/// longest it may ask for (`None`: no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `default_timeout_ms`.
+    pub default: Option<TimeoutMs>,
+    /// `max_timeout_ms`.
+    pub max: Option<TimeoutMs>,
+}
+
+/// `default_timeout_ms` and `max_timeout_ms`: each in range, the default
+/// within the maximum.
+fn timeouts(file: &FileConfig) -> Result<Timeouts, (&'static str, String)> {
+    let parse = |key: &'static str, ms: Option<u64>| {
+        ms.map(TimeoutMs::new)
+            .transpose()
+            .map_err(|e| (key, e.reason))
+    };
+    let default = parse("default_timeout_ms", file.default_timeout_ms)?;
+    let max = parse("max_timeout_ms", file.max_timeout_ms)?;
+    if let (Some(default), Some(max)) = (default, max)
+        && default > max
+    {
+        return Err((
+            "default_timeout_ms",
+            format!("{default} is longer than max_timeout_ms ({max})"),
+        ));
+    }
+    Ok(Timeouts { default, max })
 }
 
 /// Checks the paths the supervisor itself uses (`socket_path`, `state_dir`,
@@ -697,6 +741,11 @@ mod tests {
             ("max_processes = 0", "max_processes"),
             ("io_device = \"sda\"", "io_device"),
             ("grace_period_ms = 0", "grace_period_ms"),
+            ("default_timeout_ms = 0", "default_timeout_ms"),
+            (
+                "default_timeout_ms = 60000\nmax_timeout_ms = 1000",
+                "default_timeout_ms",
+            ),
             (
                 "[default_limits]\nmemory_bytes = 10",
                 "default_limits.memory_bytes",

@@ -203,6 +203,7 @@ fn engine_config(config: &Config) -> anyhow::Result<EngineConfig> {
         strict_limits: config.file.strict_limits,
         output_cap: config.file.output_cap_bytes,
         grace: config.grace,
+        timeouts: config.timeouts,
         io_device: config.io_device,
         working_dir: config.file.working_dir.clone(),
     })

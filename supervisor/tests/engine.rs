@@ -344,7 +344,10 @@ async fn commands_that_cannot_run_fail_at_start_and_leave_nothing() {
     let err = t.start_spec(in_missing_dir).await.unwrap_err();
     assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
 
-    let (jobs, _) = t.engine.list(|_| true, None, 100, None).await;
+    let (jobs, _) = t
+        .engine
+        .list(|_| true, None, &Default::default(), 100, None)
+        .await;
     assert!(jobs.is_empty(), "no job remains: {jobs:?}");
     assert!(t.job_dirs().is_empty(), "no job directory remains");
     assert!(t.job_cgroups().is_empty(), "no job cgroup remains");

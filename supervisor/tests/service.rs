@@ -51,6 +51,7 @@ async fn a_local_operator_can_do_everything() {
             state: None,
             limit: PageSize::DEFAULT,
             after: None,
+            labels: Default::default(),
         })
         .await
     else {
@@ -67,6 +68,7 @@ async fn a_local_operator_can_do_everything() {
             state: Some(JobState::Running),
             limit: PageSize::new(1).unwrap(),
             after: None,
+            labels: Default::default(),
         })
         .await
     else {
@@ -143,6 +145,7 @@ async fn the_gateway_acts_for_users_within_their_rights() {
             state: None,
             limit: PageSize::DEFAULT,
             after: None,
+            labels: Default::default(),
         },
     );
     let [Response::Jobs { jobs, .. }] = list.as_slice() else {
@@ -600,6 +603,7 @@ async fn listed(d: &Daemon) -> HashMap<JobId, JobInfo> {
             state: None,
             limit: PageSize::new(1000).unwrap(),
             after: None,
+            labels: Default::default(),
         })
         .await
     else {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use jobworker_ipc::{
-    Args, Command, EnforcedLimits, JobId, JobInfo, JobState, Limits, Owner, RequestId, Termination,
-    UnixMicros, Usage,
+    Args, Command, EnforcedLimits, JobId, JobInfo, JobState, Labels, Limits, Owner, RequestId,
+    StopReason, Termination, TimeoutMs, UnixMicros, Usage,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -47,8 +47,12 @@ pub struct Status {
     pub truncated_bytes: u64,
     /// Why the job failed.
     pub failure: Option<String>,
-    /// A stop was requested while it ran.
+    /// A stop was requested while it ran (by a caller, or by its time
+    /// limit).
     pub stop_requested: bool,
+    /// The stop was its time limit's (records before version 4 have none).
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 impl Status {
@@ -66,18 +70,29 @@ impl Status {
             truncated_bytes: 0,
             failure: None,
             stop_requested: false,
+            timed_out: false,
         }
+    }
+
+    /// Why the job was stopped, if it ended STOPPED.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        (self.state == JobState::Stopped).then_some(if self.timed_out {
+            StopReason::TimedOut
+        } else {
+            StopReason::Requested
+        })
     }
 }
 
 /// The version of [`Record`] this supervisor writes.
-pub const RECORD_VERSION: u32 = 3;
+pub const RECORD_VERSION: u32 = 4;
 
 /// The job's record on disk (`job.json`): a type of its own, versioned, so
 /// that the wire type ([`JobInfo`]) can change without the disk's format.
 /// Older versions are still read ([`Record::decode`]): version 1 (no
-/// `version` field) held the wire type itself, and versions 1 and 2 held
-/// times in milliseconds (microseconds since version 3).
+/// `version` field) held the wire type itself, versions 1 and 2 held
+/// times in milliseconds (microseconds since version 3), and version 4 added
+/// time limits and labels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// [`RECORD_VERSION`].
@@ -112,6 +127,13 @@ pub struct Spec {
     pub uid: Option<u32>,
     /// The gid its processes run as.
     pub gid: Option<u32>,
+    /// Its time limit, counted from `created_at` (the deadline is
+    /// `created_at + timeout`, so that a restarted supervisor enforces it).
+    #[serde(default)]
+    pub timeout: Option<TimeoutMs>,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// Why a record cannot be read.
@@ -183,6 +205,8 @@ impl From<RecordV1> for Record {
                 request_id: old.request_id,
                 uid: info.uid,
                 gid: info.gid,
+                timeout: None,
+                labels: Labels::default(),
             },
             status: Status {
                 state: info.state,
@@ -196,6 +220,7 @@ impl From<RecordV1> for Record {
                 truncated_bytes: info.output_truncated_bytes,
                 failure: info.failure,
                 stop_requested: old.stop_requested,
+                timed_out: false,
             },
         }
     }
@@ -321,7 +346,10 @@ impl Job {
             usage: status.usage,
             output_bytes: status.output_bytes,
             output_truncated_bytes: status.truncated_bytes,
+            stop_reason: status.stop_reason(),
             failure: status.failure,
+            timeout: spec.timeout,
+            labels: spec.labels.clone(),
         }
     }
 
@@ -412,9 +440,9 @@ mod tests {
         let written = serde_json::to_vec(&record).unwrap();
         assert_eq!(Record::decode(&written).unwrap(), record);
         let mut newer: serde_json::Value = serde_json::from_slice(&written).unwrap();
-        newer["version"] = 4.into();
+        newer["version"] = 5.into();
         let err = Record::decode(newer.to_string().as_bytes()).unwrap_err();
-        assert!(matches!(err, RecordError::Newer(4)), "{err}");
+        assert!(matches!(err, RecordError::Newer(5)), "{err}");
         // Version 2: the same but times in milliseconds.
         let mut version_2: serde_json::Value = serde_json::from_slice(&written).unwrap();
         version_2["version"] = 2.into();
@@ -430,5 +458,18 @@ mod tests {
             Record::decode(b"{\"version\": 3}"),
             Err(RecordError::Decode(_))
         ));
+        // Version 3: no time limit, labels or timed_out.
+        let mut version_3: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        version_3["version"] = 3.into();
+        for (part, key) in [
+            ("spec", "timeout"),
+            ("spec", "labels"),
+            ("status", "timed_out"),
+        ] {
+            version_3[part].as_object_mut().unwrap().remove(key);
+        }
+        let read = Record::decode(version_3.to_string().as_bytes()).unwrap();
+        assert_eq!((read.spec.timeout, read.status.timed_out), (None, false));
+        assert!(read.spec.labels.is_empty());
     }
 }

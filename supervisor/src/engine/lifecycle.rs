@@ -8,10 +8,11 @@
 
 use std::time::Duration;
 
-use jobworker_ipc::{IpcError, JobState, Termination, UnixMicros};
+use jobworker_ipc::{IpcError, JobState, Termination, TimeoutMs, UnixMicros};
 
 use super::job::Status;
 use super::retention::Retention;
+use crate::config::Timeouts;
 use crate::handoff::ExitRecord;
 
 /// How long the init may take to stop everything after SIGUSR1, before the
@@ -59,6 +60,41 @@ pub fn grace(asked: Option<Duration>, max: Duration) -> Result<Duration, IpcErro
             ),
         }),
     }
+}
+
+/// The time limit a job gets: the one it asks for, unless that is longer
+/// than the maximum (`Err` with the maximum); the default, or the maximum,
+/// when it asks for none.
+pub fn timeout(asked: Option<TimeoutMs>, limits: Timeouts) -> Result<Option<TimeoutMs>, TimeoutMs> {
+    match (asked, limits.max) {
+        (Some(asked), Some(max)) if asked > max => Err(max),
+        (Some(asked), _) => Ok(Some(asked)),
+        (None, max) => Ok(limits.default.or(max)),
+    }
+}
+
+/// How long a job created at `created_at` with time limit `timeout` may
+/// still run at `now`: nothing once its deadline (`created_at + timeout`)
+/// has passed, which a supervisor restarted past it finds at once.
+pub fn time_left(created_at: UnixMicros, timeout: TimeoutMs, now: UnixMicros) -> Duration {
+    let deadline = created_at
+        .0
+        .saturating_add(timeout.millis().saturating_mul(1000));
+    Duration::from_micros(deadline.saturating_sub(now.0))
+}
+
+/// Marks a job's status as being stopped, by a caller or by its time limit
+/// (`timed_out`), unless it has ended; the first stop's reason stays.
+/// Returns whether it had ended.
+pub fn stopping(status: &mut Status, timed_out: bool) -> bool {
+    if status.state.is_ended() {
+        return true;
+    }
+    if !status.stop_requested {
+        status.stop_requested = true;
+        status.timed_out = timed_out;
+    }
+    false
 }
 
 /// Ends a job's status. With the init's exit record: how and when the
@@ -176,6 +212,67 @@ pub fn expired(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jobworker_ipc::StopReason;
+
+    fn ms(ms: u64) -> TimeoutMs {
+        TimeoutMs::new(ms).unwrap()
+    }
+
+    #[test]
+    fn a_time_limit_is_the_asked_one_the_default_or_the_maximum() {
+        let none = Timeouts::default();
+        let max_only = Timeouts {
+            default: None,
+            max: Some(ms(60_000)),
+        };
+        let both = Timeouts {
+            default: Some(ms(1_000)),
+            max: Some(ms(60_000)),
+        };
+        assert_eq!(timeout(None, none), Ok(None));
+        assert_eq!(timeout(Some(ms(5)), none), Ok(Some(ms(5))));
+        assert_eq!(timeout(None, max_only), Ok(Some(ms(60_000))));
+        assert_eq!(timeout(None, both), Ok(Some(ms(1_000))));
+        assert_eq!(timeout(Some(ms(60_000)), both), Ok(Some(ms(60_000))));
+        assert_eq!(timeout(Some(ms(60_001)), both), Err(ms(60_000)));
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_creation_and_survives_a_restart() {
+        let created = UnixMicros(10_000_000);
+        let limit = ms(1_500);
+        assert_eq!(
+            time_left(created, limit, created),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(
+            time_left(created, limit, UnixMicros(11_000_000)),
+            Duration::from_millis(500)
+        );
+        // A supervisor back after the deadline stops the job at once.
+        assert_eq!(
+            time_left(created, limit, UnixMicros(99_000_000)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn the_first_stop_gives_the_reason() {
+        let mut status = Status::starting();
+        assert!(!stopping(&mut status, true));
+        assert!(!stopping(&mut status, false));
+        status.state = JobState::Stopped;
+        assert_eq!(status.stop_reason(), Some(StopReason::TimedOut));
+        assert!(stopping(&mut status, false), "it has ended");
+        let mut requested = Status::starting();
+        stopping(&mut requested, false);
+        stopping(&mut requested, true);
+        requested.state = JobState::Stopped;
+        assert_eq!(requested.stop_reason(), Some(StopReason::Requested));
+        // A stop that raced with the command's own end: no stop reason.
+        requested.state = JobState::Finished;
+        assert_eq!(requested.stop_reason(), None);
+    }
 
     fn record(stopped: bool) -> ExitRecord {
         ExitRecord {

@@ -4,8 +4,10 @@
 //! permissions: the service in front of it decides who may do what.
 //!
 //! - [`job`]: one job's state and record.
-//! - [`lifecycle`]: the engine's decisions (a stop's escalation, a job's
-//!   end, recovery, retention) as pure functions, unit-tested without root.
+//! - [`lifecycle`]: the engine's decisions (a stop's escalation, time
+//!   limits, a job's end, recovery, retention) as pure functions,
+//!   unit-tested without root.
+//! - [`metrics`]: the engine's figures for the metrics request.
 //! - [`start`]: the steps of a start, its errors, and the guard that undoes
 //!   a failed one.
 //! - [`spawn`]: clone3 and the handoff to the init.
@@ -20,6 +22,7 @@
 
 pub mod job;
 pub mod lifecycle;
+pub mod metrics;
 pub mod monitor;
 pub mod output;
 pub mod records;
@@ -37,7 +40,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jobworker_ipc::{IpcError, JobId, JobInfo, JobState, Limits, ListCursor};
+use jobworker_ipc::{
+    EnforcedLimits, IpcError, JobId, JobInfo, JobState, LabelSelector, Limits, ListCursor,
+    SupervisorMetrics, UnixMicros,
+};
 
 use crate::cgroup::{CgroupTree, Controllers};
 use crate::handoff::{BindPath, WORK_MOUNT};
@@ -87,6 +93,8 @@ pub struct EngineConfig {
     /// The grace period of a stop, and the longest a request may ask for (a
     /// longer one is refused).
     pub grace: Duration,
+    /// Jobs' time limits: the default and the maximum.
+    pub timeouts: crate::config::Timeouts,
     /// The block device io limits apply to; `None` means the one holding
     /// the state directory.
     pub io_device: Option<(u32, u32)>,
@@ -177,6 +185,8 @@ pub struct Engine {
     idempotency: tokio::sync::Mutex<()>,
     /// The ended jobs retention may remove.
     retention: Mutex<retention::Index>,
+    /// What the engine counts.
+    figures: metrics::Figures,
 }
 
 impl Engine {
@@ -231,6 +241,7 @@ impl Engine {
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
             retention: Mutex::new(retention::Index::default()),
+            figures: metrics::Figures::default(),
         }))
     }
 
@@ -252,6 +263,31 @@ impl Engine {
     /// The controllers jobs get.
     pub fn controllers(&self) -> Controllers {
         self.controllers
+    }
+
+    /// The engine's figures since it started, and the jobs running now.
+    pub fn metrics(&self) -> SupervisorMetrics {
+        let jobs_running = self.jobs().values().filter(|job| !job.is_ended()).count();
+        let figures = self.figures.snapshot();
+        SupervisorMetrics {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            jobs_started: figures.jobs_started,
+            start_failures: figures.start_failures,
+            jobs_ended: figures.jobs_ended,
+            jobs_running: u64::try_from(jobs_running).unwrap_or(u64::MAX),
+            start_seconds: figures.start_seconds,
+            duration_seconds: figures.duration_seconds,
+            output_bytes: figures.output_bytes,
+            output_dropped_bytes: figures.output_dropped,
+            followers: figures.followers,
+            limits_enforced: EnforcedLimits {
+                cpu: self.controllers.cpu,
+                memory: self.controllers.memory,
+                io: self.controllers.io,
+                pids: self.controllers.pids,
+            },
+            uptime_ms: u64::try_from(self.uptime().as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
@@ -309,9 +345,11 @@ impl Engine {
     }
 
     /// Takes charge of a running job (its log watched already): its pidfd,
-    /// and a task that settles it when its init exits (learning how from
-    /// `exit`, the init's control socket, when this supervisor started it).
+    /// a task that settles it when its init exits (learning how from
+    /// `exit`, the init's control socket, when this supervisor started it),
+    /// and one that stops it at its deadline if it has a time limit.
     fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: OwnedFd, exit: Option<ExitWatch>) {
+        self.enforce_time_limit(job);
         match pidfd.try_clone() {
             Ok(watched) => {
                 *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(pidfd);
@@ -350,6 +388,27 @@ impl Engine {
         });
     }
 
+    /// Stops `job` with the default grace period once its time limit (if it
+    /// has one) runs out, counted from its creation: a task that ends
+    /// early when the job does.
+    fn enforce_time_limit(self: &Arc<Self>, job: &Arc<Job>) {
+        let Some(timeout) = job.spec.timeout else {
+            return;
+        };
+        let left = lifecycle::time_left(job.spec.created_at, timeout, UnixMicros::now());
+        let (engine, job) = (Arc::clone(self), Arc::clone(job));
+        tokio::spawn(async move {
+            let mut changes = job.subscribe();
+            if wait_ended(&job, &mut changes, left).await {
+                return;
+            }
+            tracing::info!(job = %job.spec.id, %timeout, "the job's time limit ran out: stopping it");
+            if let Err(e) = engine.stop_job(&job, Stop::TimedOut).await {
+                tracing::error!(job = %job.spec.id, error = %e, "stopping a job at its time limit");
+            }
+        });
+    }
+
     /// Stops a job: SIGTERM to its init (which forwards it to the command),
     /// the grace period, then SIGKILL to every process of the job. Returns
     /// once nothing of the job runs. Stopping an ended job returns it as is.
@@ -360,28 +419,34 @@ impl Engine {
     ) -> Result<JobInfo, IpcError> {
         let job = self.job(id)?;
         let grace = lifecycle::grace(grace, self.config.grace)?;
-        let mut changes = job.subscribe();
-        let already_ended = {
-            let mut status = job.status();
-            status.stop_requested |= !status.state.is_ended();
-            status.state.is_ended()
+        self.stop_job(&job, Stop::Requested(grace)).await
+    }
+
+    /// Stops `job`, as a caller asked or because its time limit ran out.
+    async fn stop_job(self: &Arc<Self>, job: &Arc<Job>, stop: Stop) -> Result<JobInfo, IpcError> {
+        let id = job.spec.id;
+        let (grace, timed_out) = match stop {
+            Stop::Requested(grace) => (grace, false),
+            Stop::TimedOut => (self.config.grace, true),
         };
+        let mut changes = job.subscribe();
+        let already_ended = lifecycle::stopping(&mut job.status(), timed_out);
         if already_ended {
-            return Ok(self.settled_info(&job, &mut changes).await);
+            return Ok(self.settled_info(job, &mut changes).await);
         }
-        self.persist_in_background(&job);
+        self.persist_in_background(job);
         for (step, wait) in lifecycle::stop_plan(grace) {
             match step {
-                StopStep::Terminate => self.signal_init(&job, rustix::process::Signal::TERM),
-                StopStep::KillAll => self.signal_init(&job, rustix::process::Signal::USR1),
+                StopStep::Terminate => self.signal_init(job, rustix::process::Signal::TERM),
+                StopStep::KillAll => self.signal_init(job, rustix::process::Signal::USR1),
                 StopStep::KillCgroup => {
                     if let Err(e) = job.cgroup.kill() {
                         tracing::error!(job = %id, error = %e, "killing the job's cgroup");
                     }
                 }
             }
-            if wait_ended(&job, &mut changes, wait).await {
-                return Ok(self.settled_info(&job, &mut changes).await);
+            if wait_ended(job, &mut changes, wait).await {
+                return Ok(self.settled_info(job, &mut changes).await);
             }
         }
         Err(internal(format!(
@@ -445,13 +510,14 @@ impl Engine {
             .ok_or_else(|| internal(format!("job {id} vanished while read")))
     }
 
-    /// Jobs for which `visible` holds, newest first, in `state` if given, at
-    /// most `limit`, after `after`; with the cursor of the next page if more
-    /// follow.
+    /// Jobs for which `visible` holds, newest first, in `state` if given,
+    /// carrying every label of `labels`, at most `limit`, after `after`;
+    /// with the cursor of the next page if more follow.
     pub async fn list(
         &self,
         visible: impl Fn(&Job) -> bool,
         state: Option<JobState>,
+        labels: &LabelSelector,
         limit: usize,
         after: Option<ListCursor>,
     ) -> (Vec<JobInfo>, Option<ListCursor>) {
@@ -459,6 +525,7 @@ impl Engine {
             .jobs()
             .values()
             .filter(|job| visible(job))
+            .filter(|job| job.spec.labels.matches(labels))
             .filter(|job| state.is_none_or(|s| job.status().state == s))
             .filter(|job| {
                 after.is_none_or(|c| (job.spec.created_at, job.spec.id) < (c.created_at, c.job))
@@ -507,9 +574,18 @@ impl Engine {
             job,
             Arc::clone(&self.workers),
             offset,
-            follow,
+            follow.then(|| self.figures.follower()),
         ))
     }
+}
+
+/// Why a job is stopped.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// A caller asked, with this grace period.
+    Requested(Duration),
+    /// Its time limit ran out (the default grace period applies).
+    TimedOut,
 }
 
 /// Cuts `infos` (up to `limit + 1` of them) to a page and its cursor.

@@ -56,6 +56,7 @@ impl Engine {
                 }
             }
         }
+        self.figures.ended(&job.status());
         let engine = Arc::clone(self);
         let cleanup = self.workers.spawn(move || engine.clean_up(&job));
         if let Err(e) = cleanup {

@@ -24,6 +24,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use super::job::Job;
+use super::metrics::Follower;
 use super::workers::Workers;
 use crate::sys::{self, Registered};
 
@@ -209,6 +210,8 @@ pub struct OutputStream {
     workers: Arc<Workers>,
     offset: u64,
     follow: bool,
+    /// Counts this stream among the followers while it follows.
+    _follower: Option<Follower>,
     changes: watch::Receiver<u64>,
     /// The log, opened by the first read this stream makes itself.
     file: Option<Arc<File>>,
@@ -219,14 +222,21 @@ pub struct OutputStream {
 }
 
 impl OutputStream {
-    /// A stream of `job`'s output from `offset`.
-    pub fn new(job: Arc<Job>, workers: Arc<Workers>, offset: u64, follow: bool) -> Self {
+    /// A stream of `job`'s output from `offset`; one that follows the job
+    /// while it runs when it is given its `follower` count.
+    pub fn new(
+        job: Arc<Job>,
+        workers: Arc<Workers>,
+        offset: u64,
+        follower: Option<Follower>,
+    ) -> Self {
         let changes = job.subscribe();
         Self {
             job,
             workers,
             offset,
-            follow,
+            follow: follower.is_some(),
+            _follower: follower,
             changes,
             file: None,
             pending: VecDeque::new(),

@@ -188,6 +188,8 @@ fn unreadable(id: JobId, reason: String) -> Record {
             request_id: None,
             uid: None,
             gid: None,
+            timeout: None,
+            labels: Default::default(),
         },
         status,
     }

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobworker_ipc::{
-    EnforcedLimits, IpcError, JobId, JobInfo, JobSpec, Limits, Owner, RequestId, UnixMicros,
+    EnforcedLimits, IpcError, JobId, JobInfo, JobSpec, Limits, Owner, RequestId, TimeoutMs,
+    UnixMicros,
 };
 
 use super::job::{self, Job, Status};
 use super::spawn::{self, ExitWatch, ReportError, SpawnError, Spawned};
 use super::uids::JobIds;
 use super::workers::WorkFailed;
-use super::{DEFAULT_PATH, DEFAULT_TMP_SIZE, Engine, WORK_DIR, internal, lock, monitor};
+use super::{DEFAULT_PATH, DEFAULT_TMP_SIZE, Engine, WORK_DIR, internal, lifecycle, lock, monitor};
 use crate::cgroup::{CgroupError, JobCgroup};
 use crate::handoff::{InitReport, InitSpec, OUTPUT_FILE, Sandbox};
 
@@ -37,6 +38,14 @@ pub enum StartError {
     OverMax {
         /// The limit's field.
         key: &'static str,
+    },
+    /// The requested time limit is above the configured maximum.
+    #[error("a time limit of {asked} is longer than this server's maximum of {max}")]
+    TimeoutOverMax {
+        /// The limit asked for.
+        asked: TimeoutMs,
+        /// The maximum.
+        max: TimeoutMs,
     },
     /// Every uid of the pool is held by a running job.
     #[error(
@@ -130,6 +139,10 @@ impl From<StartError> for IpcError {
     fn from(error: StartError) -> Self {
         let reason = error.to_string();
         match error {
+            StartError::TimeoutOverMax { .. } => Self::InvalidArgument {
+                field: "timeout".into(),
+                reason,
+            },
             StartError::OverMax { .. } | StartError::UidsExhausted { .. } => {
                 Self::ResourceExhausted { reason }
             }
@@ -184,16 +197,22 @@ impl Engine {
         // In a task of its own: a caller that goes away (a dropped connection,
         // a shutdown) must not cancel a start half-way and orphan the job.
         let engine = Arc::clone(self);
-        tokio::spawn(async move { engine.start_job(owner, spec).await })
+        let asked = std::time::Instant::now();
+        let started = tokio::spawn(async move { engine.start_job(owner, spec, asked).await })
             .await
-            .unwrap_or_else(|e| Err(StartError::Task(e)))
-            .map_err(IpcError::from)
+            .unwrap_or_else(|e| Err(StartError::Task(e)));
+        if started.is_err() {
+            self.figures.start_failed();
+        }
+        started.map_err(IpcError::from)
     }
 
+    /// A start asked for at `asked`.
     async fn start_job(
         self: Arc<Self>,
         owner: Owner,
         spec: JobSpec,
+        asked: std::time::Instant,
     ) -> Result<JobInfo, StartError> {
         let _one_at_a_time = match &spec.request_id {
             Some(request_id) => {
@@ -206,6 +225,13 @@ impl Engine {
             None => None,
         };
         let limits = self.limits_of(&spec)?;
+        let mut spec = spec;
+        spec.timeout = lifecycle::timeout(spec.timeout, self.config.timeouts).map_err(|max| {
+            StartError::TimeoutOverMax {
+                asked: spec.timeout.unwrap_or(max),
+                max,
+            }
+        })?;
         let mut guard = StartGuard::new(&self, JobId::random());
         let ids = match self.allocate_ids(guard.made.job).await {
             Ok(ids) => ids,
@@ -239,6 +265,7 @@ impl Engine {
                 // The command runs: from here on the job is settled when it
                 // ends, never undone.
                 guard.commit();
+                self.figures.started(asked.elapsed());
                 self.running(&job, spawned.pidfd, exit);
                 return Ok(job.recorded_info());
             }
@@ -316,6 +343,8 @@ impl Engine {
             request_id: spec.request_id,
             uid: Some(uid),
             gid: Some(gid),
+            timeout: spec.timeout,
+            labels: spec.labels,
         };
         let job = Arc::new(Job::new(fixed, dir, cgroup, Status::starting()));
         // Recorded before the clone: a supervisor that dies from here on

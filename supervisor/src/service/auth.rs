@@ -2,7 +2,8 @@
 //! decide what a connection is, and each call says on whose behalf it acts.
 //!
 //! - the configured gateway uid acts for the remote identity it asserts in
-//!   each call, and must assert one;
+//!   each call; a call that asserts none is the gateway's own, which may
+//!   only ping and read the metrics;
 //! - uid 0 and members of the operator group are the local admin
 //!   `local:<account>`, and must not assert one;
 //! - anyone else is refused and disconnected.
@@ -32,6 +33,8 @@ pub enum Principal {
     Local(UserName),
     /// A remote user, as the gateway asserts.
     Remote(Identity),
+    /// The gateway itself, on no caller's behalf.
+    Gateway,
 }
 
 /// Decides what a peer is, from its uid and gid; `Err` says why it is refused.
@@ -71,9 +74,7 @@ impl Principal {
     pub fn of(peer: &Peer, on_behalf_of: Option<Identity>) -> Result<Self, IpcError> {
         match (peer, on_behalf_of) {
             (Peer::Gateway, Some(identity)) => Ok(Self::Remote(identity)),
-            (Peer::Gateway, None) => Err(IpcError::PermissionDenied {
-                reason: "the gateway must say on whose behalf it calls".into(),
-            }),
+            (Peer::Gateway, None) => Ok(Self::Gateway),
             (Peer::Operator(name), None) => Ok(Self::Local(name.clone())),
             (Peer::Operator(_), Some(_)) => Err(IpcError::PermissionDenied {
                 reason: "only the gateway may act on behalf of remote users".into(),
@@ -81,11 +82,13 @@ impl Principal {
         }
     }
 
-    /// Who owns what this principal starts.
+    /// Who owns what this principal starts (the gateway on its own behalf,
+    /// which may start nothing, is `local:gateway`).
     pub fn owner(&self) -> Owner {
         match self {
             Self::Local(name) => Owner::Local(name.clone()),
             Self::Remote(identity) => Owner::Remote(identity.user.clone()),
+            Self::Gateway => Owner::Local(UserName::new("gateway").expect("a valid constant name")),
         }
     }
 
@@ -94,6 +97,7 @@ impl Principal {
         match self {
             Self::Local(_) => Actor::Local,
             Self::Remote(identity) => Actor::Remote(identity),
+            Self::Gateway => Actor::Gateway,
         }
     }
 
@@ -127,7 +131,9 @@ mod tests {
         };
         let operator = Peer::Operator(UserName::new("root").unwrap());
         Principal::of(&Peer::Gateway, Some(alice.clone())).unwrap();
-        Principal::of(&Peer::Gateway, None).unwrap_err();
+        let gateway = Principal::of(&Peer::Gateway, None).unwrap();
+        gateway.authorize(Action::Metrics, None).unwrap();
+        gateway.authorize(Action::Start, None).unwrap_err();
         Principal::of(&operator, None).unwrap();
         Principal::of(&operator, Some(alice)).unwrap_err();
     }

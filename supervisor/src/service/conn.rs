@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use jobworker_ipc::codec::{self, ServerFramed};
 use jobworker_ipc::policy::Action;
 use jobworker_ipc::{
-    Call, FrameError, GraceMs, IpcError, JobId, JobInfo, JobSpec, JobState, ListCursor, OutputData,
-    PROTOCOL_VERSION, PageSize, Request, Response, ServerInfo,
+    Call, FrameError, GraceMs, IpcError, JobId, JobInfo, JobSpec, JobState, LabelSelector,
+    ListCursor, OutputData, PROTOCOL_VERSION, PageSize, Request, Response, ServerInfo,
 };
 use tokio::net::UnixStream;
 
@@ -179,7 +179,11 @@ async fn dispatch(request: Request, principal: &Principal, ctx: &Context) -> Ans
             state,
             limit,
             after,
-        } => Ok(list(principal, state, limit, after, ctx).await),
+            labels,
+        } => list(principal, state, &labels, limit, after, ctx).await,
+        Request::Metrics => principal
+            .authorize(Action::Metrics, None)
+            .map(|()| Response::Metrics(Box::new(ctx.engine.metrics()))),
         Request::StreamOutput {
             job,
             offset,
@@ -237,14 +241,16 @@ async fn stop(
 }
 
 /// One page of the jobs the caller may see (its own, or every job if it
-/// sees all), cut to fit a frame.
+/// sees all) that carry `labels`, cut to fit a frame.
 async fn list(
     principal: &Principal,
     state: Option<JobState>,
+    labels: &LabelSelector,
     limit: PageSize,
     after: Option<ListCursor>,
     ctx: &Context,
-) -> Response {
+) -> Result<Response, IpcError> {
+    principal.authorize(Action::List, None)?;
     let owner = principal.owner();
     let all = principal.sees_all();
     let (jobs, next) = ctx
@@ -252,11 +258,12 @@ async fn list(
         .list(
             |job| all || job.spec.owner == owner,
             state,
+            labels,
             limit.get() as usize,
             after,
         )
         .await;
-    fit_page(jobs, next)
+    Ok(fit_page(jobs, next))
 }
 
 async fn respond(sink: &mut Sink, error: IpcError) -> Result<(), Closed> {
@@ -339,6 +346,7 @@ fn op_of(request: &Request) -> Action {
         Request::GetJob { .. } => Action::Get,
         Request::ListJobs { .. } => Action::List,
         Request::StreamOutput { .. } => Action::Stream,
+        Request::Metrics => Action::Metrics,
     }
 }
 
@@ -347,7 +355,7 @@ fn job_of(request: &Request) -> Option<JobId> {
         Request::StopJob { job, .. }
         | Request::GetJob { job }
         | Request::StreamOutput { job, .. } => Some(*job),
-        Request::Ping | Request::StartJob(_) | Request::ListJobs { .. } => None,
+        Request::Ping | Request::StartJob(_) | Request::ListJobs { .. } | Request::Metrics => None,
     }
 }
 

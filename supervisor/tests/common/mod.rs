@@ -73,6 +73,7 @@ impl TestEngine {
             strict_limits: false,
             output_cap: 64 << 20,
             grace: Duration::from_secs(5),
+            timeouts: Default::default(),
             io_device: None,
             working_dir: jobworker_supervisor::handoff::WORK_MOUNT.into(),
         };
@@ -150,6 +151,8 @@ pub fn spec(command: &str, args: &[&str]) -> JobSpec {
         working_dir: None,
         limits: Limits::default(),
         request_id: None,
+        timeout: None,
+        labels: Default::default(),
     }
 }
 

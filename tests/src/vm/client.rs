@@ -120,6 +120,7 @@ impl Client {
             state: Some(JobState::Running),
             limit: PageSize::DEFAULT,
             after: None,
+            labels: Default::default(),
         };
         match self.call(request).await? {
             Response::Jobs { jobs, .. } => Ok(jobs),
@@ -179,6 +180,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::GetJob { .. } => "GetJob",
         Request::ListJobs { .. } => "ListJobs",
         Request::StreamOutput { .. } => "StreamOutput",
+        Request::Metrics => "Metrics",
     }
 }
 
