@@ -90,6 +90,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The supervisor's figures (what the gateway's metrics endpoint
+    /// exposes), as one JSON object.
+    Metrics,
     /// Every job, newest first.
     Jobs {
         /// Only jobs in this state
@@ -400,6 +403,15 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 write_stdout(text.as_bytes()).await?;
             }
             other => return Err(unexpected("ping", &other)),
+        },
+        Command::Metrics => match conn.call(Request::Metrics, "reading the metrics").await? {
+            Response::Metrics(figures) => {
+                let text = serde_json::to_string(&figures).map_err(|e| {
+                    CliError::Unexpected(format!("showing the metrics as JSON: {e}"))
+                })?;
+                write_stdout(format!("{text}\n").as_bytes()).await?;
+            }
+            other => return Err(unexpected("reading the metrics", &other)),
         },
         Command::Jobs { state, json } => {
             let jobs = conn.list_all(state).await?;

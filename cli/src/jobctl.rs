@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use jobworker_ipc::{JobInfo, JobState, Labels, Termination};
+use jobworker_ipc::{JobInfo, JobState, Labels, StopReason, Termination};
 use jobworker_proto::v1;
 use jobworker_proto::v1::output_chunk::Kind;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -607,6 +607,9 @@ async fn follow(client: &mut Client, id: &str, interrupt: &mut Signal) -> Result
         return Ok(exit::INTERRUPTED);
     }
     note_truncation(&end);
+    if let (Some(StopReason::TimedOut), Some(timeout)) = (end.stop_reason, end.timeout) {
+        eprintln!("jobctl: job {id} was stopped: it timed out after {timeout}");
+    }
     if end.oom_killed {
         eprintln!("jobctl: job {id}: the kernel's OOM killer killed a process of the job");
     }

@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobworker_ipc::{JobInfo, JobState, Termination, UnixMicros};
+use jobworker_ipc::{JobInfo, JobState, StopReason, Termination, TimeoutMs, UnixMicros};
 use serde_json::{Value, json};
 
 use tokio::io::AsyncWriteExt;
@@ -118,6 +118,12 @@ pub fn to_json(job: &JobInfo) -> Value {
         "output_bytes": job.output_bytes,
         "output_truncated_bytes": job.output_truncated_bytes,
         "failure": job.failure,
+        "stop_reason": job.stop_reason.map(|reason| match reason {
+            StopReason::Requested => "requested",
+            StopReason::TimedOut => "timed_out",
+        }),
+        "timeout_ms": job.timeout.map(TimeoutMs::millis),
+        "labels": job.labels.as_map(),
     })
 }
 
@@ -126,6 +132,9 @@ pub fn to_json(job: &JobInfo) -> Value {
 pub fn outcome(job: &JobInfo) -> String {
     let mut text = shout(job.state);
     let mut details = Vec::new();
+    if let (Some(StopReason::TimedOut), Some(timeout)) = (job.stop_reason, job.timeout) {
+        details.push(format!("timed out after {timeout}"));
+    }
     match job.termination {
         Some(Termination::Exited(code)) => details.push(format!("exit code {code}")),
         Some(Termination::Signaled(signal)) => {
@@ -191,6 +200,14 @@ pub fn status_text(job: &JobInfo) -> String {
         (_, end) => human_time(end),
     };
     line("Ended:", &ended);
+    line(
+        "Time limit:",
+        &job.timeout
+            .map_or_else(|| "none".to_owned(), |t| t.to_string()),
+    );
+    if !job.labels.is_empty() {
+        line("Labels:", &job.labels.to_string());
+    }
     out.push_str("Limits:\n");
     let limit = |out: &mut String, label: &str, value: Option<String>, enforced: bool| {
         let text = match value {
@@ -252,25 +269,40 @@ fn exit_column(job: &JobInfo) -> String {
     }
 }
 
+/// The state, and why a stopped job was stopped if its time limit did it.
+fn state_column(job: &JobInfo) -> String {
+    match job.stop_reason {
+        Some(StopReason::TimedOut) => format!("{} (timed out)", shout(job.state)),
+        _ => shout(job.state),
+    }
+}
+
 /// The jobs as a table, one per line under a header; `no jobs` when empty.
 pub fn list_table(jobs: &[JobInfo]) -> String {
     const COMMAND_WIDTH: usize = 60;
     if jobs.is_empty() {
         return "no jobs\n".into();
     }
-    let header = ["ID", "STATE", "EXIT", "OWNER", "CREATED", "COMMAND"];
-    let rows: Vec<[String; 6]> = jobs
+    let header = [
+        "ID", "STATE", "EXIT", "OWNER", "CREATED", "LABELS", "COMMAND",
+    ];
+    let rows: Vec<[String; 7]> = jobs
         .iter()
         .map(|job| {
             [
                 job.id.to_string(),
-                shout(job.state),
+                state_column(job),
                 exit_column(job),
                 job.owner.to_string(),
                 system_time(job.created_at).map_or_else(
                     || "-".into(),
                     |t| humantime::format_rfc3339_seconds(t).to_string(),
                 ),
+                if job.labels.is_empty() {
+                    "-".into()
+                } else {
+                    job.labels.to_string()
+                },
                 abbreviate(command_line(job), COMMAND_WIDTH),
             ]
         })
@@ -510,8 +542,46 @@ pub(crate) mod tests {
         assert_eq!(value["usage"]["cpu_time_usec"], 12_000);
         assert_eq!(value["output_truncated_bytes"], 40);
         assert_eq!(value["failure"], Value::Null);
+        assert_eq!(value["stop_reason"], Value::Null);
+        assert_eq!(value["timeout_ms"], Value::Null);
+        assert_eq!(value["labels"], json!({}));
         let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 20, "{keys:?}");
+        assert_eq!(keys.len(), 23, "{keys:?}");
+    }
+
+    #[test]
+    fn a_timed_out_job_says_so_and_labels_show() {
+        let job = JobInfo {
+            state: JobState::Stopped,
+            termination: Some(Termination::Signaled(15)),
+            stop_reason: Some(StopReason::TimedOut),
+            timeout: Some(TimeoutMs::new(30_000).unwrap()),
+            labels: jobworker_ipc::Labels::parse("labels", ["team=build", "env=ci"]).unwrap(),
+            ..job()
+        };
+        assert_eq!(
+            outcome(&job),
+            "STOPPED (timed out after 30s, killed by signal 15, SIGTERM)"
+        );
+        let text = status_text(&job);
+        assert!(text.contains("Time limit:  30s\n"), "{text}");
+        assert!(text.contains("Labels:      env=ci,team=build\n"), "{text}");
+        let table = list_table(std::slice::from_ref(&job));
+        assert!(table.contains("STOPPED (timed out)"), "{table}");
+        assert!(table.contains("env=ci,team=build"), "{table}");
+        let value = to_json(&job);
+        assert_eq!(value["stop_reason"], "timed_out");
+        assert_eq!(value["timeout_ms"], 30_000);
+        assert_eq!(value["labels"]["team"], "build");
+        // A job stopped by a request names no time-out.
+        let requested = JobInfo {
+            stop_reason: Some(StopReason::Requested),
+            ..job
+        };
+        assert_eq!(
+            outcome(&requested),
+            "STOPPED (killed by signal 15, SIGTERM)"
+        );
     }
 
     #[test]

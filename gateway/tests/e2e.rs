@@ -950,3 +950,237 @@ async fn sigterm_stops_the_gateway_within_its_grace() {
         "{end:?}"
     );
 }
+
+/// A start request with a time limit of `ms` milliseconds.
+fn timed(command: &str, args: &[&str], ms: i32) -> v1::StartJobRequest {
+    v1::StartJobRequest {
+        timeout: Some(prost_types::Duration {
+            seconds: i64::from(ms / 1000),
+            nanos: ms % 1000 * 1_000_000,
+        }),
+        ..start(command, args)
+    }
+}
+
+/// How long after its creation a job ended.
+fn ran_for(job: &v1::Job) -> Duration {
+    let micros = |t: &prost_types::Timestamp| {
+        u64::try_from(t.seconds).unwrap() * 1_000_000 + u64::try_from(t.nanos).unwrap() / 1000
+    };
+    Duration::from_micros(
+        micros(job.ended_at.as_ref().unwrap()) - micros(job.created_at.as_ref().unwrap()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_stop_jobs_even_across_a_supervisor_restart() {
+    let pki = Pki::new();
+    let mut supervisor =
+        jobworker_tests::fixture::Supervisor::start(&jobworker_tests::fixture::SupervisorOptions {
+            extra: "max_timeout_ms = 600000\ngrace_period_ms = 1000\n".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    let mut alice = gateway.client(&pki, "alice").await;
+    let started = |response: tonic::Response<v1::StartJobResponse>| response.into_inner().job_id;
+
+    // Past the server's maximum: refused, naming the field and the maximum.
+    let err = alice
+        .start_job(timed("/bin/sleep", &["60"], 600_001))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("invalid timeout:") && err.message().contains("10m"),
+        "{}",
+        err.message()
+    );
+    let err = alice
+        .start_job(timed("/bin/sleep", &["60"], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A job with no time limit asked gets the maximum, as its status says.
+    let unlimited = started(alice.start_job(start("/bin/true", &[])).await.unwrap());
+    let info = wait_ended(&mut alice, &unlimited).await;
+    assert_eq!(info.timeout.unwrap().seconds, 600);
+    assert_eq!(info.stop_reason(), v1::StopReason::Unspecified);
+
+    // `sleep 60` with a second: stopped at its deadline, saying why.
+    let one = started(
+        alice
+            .start_job(timed("/bin/sleep", &["60"], 1000))
+            .await
+            .unwrap(),
+    );
+    let info = wait_ended(&mut alice, &one).await;
+    assert_eq!(info.state(), v1::JobState::Stopped, "{info:?}");
+    assert_eq!(info.stop_reason(), v1::StopReason::TimedOut, "{info:?}");
+    assert_eq!(info.signal, Some(15), "SIGTERM ended it: {info:?}");
+    assert_eq!(info.timeout.unwrap().seconds, 1);
+    assert!(ran_for(&info) >= Duration::from_secs(1), "{info:?}");
+    eprintln!(
+        "a 1 s time limit ended the job {:?} after its creation",
+        ran_for(&info)
+    );
+
+    // Across a kill -9 of the supervisor: one deadline passes while it is
+    // down, the other after it is back. Both are enforced from the records.
+    let passed = started(
+        alice
+            .start_job(timed("/bin/sleep", &["60"], 1500))
+            .await
+            .unwrap(),
+    );
+    let later = started(
+        alice
+            .start_job(timed("/bin/sleep", &["60"], 4000))
+            .await
+            .unwrap(),
+    );
+    supervisor.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    supervisor.restart().unwrap();
+    for (job, limit) in [(&passed, 1500), (&later, 4000)] {
+        let info = wait_ended(&mut alice, job).await;
+        assert_eq!(info.state(), v1::JobState::Stopped, "{info:?}");
+        assert_eq!(info.stop_reason(), v1::StopReason::TimedOut, "{info:?}");
+        assert!(ran_for(&info) >= Duration::from_millis(limit), "{info:?}");
+        eprintln!(
+            "a {limit} ms time limit across a restart ended the job {:?} after its creation",
+            ran_for(&info)
+        );
+    }
+
+    // A job stopped by a request before its deadline says so.
+    let stopped = started(
+        alice
+            .start_job(timed("/bin/sleep", &["60"], 60_000))
+            .await
+            .unwrap(),
+    );
+    let info = alice
+        .stop_job(stop_request(&stopped))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(info.stop_reason(), v1::StopReason::Requested, "{info:?}");
+    drop(supervisor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_find_the_callers_jobs_and_bad_ones_are_named() {
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    let mut alice = gateway.client(&pki, "alice").await;
+    let mut bob = gateway.client(&pki, "bob").await;
+    let mut admin = gateway.client(&pki, "admin").await;
+    let labelled = |pairs: &[(&str, &str)]| v1::StartJobRequest {
+        labels: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..start("/bin/true", &[])
+    };
+    let mut start_as = async |client: &mut v1::job_service_client::JobServiceClient<_>,
+                              pairs: &[(&str, &str)]| {
+        client
+            .start_job(labelled(pairs))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id
+    };
+    let ci = start_as(&mut alice, &[("team", "build"), ("env", "ci")]).await;
+    let prod = start_as(&mut alice, &[("team", "build"), ("env", "prod")]).await;
+    let plain = start_as(&mut alice, &[]).await;
+    let bobs = start_as(&mut bob, &[("team", "build"), ("env", "ci")]).await;
+
+    async fn listed(
+        client: &mut v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
+        selector: &[(&str, &str)],
+    ) -> BTreeSet<String> {
+        let page = client
+            .list_jobs(v1::ListJobsRequest {
+                label_selector: selector
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        page.jobs.into_iter().map(|job| job.id).collect()
+    }
+    let set = |ids: &[&String]| ids.iter().map(|id| (*id).clone()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        listed(&mut alice, &[("team", "build")]).await,
+        set(&[&ci, &prod])
+    );
+    assert_eq!(
+        listed(&mut alice, &[("team", "build"), ("env", "ci")]).await,
+        set(&[&ci]),
+        "bob's job with the same labels stays invisible to alice"
+    );
+    assert_eq!(listed(&mut alice, &[]).await, set(&[&ci, &prod, &plain]));
+    assert_eq!(listed(&mut alice, &[("team", "other")]).await, set(&[]));
+    assert_eq!(listed(&mut bob, &[("env", "ci")]).await, set(&[&bobs]));
+    assert_eq!(
+        listed(&mut admin, &[("team", "build"), ("env", "ci")]).await,
+        set(&[&ci, &bobs])
+    );
+    let info = get(&mut alice, &ci).await.unwrap();
+    assert_eq!(info.labels.get("team").map(String::as_str), Some("build"));
+    assert_eq!(info.labels.len(), 2);
+
+    // Bad labels: INVALID_ARGUMENT naming the label, and nothing started.
+    for (pairs, named) in [
+        (vec![("bad key", "x")], "labels[\"bad key\"]"),
+        (vec![("team", "a\u{1b}[31m")], "labels[\"team\"]"),
+        (
+            vec![("team", "v".repeat(64).leak() as &str)],
+            "labels[\"team\"]",
+        ),
+    ] {
+        let err = alice.start_job(labelled(&pairs)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with(&format!("invalid {named}:")),
+            "{}",
+            err.message()
+        );
+    }
+    let too_many: Vec<(String, String)> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+    let err = alice
+        .start_job(v1::StartJobRequest {
+            labels: too_many.into_iter().collect(),
+            ..start("/bin/true", &[])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = alice
+        .list_jobs(v1::ListJobsRequest {
+            label_selector: [("-x".to_owned(), "y".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("invalid label_selector[\"-x\"]:"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        listed(&mut alice, &[]).await.len(),
+        3,
+        "a refused start started nothing"
+    );
+}

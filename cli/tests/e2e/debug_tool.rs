@@ -71,6 +71,22 @@ fn lists_shows_streams_and_stops_jobs() {
     let json: serde_json::Value =
         serde_json::from_str(&supervisor.debug(&["job", "--json", &sleeper]).ok()).unwrap();
     assert_eq!(json["state"], "stopped");
+
+    // The supervisor's figures: both starts, one end of each kind.
+    let metrics: serde_json::Value =
+        serde_json::from_str(&supervisor.debug(&["metrics"]).ok()).unwrap();
+    assert_eq!(metrics["jobs_started"], 2, "{metrics}");
+    assert_eq!(metrics["jobs_running"], 0, "{metrics}");
+    let ended = metrics["jobs_ended"].as_array().unwrap();
+    let count = |state: &str, reason: &str| {
+        ended
+            .iter()
+            .find(|c| c["state"] == state && c["reason"] == reason)
+            .map(|c| c["count"].clone())
+    };
+    assert_eq!(count("Finished", "ExitZero"), Some(1.into()), "{metrics}");
+    assert_eq!(count("Stopped", "StopRequest"), Some(1.into()), "{metrics}");
+    assert_eq!(metrics["output_bytes"], 8, "{metrics}");
 }
 
 #[test]

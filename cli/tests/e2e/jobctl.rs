@@ -31,6 +31,61 @@ fn run_prints_both_streams_and_exits_with_the_jobs_code() {
 }
 
 #[test]
+fn a_time_limit_stops_the_job_and_labels_find_it() {
+    let d = Deployment::start();
+    let outcome = d.run(
+        "alice",
+        &[
+            "run",
+            "--timeout",
+            "1s",
+            "-l",
+            "team=build,env=ci",
+            "--",
+            "sleep",
+            "60",
+        ],
+    );
+    assert_eq!(
+        outcome.code(),
+        128 + 15,
+        "SIGTERM at the deadline: {outcome:?}"
+    );
+    assert!(
+        outcome.stderr.contains("timed out after 1s"),
+        "{:?}",
+        outcome.stderr
+    );
+    let other = d.start_job("alice", &["true"]);
+    let found = json(
+        &d.run("alice", &["list", "--json", "-l", "env=ci,team=build"])
+            .ok(),
+    );
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["stop_reason"], "timed_out");
+    assert_eq!(found[0]["timeout_ms"], 1000);
+    assert_eq!(found[0]["labels"]["team"], "build");
+    assert_ne!(found[0]["id"], other.as_str());
+    let id = found[0]["id"].as_str().unwrap();
+    let status = d.run("alice", &["status", id]).ok();
+    assert!(
+        status.contains("State:       STOPPED (timed out after 1s, killed by signal 15, SIGTERM)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Labels:      env=ci,team=build"),
+        "{status}"
+    );
+    let table = d.run("alice", &["list", "-l", "team=build"]).ok();
+    assert!(table.contains("STOPPED (timed out)"), "{table}");
+    // Checked before anything is sent: the flag and the label are named.
+    let bad = d.run("alice", &["list", "-l", "team"]);
+    assert_ne!(bad.code(), 0);
+    assert!(bad.one_line_error().contains("--label"), "{bad:?}");
+}
+
+#[test]
 fn logs_of_a_finished_job_are_exact() {
     let d = Deployment::start();
     let id = d.start_job(
