@@ -174,13 +174,43 @@ async fn the_gateway_acts_for_users_within_their_rights() {
         client.call_as(&mallory, Request::Ping).await.unwrap(),
         Response::Error(IpcError::PermissionDenied { .. })
     ));
-    let anonymous = Call {
-        on_behalf_of: None,
-        request: Request::Ping,
+    // On its own behalf the gateway may ping and read the metrics, nothing
+    // else.
+    let own = |request| {
+        let call = Call {
+            on_behalf_of: None,
+            request,
+        };
+        decode_responses(&d.raw_as(daemon::GATEWAY_USER, &encode_call(&call)))
     };
-    let reply = decode_responses(&d.raw_as(daemon::GATEWAY_USER, &encode_call(&anonymous)));
+    assert!(matches!(own(Request::Ping).as_slice(), [Response::Pong(_)]));
     assert!(matches!(
-        reply.as_slice(),
+        own(Request::Metrics).as_slice(),
+        [Response::Metrics(m)] if m.jobs_started >= 1
+    ));
+    for request in [
+        Request::GetJob { job: bobs.id },
+        Request::ListJobs {
+            state: None,
+            limit: PageSize::DEFAULT,
+            after: None,
+            labels: Default::default(),
+        },
+    ] {
+        let reply = own(request);
+        assert!(
+            matches!(
+                reply.as_slice(),
+                [Response::Error(IpcError::PermissionDenied { reason })]
+                    if reason.contains("on whose behalf")
+            ),
+            "{reply:?}"
+        );
+    }
+    // Remote callers never read the supervisor's metrics.
+    assert!(matches!(
+        d.as_gateway("root", Role::Admin, Request::Metrics)
+            .as_slice(),
         [Response::Error(IpcError::PermissionDenied { .. })]
     ));
 

@@ -92,6 +92,15 @@ impl Principal {
         }
     }
 
+    /// Who calls, as audit lines name it: the owner it acts as, or
+    /// `gateway` for the gateway's own calls.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Gateway => "gateway".to_owned(),
+            _ => self.owner().to_string(),
+        }
+    }
+
     /// The principal as the policy knows it.
     fn actor(&self) -> Actor<'_> {
         match self {

@@ -369,7 +369,7 @@ fn audit(
     job: Option<JobId>,
     outcome: Result<(), &IpcError>,
 ) {
-    let caller = caller.map_or_else(|| "-".to_owned(), |p| p.owner().to_string());
+    let caller = caller.map_or_else(|| "-".to_owned(), Principal::name);
     let job = job.map_or_else(|| "-".to_owned(), |j| j.to_string());
     match outcome {
         Ok(()) => tracing::info!(
