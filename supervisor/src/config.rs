@@ -126,6 +126,10 @@ pub struct FileConfig {
     pub idle_timeout_ms: u64,
     /// The most connections served at once; more are refused and logged.
     pub max_connections: usize,
+    /// The most jobs one remote user (whatever their role) may have running
+    /// at once; a start beyond it is refused (RESOURCE_EXHAUSTED, with the
+    /// figure). Local operators are not capped. 0 means no cap.
+    pub max_running_jobs_per_user: usize,
     /// Limits of jobs that ask for none.
     pub default_limits: LimitsConfig,
     /// The most a job may ask for; a job that asks for no value of a limit
@@ -193,6 +197,7 @@ impl Default for FileConfig {
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 300_000,
             max_connections: 1024,
+            max_running_jobs_per_user: 256,
             default_limits: LimitsConfig::default(),
             max_limits: LimitsConfig::default(),
             retention: RetentionConfig::default(),

@@ -204,6 +204,7 @@ fn engine_config(config: &Config) -> anyhow::Result<EngineConfig> {
         output_cap: config.file.output_cap_bytes,
         grace: config.grace,
         timeouts: config.timeouts,
+        max_running_per_owner: config.file.max_running_jobs_per_user,
         io_device: config.io_device,
         working_dir: config.file.working_dir.clone(),
     })

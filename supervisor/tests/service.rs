@@ -95,6 +95,56 @@ async fn a_local_operator_can_do_everything() {
     );
 }
 
+/// A remote user at `max_running_jobs_per_user` is refused with the figure,
+/// also when the starts come at once; others are not, nor is a local
+/// operator; a slot frees when a job ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_runs_at_most_the_cap() {
+    let d = Daemon::start("max_running_jobs_per_user = 3\n");
+    let starts: Vec<Vec<Response>> = std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| d.as_gateway("alice", Role::User, start("sleep", &["600"]))))
+            .collect();
+        starts.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let (ok, refused): (Vec<_>, Vec<_>) = starts
+        .into_iter()
+        .map(|mut r| r.pop().unwrap())
+        .partition(|r| matches!(r, Response::Job(_)));
+    assert_eq!((ok.len(), refused.len()), (3, 3), "{refused:?}");
+    for r in &refused {
+        assert!(
+            matches!(r, Response::Error(IpcError::ResourceExhausted { reason })
+                if reason.contains("alice has 3 jobs running or starting")
+                    && reason.contains("at most 3 per user")),
+            "{r:?}"
+        );
+    }
+    assert!(matches!(
+        d.as_gateway("bob", Role::User, start("/bin/true", &[]))
+            .as_slice(),
+        [Response::Job(_)]
+    ));
+    let local = d.local_job(start("sleep", &["600"])).await;
+    assert_eq!(local.state, JobState::Running);
+    let Response::Job(first) = &ok[0] else {
+        unreachable!()
+    };
+    let stop = Request::StopJob {
+        job: first.id,
+        grace: None,
+    };
+    assert!(matches!(
+        d.as_gateway("alice", Role::User, stop).as_slice(),
+        [Response::Job(_)]
+    ));
+    assert!(matches!(
+        d.as_gateway("alice", Role::User, start("/bin/true", &[]))
+            .as_slice(),
+        [Response::Job(_)]
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unauthorized_uid_is_refused() {
     let d = Daemon::start("");

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobworker_ipc::{
-    EnforcedLimits, IpcError, JobId, JobInfo, JobState, LabelSelector, Limits, ListCursor,
+    EnforcedLimits, IpcError, JobId, JobInfo, JobState, LabelSelector, Limits, ListCursor, Owner,
     SupervisorMetrics, UnixMicros,
 };
 
@@ -95,6 +95,8 @@ pub struct EngineConfig {
     pub grace: Duration,
     /// Jobs' time limits: the default and the maximum.
     pub timeouts: crate::config::Timeouts,
+    /// The most jobs one remote user may have running; 0: no cap.
+    pub max_running_per_owner: usize,
     /// The block device io limits apply to; `None` means the one holding
     /// the state directory.
     pub io_device: Option<(u32, u32)>,
@@ -183,6 +185,9 @@ pub struct Engine {
     /// Held across a start that carries a request id, so that two retries of
     /// one request cannot both start a job.
     idempotency: tokio::sync::Mutex<()>,
+    /// Starts under way, per owner: with the running jobs, what the cap on
+    /// an owner's running jobs counts.
+    starting: Mutex<HashMap<Owner, usize>>,
     /// The ended jobs retention may remove.
     retention: Mutex<retention::Index>,
     /// What the engine counts.
@@ -240,6 +245,7 @@ impl Engine {
             uid_pool,
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
+            starting: Mutex::new(HashMap::new()),
             retention: Mutex::new(retention::Index::default()),
             figures: metrics::Figures::default(),
         }))

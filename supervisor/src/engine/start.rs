@@ -47,6 +47,19 @@ pub enum StartError {
         /// The maximum.
         max: TimeoutMs,
     },
+    /// The owner has as many jobs running (or starting) as one owner may.
+    #[error(
+        "{owner} has {running} jobs running or starting, and this server runs at most {cap} \
+         per user (max_running_jobs_per_user): wait for one to end, or stop one"
+    )]
+    TooManyRunning {
+        /// Who.
+        owner: Owner,
+        /// Their jobs running or starting.
+        running: usize,
+        /// The cap.
+        cap: usize,
+    },
     /// Every uid of the pool is held by a running job.
     #[error(
         "every job uid of {}-{} is held by a running job ({held} held); \
@@ -143,9 +156,9 @@ impl From<StartError> for IpcError {
                 field: "timeout".into(),
                 reason,
             },
-            StartError::OverMax { .. } | StartError::UidsExhausted { .. } => {
-                Self::ResourceExhausted { reason }
-            }
+            StartError::OverMax { .. }
+            | StartError::UidsExhausted { .. }
+            | StartError::TooManyRunning { .. } => Self::ResourceExhausted { reason },
             StartError::Unenforced { .. } | StartError::Refused(_) => {
                 Self::FailedPrecondition { reason }
             }
@@ -225,6 +238,7 @@ impl Engine {
             None => None,
         };
         let limits = self.limits_of(&spec)?;
+        let _counted = self.reserve_start(&owner)?;
         let mut spec = spec;
         spec.timeout = lifecycle::timeout(spec.timeout, self.config.timeouts).map_err(|max| {
             StartError::TimeoutOverMax {
@@ -275,6 +289,38 @@ impl Engine {
         guard.made.init = Some(spawned.pidfd);
         guard.undo().await;
         Err(error)
+    }
+
+    /// Counts a start of a remote user's against their cap on running jobs
+    /// until the returned guard drops (by then a started job is among the
+    /// running ones); refuses it if they are at the cap. Local operators
+    /// are not capped.
+    fn reserve_start(&self, owner: &Owner) -> Result<Starting<'_>, StartError> {
+        let cap = match owner {
+            Owner::Remote(_) => self.config.max_running_per_owner,
+            Owner::Local(_) => 0,
+        };
+        let mut starting = lock(&self.starting);
+        let pending = starting.get(owner).copied().unwrap_or(0);
+        if cap > 0 {
+            let running = self
+                .jobs()
+                .values()
+                .filter(|job| &job.spec.owner == owner && !job.is_ended())
+                .count();
+            if running + pending >= cap {
+                return Err(StartError::TooManyRunning {
+                    owner: owner.clone(),
+                    running: running + pending,
+                    cap,
+                });
+            }
+        }
+        *starting.entry(owner.clone()).or_default() += 1;
+        Ok(Starting {
+            engine: self,
+            owner: owner.clone(),
+        })
     }
 
     /// The job `owner` started with `request_id`, if any.
@@ -547,6 +593,24 @@ fn unenforced(limits: &Limits, enforced: &EnforcedLimits) -> Option<&'static str
     ]
     .into_iter()
     .find_map(|(missing, name)| missing.then_some(name))
+}
+
+/// A start counted against its owner's cap ([`Engine::reserve_start`]).
+struct Starting<'a> {
+    engine: &'a Engine,
+    owner: Owner,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut starting = lock(&self.engine.starting);
+        if let Some(n) = starting.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                starting.remove(&self.owner);
+            }
+        }
+    }
 }
 
 /// Everything a start has made so far. A failed start awaits

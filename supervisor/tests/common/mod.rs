@@ -74,6 +74,7 @@ impl TestEngine {
             output_cap: 64 << 20,
             grace: Duration::from_secs(5),
             timeouts: Default::default(),
+            max_running_per_owner: 0,
             io_device: None,
             working_dir: jobworker_supervisor::handoff::WORK_MOUNT.into(),
         };
