@@ -124,6 +124,7 @@ async fn serve(
         adopted = recovered.adopted,
         settled = recovered.settled,
         orphans = recovered.orphans,
+        discarded = recovered.discarded,
         "jobs on disk accounted for"
     );
     let retention = Arc::clone(&engine);

@@ -145,6 +145,25 @@ async fn a_user_runs_at_most_the_cap() {
     ));
 }
 
+/// A job directory without a record (a start that failed before writing
+/// one, e.g. out of file descriptors) is removed at the next start, never
+/// listed as a FAILED job of unknown command.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_that_never_wrote_its_record_leaves_no_job() {
+    let mut d = Daemon::start("");
+    let kept = d.local_job(start("/bin/true", &[])).await;
+    d.kill9();
+    let phantom = JobId::random();
+    let dir = d.state_dir.join(format!("jobs/{phantom}"));
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    d.restart().unwrap();
+    let jobs = listed(&d).await;
+    assert!(jobs.contains_key(&kept.id));
+    assert!(!jobs.contains_key(&phantom), "{:?}", jobs.get(&phantom));
+    assert!(!dir.exists(), "its directory is left");
+    assert!(d.log_text().contains("a job directory without a record"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unauthorized_uid_is_refused() {
     let d = Daemon::start("");

@@ -8,6 +8,10 @@
 //!   running job's record names no pid);
 //! - a running job whose init has exited meanwhile is settled from the exit
 //!   record the init left (its real exit status);
+//! - a job directory without a record is a start that failed (or was cut
+//!   short) before it wrote one, and so before its clone: nothing of it
+//!   ever ran and its caller was told it failed. It is removed, with its
+//!   cgroup, and not listed;
 //! - a job whose state cannot be recovered (no init and no exit record, a
 //!   record that cannot be read, a start that never reached its clone) is
 //!   FAILED with the reason, and whatever is left of it is killed through its
@@ -41,6 +45,9 @@ pub struct Recovered {
     pub settled: usize,
     /// Job cgroups without a job, killed and removed.
     pub orphans: usize,
+    /// Job directories without a record (starts that failed before they
+    /// wrote one), removed.
+    pub discarded: usize,
 }
 
 impl Engine {
@@ -59,8 +66,13 @@ impl Engine {
                 tracing::warn!(path = %entry.path().display(), "not a job directory; left alone");
                 continue;
             };
-            known.insert(name);
+            known.insert(name.clone());
             match self.recover_job(id, &entry.path()) {
+                Ok(Kind::Discarded) => {
+                    // Its cgroup, if the start made one, goes with the orphans.
+                    known.remove(&name);
+                    recovered.discarded += 1;
+                }
                 Ok(Kind::Newer(version)) => {
                     return Err(EngineError::NewerRecord {
                         path: record_path(&entry.path()),
@@ -98,6 +110,13 @@ impl Engine {
             .job_handle(&id.to_string())
             .map_err(|e| e.to_string())?;
         let record = match read_record(dir) {
+            Err(RecordError::Read(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(job = %id, "a job directory without a record (a start that \
+                    failed before it wrote one; nothing of it ran): removing it");
+                return std::fs::remove_dir_all(dir)
+                    .map(|()| Kind::Discarded)
+                    .map_err(|e| format!("removing {}: {e}", dir.display()));
+            }
             Ok(record) if record.spec.id == id => record,
             Ok(_) => unreadable(id, "its record names another job".into()),
             // Neither touched nor taken: the supervisor refuses to start.
@@ -163,6 +182,8 @@ enum Kind {
     Ended,
     Adopted,
     Settled,
+    /// A directory without a record, removed.
+    Discarded,
 }
 
 fn read_record(dir: &Path) -> Result<Record, RecordError> {
