@@ -665,6 +665,13 @@ fn note_truncation(job: &JobInfo) {
             job.output_truncated_bytes, job.id
         );
     }
+    if job.output_disk_full_bytes > 0 {
+        eprintln!(
+            "jobctl: note: {} bytes of job {}'s output were dropped: the server's disk was full \
+             when the job ended",
+            job.output_disk_full_bytes, job.id
+        );
+    }
 }
 
 async fn print_line(text: &str) -> Result<(), CliError> {

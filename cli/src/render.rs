@@ -117,6 +117,7 @@ pub fn to_json(job: &JobInfo) -> Value {
         },
         "output_bytes": job.output_bytes,
         "output_truncated_bytes": job.output_truncated_bytes,
+        "output_disk_full_bytes": job.output_disk_full_bytes,
         "failure": job.failure,
         "stop_reason": job.stop_reason.map(|reason| match reason {
             StopReason::Requested => "requested",
@@ -246,15 +247,29 @@ pub fn status_text(job: &JobInfo) -> String {
     );
     usage("I/O read:", format_bytes(u.io_read_bytes));
     usage("I/O write:", format_bytes(u.io_write_bytes));
-    let output = if job.output_truncated_bytes > 0 {
-        format!(
-            "{} bytes, of which {} were dropped over the server's output cap (the stored output is the first {} bytes)",
-            job.output_bytes,
-            job.output_truncated_bytes,
-            job.output_bytes.saturating_sub(job.output_truncated_bytes)
-        )
-    } else {
+    let mut drops = Vec::new();
+    if job.output_truncated_bytes > 0 {
+        drops.push(format!(
+            "{} were dropped over the server's output cap",
+            job.output_truncated_bytes
+        ));
+    }
+    if job.output_disk_full_bytes > 0 {
+        drops.push(format!(
+            "{} were dropped because the server's disk was full at the job's end",
+            job.output_disk_full_bytes
+        ));
+    }
+    let output = if drops.is_empty() {
         format!("{} bytes, none dropped", job.output_bytes)
+    } else {
+        let dropped = job.output_truncated_bytes + job.output_disk_full_bytes;
+        format!(
+            "{} bytes, of which {} (the stored output is the first {} bytes)",
+            job.output_bytes,
+            drops.join(" and "),
+            job.output_bytes.saturating_sub(dropped)
+        )
     };
     let _ = writeln!(out, "{:<13}{output}", "Output:");
     out
@@ -466,6 +481,7 @@ pub(crate) mod tests {
             usage: Usage::default(),
             output_bytes: 0,
             output_truncated_bytes: 0,
+            output_disk_full_bytes: 0,
             failure: None,
             stop_reason: None,
             timeout: None,
@@ -515,6 +531,7 @@ pub(crate) mod tests {
             }),
             output_bytes: 100,
             output_truncated_bytes: 40,
+            output_disk_full_bytes: 0,
             ..Default::default()
         }
     }
@@ -546,7 +563,7 @@ pub(crate) mod tests {
         assert_eq!(value["timeout_ms"], Value::Null);
         assert_eq!(value["labels"], json!({}));
         let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 23, "{keys:?}");
+        assert_eq!(keys.len(), 24, "{keys:?}");
     }
 
     #[test]
@@ -656,6 +673,7 @@ pub(crate) mod tests {
             },
             output_bytes: 0,
             output_truncated_bytes: 0,
+            output_disk_full_bytes: 0,
             failure: None,
             stop_reason: None,
             timeout: None,

@@ -1087,8 +1087,8 @@ async fn labels_find_the_callers_jobs_and_bad_ones_are_named() {
             .collect(),
         ..start("/bin/true", &[])
     };
-    let mut start_as = async |client: &mut v1::job_service_client::JobServiceClient<_>,
-                              pairs: &[(&str, &str)]| {
+    let start_as = async |client: &mut v1::job_service_client::JobServiceClient<_>,
+                          pairs: &[(&str, &str)]| {
         client
             .start_job(labelled(pairs))
             .await

@@ -361,6 +361,11 @@ pub struct JobInfo {
     pub output_bytes: u64,
     /// Bytes dropped over the per-job output cap.
     pub output_truncated_bytes: u64,
+    /// Bytes dropped because the state file system stayed full (or failed)
+    /// when the job ended: while it runs, a full disk pauses its output
+    /// instead. Included in `output_bytes`.
+    #[serde(default)]
+    pub output_disk_full_bytes: u64,
     /// Why it FAILED, when it did.
     pub failure: Option<String>,
     /// Why it was STOPPED, when it was. (Defaults, like `uid` and `gid`,

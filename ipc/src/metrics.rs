@@ -197,6 +197,8 @@ impl Histogram {
 pub struct DroppedBytes {
     /// Over the per-job output cap.
     pub output_cap: u64,
+    /// The state file system was full (or failing) when the job ended.
+    pub disk_full: u64,
 }
 
 /// The supervisor's figures since it started.

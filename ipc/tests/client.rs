@@ -94,6 +94,7 @@ fn job_info() -> JobInfo {
         usage: Usage::default(),
         output_bytes: 5,
         output_truncated_bytes: 0,
+        output_disk_full_bytes: 0,
         failure: None,
         stop_reason: None,
         timeout: None,

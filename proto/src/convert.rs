@@ -103,6 +103,7 @@ impl From<JobInfo> for v1::Job {
             }),
             output_bytes: info.output_bytes,
             output_truncated_bytes: info.output_truncated_bytes,
+            output_disk_full_bytes: info.output_disk_full_bytes,
             failure: info.failure.unwrap_or_default(),
             stop_reason: match info.stop_reason {
                 None => v1::StopReason::Unspecified,
@@ -166,6 +167,7 @@ impl TryFrom<v1::Job> for JobInfo {
             },
             output_bytes: job.output_bytes,
             output_truncated_bytes: job.output_truncated_bytes,
+            output_disk_full_bytes: job.output_disk_full_bytes,
             failure: Some(job.failure).filter(|f| !f.is_empty()),
             stop_reason: match v1::StopReason::try_from(job.stop_reason) {
                 Ok(v1::StopReason::Requested) => Some(StopReason::Requested),
@@ -277,6 +279,7 @@ mod tests {
             },
             output_bytes: 6,
             output_truncated_bytes: 1,
+            output_disk_full_bytes: 2,
             failure: Some("why".into()),
             stop_reason: Some(StopReason::TimedOut),
             timeout: Some(TimeoutMs::new(90_000).unwrap()),

@@ -51,6 +51,15 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     write(path, &json(value)?)
 }
 
+/// Whether a write failed for want of room on its file system (space or
+/// quota).
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == libc::ENOSPC || code == libc::EDQUOT
+    )
+}
+
 /// Replaces `name` in `dir` with `value` as pretty JSON, atomically.
 pub fn write_json_at<T: Serialize>(dir: &File, name: &OsStr, value: &T) -> io::Result<()> {
     write_at(dir, name, &json(value)?)

@@ -110,6 +110,10 @@ pub struct FileConfig {
     pub max_processes: u64,
     /// Output bytes kept per job; more is drained, counted and dropped.
     pub output_cap_bytes: u64,
+    /// Starts are refused (RESOURCE_EXHAUSTED) while the state directory's
+    /// file system has less free than this, in bytes. 0: only when it is
+    /// full.
+    pub min_free_bytes: u64,
     /// Grace period between SIGTERM and SIGKILL when stopping a job, in
     /// milliseconds; also the longest a stop request may ask for.
     pub grace_period_ms: u64,
@@ -191,6 +195,7 @@ impl Default for FileConfig {
             allow_io_uring: false,
             max_processes: 4096,
             output_cap_bytes: 64 << 20,
+            min_free_bytes: 64 << 20,
             grace_period_ms: 5000,
             default_timeout_ms: None,
             max_timeout_ms: None,

@@ -140,6 +140,9 @@ pub struct ExitRecord {
     pub output_bytes: u64,
     /// Output bytes dropped over the cap.
     pub truncated_bytes: u64,
+    /// Output bytes dropped because the log could not be written when the
+    /// job ended (its file system full, or failing).
+    pub disk_full_bytes: u64,
     /// When the command was exec'd (not in records of older inits).
     pub started_at_us: Option<UnixMicros>,
     /// When the command ended.
@@ -153,6 +156,8 @@ struct AnyExitRecord {
     stopped: bool,
     output_bytes: u64,
     truncated_bytes: u64,
+    #[serde(default)]
+    disk_full_bytes: u64,
     #[serde(default)]
     started_at_us: Option<UnixMicros>,
     ended_at_us: Option<UnixMicros>,
@@ -173,6 +178,7 @@ impl TryFrom<AnyExitRecord> for ExitRecord {
             stopped: any.stopped,
             output_bytes: any.output_bytes,
             truncated_bytes: any.truncated_bytes,
+            disk_full_bytes: any.disk_full_bytes,
             started_at_us: any.started_at_us,
             ended_at_us,
         })
@@ -237,6 +243,7 @@ mod tests {
             stopped: false,
             output_bytes: 3,
             truncated_bytes: 0,
+            disk_full_bytes: 0,
             started_at_us: Some(UnixMicros(1_796_218_825_000_001)),
             ended_at_us: UnixMicros(1_796_218_825_431_123),
         };

@@ -203,6 +203,7 @@ fn engine_config(config: &Config) -> anyhow::Result<EngineConfig> {
         },
         strict_limits: config.file.strict_limits,
         output_cap: config.file.output_cap_bytes,
+        min_free_bytes: config.file.min_free_bytes,
         grace: config.grace,
         timeouts: config.timeouts,
         max_running_per_owner: config.file.max_running_jobs_per_user,

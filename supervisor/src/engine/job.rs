@@ -45,6 +45,10 @@ pub struct Status {
     pub output_bytes: u64,
     /// Output bytes dropped over the cap.
     pub truncated_bytes: u64,
+    /// Output bytes dropped because the disk was full at the job's end
+    /// (records before version 4 have none).
+    #[serde(default)]
+    pub disk_full_bytes: u64,
     /// Why the job failed.
     pub failure: Option<String>,
     /// A stop was requested while it ran (by a caller, or by its time
@@ -68,6 +72,7 @@ impl Status {
             usage: Usage::default(),
             output_bytes: 0,
             truncated_bytes: 0,
+            disk_full_bytes: 0,
             failure: None,
             stop_requested: false,
             timed_out: false,
@@ -218,6 +223,7 @@ impl From<RecordV1> for Record {
                 usage: info.usage,
                 output_bytes: info.output_bytes,
                 truncated_bytes: info.output_truncated_bytes,
+                disk_full_bytes: info.output_disk_full_bytes,
                 failure: info.failure,
                 stop_requested: old.stop_requested,
                 timed_out: false,
@@ -346,6 +352,7 @@ impl Job {
             usage: status.usage,
             output_bytes: status.output_bytes,
             output_truncated_bytes: status.truncated_bytes,
+            output_disk_full_bytes: status.disk_full_bytes,
             stop_reason: status.stop_reason(),
             failure: status.failure,
             timeout: spec.timeout,

@@ -126,6 +126,7 @@ pub fn end(status: &mut Status, exit: Option<&ExitRecord>, log_len: u64, now: Un
     status.ended_at = Some(record.ended_at_us);
     status.output_bytes = record.output_bytes;
     status.truncated_bytes = record.truncated_bytes;
+    status.disk_full_bytes = record.disk_full_bytes;
     status.state = if status.failure.is_some() {
         JobState::Failed
     } else if record.stopped {
@@ -280,6 +281,7 @@ mod tests {
             stopped,
             output_bytes: 12,
             truncated_bytes: 2,
+            disk_full_bytes: 0,
             started_at_us: Some(UnixMicros(1_000)),
             ended_at_us: UnixMicros(5_000),
         }

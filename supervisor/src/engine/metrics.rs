@@ -117,12 +117,14 @@ impl Figures {
                 .duration_seconds
                 .observe(&DURATION_SECONDS_BUCKETS, ran);
         }
-        let stored = status.output_bytes.saturating_sub(status.truncated_bytes);
+        let dropped = status
+            .truncated_bytes
+            .saturating_add(status.disk_full_bytes);
+        let stored = status.output_bytes.saturating_sub(dropped);
         counts.output_bytes = counts.output_bytes.saturating_add(stored);
-        counts.output_dropped.output_cap = counts
-            .output_dropped
-            .output_cap
-            .saturating_add(status.truncated_bytes);
+        let by_cause = &mut counts.output_dropped;
+        by_cause.output_cap = by_cause.output_cap.saturating_add(status.truncated_bytes);
+        by_cause.disk_full = by_cause.disk_full.saturating_add(status.disk_full_bytes);
     }
 
     /// Counts a follower for as long as the returned guard lives.

@@ -90,6 +90,8 @@ pub struct EngineConfig {
     pub strict_limits: bool,
     /// Output bytes kept per job.
     pub output_cap: u64,
+    /// Starts are refused while the state file system has less free.
+    pub min_free_bytes: u64,
     /// The grace period of a stop, and the longest a request may ask for (a
     /// longer one is refused).
     pub grace: Duration,
@@ -221,7 +223,7 @@ impl Engine {
                 }
             })?,
         };
-        let records = Records::start().map_err(EngineError::Syncer)?;
+        let records = Records::start(&config.state_dir).map_err(EngineError::Syncer)?;
         let workers = workers::Workers::start(&tokio::runtime::Handle::current())
             .map(Arc::new)
             .map_err(EngineError::Workers)?;

@@ -24,6 +24,16 @@
 //!
 //! Writers run on blocking threads (the start, the settling of a job), never
 //! on the async runtime's workers; the syncer is a thread of its own.
+//!
+//! **A full state file system loses no record.** [`Records`] holds back
+//! [`RESERVE_BYTES`] in a file of the state directory (`records.reserve`,
+//! preallocated). A record write that finds the file system full gives back
+//! [`RELEASE_STEP`] of it (the file is cut shorter) and tries again, so the
+//! records of jobs that end or stop while a job fills the disk are still
+//! written: a few hundred of them, however fast paused output takes back
+//! what is given (jobs' output waits for space meanwhile, and starts are
+//! refused). [`Records::hold_reserve`] makes it whole again once there is
+//! room.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -43,8 +53,21 @@ pub const MAX_LAG: Duration = Duration::from_secs(1);
 /// How long the syncer waits after a round in which a sync failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// The room held back for records on the state file system: a few
+/// thousand records' worth.
+pub const RESERVE_BYTES: u64 = 8 << 20;
+
+/// The file that holds it, in the state directory.
+const RESERVE_FILE: &str = "records.reserve";
+
+/// How much of it one record write that finds the file system full gives
+/// back: a record's worth, with room to spare.
+pub const RELEASE_STEP: u64 = 32 << 10;
+
 /// The record writer and its syncer thread.
 pub struct Records {
+    /// The file holding back room for records.
+    reserve: PathBuf,
     state: Mutex<State>,
     /// Wakes the syncer when records are written; wakes writers and
     /// [`Records::flush`] when a round ends.
@@ -63,9 +86,11 @@ struct State {
 }
 
 impl Records {
-    /// A writer; starts the syncer thread.
-    pub fn start() -> io::Result<Arc<Self>> {
+    /// A writer of records in `state_dir`, holding back room there for
+    /// them; starts the syncer thread.
+    pub fn start(state_dir: &Path) -> io::Result<Arc<Self>> {
         let records = Arc::new(Self {
+            reserve: state_dir.join(RESERVE_FILE),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
@@ -73,7 +98,51 @@ impl Records {
         std::thread::Builder::new()
             .name("jobworker-sync".into())
             .spawn(move || syncer.sync_forever())?;
+        records.hold_reserve();
         Ok(records)
+    }
+
+    /// Holds back [`RESERVE_BYTES`] for records, if they are not held
+    /// whole already and the file system has the room. Blocks.
+    pub fn hold_reserve(&self) {
+        let held = std::fs::metadata(&self.reserve).map_or(0, |m| m.len());
+        if held >= RESERVE_BYTES {
+            return;
+        }
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.reserve)
+            .and_then(|file| {
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)
+                    .map_err(io::Error::from)
+            });
+        match made {
+            Ok(()) => tracing::info!(path = %self.reserve.display(), bytes = RESERVE_BYTES,
+                "holding back room for job records"),
+            Err(e) => tracing::warn!(path = %self.reserve.display(), held, error = %e,
+                "cannot hold back all the room for job records; retried later"),
+        }
+    }
+
+    /// Gives back [`RELEASE_STEP`] of the reserve; says whether there was
+    /// any to give.
+    fn release_some(&self) -> bool {
+        let file = std::fs::OpenOptions::new().write(true).open(&self.reserve);
+        let released = file.and_then(|file| {
+            let held = file.metadata()?.len();
+            file.set_len(held.saturating_sub(RELEASE_STEP))?;
+            Ok(held)
+        });
+        match released {
+            Ok(held) if held > 0 => {
+                tracing::error!(path = %self.reserve.display(), left = held.saturating_sub(RELEASE_STEP),
+                    "the state file system is full: giving room held back to job records");
+                true
+            }
+            _ => false,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -96,7 +165,11 @@ impl Records {
                 .0;
         }
         drop(state);
-        atomic::write_json(path, value)?;
+        let mut written = atomic::write_json(path, value);
+        while written.as_ref().is_err_and(atomic::is_full) && self.release_some() {
+            written = atomic::write_json(path, value);
+        }
+        written?;
         let mut state = self.state();
         state.dirty.insert(path.to_path_buf());
         state.written += 1;
@@ -180,8 +253,9 @@ mod tests {
 
     #[test]
     fn writes_are_visible_at_once_and_durable_after_flush() {
-        let records = Records::start().unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let records = Records::start(dir.path()).unwrap();
+        assert!(dir.path().join(RESERVE_FILE).metadata().unwrap().len() >= RESERVE_BYTES);
         let path = dir.path().join("job.json");
         for n in 0..50 {
             records.write(&path, &n).unwrap();
@@ -198,8 +272,8 @@ mod tests {
 
     #[test]
     fn a_removed_record_does_not_stop_the_syncer() {
-        let records = Records::start().unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let records = Records::start(dir.path()).unwrap();
         let path = dir.path().join("gone").join("job.json");
         std::fs::create_dir(path.parent().unwrap()).unwrap();
         records.write(&path, &1).unwrap();

@@ -107,7 +107,11 @@ impl Engine {
     /// blocking pool.
     pub fn enforce_retention_in_background(self: &Arc<Self>) {
         let engine = Arc::clone(self);
-        tokio::task::spawn_blocking(move || engine.enforce_retention());
+        tokio::task::spawn_blocking(move || {
+            // Room for records, given up when the disk filled, taken back.
+            engine.records.hold_reserve();
+            engine.enforce_retention();
+        });
     }
 
     /// The periodic pass: measures the running jobs' directories, then

@@ -60,6 +60,32 @@ pub enum StartError {
         /// The cap.
         cap: usize,
     },
+    /// The state directory's file system is (nearly) full.
+    #[error(
+        "the state directory's file system is full ({free} bytes free, {inodes} inodes; \
+         starts need {floor} bytes, min_free_bytes): free space in {}, or wait for jobs \
+         to end and retention to remove them",
+        dir.display()
+    )]
+    DiskFull {
+        /// The state directory.
+        dir: PathBuf,
+        /// Bytes free.
+        free: u64,
+        /// Inodes free.
+        inodes: u64,
+        /// The floor.
+        floor: u64,
+    },
+    /// The free space of the state directory's file system could not be
+    /// read.
+    #[error("reading the free space of {}: {source}", dir.display())]
+    FreeSpace {
+        /// The state directory.
+        dir: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// Every uid of the pool is held by a running job.
     #[error(
         "every job uid of {}-{} is held by a running job ({held} held); \
@@ -158,7 +184,8 @@ impl From<StartError> for IpcError {
             },
             StartError::OverMax { .. }
             | StartError::UidsExhausted { .. }
-            | StartError::TooManyRunning { .. } => Self::ResourceExhausted { reason },
+            | StartError::TooManyRunning { .. }
+            | StartError::DiskFull { .. } => Self::ResourceExhausted { reason },
             StartError::Unenforced { .. } | StartError::Refused(_) => {
                 Self::FailedPrecondition { reason }
             }
@@ -323,6 +350,29 @@ impl Engine {
         })
     }
 
+    /// Refuses a start while the state file system has less than
+    /// `min_free_bytes` free, or no inode: the job's directory, log and
+    /// record need room, and running jobs' output and records come first.
+    /// Blocks (one `statvfs`).
+    fn check_free_space(&self) -> Result<(), StartError> {
+        let dir = &self.config.state_dir;
+        let stat = rustix::fs::statvfs(dir).map_err(|e| StartError::FreeSpace {
+            dir: dir.clone(),
+            source: e.into(),
+        })?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let floor = self.config.min_free_bytes;
+        if free < floor.max(1) || (stat.f_favail == 0 && stat.f_files > 0) {
+            return Err(StartError::DiskFull {
+                dir: dir.clone(),
+                free,
+                inodes: stat.f_favail,
+                floor,
+            });
+        }
+        Ok(())
+    }
+
     /// The job `owner` started with `request_id`, if any.
     fn started_before(&self, owner: &Owner, request_id: &RequestId) -> Option<Arc<Job>> {
         self.jobs()
@@ -374,6 +424,7 @@ impl Engine {
         limits: Limits,
         (uid, gid): (u32, u32),
     ) -> Result<(Arc<Job>, Spawned), StartError> {
+        self.check_free_space()?;
         let id = guard.made.job;
         let dir = self.make_job_dir(guard, (uid, gid))?;
         let (cgroup, enforced) = self.make_cgroup(guard, &limits)?;

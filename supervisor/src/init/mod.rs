@@ -100,6 +100,7 @@ fn run() -> Result<(), String> {
     } = started?;
     // Off the start's critical path: the supervisor has its answer.
     exempt_from_the_oom_killer();
+    reserve_exit_space(&job_dir);
 
     let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
         .map_err(|e| format!("pumping output: {e}"))?;
@@ -108,15 +109,59 @@ fn run() -> Result<(), String> {
         stopped: outcome.stopped,
         output_bytes: outcome.output_bytes,
         truncated_bytes: outcome.dropped_bytes,
+        disk_full_bytes: outcome.lost_bytes,
         started_at_us: Some(started_at),
         ended_at_us: outcome.ended_at,
     };
-    atomic::write_json_at(&job_dir, EXIT_FILE.as_ref(), &record)
-        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))?;
+    let written = write_exit_record(&job_dir, &record)
+        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()));
     // The supervisor that started the job learns of its end from this
-    // message, without reading the file; one restarted since reads the file.
+    // message, without reading the file (even if it could not be written);
+    // one restarted since reads the file.
     let _ = handoff::write_message(&mut control, &record);
-    Ok(())
+    written
+}
+
+/// The file that holds back room for the exit record, in the job's
+/// directory, from the start to the end of the job.
+const EXIT_RESERVE: &str = "exit.json.reserve";
+
+/// How much room it holds: more than an exit record takes, in any file
+/// system's blocks.
+const EXIT_RESERVE_BYTES: u64 = 64 * 1024;
+
+/// Holds back room for the exit record on the job's file system, so that a
+/// job that fills it still gets its exit status recorded (best effort: a
+/// file system that is already full, or cannot preallocate, gets none).
+fn reserve_exit_space(job_dir: &File) {
+    let reserved = rustix::fs::openat(
+        job_dir,
+        EXIT_RESERVE,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .and_then(|file| {
+        rustix::fs::fallocate(
+            &file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            EXIT_RESERVE_BYTES,
+        )
+    });
+    if let Err(e) = reserved {
+        eprintln!("jobworker-init: holding back room for the exit record: {e}");
+    }
+}
+
+/// Writes the exit record; if the file system is full, gives back the room
+/// held for it and tries again. The reserve goes either way.
+fn write_exit_record(job_dir: &File, record: &ExitRecord) -> std::io::Result<()> {
+    let mut written = atomic::write_json_at(job_dir, EXIT_FILE.as_ref(), record);
+    let _ = rustix::fs::unlinkat(job_dir, EXIT_RESERVE, rustix::fs::AtFlags::empty());
+    if written.as_ref().is_err_and(atomic::is_full) {
+        written = atomic::write_json_at(job_dir, EXIT_FILE.as_ref(), record);
+    }
+    written
 }
 
 /// The OOM killer should pick the job's processes, not the init that

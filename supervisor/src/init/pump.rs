@@ -4,10 +4,18 @@
 //! orphans reaped. When the command has ended, whatever is left of the job is
 //! killed and reaped, and what remains in the pipe is drained (without waiting
 //! for an end of file that a process outside the job could hold back).
+//!
+//! A full file system (ENOSPC, EDQUOT) pauses the output instead of losing
+//! it: the bytes that did not fit are kept, the pipe is not read (so the
+//! job blocks on its next write once the pipe is full: it is slowed, not
+//! cut), and the write is retried every [`RETRY`] until space returns. Only
+//! at the job's end, if the disk is still full after [`END_WAIT`], is what
+//! is left dropped, and counted apart from the cap's drops.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use jobworker_ipc::{Termination, UnixMicros};
 use nix::errno::Errno;
@@ -16,6 +24,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+
+use crate::atomic::is_full;
 
 /// What the pump saw.
 pub struct Outcome {
@@ -28,16 +38,34 @@ pub struct Outcome {
     pub stopped: bool,
     /// Bytes the job wrote.
     pub output_bytes: u64,
-    /// Bytes dropped over the cap (or because the log could not be written).
+    /// Bytes dropped over the cap.
     pub dropped_bytes: u64,
+    /// Bytes dropped because the log could not take them at the job's end
+    /// (its file system still full), or at all (it failed otherwise).
+    pub lost_bytes: u64,
 }
 
-/// Counts output and writes what fits under the cap into the log.
+/// How often a paused output retries its write.
+pub const RETRY: Duration = Duration::from_millis(100);
+
+/// How long the job's end waits for space for the last bytes. Within the
+/// 2 s the supervisor gives the init after a "stop now".
+pub const END_WAIT: Duration = Duration::from_secs(1);
+
+/// Counts output and writes what fits under the cap into the log, holding
+/// back what a full file system refuses.
 struct Sink {
     log: File,
     cap: u64,
+    /// In the log.
     written: u64,
+    /// Over the cap.
     dropped: u64,
+    /// Lost to a full or failing file system.
+    lost: u64,
+    /// Taken from the pipe, not yet in the log: the file system is full.
+    pending: Vec<u8>,
+    /// The log failed for a reason other than space: output is dropped.
     failed: bool,
 }
 
@@ -49,27 +77,91 @@ impl Sink {
             cap,
             written: 0,
             dropped: 0,
+            lost: 0,
+            pending: Vec::new(),
             failed: false,
         }
     }
 
+    /// Whether output waits for space (and the pipe is left unread).
+    fn paused(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Takes bytes read from the pipe: what fits under the cap goes to the
+    /// log (or waits for space behind what already waits), the rest is
+    /// counted as dropped over the cap.
     fn take(&mut self, data: &[u8]) {
-        let room = usize::try_from(self.cap.saturating_sub(self.written)).unwrap_or(usize::MAX);
-        let mut keep = if self.failed { 0 } else { data.len().min(room) };
-        if keep > 0 {
-            match self.log.write_all(&data[..keep]) {
-                Ok(()) => self.written += keep as u64,
+        let taken = self.written + self.pending.len() as u64;
+        let room = usize::try_from(self.cap.saturating_sub(taken)).unwrap_or(usize::MAX);
+        let keep = data.len().min(room);
+        self.dropped += (data.len() - keep) as u64;
+        if self.failed {
+            self.lost += keep as u64;
+        } else if self.paused() {
+            self.pending.extend_from_slice(&data[..keep]);
+        } else {
+            let done = self.write(&data[..keep]);
+            self.pending.extend_from_slice(&data[done..keep]);
+        }
+    }
+
+    /// Retries what waits for space; what fits now goes to the log.
+    fn retry(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let done = self.write(&pending);
+        self.pending = pending;
+        self.pending.drain(..done);
+    }
+
+    /// Writes `data` into the log; returns how much went in. Stops short at
+    /// a full file system (the rest is to be retried); any other error
+    /// marks the log failed and counts the rest as lost.
+    fn write(&mut self, data: &[u8]) -> usize {
+        let mut done = 0;
+        while done < data.len() {
+            match self.log.write(&data[done..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    self.written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_full(&e) => break,
                 Err(e) => {
                     eprintln!(
                         "jobworker-init: writing the output log: {e}; \
                          output is dropped from here on"
                     );
                     self.failed = true;
-                    keep = 0;
+                    self.lost += (data.len() - done) as u64;
+                    return data.len();
                 }
             }
         }
-        self.dropped += (data.len() - keep) as u64;
+        done
+    }
+
+    /// At the job's end: waits up to `limit` for space for what is held
+    /// back, then counts what still does not fit as lost.
+    fn finish(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.paused() {
+            self.retry();
+            if !self.paused() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(RETRY);
+        }
+        if self.paused() {
+            eprintln!(
+                "jobworker-init: the output log's file system is still full at the job's end: \
+                 {} bytes dropped",
+                self.pending.len()
+            );
+            self.lost += self.pending.len() as u64;
+            self.pending.clear();
+        }
     }
 }
 
@@ -97,7 +189,13 @@ pub fn run(
     let mut buf = vec![0u8; 64 * 1024];
 
     while termination.is_none() {
-        let ready = wait(signals, output.as_ref())?;
+        // While output waits for space the pipe is left unread, and the
+        // wait wakes to retry.
+        let paused = sink.paused();
+        let ready = wait(signals, output.as_ref().filter(|_| !paused), paused)?;
+        if paused {
+            sink.retry();
+        }
         if ready.output {
             read_output(&mut output, &mut sink, &mut buf)?;
         }
@@ -119,19 +217,26 @@ pub fn run(
         termination: termination.ok_or_else(|| io::Error::other("command status lost"))?,
         ended_at,
         stopped,
-        output_bytes: sink.written + sink.dropped,
+        output_bytes: sink.written + sink.dropped + sink.lost,
         dropped_bytes: sink.dropped,
+        lost_bytes: sink.lost,
     })
 }
 
-/// Polls the signalfd and, while it is open, the output pipe until either
-/// has something to read (or a signal interrupts the poll).
-fn wait(signals: &SignalFd, output: Option<&File>) -> io::Result<Ready> {
+/// Polls the signalfd and the output pipe (when given) until either has
+/// something to read, a signal interrupts the poll, or, when `retry`, for at
+/// most [`RETRY`].
+fn wait(signals: &SignalFd, output: Option<&File>, retry: bool) -> io::Result<Ready> {
     let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
     if let Some(pipe) = output {
         fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
     }
-    match poll(&mut fds, PollTimeout::NONE) {
+    let timeout = if retry {
+        PollTimeout::from(u16::try_from(RETRY.as_millis()).unwrap_or(u16::MAX))
+    } else {
+        PollTimeout::NONE
+    };
+    match poll(&mut fds, timeout) {
         Ok(_) | Err(Errno::EINTR) => {}
         Err(e) => return Err(e.into()),
     }
@@ -182,7 +287,8 @@ fn forward_signals(signals: &SignalFd) -> io::Result<bool> {
 }
 
 /// Once the command has ended: kills and reaps whatever is left of the job,
-/// drains the pipe if it is still open, and flushes the log to disk.
+/// drains the pipe if it is still open, gives held-back output up to
+/// [`END_WAIT`] to find space, and flushes the log to disk.
 fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
     // The job is its command: what it left behind goes with it. As pid 1,
     // kill(-1) reaches every other process of the namespace; collect them
@@ -192,7 +298,13 @@ fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<
     if let Some(mut pipe) = output {
         drain(&mut pipe, sink, buf)?;
     }
-    sink.log.sync_data()
+    sink.finish(END_WAIT);
+    // Best effort: a log that cannot be flushed still has its bytes in the
+    // page cache, and the job's exit status matters more.
+    if let Err(e) = sink.log.sync_data() {
+        eprintln!("jobworker-init: flushing the output log: {e}");
+    }
+    Ok(())
 }
 
 /// Reads what is left in the pipe once every process of the job is gone. It

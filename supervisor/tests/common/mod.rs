@@ -72,6 +72,7 @@ impl TestEngine {
             retention: jobworker_supervisor::engine::Retention::default(),
             strict_limits: false,
             output_cap: 64 << 20,
+            min_free_bytes: 0,
             grace: Duration::from_secs(5),
             timeouts: Default::default(),
             max_running_per_owner: 0,
