@@ -189,6 +189,16 @@ impl From<StartError> for IpcError {
             StartError::Unenforced { .. } | StartError::Refused(_) => {
                 Self::FailedPrecondition { reason }
             }
+            // The disk filled between the free-space check and the write.
+            StartError::JobDir { source, .. }
+            | StartError::WorkDir { source, .. }
+            | StartError::Record { source, .. }
+                if crate::atomic::is_full(&source) =>
+            {
+                Self::ResourceExhausted {
+                    reason: format!("the state directory's file system is full ({reason})"),
+                }
+            }
             StartError::Spawn(SpawnError::Clone { source, .. }) => match clone_shortage(&source) {
                 Some(what) => {
                     tracing::warn!(%reason, "the host refused a job's init");
