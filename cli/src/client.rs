@@ -121,18 +121,24 @@ pub async fn connect(settings: &Settings) -> Result<Client, CliError> {
     Ok(JobServiceClient::new(channel))
 }
 
-/// A failed call as a [`CliError`]: what was being done, the server's
-/// message, and a hint where the code calls for one. A status that tonic
-/// made from a local error of the connection (it carries a source; the
-/// server's own statuses do not) is a connection failure, whatever its code.
-pub fn rpc_error(what: impl Into<String>, status: &tonic::Status) -> CliError {
+/// Whether a failed call lost its connection to the gateway (refused,
+/// reset, closed, or the gateway could not reach the supervisor), rather
+/// than being refused: worth retrying once the gateway or the supervisor is
+/// back. A TLS failure (a certificate refused) is not.
+pub fn is_connection_loss(status: &tonic::Status) -> bool {
     use tonic::Code;
-    let mut message = status.message().replace('\n', " ");
     let transport = status.source().is_some()
         && matches!(
             status.code(),
             Code::Unknown | Code::Unavailable | Code::Cancelled | Code::Internal
         );
+    (transport || status.code() == Code::Unavailable) && !looks_like_tls(&status_text(status))
+}
+
+/// A status's message with the detail of its source (tonic's local
+/// errors), on one line.
+pub fn status_text(status: &tonic::Status) -> String {
+    let mut message = status.message().replace('\n', " ");
     if let Some(source) = status.source() {
         let detail = chain_text(source);
         if message.is_empty() || detail.contains(&message) {
@@ -144,6 +150,21 @@ pub fn rpc_error(what: impl Into<String>, status: &tonic::Status) -> CliError {
     if message.is_empty() {
         message = format!("{:?}", status.code());
     }
+    message
+}
+
+/// A failed call as a [`CliError`]: what was being done, the server's
+/// message, and a hint where the code calls for one. A status that tonic
+/// made from a local error of the connection (it carries a source; the
+/// server's own statuses do not) is a connection failure, whatever its code.
+pub fn rpc_error(what: impl Into<String>, status: &tonic::Status) -> CliError {
+    use tonic::Code;
+    let transport = status.source().is_some()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Unavailable | Code::Cancelled | Code::Internal
+        );
+    let mut message = status_text(status);
     let hint = match status.code() {
         Code::Unauthenticated => {
             Some("the gateway did not accept the client certificate: check --cert and --key")
@@ -152,7 +173,7 @@ pub fn rpc_error(what: impl Into<String>, status: &tonic::Status) -> CliError {
             "the TLS session failed: check that --cert and --key are a client certificate and key issued by the CA the gateway trusts",
         ),
         _ if transport => Some(
-            "the gateway closed the connection: check that --cert and --key are a client certificate the gateway trusts, and that the gateway is running",
+            "the connection to the gateway was lost: is the gateway running? (it may be restarting)",
         ),
         Code::Unavailable => Some("is the gateway running and reachable?"),
         _ => None,
@@ -216,6 +237,35 @@ mod tests {
         // The same code from the server is the server's business.
         let e = rpc_error("x", &tonic::Status::unknown("odd"));
         assert_eq!(e.exit_code(), crate::exit::OTHER);
+        assert!(
+            !is_connection_loss(&status),
+            "a refused certificate is final"
+        );
+    }
+
+    #[test]
+    fn a_lost_connection_is_named_and_worth_resuming() {
+        let cause = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "error reading a body from connection: connection reset by peer",
+        );
+        let status = tonic::Status::from_error(Box::new(cause));
+        assert!(is_connection_loss(&status));
+        let text = rpc_error("reading the output", &status).to_string();
+        assert!(
+            text.contains("connection reset")
+                && text.contains("the connection to the gateway was lost"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("--cert"),
+            "it blames the certificate: {text}"
+        );
+        // The gateway's own word that the supervisor is away: retried too.
+        assert!(is_connection_loss(&tonic::Status::unavailable(
+            "the job supervisor is unreachable"
+        )));
+        assert!(!is_connection_loss(&tonic::Status::not_found("no job x")));
     }
 
     #[tokio::test]

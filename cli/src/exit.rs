@@ -28,6 +28,8 @@ pub const PERMISSION: u8 = 4;
 pub const NOT_FOUND: u8 = 5;
 /// `jobctl run` was interrupted with Ctrl-C.
 pub const INTERRUPTED: u8 = 130;
+/// `jobctl run` stopped its job on SIGTERM (128 + 15).
+pub const TERMINATED: u8 = 143;
 /// Standard output was closed by its reader.
 pub const STDOUT_CLOSED: u8 = 141;
 
@@ -134,6 +136,14 @@ pub enum CliError {
         message: String,
         /// The call failed in the connection (TLS, HTTP/2), not at the server.
         transport: bool,
+    },
+    /// A lost connection that did not come back in time.
+    #[error("{error} (gave up after {}s of trying to reconnect)", after.as_secs())]
+    GaveUp {
+        /// How long it was retried.
+        after: std::time::Duration,
+        /// The last error.
+        error: Box<CliError>,
     },
     /// A job id prefix matches no job the caller may see.
     #[error("no job matches {prefix:?} among the jobs you may see (see the ids in the job list)")]
@@ -246,6 +256,7 @@ impl CliError {
                 transport: true, ..
             } => Class::Connection,
             Self::Rpc { code, .. } => Class::of_grpc(*code),
+            Self::GaveUp { .. } => Class::Connection,
             Self::NoSuchJob { .. } => Class::NotFound,
             Self::Socket { error, .. } => match error.kind() {
                 std::io::ErrorKind::PermissionDenied => Class::Permission,

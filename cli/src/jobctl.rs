@@ -4,9 +4,10 @@
 //! - `start [limits] -- CMD [ARGS...]` prints the new job's id.
 //! - `run [limits] -- CMD [ARGS...]` starts a job, streams its output live
 //!   and exits with its exit code (128 + the signal's number if a signal
-//!   killed it). Ctrl-C stops the job (SIGTERM, the server's grace period,
-//!   then kill), prints the rest of its output and exits 130; a second
-//!   Ctrl-C exits 130 at once.
+//!   killed it). Ctrl-C (or SIGTERM) stops the job (SIGTERM, the server's
+//!   grace period, then kill), prints the rest of its output and exits 130
+//!   (143); a second one exits at once. A lost connection stops nothing:
+//!   the output stream resumes ([`crate::stream`]).
 //! - `stop [--grace 5s] ID`, `status ID`, `list [--state S] [-l KEY=VALUE,...]`.
 //! - `logs [-f] [--offset N] ID` writes the output's raw bytes to stdout.
 //! - `completions bash|zsh|fish|...` prints a shell completion script.
@@ -20,7 +21,6 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use jobworker_ipc::{JobInfo, JobState, Labels, StopReason, Termination};
 use jobworker_proto::v1;
-use jobworker_proto::v1::output_chunk::Kind;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::client::{self, Client, rpc_error};
@@ -28,6 +28,7 @@ use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
 use crate::render::{self, write_stdout};
 use crate::settings::{self, Layer, Settings, Sources};
+use crate::stream::{Event, OutputStream};
 use crate::units;
 
 /// The most jobs asked for per list page.
@@ -417,7 +418,7 @@ async fn logs_command(client: &mut Client, args: LogsArgs) -> Result<(), CliErro
 
 /// A job the server sent, in the shared model; one this jobctl cannot read
 /// (a state it does not know, say) is an error.
-fn read_job(job: v1::Job) -> Result<JobInfo, CliError> {
+pub(crate) fn read_job(job: v1::Job) -> Result<JobInfo, CliError> {
     JobInfo::try_from(job).map_err(|e| {
         CliError::Unexpected(format!(
             "the server sent a job this jobctl cannot read ({}: {}); is jobctl older than the server?",
@@ -484,82 +485,61 @@ async fn resolve_id(client: &mut Client, arg: &str) -> Result<String, CliError> 
     }
 }
 
-/// One event of an output stream.
-enum Event {
-    /// Output bytes.
-    Data(Vec<u8>),
-    /// The job's status at the stream's end.
-    End(Box<JobInfo>),
-}
-
-/// A job's output stream.
-struct OutputStream {
-    id: String,
-    inner: tonic::Streaming<v1::OutputChunk>,
-}
-
-impl OutputStream {
-    async fn open(
-        client: &mut Client,
-        id: &str,
-        offset: u64,
-        follow: bool,
-    ) -> Result<Self, CliError> {
-        let inner = client
-            .stream_output(v1::StreamOutputRequest {
-                job_id: id.to_owned(),
-                offset,
-                follow: Some(follow),
-            })
-            .await
-            .map_err(|s| rpc_error(format!("reading the output of job {id}"), &s))?
-            .into_inner();
-        Ok(Self {
-            id: id.to_owned(),
-            inner,
-        })
-    }
-
-    /// The next event; `None` when the stream ended.
-    async fn next(&mut self) -> Result<Option<Event>, CliError> {
-        loop {
-            let chunk = self
-                .inner
-                .message()
-                .await
-                .map_err(|s| rpc_error(format!("reading the output of job {}", self.id), &s))?;
-            let Some(chunk) = chunk else {
-                return Ok(None);
-            };
-            match chunk.kind {
-                // An empty message carries nothing: wait for the next.
-                None => {}
-                Some(Kind::Output(output)) => return Ok(Some(Event::Data(output.data))),
-                Some(Kind::End(job)) => return Ok(Some(Event::End(Box::new(read_job(job)?)))),
-            }
-        }
-    }
-}
-
 /// `jobctl run`: start, stream, exit with the job's code.
 async fn run_job(settings: &Settings, spec: &JobSpecArgs) -> Result<u8, CliError> {
-    // Listen for Ctrl-C before anything starts, so that none is lost.
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| CliError::Unexpected(format!("listening for Ctrl-C: {e}")))?;
+    // Listen for Ctrl-C and SIGTERM before anything starts, so that none
+    // is lost.
+    let mut interrupt = Interrupts::listen()?;
     let mut client = tokio::select! {
         client = client::connect(settings) => client?,
-        _ = interrupt.recv() => return Ok(exit::INTERRUPTED),
+        code = interrupt.next() => return Ok(code),
     };
     // Once asked for, a start is seen through, so that a job started by a
     // request in flight is stopped rather than left behind.
     let id = start(&mut client, spec).await?;
     match follow(&mut client, &id, &mut interrupt).await {
         Ok(code) => Ok(code),
+        // A lost connection stops nothing: the output stream retried it
+        // for as long as it could, and the job runs on at the server.
+        Err(e) if e.class() == exit::Class::Connection => {
+            eprintln!(
+                "jobctl: job {id} goes on at the server: `jobctl logs -f {id}` follows it, \
+                 `jobctl stop {id}` stops it"
+            );
+            Err(e)
+        }
         Err(e) => {
-            // Whatever ended `run` early (stdout closed, the stream broke),
-            // the job it started must not go on unattended.
+            // Whatever else ended `run` early (stdout closed), the job it
+            // started must not go on unattended.
             stop_before_leaving(&client, &id).await;
             Err(e)
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, which `run` answers by stopping its job.
+struct Interrupts {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupts {
+    fn listen() -> Result<Self, CliError> {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| CliError::Unexpected(format!("listening for {name}: {e}")))
+        };
+        Ok(Self {
+            int: listen(SignalKind::interrupt(), "Ctrl-C")?,
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next one; the exit code it calls for (128 + its
+    /// number).
+    async fn next(&mut self) -> u8 {
+        tokio::select! {
+            () = interrupted(&mut self.int) => exit::INTERRUPTED,
+            () = interrupted(&mut self.term) => exit::TERMINATED,
         }
     }
 }
@@ -569,10 +549,11 @@ const LEAVING_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a second Ctrl-C waits for the stop to reach the server.
 const SECOND_INTERRUPT_WAIT: Duration = Duration::from_secs(2);
 
-/// Streams the job's output until it ends; Ctrl-C stops it.
-async fn follow(client: &mut Client, id: &str, interrupt: &mut Signal) -> Result<u8, CliError> {
+/// Streams the job's output until it ends; Ctrl-C or SIGTERM stops it.
+async fn follow(client: &mut Client, id: &str, interrupt: &mut Interrupts) -> Result<u8, CliError> {
     let mut stream = OutputStream::open(client, id, 0, true).await?;
     let mut stopping = None;
+    let mut interrupted_with = exit::INTERRUPTED;
     let end = loop {
         tokio::select! {
             event = stream.next() => match event? {
@@ -584,12 +565,13 @@ async fn follow(client: &mut Client, id: &str, interrupt: &mut Signal) -> Result
                     )));
                 }
             },
-            _ = interrupted(interrupt) => {
+            code = interrupt.next() => {
+                interrupted_with = code;
                 if let Some(stop) = stopping.take() {
                     // Give the stop a moment to reach the server: leaving at
                     // once would cancel it and leave the job running.
                     let _ = tokio::time::timeout(SECOND_INTERRUPT_WAIT, stop).await;
-                    return Ok(exit::INTERRUPTED);
+                    return Ok(code);
                 }
                 eprintln!("jobctl: interrupted: stopping job {id} (Ctrl-C again to stop waiting)");
                 let mut stopper = client.clone();
@@ -604,7 +586,7 @@ async fn follow(client: &mut Client, id: &str, interrupt: &mut Signal) -> Result
             Ok(Err(status)) => return Err(rpc_error(format!("stopping job {id}"), &status)),
             Err(e) => return Err(CliError::Unexpected(format!("stopping job {id}: {e}"))),
         }
-        return Ok(exit::INTERRUPTED);
+        return Ok(interrupted_with);
     }
     note_truncation(&end);
     if let (Some(StopReason::TimedOut), Some(timeout)) = (end.stop_reason, end.timeout) {

@@ -12,6 +12,7 @@
 //! - [`render`]: jobs shown to people and to scripts (JSON).
 //! - [`exit`]: the errors and the exit code of each kind.
 //! - [`client`]: the mutual-TLS gRPC connection to the gateway.
+//! - [`stream`]: a job's output stream, resumed across lost connections.
 //! - [`jobctl`]: `jobctl`'s commands.
 //! - [`debug`]: `jobworker-debug`'s commands and its frame tracer.
 #![forbid(unsafe_code)]
@@ -23,4 +24,5 @@ pub mod ids;
 pub mod jobctl;
 pub mod render;
 pub mod settings;
+pub mod stream;
 pub mod units;

@@ -470,3 +470,53 @@ fn refusals_are_short_and_name_the_field() {
     let at_the_end = d.run("alice", &["logs", "--offset", "3", &id]);
     assert_eq!(at_the_end.ok(), "");
 }
+
+/// Spawns `jobctl` as `user` with piped output.
+fn spawn_jobctl(d: &Deployment, user: &str, args: &[&str]) -> std::process::Child {
+    d.jobctl(user)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn run_and_follow_resume_across_a_supervisor_kill_and_restart() {
+    let mut d = Deployment::start();
+    let script = "i=0; while [ $i -lt 40 ]; do echo $i; i=$((i+1)); sleep 0.1; done; exit 3";
+    let expected: String = (0..40).map(|i| format!("{i}\n")).collect();
+    let run = spawn_jobctl(&d, "alice", &["run", "--", "sh", "-c", script]);
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let id = loop {
+        let jobs = json(
+            &d.run("alice", &["list", "--json", "--state", "running"])
+                .ok(),
+        );
+        if let Some(id) = jobs[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let followers: Vec<_> = (0..3)
+        .map(|_| spawn_jobctl(&d, "alice", &["logs", "-f", &id]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    d.stack.supervisor.kill9();
+    std::thread::sleep(Duration::from_millis(1000));
+    d.stack.supervisor.restart().unwrap();
+
+    let run = wait_with_timeout(run, CLI_TIMEOUT);
+    assert_eq!(run.code(), 3, "the job's own code: {run:?}");
+    assert_eq!(run.stdout_text(), expected, "no gap, no repeat");
+    assert!(run.stderr.contains("resum"), "{}", run.stderr);
+    assert!(!run.stderr.contains("stopped job"), "{}", run.stderr);
+    eprintln!("jobctl run said:\n{}", run.stderr);
+    for follower in followers {
+        let follower = wait_with_timeout(follower, CLI_TIMEOUT);
+        assert_eq!(follower.code(), 0, "{follower:?}");
+        assert_eq!(follower.stdout_text(), expected);
+    }
+}
