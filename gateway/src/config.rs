@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// How long connecting to the supervisor (and its handshake) may take,
     /// in milliseconds.
     pub supervisor_connect_timeout_ms: u64,
+    /// The TCP address (`IP:PORT`) of the Prometheus metrics endpoint, plain
+    /// HTTP: `GET /metrics`. No endpoint when unset.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for FileConfig {
@@ -78,6 +81,7 @@ impl Default for FileConfig {
             max_idle_supervisor_connections: 16,
             max_request_bytes: MAX_REQUEST_BYTES,
             supervisor_connect_timeout_ms: 5_000,
+            metrics_listen: None,
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct Config {
     pub file: FileConfig,
     /// `listen`, parsed.
     pub listen: SocketAddr,
+    /// `metrics_listen`, parsed.
+    pub metrics_listen: Option<SocketAddr>,
     /// `run_as_user` and `run_as_group`, resolved.
     pub run_as: Option<RunAs>,
     /// `handshake_timeout_ms`.
@@ -129,15 +135,29 @@ impl Config {
     fn resolve(path: &Path, file: FileConfig) -> Result<Self, ConfigError> {
         let invalid = |key: &str, reason: String| jobworker_config::invalid(path)((key, reason));
         let positive_ms = |key, value| positive_millis(key, value).map_err(invalid_config(path));
-        let listen: SocketAddr = file.listen.parse().map_err(|_| {
-            invalid(
-                "listen",
-                format!(
-                    "{:?} is not an IP:PORT address (e.g. \"127.0.0.1:8443\" or \"[::]:8443\")",
-                    file.listen
-                ),
-            )
-        })?;
+        let address = |key: &str, value: &str, example: u16| {
+            value.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    key,
+                    format!(
+                        "{value:?} is not an IP:PORT address (e.g. \"127.0.0.1:{example}\" or \
+                         \"[::]:{example}\")"
+                    ),
+                )
+            })
+        };
+        let listen = address("listen", &file.listen, 8443)?;
+        let metrics_listen = file
+            .metrics_listen
+            .as_deref()
+            .map(|value| address("metrics_listen", value, 9464))
+            .transpose()?;
+        if metrics_listen == Some(listen) && listen.port() != 0 {
+            return Err(invalid(
+                "metrics_listen",
+                "is the gRPC `listen` address; give the metrics endpoint a port of its own".into(),
+            ));
+        }
         for (key, value) in [
             ("server_cert", &file.server_cert),
             ("server_key", &file.server_key),
@@ -209,6 +229,7 @@ impl Config {
         };
         Ok(Self {
             listen,
+            metrics_listen,
             run_as,
             handshake_timeout: positive_ms("handshake_timeout_ms", file.handshake_timeout_ms)?,
             supervisor_connect_timeout: positive_ms(
@@ -251,6 +272,21 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(config.run_as, None);
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            config.metrics_listen, None,
+            "no metrics endpoint by default"
+        );
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_an_address() {
+        let config = parse("metrics_listen = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let again = parse(&config.describe()).unwrap();
+        assert_eq!(again.metrics_listen, config.metrics_listen);
     }
 
     #[test]
@@ -263,6 +299,8 @@ mod tests {
     fn invalid_values_are_named() {
         let cases = [
             ("listen = \"localhost\"", "listen"),
+            ("metrics_listen = \"9464\"", "metrics_listen"),
+            ("metrics_listen = \"127.0.0.1:8443\"", "metrics_listen"),
             ("server_cert = \"server.pem\"", "server_cert"),
             ("server_key = \"k\"", "server_key"),
             ("client_ca = \"ca.pem\"", "client_ca"),

@@ -14,6 +14,8 @@
 //! - [`convert`]: proto <-> ipc messages, ipc errors -> gRPC statuses.
 //! - [`service`]: the job service (`jobworker.v1.JobService`).
 //! - [`server`]: the gRPC server with health and reflection, signals.
+//! - [`metrics`]: the Prometheus metrics (the gateway's and the
+//!   supervisor's) and their plain-HTTP endpoint.
 //! - [`privileges`]: dropping root after binding, and checking nothing is
 //!   left.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 pub mod config;
 pub mod convert;
 pub mod listener;
+pub mod metrics;
 pub mod privileges;
 pub mod server;
 pub mod service;

@@ -3,7 +3,8 @@
 //! its own with a timeout, so a slow or silent client holds up no one. A
 //! connection whose handshake completes is handed to the gRPC server with
 //! its [`ConnInfo`]: the peer's address and the identity its client
-//! certificate names (read once per connection).
+//! certificate names (read once per connection). Refused connections and
+//! failed handshakes are counted by why ([`Rejection`], [`AuthFailure`]).
 
 use std::convert::Infallible;
 use std::io;
@@ -21,6 +22,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::metrics::{AuthFailure, GatewayMetrics, Rejection};
 use crate::tls::Reloadable;
 use jobworker_identity::{IdentityError, identity_of_chain};
 
@@ -102,22 +104,38 @@ pub struct AcceptLimits {
     pub max_connections: usize,
 }
 
-/// The handshaken connections of `listener`, for `serve_with_incoming`.
-/// Accepting stops when the stream is dropped.
+/// The handshaken connections of `listener`, for `serve_with_incoming`;
+/// refusals and failures are counted in `metrics`. Accepting stops when the
+/// stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Reloadable>,
     limits: AcceptLimits,
+    metrics: Arc<GatewayMetrics>,
 ) -> ReceiverStream<Result<Conn, Infallible>> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(accept_loop(listener, tls, limits, tx));
+    tokio::spawn(accept_loop(listener, tls, limits, metrics, tx));
     ReceiverStream::new(rx)
+}
+
+/// Why a TLS handshake failed, from rustls' error inside tokio-rustls' I/O
+/// error.
+fn handshake_failure(e: &io::Error) -> AuthFailure {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => AuthFailure::NoClientCertificate,
+        Some(rustls::Error::InvalidCertificate(_)) => AuthFailure::BadClientCertificate,
+        _ => AuthFailure::TlsHandshake,
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<Reloadable>,
     limits: AcceptLimits,
+    metrics: Arc<GatewayMetrics>,
     tx: mpsc::Sender<Result<Conn, Infallible>>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -135,6 +153,7 @@ async fn accept_loop(
             },
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics.rejected(Rejection::MaxConnections);
             tracing::warn!(
                 %peer,
                 max_connections = limits.max_connections,
@@ -144,6 +163,7 @@ async fn accept_loop(
         };
         let acceptor = tls.acceptor();
         let tx = tx.clone();
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
@@ -153,10 +173,12 @@ async fn accept_loop(
             {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    metrics.auth_failure(handshake_failure(&e));
                     tracing::warn!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.auth_failure(AuthFailure::HandshakeTimeout);
                     tracing::warn!(%peer, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
                     return;
                 }
@@ -167,6 +189,7 @@ async fn accept_loop(
                     tracing::debug!(%peer, user = %identity.user, role = %identity.role, "connected");
                 }
                 Err(e) => {
+                    metrics.auth_failure(AuthFailure::BadIdentity);
                     tracing::warn!(%peer, error = %e, "connected with a certificate that names no usable identity; its calls will be refused");
                 }
             }

@@ -1,12 +1,13 @@
 //! `jobworker-gateway`: the mTLS gRPC front door of jobworker.
 //!
-//! It reads its configuration and its TLS files and binds its port (as root
-//! if it was started as root), drops to its unprivileged account before
+//! It reads its configuration and its TLS files and binds its port and its
+//! metrics port if any (as root if it was started as root), drops to its unprivileged account before
 //! accepting any connection, and serves until SIGTERM or SIGINT. SIGHUP
 //! reloads the TLS files. `--check-config` validates the configuration and
 //! the TLS files, prints the effective values, and exits.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use jobworker_gateway::config::{self, Config};
+use jobworker_gateway::server::Listeners;
 use jobworker_gateway::tls::{self, Reloadable, TlsFiles};
 use jobworker_gateway::{privileges, server};
 
@@ -63,13 +65,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
 
     // As started (root, usually): the key may be readable by root only, and
-    // the port may be privileged.
+    // the ports may be privileged.
     let tls = Arc::new(Reloadable::load(files).context("loading the TLS files")?);
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("binding {} (`listen`)", config.listen))?;
-    listener
-        .set_nonblocking(true)
-        .context("making the listening socket non-blocking")?;
+    let listeners = Listeners {
+        grpc: bind(config.listen, "listen")?,
+        metrics: config
+            .metrics_listen
+            .map(|address| bind(address, "metrics_listen"))
+            .transpose()?,
+    };
 
     // Still one thread: the switch applies to the whole process.
     let running =
@@ -93,7 +97,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(server::run(config, listener, tls))?;
+        .block_on(server::run(config, listeners, tls))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A non-blocking listening socket on `address`, the value of `key`.
+fn bind(address: SocketAddr, key: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("binding {address} (`{key}`)"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("making the listening socket of `{key}` non-blocking"))?;
+    Ok(listener)
 }

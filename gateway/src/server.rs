@@ -4,6 +4,9 @@
 //! SIGINT stop accepting, let calls in progress finish for up to
 //! [`SHUTDOWN_GRACE`], then end. Health follows the supervisor's
 //! reachability: NOT_SERVING while the last attempt to reach it failed.
+//! Every call is counted and timed ([`crate::metrics::grpc`]); with
+//! `metrics_listen`, the metrics endpoint ([`crate::metrics::endpoint`])
+//! serves beside, until the end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::listener::{self, AcceptLimits};
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::metrics::{Metrics, endpoint};
 use crate::service::JobService;
 use crate::supervisor::{PoolLimits, Supervisor};
 use crate::tls::Reloadable;
@@ -47,10 +52,19 @@ pub enum ServeError {
     Transport(String),
 }
 
-/// Serves on `listener` until SIGTERM or SIGINT.
+/// The sockets the gateway serves, bound before it dropped root.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port (`listen`).
+    pub grpc: std::net::TcpListener,
+    /// The metrics endpoint (`metrics_listen`), if configured.
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// Serves on `listeners` until SIGTERM or SIGINT.
 pub async fn run(
     config: Config,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     tls: Arc<Reloadable>,
 ) -> Result<(), ServeError> {
     // First, so that a signal is never met with the default action.
@@ -60,8 +74,10 @@ pub async fn run(
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| ServeError::Signal("SIGINT", e))?;
 
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Listener)?;
+    let listener =
+        tokio::net::TcpListener::from_std(listeners.grpc).map_err(ServeError::Listener)?;
     let address = listener.local_addr().map_err(ServeError::Listener)?;
+    let metrics = Arc::new(Metrics::new());
     let supervisor = Arc::new(Supervisor::new(
         config.file.supervisor_socket.clone(),
         config.supervisor_connect_timeout,
@@ -70,7 +86,24 @@ pub async fn run(
             max_output_streams: config.file.max_output_streams,
             max_idle: config.file.max_idle_supervisor_connections,
         },
+        metrics.gateway().supervisor_reconnects(),
     ));
+    if let Some(metrics_listener) = listeners.metrics {
+        let metrics_listener =
+            tokio::net::TcpListener::from_std(metrics_listener).map_err(ServeError::Listener)?;
+        let metrics_address = metrics_listener
+            .local_addr()
+            .map_err(ServeError::Listener)?;
+        tokio::spawn(endpoint::serve(
+            metrics_listener,
+            Arc::clone(&metrics),
+            Arc::clone(&supervisor),
+        ));
+        tracing::info!(
+            "serving metrics on http://{metrics_address}{}",
+            endpoint::PATH
+        );
+    }
     let max_request = config.file.max_request_bytes;
     let (reporter, health) = services::health(ServingStatus::Serving).await;
     let health = health.max_decoding_message_size(max_request);
@@ -102,11 +135,14 @@ pub async fn run(
             handshake_timeout: config.handshake_timeout,
             max_connections: config.file.max_connections,
         },
+        Arc::clone(metrics.gateway()),
     );
     let jobs =
         JobServiceServer::new(JobService::new(supervisor)).max_decoding_message_size(max_request);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
+        // Outermost, so that it sees the status the client gets.
+        .layer(GrpcMetricsLayer::new(Arc::clone(metrics.gateway())))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted as fn(_) -> _,
         ))

@@ -25,15 +25,21 @@
 //!
 //! The connections themselves (connect, handshake, frames, their errors) are
 //! [`jobworker_ipc::client`]'s; this module adds the pool, the limits, the
-//! reachability watch and the messages for remote users.
+//! reachability watch, the messages for remote users, and the count of
+//! reconnections (`jobworker_gateway_supervisor_reconnects_total`): a
+//! connection opened after the gateway lost one (a pooled connection the
+//! supervisor had closed, or one that failed a call) or failed to connect,
+//! so one per recovery, not one per connection the pool opens.
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jobworker_ipc::client::{self, ClientError, Connection, StreamFrame};
 use jobworker_ipc::{FrameError, Identity, Request, Response};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long an idle connection stays in the pool (well under the
@@ -143,11 +149,22 @@ pub struct Supervisor {
     streams: Arc<Semaphore>,
     idle: Mutex<Vec<(Connection, Instant)>>,
     reachable: watch::Sender<bool>,
+    /// A connection was lost, or connecting failed, since the last
+    /// connection was opened.
+    lost: AtomicBool,
+    reconnects: Counter,
 }
 
 impl Supervisor {
     /// A client of the supervisor at `socket`; nothing is connected yet.
-    pub fn new(socket: PathBuf, connect_timeout: Duration, limits: PoolLimits) -> Self {
+    /// `reconnects` counts the connections opened after one was lost (see
+    /// the module's documentation).
+    pub fn new(
+        socket: PathBuf,
+        connect_timeout: Duration,
+        limits: PoolLimits,
+        reconnects: Counter,
+    ) -> Self {
         Self {
             socket,
             connect_timeout,
@@ -156,6 +173,8 @@ impl Supervisor {
             streams: Arc::new(Semaphore::new(limits.max_output_streams)),
             idle: Mutex::new(Vec::new()),
             reachable: watch::channel(true).0,
+            lost: AtomicBool::new(false),
+            reconnects,
         }
     }
 
@@ -171,6 +190,20 @@ impl Supervisor {
         identity: &Identity,
         request: Request,
     ) -> Result<Response, SupervisorError> {
+        self.unary(Some(identity), request).await
+    }
+
+    /// One call the gateway makes on its own behalf, asserting no identity:
+    /// the supervisor lets it `Ping` and read `Metrics`, nothing else.
+    pub async fn call_own(&self, request: Request) -> Result<Response, SupervisorError> {
+        self.unary(None, request).await
+    }
+
+    async fn unary(
+        &self,
+        identity: Option<&Identity>,
+        request: Request,
+    ) -> Result<Response, SupervisorError> {
         let _turn = self
             .unary
             .acquire()
@@ -178,18 +211,19 @@ impl Supervisor {
             .map_err(|_| SupervisorError::Unexpected("the client is shutting down".into()))?;
         let repeatable = !matches!(&request, Request::StartJob(spec) if spec.request_id.is_none());
         if repeatable && let Some(mut conn) = self.take_idle() {
-            match conn.call_as(identity, request.clone()).await {
+            match exchange(&mut conn, identity, request.clone()).await {
                 Ok(response) => {
                     self.put_idle(conn);
                     return Ok(response);
                 }
                 Err(e) => {
+                    self.lost.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "a pooled supervisor connection failed; retrying");
                 }
             }
         }
         let mut conn = self.connect().await?;
-        let response = conn.call_as(identity, request).await?;
+        let response = exchange(&mut conn, identity, request).await?;
         self.put_idle(conn);
         Ok(response)
     }
@@ -225,6 +259,9 @@ impl Supervisor {
     async fn connect(&self) -> Result<Connection, SupervisorError> {
         match Connection::connect(&self.socket, self.connect_timeout).await {
             Ok(conn) => {
+                if self.lost.swap(false, Ordering::Relaxed) {
+                    self.reconnects.inc();
+                }
                 if self.set_reachable(true) {
                     tracing::info!(socket = %self.socket.display(), "the supervisor is reachable again");
                 }
@@ -243,6 +280,7 @@ impl Supervisor {
                     ),
                     e => e.to_string(),
                 };
+                self.lost.store(true, Ordering::Relaxed);
                 if self.set_reachable(false) {
                     tracing::warn!(socket = %self.socket.display(), error = %detail, "the supervisor is unreachable");
                 } else {
@@ -266,9 +304,14 @@ impl Supervisor {
     fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_LIFETIME && conn.is_reusable() {
+            if since.elapsed() >= IDLE_LIFETIME {
+                continue;
+            }
+            if conn.is_reusable() {
                 return Some(conn);
             }
+            // The supervisor closed it (it restarted, say).
+            self.lost.store(true, Ordering::Relaxed);
         }
         None
     }
@@ -279,6 +322,18 @@ impl Supervisor {
         if idle.len() < self.limits.max_idle && conn.is_reusable() {
             idle.push((conn, Instant::now()));
         }
+    }
+}
+
+/// One call on `conn`, on behalf of `identity` or of the gateway itself.
+async fn exchange(
+    conn: &mut Connection,
+    identity: Option<&Identity>,
+    request: Request,
+) -> Result<Response, ClientError> {
+    match identity {
+        Some(identity) => conn.call_as(identity, request).await,
+        None => conn.call(request).await,
     }
 }
 

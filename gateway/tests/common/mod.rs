@@ -158,7 +158,12 @@ impl Gateway {
             extra: extra.to_owned(),
             ..GatewayOptions::default()
         };
-        Self(fixture::Gateway::start(pki, socket, &options).unwrap())
+        Self::start_with(pki, socket, &options)
+    }
+
+    /// Starts the gateway with `options` (its metrics endpoint, say).
+    pub fn start_with(pki: &Pki, socket: &Path, options: &GatewayOptions) -> Self {
+        Self(fixture::Gateway::start(pki, socket, options).unwrap())
     }
 
     /// Waits (at most `limit`) for the gateway to exit.
