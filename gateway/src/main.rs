@@ -33,6 +33,48 @@ struct Cli {
     check_config: bool,
 }
 
+/// Raises the soft limit on open files to the hard one (systemd's default
+/// soft limit, 1024, is below what the default maxima may hold open) and
+/// logs it against what the configuration may hold open at once: one file
+/// per client connection, per output stream's and per unary call's
+/// supervisor connection, per idle pooled one, and a margin for the
+/// listeners, the TLS files and the runtime.
+fn raise_fd_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const MARGIN: usize = 64;
+    let file = &config.file;
+    let needed = file.max_connections
+        + file.max_output_streams
+        + file.max_unary_calls
+        + file.max_idle_supervisor_connections
+        + MARGIN;
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "raising the open files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the open files limit");
+            return;
+        }
+    };
+    if usize::try_from(limit).is_ok_and(|limit| limit < needed) {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open files limit is below what max_connections, max_output_streams, \
+             max_unary_calls and max_idle_supervisor_connections may hold open: raise \
+             LimitNOFILE (or ulimit -n), or lower them"
+        );
+    } else {
+        tracing::info!(limit, needed, "open files limit");
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         switched_from_root = running.switched,
         "running unprivileged"
     );
+    raise_fd_limit(&config);
     for (path, e) in tls.unreadable() {
         tracing::warn!(
             file = %path.display(),
