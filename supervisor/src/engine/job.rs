@@ -252,6 +252,9 @@ pub struct Job {
     /// Nothing of the ended job is left but its directory: its cgroup is
     /// removed and its record written.
     cleaned_up: AtomicBool,
+    /// Counted among its owner's running jobs (from its adoption to its
+    /// end).
+    pub counted_running: AtomicBool,
 }
 
 impl Job {
@@ -271,6 +274,7 @@ impl Job {
             changed: watch::channel(0).0,
             persisting: Mutex::new(()),
             cleaned_up,
+            counted_running: AtomicBool::new(false),
         }
     }
 

@@ -190,6 +190,9 @@ pub struct Engine {
     /// Starts under way, per owner: with the running jobs, what the cap on
     /// an owner's running jobs counts.
     starting: Mutex<HashMap<Owner, usize>>,
+    /// Running jobs, per owner (kept as jobs are adopted and end, so that a
+    /// start's check of its owner's cap walks no job).
+    running: Mutex<HashMap<Owner, usize>>,
     /// The ended jobs retention may remove.
     retention: Mutex<retention::Index>,
     /// What the engine counts.
@@ -248,6 +251,7 @@ impl Engine {
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
             starting: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             retention: Mutex::new(retention::Index::default()),
             figures: metrics::Figures::default(),
         }))
@@ -273,9 +277,34 @@ impl Engine {
         self.controllers
     }
 
+    /// How many jobs of `owner` run now.
+    fn running_of(&self, owner: &Owner) -> usize {
+        lock(&self.running).get(owner).copied().unwrap_or(0)
+    }
+
+    /// Counts `job` among its owner's running jobs, once.
+    fn count_running(&self, job: &Job) {
+        if !job.counted_running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            *lock(&self.running).entry(job.spec.owner.clone()).or_default() += 1;
+        }
+    }
+
+    /// No longer counts the ended `job` among its owner's running jobs.
+    fn uncount_running(&self, job: &Job) {
+        if job.counted_running.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            let mut running = lock(&self.running);
+            if let Some(n) = running.get_mut(&job.spec.owner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    running.remove(&job.spec.owner);
+                }
+            }
+        }
+    }
+
     /// The engine's figures since it started, and the jobs running now.
     pub fn metrics(&self) -> SupervisorMetrics {
-        let jobs_running = self.jobs().values().filter(|job| !job.is_ended()).count();
+        let jobs_running: usize = lock(&self.running).values().sum();
         let figures = self.figures.snapshot();
         SupervisorMetrics {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -357,6 +386,7 @@ impl Engine {
     /// `exit`, the init's control socket, when this supervisor started it),
     /// and one that stops it at its deadline if it has a time limit.
     fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: OwnedFd, exit: Option<ExitWatch>) {
+        self.count_running(job);
         self.enforce_time_limit(job);
         match pidfd.try_clone() {
             Ok(watched) => {

@@ -57,6 +57,7 @@ impl Engine {
             }
         }
         self.figures.ended(&job.status());
+        self.uncount_running(&job);
         let engine = Arc::clone(self);
         let cleanup = self.workers.spawn(move || engine.clean_up(&job));
         if let Err(e) = cleanup {

@@ -340,11 +340,7 @@ impl Engine {
         let mut starting = lock(&self.starting);
         let pending = starting.get(owner).copied().unwrap_or(0);
         if cap > 0 {
-            let running = self
-                .jobs()
-                .values()
-                .filter(|job| &job.spec.owner == owner && !job.is_ended())
-                .count();
+            let running = self.running_of(owner);
             if running + pending >= cap {
                 return Err(StartError::TooManyRunning {
                     owner: owner.clone(),
