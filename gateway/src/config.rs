@@ -39,18 +39,34 @@ pub struct FileConfig {
     /// The group (name or gid) the gateway switches to; the run-as user's
     /// primary group when unset.
     pub run_as_group: Option<String>,
-    /// How long a client has to complete the TLS handshake, in milliseconds.
+    /// How long a client has to complete the TLS handshake, and then to
+    /// send the HTTP/2 preface, in milliseconds.
     pub handshake_timeout_ms: u64,
-    /// The most TLS connections served at once; more are closed at accept.
+    /// The most authenticated (handshaken) connections served at once; more
+    /// are closed.
     pub max_connections: usize,
+    /// The most TLS handshakes under way at once, counted apart from
+    /// `max_connections` (no certificate is needed to open one); a new
+    /// connection beyond it drops the oldest handshake under way.
+    pub max_handshakes: usize,
+    /// The same, per client IP address.
+    pub max_handshakes_per_ip: usize,
     /// The most concurrent gRPC calls (HTTP/2 streams) on one connection.
     pub max_concurrent_streams: u32,
     /// The most `StreamOutput` calls open at once (each holds a supervisor
     /// connection); more are refused with RESOURCE_EXHAUSTED.
     pub max_output_streams: usize,
     /// The most unary calls in flight to the supervisor at once (each holds
-    /// a supervisor connection); more wait for a free slot.
+    /// a supervisor connection); more wait for a free slot. Stops are not
+    /// counted here (they wait out a job's grace period): only in their
+    /// user's share.
     pub max_unary_calls: usize,
+    /// The most `StreamOutput` calls one user may hold open at once; more
+    /// are refused with RESOURCE_EXHAUSTED.
+    pub max_output_streams_per_user: usize,
+    /// The most calls one user may have in flight to the supervisor at once
+    /// (stops included); more wait for one of theirs to finish.
+    pub max_unary_calls_per_user: usize,
     /// The most idle supervisor connections kept for unary calls.
     pub max_idle_supervisor_connections: usize,
     /// The largest request message accepted, in bytes (any service).
@@ -73,11 +89,15 @@ impl Default for FileConfig {
             supervisor_socket: PathBuf::from("/run/jobworker/supervisor.sock"),
             run_as_user: None,
             run_as_group: None,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 3_000,
             max_connections: 1024,
+            max_handshakes: 256,
+            max_handshakes_per_ip: 64,
             max_concurrent_streams: 256,
             max_output_streams: 512,
             max_unary_calls: 256,
+            max_output_streams_per_user: 128,
+            max_unary_calls_per_user: 32,
             max_idle_supervisor_connections: 16,
             max_request_bytes: MAX_REQUEST_BYTES,
             supervisor_connect_timeout_ms: 5_000,
@@ -170,12 +190,19 @@ impl Config {
         }
         for (key, value) in [
             ("max_connections", file.max_connections),
+            ("max_handshakes", file.max_handshakes),
+            ("max_handshakes_per_ip", file.max_handshakes_per_ip),
             (
                 "max_concurrent_streams",
                 file.max_concurrent_streams as usize,
             ),
             ("max_output_streams", file.max_output_streams),
             ("max_unary_calls", file.max_unary_calls),
+            (
+                "max_output_streams_per_user",
+                file.max_output_streams_per_user,
+            ),
+            ("max_unary_calls_per_user", file.max_unary_calls_per_user),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0".into()));
@@ -271,7 +298,7 @@ mod tests {
         assert_eq!(config.file, FileConfig::default());
         assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(config.run_as, None);
-        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(3));
         assert_eq!(
             config.metrics_listen, None,
             "no metrics endpoint by default"

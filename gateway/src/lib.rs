@@ -13,6 +13,7 @@
 //!   stream, a small pool for unary calls.
 //! - [`convert`]: proto <-> ipc messages, ipc errors -> gRPC statuses.
 //! - [`service`]: the job service (`jobworker.v1.JobService`).
+//! - [`shares`]: each user's fair share of the supervisor's connections.
 //! - [`server`]: the gRPC server with health and reflection, signals.
 //! - [`metrics`]: the Prometheus metrics (the gateway's and the
 //!   supervisor's) and their plain-HTTP endpoint.
@@ -27,5 +28,6 @@ pub mod metrics;
 pub mod privileges;
 pub mod server;
 pub mod service;
+pub mod shares;
 pub mod supervisor;
 pub mod tls;

@@ -1,21 +1,32 @@
-//! Accepting connections: TCP accept (at most `max_connections` at once;
-//! more are closed at once and logged), then the TLS handshake in a task of
-//! its own with a timeout, so a slow or silent client holds up no one. A
-//! connection whose handshake completes is handed to the gRPC server with
-//! its [`ConnInfo`]: the peer's address and the identity its client
-//! certificate names (read once per connection). Refused connections and
-//! failed handshakes are counted by why ([`Rejection`], [`AuthFailure`]).
+//! Accepting connections, in two stages with limits of their own, so that
+//! connections that never authenticate cannot keep out those that do:
+//!
+//! 1. TCP accept, then the TLS handshake in a task of its own with a
+//!    timeout (`handshake_timeout_ms`). At most `max_handshakes` are under
+//!    way at once, `max_handshakes_per_ip` from one address; a new
+//!    connection beyond either drops the oldest handshake under way (of its
+//!    address, for the second), so a flood of silent connections is cycled
+//!    out by the next client instead of locking it out.
+//! 2. Authenticated (handshaken) connections: at most `max_connections`
+//!    (more are closed), and each must send the HTTP/2 preface within the
+//!    handshake timeout, or it is closed.
+//!
+//! A connection that passes is handed to the gRPC server with its
+//! [`ConnInfo`]: the peer's address and the identity its client certificate
+//! names (read once per connection). Refused connections and failed
+//! handshakes are counted by why ([`Rejection`], [`AuthFailure`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use jobworker_ipc::Identity;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
@@ -29,6 +40,9 @@ use jobworker_identity::{IdentityError, identity_of_chain};
 /// How many handshaken connections may wait for the server to take them.
 const QUEUE: usize = 64;
 
+/// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// What the server knows of a connection; every request on it carries a
 /// copy in its extensions.
 #[derive(Clone, Debug)]
@@ -39,10 +53,13 @@ pub struct ConnInfo {
     pub identity: Arc<Result<Identity, IdentityError>>,
 }
 
-/// A connection after its TLS handshake. It holds its slot of
+/// A connection after its TLS handshake and its HTTP/2 preface (read here,
+/// and given again to the server first). It holds its slot of
 /// `max_connections` until it is dropped.
 pub struct Conn {
     tls: TlsStream<TcpStream>,
+    /// How much of the preface the server has not read yet.
+    preface_left: usize,
     info: ConnInfo,
     _slot: OwnedSemaphorePermit,
 }
@@ -61,7 +78,15 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.preface_left > 0 {
+            let start = PREFACE.len() - this.preface_left;
+            let n = this.preface_left.min(buf.remaining());
+            buf.put_slice(&PREFACE[start..start + n]);
+            this.preface_left -= n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tls).poll_read(cx, buf)
     }
 }
 
@@ -98,10 +123,82 @@ impl AsyncWrite for Conn {
 /// Limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct AcceptLimits {
-    /// How long a handshake may take.
+    /// How long a handshake may take, and then the HTTP/2 preface.
     pub handshake_timeout: Duration,
-    /// Connections served at once.
+    /// Authenticated connections served at once.
     pub max_connections: usize,
+    /// Handshakes under way at once.
+    pub max_handshakes: usize,
+    /// Handshakes under way at once from one address.
+    pub max_handshakes_per_ip: usize,
+}
+
+/// The handshakes under way, oldest first.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    by_age: BTreeMap<u64, (IpAddr, tokio::task::AbortHandle)>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Pending {
+    /// Makes room for a handshake from `ip` within `limits`: drops the
+    /// oldest under way (of `ip`, if it is at its own limit); says why, if
+    /// one was dropped.
+    fn make_room(&mut self, ip: IpAddr, limits: &AcceptLimits) -> Option<Rejection> {
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        let (key, why) = if from_ip >= limits.max_handshakes_per_ip {
+            let key = self.by_age.iter().find(|(_, (from, _))| *from == ip)?.0;
+            (*key, Rejection::MaxHandshakesPerIp)
+        } else if self.by_age.len() >= limits.max_handshakes {
+            (*self.by_age.keys().next()?, Rejection::MaxHandshakes)
+        } else {
+            return None;
+        };
+        if let Some(handle) = self.remove(key) {
+            handle.abort();
+        }
+        Some(why)
+    }
+
+    /// A key for the next handshake.
+    fn key(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn insert(&mut self, key: u64, ip: IpAddr, handle: tokio::task::AbortHandle) {
+        self.by_age.insert(key, (ip, handle));
+        *self.per_ip.entry(ip).or_default() += 1;
+    }
+
+    fn remove(&mut self, key: u64) -> Option<tokio::task::AbortHandle> {
+        let (ip, handle) = self.by_age.remove(&key)?;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        Some(handle)
+    }
+}
+
+/// Removes its handshake from [`Pending`] when dropped: when the handshake
+/// ends, whichever way, or when its task is aborted.
+struct Registered {
+    pending: Arc<Mutex<Pending>>,
+    key: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(self.key);
+    }
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The handshaken connections of `listener`, for `serve_with_incoming`;
@@ -139,6 +236,7 @@ async fn accept_loop(
     tx: mpsc::Sender<Result<Conn, Infallible>>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     loop {
         let (tcp, peer) = tokio::select! {
             () = tx.closed() => return,
@@ -152,57 +250,165 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        // Held across the spawn, so that the task's own removal (however
+        // soon it ends) comes after its insertion.
+        let mut under_way = lock(&pending);
+        if let Some(why) = under_way.make_room(peer.ip(), &limits) {
+            metrics.rejected(why);
+            tracing::debug!(%peer, limit = why.as_str(),
+                "dropped the oldest TLS handshake under way for a new connection");
+        }
+        let key = under_way.key();
+        let way_in = WayIn {
+            peer,
+            registered: Registered {
+                pending: Arc::clone(&pending),
+                key,
+            },
+            slots: Arc::clone(&slots),
+            limits,
+            metrics: Arc::clone(&metrics),
+            tx: tx.clone(),
+        };
+        let task = tokio::spawn(way_in.serve(tcp, tls.acceptor()));
+        under_way.insert(key, peer.ip(), task.abort_handle());
+    }
+}
+
+/// One connection's way in: its TLS handshake (registered as under way
+/// until it ends), a slot among the authenticated connections, its HTTP/2
+/// preface; then it goes to the server.
+struct WayIn {
+    peer: SocketAddr,
+    registered: Registered,
+    slots: Arc<Semaphore>,
+    limits: AcceptLimits,
+    metrics: Arc<GatewayMetrics>,
+    tx: mpsc::Sender<Result<Conn, Infallible>>,
+}
+
+impl WayIn {
+    async fn serve(self, tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+        let Self {
+            peer,
+            registered,
+            slots,
+            limits,
+            metrics,
+            tx,
+        } = self;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+        }
+        let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+        let mut tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics.auth_failure(handshake_failure(&e));
+                tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics.auth_failure(AuthFailure::HandshakeTimeout);
+                tracing::warn!(%peer, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
+                return;
+            }
+        };
+        drop(registered);
+        let Ok(slot) = slots.try_acquire_owned() else {
             metrics.rejected(Rejection::MaxConnections);
             tracing::warn!(
                 %peer,
                 max_connections = limits.max_connections,
                 "connection refused: too many connections (raise max_connections)"
             );
-            continue;
+            return;
         };
-        let acceptor = tls.acceptor();
-        let tx = tx.clone();
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+        let identity = identity_of_chain(tls.get_ref().1.peer_certificates());
+        match &identity {
+            Ok(identity) => {
+                tracing::debug!(%peer, user = %identity.user, role = %identity.role, "connected");
             }
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    metrics.auth_failure(handshake_failure(&e));
-                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics.auth_failure(AuthFailure::HandshakeTimeout);
-                    tracing::warn!(%peer, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let identity = identity_of_chain(tls.get_ref().1.peer_certificates());
-            match &identity {
-                Ok(identity) => {
-                    tracing::debug!(%peer, user = %identity.user, role = %identity.role, "connected");
-                }
-                Err(e) => {
-                    metrics.auth_failure(AuthFailure::BadIdentity);
-                    tracing::warn!(%peer, error = %e, "connected with a certificate that names no usable identity; its calls will be refused");
-                }
+            Err(e) => {
+                metrics.auth_failure(AuthFailure::BadIdentity);
+                tracing::warn!(%peer, error = %e, "connected with a certificate that names no usable identity; its calls will be refused");
             }
-            let conn = Conn {
-                tls,
-                info: ConnInfo {
-                    peer,
-                    identity: Arc::new(identity),
-                },
-                _slot: slot,
-            };
-            // The server has stopped when this fails; the connection closes.
-            let _ = tx.send(Ok(conn)).await;
-        });
+        }
+        let mut preface = [0u8; PREFACE.len()];
+        let read = tokio::time::timeout(limits.handshake_timeout, tls.read_exact(&mut preface));
+        match read.await {
+            Ok(Ok(_)) if &preface == PREFACE => {}
+            Ok(Ok(_)) => {
+                tracing::warn!(%peer, "closed a connection that does not speak HTTP/2");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "the connection closed before its HTTP/2 preface");
+                return;
+            }
+            Err(_) => {
+                metrics.rejected(Rejection::NoPreface);
+                tracing::warn!(%peer, timeout = ?limits.handshake_timeout,
+                    "closed an authenticated connection that sent no HTTP/2 preface in time");
+                return;
+            }
+        }
+        let conn = Conn {
+            tls,
+            preface_left: PREFACE.len(),
+            info: ConnInfo {
+                peer,
+                identity: Arc::new(identity),
+            },
+            _slot: slot,
+        };
+        // The server has stopped when this fails; the connection closes.
+        let _ = tx.send(Ok(conn)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_ip: usize) -> AcceptLimits {
+        AcceptLimits {
+            handshake_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            max_handshakes: total,
+            max_handshakes_per_ip: per_ip,
+        }
+    }
+
+    /// Registers a handshake from `ip` (a task that never ends); its key.
+    fn add(pending: &mut Pending, ip: [u8; 4], limits: &AcceptLimits) -> (u64, Option<Rejection>) {
+        let why = pending.make_room(IpAddr::from(ip), limits);
+        let key = pending.key();
+        let task = tokio::spawn(std::future::pending::<()>());
+        pending.insert(key, IpAddr::from(ip), task.abort_handle());
+        (key, why)
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_drops_the_oldest_handshake_under_way() {
+        let limits = limits(3, 2);
+        let mut pending = Pending::default();
+        let (a1, _) = add(&mut pending, [10, 0, 0, 1], &limits);
+        let (a2, _) = add(&mut pending, [10, 0, 0, 1], &limits);
+        let (b1, _) = add(&mut pending, [10, 0, 0, 2], &limits);
+        // A third from the same address drops its own oldest.
+        let (_, why) = add(&mut pending, [10, 0, 0, 1], &limits);
+        assert_eq!(why, Some(Rejection::MaxHandshakesPerIp));
+        assert!(!pending.by_age.contains_key(&a1) && pending.by_age.contains_key(&a2));
+        // Another address, with the total at its limit: the oldest of all.
+        let (_, why) = add(&mut pending, [10, 0, 0, 3], &limits);
+        assert_eq!(why, Some(Rejection::MaxHandshakes));
+        assert!(!pending.by_age.contains_key(&a2) && pending.by_age.contains_key(&b1));
+        assert_eq!(pending.by_age.len(), 3);
+        assert_eq!(pending.per_ip[&IpAddr::from([10, 0, 0, 1])], 1);
+        // Room: nothing dropped.
+        pending.remove(b1);
+        let (_, why) = add(&mut pending, [10, 0, 0, 3], &limits);
+        assert_eq!(why, None);
     }
 }

@@ -24,6 +24,7 @@ use crate::listener::{self, AcceptLimits};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{Metrics, endpoint};
 use crate::service::JobService;
+use crate::shares::ShareLimits;
 use crate::supervisor::{PoolLimits, Supervisor};
 use crate::tls::Reloadable;
 
@@ -85,6 +86,10 @@ pub async fn run(
             max_unary_calls: config.file.max_unary_calls,
             max_output_streams: config.file.max_output_streams,
             max_idle: config.file.max_idle_supervisor_connections,
+            per_user: ShareLimits {
+                streams: config.file.max_output_streams_per_user,
+                calls: config.file.max_unary_calls_per_user,
+            },
         },
         metrics.gateway().supervisor_reconnects(),
     ));
@@ -134,6 +139,8 @@ pub async fn run(
         AcceptLimits {
             handshake_timeout: config.handshake_timeout,
             max_connections: config.file.max_connections,
+            max_handshakes: config.file.max_handshakes,
+            max_handshakes_per_ip: config.file.max_handshakes_per_ip,
         },
         Arc::clone(metrics.gateway()),
     );

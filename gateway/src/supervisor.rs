@@ -19,7 +19,12 @@
 //!
 //! Nothing is shared between calls but the pool, so a slow call (a stop
 //! waiting out its grace period, a stream following a job) never holds up
-//! another. When the supervisor cannot be reached a call fails at once with
+//! another. Below the shared limits each user has a fair share
+//! ([`crate::shares`]): at most `max_output_streams_per_user` streams and
+//! `max_unary_calls_per_user` calls in flight (a user's further calls wait
+//! for their own, holding nothing shared). A `StopJob` holds only its
+//! user's share, never one of the `max_unary_calls` turns: it waits out the
+//! job's grace period. When the supervisor cannot be reached a call fails at once with
 //! [`SupervisorError::Unreachable`]; the next call tries again, so the
 //! gateway recovers by itself when the supervisor is back.
 //!
@@ -41,6 +46,8 @@ use jobworker_ipc::client::{self, ClientError, Connection, StreamFrame};
 use jobworker_ipc::{FrameError, Identity, Request, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::shares::{Share, ShareLimits, Shares, TooManyStreams};
 
 /// How long an idle connection stays in the pool (well under the
 /// supervisor's default idle timeout of 5 minutes).
@@ -68,6 +75,9 @@ pub enum SupervisorError {
     /// The supervisor sent something that is not a valid answer.
     #[error("the job supervisor sent an invalid answer: {0}")]
     Unexpected(String),
+    /// The caller holds as many output streams as one user may.
+    #[error(transparent)]
+    UserBusy(#[from] TooManyStreams),
     /// Too many output streams are open.
     #[error(
         "too many output streams are open on this gateway (max_output_streams = {max}); \
@@ -86,7 +96,9 @@ impl From<SupervisorError> for tonic::Status {
                 tonic::Code::Unavailable
             }
             SupervisorError::Protocol(_) | SupervisorError::Unexpected(_) => tonic::Code::Internal,
-            SupervisorError::Busy { .. } => tonic::Code::ResourceExhausted,
+            SupervisorError::Busy { .. } | SupervisorError::UserBusy(_) => {
+                tonic::Code::ResourceExhausted
+            }
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -138,6 +150,8 @@ pub struct PoolLimits {
     pub max_output_streams: usize,
     /// Idle connections kept.
     pub max_idle: usize,
+    /// Each user's share of the unary calls and the streams.
+    pub per_user: ShareLimits,
 }
 
 /// The supervisor's client, shared by every call.
@@ -148,6 +162,7 @@ pub struct Supervisor {
     unary: Semaphore,
     streams: Arc<Semaphore>,
     idle: Mutex<Vec<(Connection, Instant)>>,
+    shares: Shares,
     reachable: watch::Sender<bool>,
     /// A connection was lost, or connecting failed, since the last
     /// connection was opened.
@@ -172,6 +187,7 @@ impl Supervisor {
             unary: Semaphore::new(limits.max_unary_calls),
             streams: Arc::new(Semaphore::new(limits.max_output_streams)),
             idle: Mutex::new(Vec::new()),
+            shares: Shares::new(limits.per_user),
             reachable: watch::channel(true).0,
             lost: AtomicBool::new(false),
             reconnects,
@@ -184,31 +200,38 @@ impl Supervisor {
     }
 
     /// One call with one answer (anything but `StreamOutput`) on behalf of
-    /// `identity`.
+    /// `identity`: first a turn among the user's own calls, then (but for a
+    /// stop) one of the shared turns.
     pub async fn call(
         &self,
         identity: &Identity,
         request: Request,
     ) -> Result<Response, SupervisorError> {
-        self.unary(Some(identity), request).await
+        let _share = self.shares.call(&identity.user).await;
+        let shared = !matches!(request, Request::StopJob { .. });
+        self.unary(Some(identity), request, shared).await
     }
 
     /// One call the gateway makes on its own behalf, asserting no identity:
     /// the supervisor lets it `Ping` and read `Metrics`, nothing else.
     pub async fn call_own(&self, request: Request) -> Result<Response, SupervisorError> {
-        self.unary(None, request).await
+        self.unary(None, request, true).await
     }
 
+    /// One call, in one of the shared turns if `shared`.
     async fn unary(
         &self,
         identity: Option<&Identity>,
         request: Request,
+        shared: bool,
     ) -> Result<Response, SupervisorError> {
-        let _turn = self
-            .unary
-            .acquire()
-            .await
-            .map_err(|_| SupervisorError::Unexpected("the client is shutting down".into()))?;
+        let _turn =
+            match shared {
+                true => Some(self.unary.acquire().await.map_err(|_| {
+                    SupervisorError::Unexpected("the client is shutting down".into())
+                })?),
+                false => None,
+            };
         let repeatable = !matches!(&request, Request::StartJob(spec) if spec.request_id.is_none());
         if repeatable && let Some(mut conn) = self.take_idle() {
             match exchange(&mut conn, identity, request.clone()).await {
@@ -234,6 +257,7 @@ impl Supervisor {
         identity: &Identity,
         request: Request,
     ) -> Result<OutputStream, SupervisorError> {
+        let share = self.shares.stream(&identity.user)?;
         let slot =
             Arc::clone(&self.streams)
                 .try_acquire_owned()
@@ -250,6 +274,7 @@ impl Supervisor {
         Ok(OutputStream {
             stream,
             _slot: slot,
+            _share: share,
         })
     }
 
@@ -342,6 +367,7 @@ async fn exchange(
 pub struct OutputStream {
     stream: client::OutputStream,
     _slot: OwnedSemaphorePermit,
+    _share: Share,
 }
 
 impl OutputStream {

@@ -630,7 +630,12 @@ async fn the_gateway_drops_root_and_refuses_unsafe_starts() {
 async fn hundreds_of_concurrent_streams_and_calls_complete() {
     let pki = Pki::new();
     let supervisor = Supervisor::start();
-    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    // One user makes them all: their share is the whole gateway's here.
+    let gateway = Gateway::start(
+        &pki,
+        &supervisor.socket,
+        "max_output_streams_per_user = 512\nmax_unary_calls_per_user = 256\n",
+    );
     let mut alice = gateway.client(&pki, "alice").await;
     let expected: Vec<u8> = (1..=20_000)
         .flat_map(|i| format!("{i}\n").into_bytes())

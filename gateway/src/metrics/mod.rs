@@ -88,18 +88,33 @@ impl AuthFailure {
 /// `jobworker_gateway_connections_rejected_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    /// `max_connections` connections were open.
+    /// `max_connections` authenticated connections were open.
     MaxConnections,
+    /// A handshake still under way was dropped for a newer connection:
+    /// `max_handshakes` were under way.
+    MaxHandshakes,
+    /// The same, `max_handshakes_per_ip` from its address.
+    MaxHandshakesPerIp,
+    /// An authenticated connection sent no HTTP/2 preface in time.
+    NoPreface,
 }
 
 impl Rejection {
     /// Every limit.
-    pub const ALL: [Self; 1] = [Self::MaxConnections];
+    pub const ALL: [Self; 4] = [
+        Self::MaxConnections,
+        Self::MaxHandshakes,
+        Self::MaxHandshakesPerIp,
+        Self::NoPreface,
+    ];
 
     /// The label value.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::MaxConnections => "max_connections",
+            Self::MaxHandshakes => "max_handshakes",
+            Self::MaxHandshakesPerIp => "max_handshakes_per_ip",
+            Self::NoPreface => "http2_preface_timeout",
         }
     }
 }

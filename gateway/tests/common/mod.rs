@@ -195,10 +195,13 @@ impl Gateway {
         self.0.client(pki, client).await.unwrap()
     }
 
-    /// A raw TLS handshake with `client`'s certificate (or none), followed
-    /// by the HTTP/2 preface: the server's certificate chain if the
-    /// gateway takes the connection, or why not.
-    pub async fn handshake(&self, pki: &Pki, client: Option<&str>) -> Result<Vec<Vec<u8>>, String> {
+    /// A raw TLS connection with `client`'s certificate (or none), its
+    /// handshake done, nothing sent yet.
+    pub async fn tls(
+        &self,
+        pki: &Pki,
+        client: Option<&str>,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_file(pki.server_ca()).unwrap())
@@ -225,11 +228,18 @@ impl Gateway {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let server_name = ServerName::try_from("localhost").unwrap();
+        connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A raw TLS handshake with `client`'s certificate (or none), followed
+    /// by the HTTP/2 preface: the server's certificate chain if the
+    /// gateway takes the connection, or why not.
+    pub async fn handshake(&self, pki: &Pki, client: Option<&str>) -> Result<Vec<Vec<u8>>, String> {
         let attempt = async {
-            let mut tls = connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut tls = self.tls(pki, client).await?;
             let chain: Vec<Vec<u8>> = tls
                 .get_ref()
                 .1

@@ -12,21 +12,26 @@ use jobworker_proto::v1;
 use jobworker_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
 
-use crate::fixture::{Stack, StackOptions, SupervisorOptions};
+use crate::fixture::{GatewayOptions, Stack, StackOptions, SupervisorOptions};
 
 /// The remote user the bench acts as (role `user`).
 pub const USER: &str = "bench";
 
 /// Starts a stack with a certificate for [`USER`]; the supervisor's stop
 /// grace period is 2 s, and `supervisor_extra` lines are added to its
-/// configuration.
+/// configuration. The bench's one user may use the whole gateway (its
+/// per-user shares are raised to the shared limits): it measures capacity,
+/// not fairness.
 pub fn start(supervisor_extra: &str) -> Result<Stack> {
     let options = StackOptions {
         supervisor: SupervisorOptions {
             extra: format!("grace_period_ms = 2000\n{supervisor_extra}"),
             ..SupervisorOptions::default()
         },
-        ..StackOptions::default()
+        gateway: GatewayOptions {
+            extra: "max_output_streams_per_user = 512\nmax_unary_calls_per_user = 256\n".into(),
+            ..GatewayOptions::default()
+        },
     };
     Stack::start(&[(USER, &["user"])], &options)
 }
