@@ -284,14 +284,22 @@ impl Engine {
 
     /// Counts `job` among its owner's running jobs, once.
     fn count_running(&self, job: &Job) {
-        if !job.counted_running.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            *lock(&self.running).entry(job.spec.owner.clone()).or_default() += 1;
+        if !job
+            .counted_running
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            *lock(&self.running)
+                .entry(job.spec.owner.clone())
+                .or_default() += 1;
         }
     }
 
     /// No longer counts the ended `job` among its owner's running jobs.
     fn uncount_running(&self, job: &Job) {
-        if job.counted_running.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if job
+            .counted_running
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
             let mut running = lock(&self.running);
             if let Some(n) = running.get_mut(&job.spec.owner) {
                 *n = n.saturating_sub(1);
