@@ -1,7 +1,9 @@
 //! Serving: the job service, health (`grpc.health.v1`) and reflection on one
 //! port behind the same mTLS, over the connections of [`crate::listener`].
 //! SIGHUP reloads the TLS files ([`crate::tls::Reloadable`]); SIGTERM and
-//! SIGINT stop accepting, let calls in progress finish for up to
+//! SIGINT stop accepting, end every output stream at once with UNAVAILABLE
+//! saying where to resume (a client like `jobctl` resumes from there, on
+//! this gateway's successor), let unary calls in progress finish for up to
 //! [`SHUTDOWN_GRACE`], then end. Health follows the supervisor's
 //! reachability: NOT_SERVING while the last attempt to reach it failed.
 //! Every call is counted and timed ([`crate::metrics::grpc`]); with
@@ -144,8 +146,9 @@ pub async fn run(
         },
         Arc::clone(metrics.gateway()),
     );
-    let jobs =
-        JobServiceServer::new(JobService::new(supervisor)).max_decoding_message_size(max_request);
+    let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
+    let jobs = JobServiceServer::new(JobService::new(supervisor, stopping_seen))
+        .max_decoding_message_size(max_request);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
         // Outermost, so that it sees the status the client gets.
@@ -168,8 +171,8 @@ pub async fn run(
 
     let served = tokio::select! {
         served = &mut server => served,
-        _ = terminate.recv() => shut_down(stop, server, "SIGTERM").await,
-        _ = interrupt.recv() => shut_down(stop, server, "SIGINT").await,
+        _ = terminate.recv() => shut_down(&stopping, stop, server, "SIGTERM").await,
+        _ = interrupt.recv() => shut_down(&stopping, stop, server, "SIGINT").await,
     };
     match served {
         Ok(result) => result.map_err(|e| ServeError::Transport(e.to_string())),
@@ -180,11 +183,15 @@ pub async fn run(
 type Served = Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>;
 
 async fn shut_down(
+    stopping: &tokio::sync::watch::Sender<bool>,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     signal: &str,
 ) -> Served {
     tracing::info!("{signal}: shutting down");
+    // Streams first: they would otherwise follow their jobs to the grace's
+    // end and be cut without a status.
+    stopping.send_replace(true);
     let _ = stop.send(());
     let abort = server.abort_handle();
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {

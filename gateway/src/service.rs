@@ -6,20 +6,34 @@
 //! trip. The supervisor applies the same policy in full: a job of another
 //! user is NOT_FOUND there. Every call is logged with who made it, on which
 //! job, and how it ended; never with its payload.
+//!
+//! An output stream outlives its supervisor connection: when the supervisor
+//! goes away (a restart), the stream is opened again from the first byte
+//! not yet sent, with backoff, for up to [`RESUME_LIMIT`]; the gRPC client
+//! sees a pause, not an error, and no byte twice.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use jobworker_ipc::client::StreamFrame;
 use jobworker_ipc::policy::{self, Action, Actor};
 use jobworker_ipc::{Identity, IpcError, JobId, JobInfo, Request as IpcRequest, Response as Ipc};
 use jobworker_proto::v1;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::listener::ConnInfo;
-use crate::supervisor::{OutputStream, Supervisor};
+use crate::supervisor::{OutputStream, Supervisor, SupervisorError};
+
+/// How long an output stream whose supervisor went away is retried before
+/// the client is told (UNAVAILABLE).
+pub const RESUME_LIMIT: Duration = Duration::from_secs(60);
+
+/// The first and the longest pause between attempts to resume.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// The stream of a `StreamOutput` call.
 pub type OutputChunks = Pin<Box<dyn Stream<Item = Result<v1::OutputChunk, Status>> + Send>>;
@@ -27,12 +41,18 @@ pub type OutputChunks = Pin<Box<dyn Stream<Item = Result<v1::OutputChunk, Status
 /// The job service.
 pub struct JobService {
     supervisor: Arc<Supervisor>,
+    /// Turns true when the gateway stops: output streams end then.
+    stopping: watch::Receiver<bool>,
 }
 
 impl JobService {
-    /// The service, forwarding to `supervisor`.
-    pub fn new(supervisor: Arc<Supervisor>) -> Self {
-        Self { supervisor }
+    /// The service, forwarding to `supervisor`; its output streams end when
+    /// `stopping` turns true.
+    pub fn new(supervisor: Arc<Supervisor>, stopping: watch::Receiver<bool>) -> Self {
+        Self {
+            supervisor,
+            stopping,
+        }
     }
 
     /// One call that answers with one job.
@@ -97,28 +117,119 @@ impl JobService {
         offset: u64,
         follow: bool,
     ) -> Result<OutputChunks, Status> {
-        let stream = self
-            .supervisor
-            .stream(
-                identity,
-                IpcRequest::StreamOutput {
-                    job,
-                    offset,
-                    follow,
+        let mut resuming = Resuming {
+            supervisor: Arc::clone(&self.supervisor),
+            identity: identity.clone(),
+            job,
+            offset,
+            follow,
+            stream: None,
+        };
+        resuming.stream =
+            Some(Resuming::open(&self.supervisor, identity, job, offset, follow).await?);
+        Ok(Box::pin(chunks(resuming, self.stopping.clone())))
+    }
+}
+
+/// An output stream and what it takes to open it again where it stopped.
+struct Resuming {
+    supervisor: Arc<Supervisor>,
+    identity: Identity,
+    job: JobId,
+    follow: bool,
+    /// The offset of the next byte to send.
+    offset: u64,
+    /// The supervisor's stream; none after it was lost, until resumed.
+    stream: Option<OutputStream>,
+}
+
+impl Resuming {
+    /// Opens the supervisor's stream from the next byte. (Of the fields,
+    /// not `&self`: the stream held in `self` is not `Sync`.)
+    async fn open(
+        supervisor: &Supervisor,
+        identity: &Identity,
+        job: JobId,
+        offset: u64,
+        follow: bool,
+    ) -> Result<OutputStream, SupervisorError> {
+        let request = IpcRequest::StreamOutput {
+            job,
+            offset,
+            follow,
+        };
+        supervisor.stream(identity, request).await
+    }
+
+    /// The next frame, opening the stream again (from the next byte) if
+    /// the supervisor went away, for up to [`RESUME_LIMIT`].
+    async fn next(&mut self) -> Result<Option<StreamFrame>, SupervisorError> {
+        let mut since: Option<Instant> = None;
+        let mut pause = BACKOFF.0;
+        loop {
+            let error = match self.stream.as_mut() {
+                Some(stream) => match stream.next().await {
+                    Ok(Some(StreamFrame::Output { offset, data })) => {
+                        self.offset = offset.saturating_add(data.as_slice().len() as u64);
+                        return Ok(Some(StreamFrame::Output { offset, data }));
+                    }
+                    Ok(frame) => return Ok(frame),
+                    Err(e) => e,
                 },
-            )
-            .await?;
-        Ok(Box::pin(chunks(stream)))
+                None => match Self::open(
+                    &self.supervisor,
+                    &self.identity,
+                    self.job,
+                    self.offset,
+                    self.follow,
+                )
+                .await
+                {
+                    Ok(stream) => {
+                        tracing::info!(job = %self.job, offset = self.offset,
+                            "resumed an output stream after the supervisor came back");
+                        self.stream = Some(stream);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+            };
+            let began = *since.get_or_insert_with(Instant::now);
+            if !error.is_gone() || began.elapsed() >= RESUME_LIMIT {
+                return Err(error);
+            }
+            if self.stream.take().is_some() {
+                tracing::warn!(job = %self.job, offset = self.offset, error = %error,
+                    "an output stream lost the supervisor; resuming when it is back");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(BACKOFF.1);
+        }
     }
 }
 
 /// The gRPC messages of an output stream: output frames, then the final
-/// status (or an error) last. Dropped by tonic when the client goes away,
+/// status (or an error) last; UNAVAILABLE naming the offset to resume from
+/// when the gateway stops. Dropped by tonic when the client goes away,
 /// which closes the supervisor connection.
-fn chunks(stream: OutputStream) -> impl Stream<Item = Result<v1::OutputChunk, Status>> + Send {
-    futures::stream::unfold(Some(stream), |state| async move {
-        let mut stream = state?;
-        let (item, more) = match stream.next().await {
+fn chunks(
+    stream: Resuming,
+    stopping: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<v1::OutputChunk, Status>> + Send {
+    futures::stream::unfold(Some((stream, stopping)), |state| async move {
+        let (mut stream, mut stopping) = state?;
+        let next = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stopping| *stopping) => {
+                let status = Status::unavailable(format!(
+                    "the gateway is stopping (a restart, or an upgrade): resume from byte {}",
+                    stream.offset
+                ));
+                return Some((Err(status), None));
+            }
+            next = stream.next() => next,
+        };
+        let (item, more) = match next {
             Ok(Some(StreamFrame::Output { offset, data })) => (
                 Ok(v1::OutputChunk {
                     kind: Some(v1::output_chunk::Kind::Output(v1::Output {
@@ -138,7 +249,7 @@ fn chunks(stream: OutputStream) -> impl Stream<Item = Result<v1::OutputChunk, St
             Ok(None) => return None,
             Err(e) => (Err(Status::from(e)), false),
         };
-        Some((item, more.then_some(stream)))
+        Some((item, more.then_some((stream, stopping))))
     })
 }
 

@@ -89,6 +89,14 @@ pub enum SupervisorError {
     },
 }
 
+impl SupervisorError {
+    /// Whether the supervisor went away (it is restarting, or stopped):
+    /// worth trying again once it is back.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Lost { .. })
+    }
+}
+
 impl From<SupervisorError> for tonic::Status {
     fn from(e: SupervisorError) -> Self {
         let code = match e {

@@ -821,6 +821,37 @@ async fn the_gateway_outlives_a_supervisor_restart() {
     assert!(log.contains("the supervisor is reachable again"), "{log}");
 }
 
+/// A stream open across a kill -9 and restart of the supervisor goes on:
+/// the gateway resumes it from the next byte, and the gRPC client sees
+/// neither an error nor a gap nor a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_a_supervisor_restart_unseen() {
+    let pki = Pki::new();
+    let mut supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    let mut alice = gateway.client(&pki, "alice").await;
+    let script = "i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done; exit 4";
+    let job = start_job(&mut alice, "sh", &["-c", script]).await;
+    let follower = {
+        let mut alice = alice.clone();
+        let job = job.clone();
+        tokio::spawn(async move { output(&mut alice, &job).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    supervisor.kill9();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    supervisor.spawn();
+    let (bytes, end) = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .expect("the stream ends")
+        .unwrap()
+        .expect("no error reaches the client");
+    let expected: String = (0..30).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+    assert_eq!(end.exit_code, Some(4));
+    assert!(gateway.log_text().contains("resumed an output stream"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_certificates_without_dropping_streams() {
     let pki = Pki::new();

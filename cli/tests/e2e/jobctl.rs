@@ -482,12 +482,14 @@ fn spawn_jobctl(d: &Deployment, user: &str, args: &[&str]) -> std::process::Chil
         .unwrap()
 }
 
-#[test]
-fn run_and_follow_resume_across_a_supervisor_kill_and_restart() {
-    let mut d = Deployment::start();
+/// Starts `jobctl run` of a counter (0 to 39, a line every 0.1 s, then exit
+/// 3) and 20 `logs -f` of it; the expected output, `run`, its followers.
+fn counter_with_followers(
+    d: &Deployment,
+) -> (String, std::process::Child, Vec<std::process::Child>) {
     let script = "i=0; while [ $i -lt 40 ]; do echo $i; i=$((i+1)); sleep 0.1; done; exit 3";
     let expected: String = (0..40).map(|i| format!("{i}\n")).collect();
-    let run = spawn_jobctl(&d, "alice", &["run", "--", "sh", "-c", script]);
+    let run = spawn_jobctl(d, "alice", &["run", "--", "sh", "-c", script]);
     let deadline = Instant::now() + CLI_TIMEOUT;
     let id = loop {
         let jobs = json(
@@ -500,23 +502,54 @@ fn run_and_follow_resume_across_a_supervisor_kill_and_restart() {
         assert!(Instant::now() < deadline, "the job never started");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let followers: Vec<_> = (0..3)
-        .map(|_| spawn_jobctl(&d, "alice", &["logs", "-f", &id]))
+    let followers = (0..20)
+        .map(|_| spawn_jobctl(d, "alice", &["logs", "-f", &id]))
         .collect();
-    std::thread::sleep(Duration::from_millis(800));
-    d.stack.supervisor.kill9();
-    std::thread::sleep(Duration::from_millis(1000));
-    d.stack.supervisor.restart().unwrap();
+    (expected, run, followers)
+}
 
+/// `run` ends with the job's code and its exact output (having resumed
+/// itself, if `client_resumed`; the gateway resumes a lost supervisor
+/// unseen); each follower prints the exact output.
+fn assert_resumed(
+    expected: &str,
+    run: std::process::Child,
+    followers: Vec<std::process::Child>,
+    client_resumed: bool,
+) {
     let run = wait_with_timeout(run, CLI_TIMEOUT);
     assert_eq!(run.code(), 3, "the job's own code: {run:?}");
     assert_eq!(run.stdout_text(), expected, "no gap, no repeat");
-    assert!(run.stderr.contains("resum"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.contains("resum"),
+        client_resumed,
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("stopped job"), "{}", run.stderr);
-    eprintln!("jobctl run said:\n{}", run.stderr);
     for follower in followers {
         let follower = wait_with_timeout(follower, CLI_TIMEOUT);
         assert_eq!(follower.code(), 0, "{follower:?}");
         assert_eq!(follower.stdout_text(), expected);
     }
+}
+
+#[test]
+fn run_and_follow_resume_across_a_gateway_restart() {
+    let mut d = Deployment::start();
+    let (expected, run, followers) = counter_with_followers(&d);
+    std::thread::sleep(Duration::from_millis(800));
+    d.stack.gateway.restart().unwrap();
+    assert_resumed(&expected, run, followers, true);
+}
+
+#[test]
+fn run_and_follow_resume_across_a_supervisor_kill_and_restart() {
+    let mut d = Deployment::start();
+    let (expected, run, followers) = counter_with_followers(&d);
+    std::thread::sleep(Duration::from_millis(800));
+    d.stack.supervisor.kill9();
+    std::thread::sleep(Duration::from_millis(1000));
+    d.stack.supervisor.restart().unwrap();
+    assert_resumed(&expected, run, followers, false);
 }
