@@ -72,7 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    raise_fd_limit();
+    raise_fd_limit(config.file.max_connections);
     let (listener, origin) =
         listen::listener(activated, &config.file.socket_path, config.socket_gid)
             .context("opening the supervisor's socket")?;
@@ -86,20 +86,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .block_on(serve(config, listener, origin))
 }
 
-/// Raises the soft limit on open files to the hard one: each running job
-/// holds two pidfds and each stream a connection, and systemd's default soft
-/// limit of 1024 would cap them at a few hundred. Jobs get their own limits.
-fn raise_fd_limit() {
+/// Raises the soft limit on open files to the hard one (systemd's default
+/// soft limit, 1024, is below `max_connections` alone) and logs what it
+/// leaves room for: `max_connections` connections (one file each), a
+/// margin, and about [`FILES_PER_JOB`] per running job. Jobs get their own
+/// limits.
+fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    const MARGIN: u64 = 64;
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open files limit"),
-            Err(e) => tracing::warn!(soft, hard, error = %e, "raising the open files limit"),
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open files limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "raising the open files limit");
+                soft
+            }
         },
-        Ok((soft, _)) => tracing::info!(limit = soft, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "reading the open files limit"),
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the open files limit");
+            return;
+        }
+    };
+    let connections = max_connections as u64;
+    let jobs = limit.saturating_sub(connections + MARGIN) / FILES_PER_JOB;
+    if jobs < 100 {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open files limit leaves room for {jobs} running jobs beside max_connections: \
+             raise LimitNOFILE (or ulimit -n), or lower max_connections"
+        );
+    } else {
+        tracing::info!(
+            limit,
+            max_connections,
+            running_jobs = jobs,
+            "open files limit: room for max_connections and about this many running jobs"
+        );
     }
 }
+
+/// Files the supervisor holds per running job: two pidfds of its init, its
+/// control socket, and its log while followed.
+const FILES_PER_JOB: u64 = 4;
 
 async fn serve(
     config: Config,

@@ -1,7 +1,8 @@
 //! Figure 5, footprint: the supervisor's and the gateway's resident memory
 //! (VmRSS of /proc/<pid>/status) idle, with N finished jobs on record, and
 //! with M concurrent output streams (M clients, each on its own mTLS
-//! connection, following one job that prints a line every 100 ms); and the
+//! connection, following one job that prints a line every 100 ms) and 15 s
+//! after those streams ended (what memory comes back); and the
 //! disk taken per job record (allocated blocks of `<state>/jobs/`, divided
 //! by the number of jobs). Each value is one reading: median = p99.
 
@@ -162,6 +163,26 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         ),
     )?;
     followers.stop_job(&mut control, &id).await?;
+    // Memory that comes back: what the daemons hold once the load is gone.
+    tokio::time::sleep(AFTER_LOAD).await;
+    add_rss(
+        report,
+        (sup, gw),
+        "after",
+        (
+            format!(
+                "supervisor VmRSS, {}s after the {streams} streams ended",
+                AFTER_LOAD.as_secs()
+            ),
+            format!(
+                "gateway VmRSS, {}s after the {streams} streams ended",
+                AFTER_LOAD.as_secs()
+            ),
+        ),
+    )?;
     drop(stack);
     Ok(())
 }
+
+/// How long after the streams end the last reading is taken.
+const AFTER_LOAD: Duration = Duration::from_secs(15);
