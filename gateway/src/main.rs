@@ -33,6 +33,12 @@ struct Cli {
     check_config: bool,
 }
 
+/// The allocator: jemalloc, with background threads that give memory freed
+/// after a burst (streams, jobs) back to the system within seconds
+/// (BENCHMARKS.md, "Memory that comes back").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Raises the soft limit on open files to the hard one (systemd's default
 /// soft limit, 1024, is below what the default maxima may hold open) and
 /// logs it against what the configuration may hold open at once: one file
