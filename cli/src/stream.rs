@@ -1,11 +1,13 @@
 //! A job's output as `jobctl` reads it: a `StreamOutput` call that outlives
-//! its connection. When the connection to the gateway is lost (the gateway
-//! restarts, the supervisor behind it restarts, the network drops), the
-//! stream is opened again from the first byte not yet delivered, with
-//! backoff, for up to [`RESUME_LIMIT`] without progress; bytes the new
-//! stream sends again are skipped, so what reaches stdout has no gap and no
-//! repeat. Other errors (a refused certificate, an unknown job) end it at
-//! once.
+//! its connection. Once the stream is open (so the gateway took the
+//! certificate and knows the job), a lost connection (the gateway restarts,
+//! the supervisor behind it restarts, the network drops) opens it again
+//! from the first byte not yet delivered, with backoff, for up to
+//! [`RESUME_LIMIT`] without progress; bytes the new stream sends again are
+//! skipped, so what reaches stdout has no gap and no repeat. Any error
+//! before it is open, and other errors later (an unknown job), end it at
+//! once: a gateway that drops a connection at once may be refusing the
+//! certificate, which retrying would only hide.
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +46,7 @@ pub struct OutputStream {
 
 impl OutputStream {
     /// Opens job `id`'s output from `offset`, following it while it runs
-    /// if `follow`. A refusal is an error here; a lost connection is
-    /// retried as any later one.
+    /// if `follow`. Any error here is final (see the module docs).
     pub async fn open(
         client: &Client,
         id: &str,
@@ -53,25 +54,15 @@ impl OutputStream {
         follow: bool,
     ) -> Result<Self, CliError> {
         let mut client = client.clone();
-        let inner = match call(&mut client, id, offset, follow).await {
-            Ok(inner) => Some(inner),
-            Err(status) if is_connection_loss(&status) => {
-                note_loss(id, offset, &status);
-                None
-            }
-            Err(status) => {
-                return Err(rpc_error(
-                    format!("reading the output of job {id}"),
-                    &status,
-                ));
-            }
-        };
+        let inner = call(&mut client, id, offset, follow)
+            .await
+            .map_err(|s| rpc_error(format!("reading the output of job {id}"), &s))?;
         Ok(Self {
             client,
             id: id.to_owned(),
             follow,
             offset,
-            inner,
+            inner: Some(inner),
         })
     }
 
