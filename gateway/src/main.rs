@@ -46,7 +46,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// supervisor connection, per idle pooled one, and a margin for the
 /// listeners, the TLS files and the runtime.
 fn raise_fd_limit(config: &Config) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     const MARGIN: usize = 64;
     let file = &config.file;
     let needed = file.max_connections
@@ -54,15 +53,8 @@ fn raise_fd_limit(config: &Config) {
         + file.max_unary_calls
         + file.max_idle_supervisor_connections
         + MARGIN;
-    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(soft, hard, error = %e, "raising the open files limit");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
+    let limit = match jobworker_config::raise_open_files_limit() {
+        Ok(files) => files.limit,
         Err(e) => {
             tracing::warn!(error = %e, "reading the open files limit");
             return;

@@ -98,20 +98,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// margin, and about [`FILES_PER_JOB`] per running job. Jobs get their own
 /// limits.
 fn raise_fd_limit(max_connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     const MARGIN: u64 = 64;
-    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => {
-                tracing::info!(from = soft, to = hard, "raised the open files limit");
-                hard
+    let limit = match jobworker_config::raise_open_files_limit() {
+        Ok(files) => {
+            if files.limit > files.before {
+                tracing::info!(
+                    from = files.before,
+                    to = files.limit,
+                    "raised the open files limit"
+                );
             }
-            Err(e) => {
-                tracing::warn!(soft, hard, error = %e, "raising the open files limit");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
+            files.limit
+        }
         Err(e) => {
             tracing::warn!(error = %e, "reading the open files limit");
             return;
