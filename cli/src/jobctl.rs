@@ -499,19 +499,20 @@ async fn run_job(settings: &Settings, spec: &JobSpecArgs) -> Result<u8, CliError
     let id = start(&mut client, spec).await?;
     match follow(&mut client, &id, &mut interrupt).await {
         Ok(code) => Ok(code),
-        // A lost connection stops nothing: the output stream retried it
-        // for as long as it could, and the job runs on at the server.
-        Err(e) if e.class() == exit::Class::Connection => {
+        // Whoever reads `run`'s output went away: the job it started must
+        // not go on unattended.
+        Err(e) if e.class() == exit::Class::StdoutClosed => {
+            stop_before_leaving(&client, &id).await;
+            Err(e)
+        }
+        // Anything else (a connection lost for longer than the stream
+        // retried it, a refusal from the server) stops nothing: the job
+        // runs on at the server.
+        Err(e) => {
             eprintln!(
                 "jobctl: job {id} goes on at the server: `jobctl logs -f {id}` follows it, \
                  `jobctl stop {id}` stops it"
             );
-            Err(e)
-        }
-        Err(e) => {
-            // Whatever else ended `run` early (stdout closed), the job it
-            // started must not go on unattended.
-            stop_before_leaving(&client, &id).await;
             Err(e)
         }
     }

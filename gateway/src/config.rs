@@ -57,10 +57,13 @@ pub struct FileConfig {
     /// connection); more are refused with RESOURCE_EXHAUSTED.
     pub max_output_streams: usize,
     /// The most unary calls in flight to the supervisor at once (each holds
-    /// a supervisor connection); more wait for a free slot. Stops are not
-    /// counted here (they wait out a job's grace period): only in their
-    /// user's share.
+    /// a supervisor connection); more wait for a free slot. Stops are
+    /// counted apart (`max_stop_calls`).
     pub max_unary_calls: usize,
+    /// The most `StopJob` calls in flight to the supervisor at once (each
+    /// holds a supervisor connection while it waits out the job's grace
+    /// period); more wait for a free slot, holding no other.
+    pub max_stop_calls: usize,
     /// The most `StreamOutput` calls one user may hold open at once; more
     /// are refused with RESOURCE_EXHAUSTED.
     pub max_output_streams_per_user: usize,
@@ -96,6 +99,7 @@ impl Default for FileConfig {
             max_concurrent_streams: 256,
             max_output_streams: 512,
             max_unary_calls: 256,
+            max_stop_calls: 64,
             max_output_streams_per_user: 128,
             max_unary_calls_per_user: 32,
             max_idle_supervisor_connections: 16,
@@ -198,6 +202,7 @@ impl Config {
             ),
             ("max_output_streams", file.max_output_streams),
             ("max_unary_calls", file.max_unary_calls),
+            ("max_stop_calls", file.max_stop_calls),
             (
                 "max_output_streams_per_user",
                 file.max_output_streams_per_user,

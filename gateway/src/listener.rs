@@ -184,6 +184,22 @@ impl Pending {
     }
 }
 
+/// The source a connection from `ip` counts against for
+/// `max_handshakes_per_ip`: the address itself, or an IPv6 address's /64
+/// (what one host or site usually holds).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & !0_u128 << 64))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        v4 => v4,
+    }
+}
+
 /// Removes its handshake from [`Pending`] when dropped: when the handshake
 /// ends, whichever way, or when its task is aborted.
 struct Registered {
@@ -252,8 +268,9 @@ async fn accept_loop(
         };
         // Held across the spawn, so that the task's own removal (however
         // soon it ends) comes after its insertion.
+        let source = source_of(peer.ip());
         let mut under_way = lock(&pending);
-        if let Some(why) = under_way.make_room(peer.ip(), &limits) {
+        if let Some(why) = under_way.make_room(source, &limits) {
             metrics.rejected(why);
             tracing::debug!(%peer, limit = why.as_str(),
                 "dropped the oldest TLS handshake under way for a new connection");
@@ -271,7 +288,7 @@ async fn accept_loop(
             tx: tx.clone(),
         };
         let task = tokio::spawn(way_in.serve(tcp, tls.acceptor()));
-        under_way.insert(key, peer.ip(), task.abort_handle());
+        under_way.insert(key, source, task.abort_handle());
     }
 }
 
@@ -387,6 +404,18 @@ mod tests {
         let task = tokio::spawn(std::future::pending::<()>());
         pending.insert(key, IpAddr::from(ip), task.abort_handle());
         (key, why)
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(c));
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(source_of(v4), v4);
+        assert_eq!(source_of("::ffff:10.0.0.1".parse().unwrap()), v4);
     }
 
     #[tokio::test]

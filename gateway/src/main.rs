@@ -42,15 +42,18 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Raises the soft limit on open files to the hard one (systemd's default
 /// soft limit, 1024, is below what the default maxima may hold open) and
 /// logs it against what the configuration may hold open at once: one file
-/// per client connection, per output stream's and per unary call's
-/// supervisor connection, per idle pooled one, and a margin for the
-/// listeners, the TLS files and the runtime.
+/// per client connection and per handshake under way, per output stream's,
+/// unary call's and stop's supervisor connection, per idle pooled one, and
+/// a margin for the listeners, the metrics endpoint, the TLS files and the
+/// runtime.
 fn raise_fd_limit(config: &Config) {
     const MARGIN: usize = 64;
     let file = &config.file;
     let needed = file.max_connections
+        + file.max_handshakes
         + file.max_output_streams
         + file.max_unary_calls
+        + file.max_stop_calls
         + file.max_idle_supervisor_connections
         + MARGIN;
     let limit = match jobworker_config::raise_open_files_limit() {
@@ -64,9 +67,10 @@ fn raise_fd_limit(config: &Config) {
         tracing::warn!(
             limit,
             needed,
-            "the open files limit is below what max_connections, max_output_streams, \
-             max_unary_calls and max_idle_supervisor_connections may hold open: raise \
-             LimitNOFILE (or ulimit -n), or lower them"
+            "the open files limit is below what max_connections, max_handshakes, \
+             max_output_streams, max_unary_calls, max_stop_calls and \
+             max_idle_supervisor_connections may hold open: raise LimitNOFILE (or ulimit -n), \
+             or lower them"
         );
     } else {
         tracing::info!(limit, needed, "open files limit");

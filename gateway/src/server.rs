@@ -86,6 +86,7 @@ pub async fn run(
         config.supervisor_connect_timeout,
         PoolLimits {
             max_unary_calls: config.file.max_unary_calls,
+            max_stop_calls: config.file.max_stop_calls,
             max_output_streams: config.file.max_output_streams,
             max_idle: config.file.max_idle_supervisor_connections,
             per_user: ShareLimits {

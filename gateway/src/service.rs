@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::listener::ConnInfo;
-use crate::supervisor::{OutputStream, Supervisor, SupervisorError};
+use crate::supervisor::{OutputStream, StreamSlots, Supervisor, SupervisorError};
 
 /// How long an output stream whose supervisor went away is retried before
 /// the client is told (UNAVAILABLE).
@@ -117,16 +117,20 @@ impl JobService {
         offset: u64,
         follow: bool,
     ) -> Result<OutputChunks, Status> {
-        let mut resuming = Resuming {
+        let request = IpcRequest::StreamOutput {
+            job,
+            offset,
+            follow,
+        };
+        let stream = self.supervisor.stream(identity, request).await?;
+        let resuming = Resuming {
             supervisor: Arc::clone(&self.supervisor),
             identity: identity.clone(),
             job,
             offset,
             follow,
-            stream: None,
+            state: Some(Held::Open(stream)),
         };
-        resuming.stream =
-            Some(Resuming::open(&self.supervisor, identity, job, offset, follow).await?);
         Ok(Box::pin(chunks(resuming, self.stopping.clone())))
     }
 }
@@ -139,68 +143,71 @@ struct Resuming {
     follow: bool,
     /// The offset of the next byte to send.
     offset: u64,
-    /// The supervisor's stream; none after it was lost, until resumed.
-    stream: Option<OutputStream>,
+    /// The supervisor's stream, or the slots it held while it is resumed.
+    state: Option<Held>,
+}
+
+/// What a [`Resuming`] stream holds.
+enum Held {
+    /// The supervisor's stream.
+    Open(OutputStream),
+    /// Its slots of the limits, while the supervisor is away.
+    Lost(StreamSlots),
 }
 
 impl Resuming {
-    /// Opens the supervisor's stream from the next byte. (Of the fields,
-    /// not `&self`: the stream held in `self` is not `Sync`.)
-    async fn open(
-        supervisor: &Supervisor,
-        identity: &Identity,
-        job: JobId,
-        offset: u64,
-        follow: bool,
-    ) -> Result<OutputStream, SupervisorError> {
-        let request = IpcRequest::StreamOutput {
-            job,
-            offset,
-            follow,
-        };
-        supervisor.stream(identity, request).await
-    }
-
     /// The next frame, opening the stream again (from the next byte) if
     /// the supervisor went away, for up to [`RESUME_LIMIT`].
     async fn next(&mut self) -> Result<Option<StreamFrame>, SupervisorError> {
         let mut since: Option<Instant> = None;
         let mut pause = BACKOFF.0;
         loop {
-            let error = match self.stream.as_mut() {
-                Some(stream) => match stream.next().await {
-                    Ok(Some(StreamFrame::Output { offset, data })) => {
-                        self.offset = offset.saturating_add(data.as_slice().len() as u64);
-                        return Ok(Some(StreamFrame::Output { offset, data }));
+            let error = match self.state.take() {
+                Some(Held::Open(mut stream)) => match stream.next().await {
+                    Ok(frame) => {
+                        if let Some(StreamFrame::Output { offset, data }) = &frame {
+                            self.offset = offset.saturating_add(data.as_slice().len() as u64);
+                        }
+                        self.state = Some(Held::Open(stream));
+                        return Ok(frame);
                     }
-                    Ok(frame) => return Ok(frame),
-                    Err(e) => e,
-                },
-                None => match Self::open(
-                    &self.supervisor,
-                    &self.identity,
-                    self.job,
-                    self.offset,
-                    self.follow,
-                )
-                .await
-                {
-                    Ok(stream) => {
-                        tracing::info!(job = %self.job, offset = self.offset,
-                            "resumed an output stream after the supervisor came back");
-                        self.stream = Some(stream);
-                        continue;
+                    Err(e) => {
+                        if e.is_gone() {
+                            tracing::warn!(job = %self.job, offset = self.offset, error = %e,
+                                "an output stream lost the supervisor; resuming when it is back");
+                        }
+                        self.state = Some(Held::Lost(stream.into_slots()));
+                        e
                     }
-                    Err(e) => e,
                 },
+                Some(Held::Lost(slots)) => {
+                    let request = IpcRequest::StreamOutput {
+                        job: self.job,
+                        offset: self.offset,
+                        follow: self.follow,
+                    };
+                    match self
+                        .supervisor
+                        .stream_in(slots, &self.identity, request)
+                        .await
+                    {
+                        Ok(stream) => {
+                            tracing::info!(job = %self.job, offset = self.offset,
+                                "resumed an output stream after the supervisor came back");
+                            self.state = Some(Held::Open(stream));
+                            continue;
+                        }
+                        Err((e, slots)) => {
+                            self.state = Some(Held::Lost(slots));
+                            e
+                        }
+                    }
+                }
+                None => return Ok(None),
             };
             let began = *since.get_or_insert_with(Instant::now);
             if !error.is_gone() || began.elapsed() >= RESUME_LIMIT {
                 return Err(error);
-            }
-            if self.stream.take().is_some() {
-                tracing::warn!(job = %self.job, offset = self.offset, error = %error,
-                    "an output stream lost the supervisor; resuming when it is back");
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(BACKOFF.1);

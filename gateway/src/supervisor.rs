@@ -22,9 +22,11 @@
 //! another. Below the shared limits each user has a fair share
 //! ([`crate::shares`]): at most `max_output_streams_per_user` streams and
 //! `max_unary_calls_per_user` calls in flight (a user's further calls wait
-//! for their own, holding nothing shared). A `StopJob` holds only its
-//! user's share, never one of the `max_unary_calls` turns: it waits out the
-//! job's grace period. When the supervisor cannot be reached a call fails at once with
+//! for their own, holding nothing shared). A `StopJob`, which waits out a
+//! job's grace period, takes one of the turns of its own
+//! (`max_stop_calls`), never one of the `max_unary_calls`, so that hundreds
+//! of stops leave every other call its turn. When the supervisor cannot be
+//! reached a call fails at once with
 //! [`SupervisorError::Unreachable`]; the next call tries again, so the
 //! gateway recovers by itself when the supervisor is back.
 //!
@@ -154,6 +156,8 @@ impl From<ClientError> for SupervisorError {
 pub struct PoolLimits {
     /// Unary calls in flight at once.
     pub max_unary_calls: usize,
+    /// Stops in flight at once.
+    pub max_stop_calls: usize,
     /// Output streams open at once.
     pub max_output_streams: usize,
     /// Idle connections kept.
@@ -168,6 +172,7 @@ pub struct Supervisor {
     connect_timeout: Duration,
     limits: PoolLimits,
     unary: Semaphore,
+    stops: Semaphore,
     streams: Arc<Semaphore>,
     idle: Mutex<Vec<(Connection, Instant)>>,
     shares: Shares,
@@ -193,6 +198,7 @@ impl Supervisor {
             connect_timeout,
             limits,
             unary: Semaphore::new(limits.max_unary_calls),
+            stops: Semaphore::new(limits.max_stop_calls),
             streams: Arc::new(Semaphore::new(limits.max_output_streams)),
             idle: Mutex::new(Vec::new()),
             shares: Shares::new(limits.per_user),
@@ -208,38 +214,38 @@ impl Supervisor {
     }
 
     /// One call with one answer (anything but `StreamOutput`) on behalf of
-    /// `identity`: first a turn among the user's own calls, then (but for a
-    /// stop) one of the shared turns.
+    /// `identity`: first a turn among the user's own calls, then one of the
+    /// shared turns (a stop's among the stops').
     pub async fn call(
         &self,
         identity: &Identity,
         request: Request,
     ) -> Result<Response, SupervisorError> {
         let _share = self.shares.call(&identity.user).await;
-        let shared = !matches!(request, Request::StopJob { .. });
-        self.unary(Some(identity), request, shared).await
+        self.unary(Some(identity), request).await
     }
 
     /// One call the gateway makes on its own behalf, asserting no identity:
     /// the supervisor lets it `Ping` and read `Metrics`, nothing else.
     pub async fn call_own(&self, request: Request) -> Result<Response, SupervisorError> {
-        self.unary(None, request, true).await
+        self.unary(None, request).await
     }
 
-    /// One call, in one of the shared turns if `shared`.
+    /// One call, in a shared turn: a stop (which waits out a job's grace
+    /// period) in one of the stops', anything else in one of the others'.
     async fn unary(
         &self,
         identity: Option<&Identity>,
         request: Request,
-        shared: bool,
     ) -> Result<Response, SupervisorError> {
-        let _turn =
-            match shared {
-                true => Some(self.unary.acquire().await.map_err(|_| {
-                    SupervisorError::Unexpected("the client is shutting down".into())
-                })?),
-                false => None,
-            };
+        let turns = match request {
+            Request::StopJob { .. } => &self.stops,
+            _ => &self.unary,
+        };
+        let _turn = turns
+            .acquire()
+            .await
+            .map_err(|_| SupervisorError::Unexpected("the client is shutting down".into()))?;
         let repeatable = !matches!(&request, Request::StartJob(spec) if spec.request_id.is_none());
         if repeatable && let Some(mut conn) = self.take_idle() {
             match exchange(&mut conn, identity, request.clone()).await {
@@ -272,18 +278,36 @@ impl Supervisor {
                 .map_err(|_| SupervisorError::Busy {
                     max: self.limits.max_output_streams,
                 })?;
+        let slots = StreamSlots {
+            _slot: slot,
+            _share: share,
+        };
+        self.stream_in(slots, identity, request)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Opens a `StreamOutput` call in `slots` already held (a stream being
+    /// resumed keeps its own); they come back with the error, if any.
+    pub async fn stream_in(
+        &self,
+        slots: StreamSlots,
+        identity: &Identity,
+        request: Request,
+    ) -> Result<OutputStream, (SupervisorError, StreamSlots)> {
         // An idle connection when there is one (the one a StartJob just
         // used, typically): no connect and handshake before the first byte.
         let conn = match self.take_idle() {
             Some(conn) => conn,
-            None => self.connect().await?,
+            None => match self.connect().await {
+                Ok(conn) => conn,
+                Err(e) => return Err((e, slots)),
+            },
         };
-        let stream = conn.stream_as(identity, request).await?;
-        Ok(OutputStream {
-            stream,
-            _slot: slot,
-            _share: share,
-        })
+        match conn.stream_as(identity, request).await {
+            Ok(stream) => Ok(OutputStream { stream, slots }),
+            Err(e) => Err((e.into(), slots)),
+        }
     }
 
     /// A new connection, handshake done. A failure is logged here with the
@@ -374,6 +398,12 @@ async fn exchange(
 /// connection, which ends the stream on the supervisor's side.
 pub struct OutputStream {
     stream: client::OutputStream,
+    slots: StreamSlots,
+}
+
+/// What an output stream holds of the limits: one of `max_output_streams`
+/// and one of its user's share, kept while it is resumed.
+pub struct StreamSlots {
     _slot: OwnedSemaphorePermit,
     _share: Share,
 }
@@ -382,6 +412,11 @@ impl OutputStream {
     /// The next frame: `Output`, then `End` or `Error` last; `None` after it.
     pub async fn next(&mut self) -> Result<Option<StreamFrame>, SupervisorError> {
         Ok(self.stream.next().await?)
+    }
+
+    /// Closes the connection, keeping the slots (to resume in them).
+    pub fn into_slots(self) -> StreamSlots {
+        self.slots
     }
 }
 

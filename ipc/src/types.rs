@@ -589,8 +589,8 @@ impl TryFrom<u32> for GraceMs {
     }
 }
 
-/// A job's time limit in milliseconds: 1 to [`MAX_TIMEOUT_MS`]. Its run
-/// time (from the exec of its command) never goes past it: then it is
+/// A job's time limit in milliseconds: 1 to [`MAX_TIMEOUT_MS`], counted
+/// from the job's creation (a few ms before its command's exec): then it is
 /// stopped as a stop request would stop it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "u64")]

@@ -193,7 +193,9 @@ pub fn duration(d: std::time::Duration) -> prost_types::Duration {
 /// a finer part rounds up, so that a limit is never shorter than asked).
 pub fn timeout(d: &prost_types::Duration) -> Result<TimeoutMs, Invalid> {
     let us = micros("timeout", d)?;
-    TimeoutMs::new(us.div_ceil(1000))
+    // The nanoseconds below a microsecond count too (micros drops them).
+    let below_us = u64::from(d.nanos % 1000 != 0);
+    TimeoutMs::new(us.saturating_add(below_us).div_ceil(1000))
 }
 
 /// A `google.protobuf.Timestamp` of Unix microseconds.

@@ -145,9 +145,10 @@ async fn a_user_runs_at_most_the_cap() {
     ));
 }
 
-/// A job directory without a record (a start that failed before writing
-/// one, e.g. out of file descriptors) is removed at the next start, never
-/// listed as a FAILED job of unknown command.
+/// A job directory without a record, output or exit record (a start that
+/// failed before writing its record, e.g. out of file descriptors) is
+/// removed at the next start, never listed as a FAILED job of unknown
+/// command; one with output is kept, FAILED saying why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_start_that_never_wrote_its_record_leaves_no_job() {
     let mut d = Daemon::start("");
@@ -156,12 +157,27 @@ async fn a_start_that_never_wrote_its_record_leaves_no_job() {
     let phantom = JobId::random();
     let dir = d.state_dir.join(format!("jobs/{phantom}"));
     std::fs::create_dir_all(dir.join("work")).unwrap();
+    // One whose record a host crash lost, but whose job did run: kept,
+    // FAILED saying why.
+    let ran = JobId::random();
+    let ran_dir = d.state_dir.join(format!("jobs/{ran}"));
+    std::fs::create_dir_all(&ran_dir).unwrap();
+    std::fs::write(ran_dir.join("output.log"), b"some output\n").unwrap();
     d.restart().unwrap();
     let jobs = listed(&d).await;
     assert!(jobs.contains_key(&kept.id));
     assert!(!jobs.contains_key(&phantom), "{:?}", jobs.get(&phantom));
     assert!(!dir.exists(), "its directory is left");
     assert!(d.log_text().contains("a job directory without a record"));
+    let info = &jobs[&ran];
+    assert_eq!(info.state, JobState::Failed);
+    assert!(
+        info.failure
+            .as_deref()
+            .is_some_and(|f| f.contains("its record could not be recovered")),
+        "{info:?}"
+    );
+    assert!(ran_dir.join("output.log").exists(), "its output is kept");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -395,7 +395,6 @@ impl Engine {
     /// and one that stops it at its deadline if it has a time limit.
     fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: OwnedFd, exit: Option<ExitWatch>) {
         self.count_running(job);
-        self.enforce_time_limit(job);
         match pidfd.try_clone() {
             Ok(watched) => {
                 *job.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(pidfd);
@@ -406,6 +405,9 @@ impl Engine {
                 self.supervise(job, Some(pidfd), exit);
             }
         }
+        // Last: a deadline already passed stops the job at once, and its
+        // SIGTERM needs the pidfd stored above.
+        self.enforce_time_limit(job);
     }
 
     /// Registers `job` and spawns the task that settles it: after its init

@@ -64,6 +64,17 @@ const RESERVE_FILE: &str = "records.reserve";
 /// back: a record's worth, with room to spare.
 pub const RELEASE_STEP: u64 = 32 << 10;
 
+/// The most steps one record write gives back (when paused output takes
+/// back the room as fast as it is given, the write gives up after these).
+const MAX_RELEASES_PER_WRITE: usize = 4;
+
+/// Whether the file system of `path` is out of inodes: ENOSPC then, and no
+/// room given back in bytes would help.
+fn out_of_inodes(path: &Path) -> bool {
+    let dir = path.parent().unwrap_or(path);
+    rustix::fs::statvfs(dir).is_ok_and(|stat| stat.f_files > 0 && stat.f_favail == 0)
+}
+
 /// The record writer and its syncer thread.
 pub struct Records {
     /// The file holding back room for records.
@@ -166,7 +177,13 @@ impl Records {
         }
         drop(state);
         let mut written = atomic::write_json(path, value);
-        while written.as_ref().is_err_and(atomic::is_full) && self.release_some() {
+        for _ in 0..MAX_RELEASES_PER_WRITE {
+            if !written.as_ref().is_err_and(atomic::is_full)
+                || out_of_inodes(path)
+                || !self.release_some()
+            {
+                break;
+            }
             written = atomic::write_json(path, value);
         }
         written?;

@@ -8,10 +8,11 @@
 //!   running job's record names no pid);
 //! - a running job whose init has exited meanwhile is settled from the exit
 //!   record the init left (its real exit status);
-//! - a job directory without a record is a start that failed (or was cut
-//!   short) before it wrote one, and so before its clone: nothing of it
-//!   ever ran and its caller was told it failed. It is removed, with its
-//!   cgroup, and not listed;
+//! - a job directory without a record, no output and no exit record is a
+//!   start that failed (or was cut short) before it wrote its record, and
+//!   so before its clone: nothing of it ever ran and its caller was told it
+//!   failed. It is removed, with its cgroup, and not listed (one with
+//!   output lost its record to a host crash: it is FAILED, saying so);
 //! - a job whose state cannot be recovered (no init and no exit record, a
 //!   record that cannot be read, a start that never reached its clone) is
 //!   FAILED with the reason, and whatever is left of it is killed through its
@@ -110,7 +111,9 @@ impl Engine {
             .job_handle(&id.to_string())
             .map_err(|e| e.to_string())?;
         let record = match read_record(dir) {
-            Err(RecordError::Read(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(RecordError::Read(e))
+                if e.kind() == std::io::ErrorKind::NotFound && never_ran(dir) =>
+            {
                 tracing::warn!(job = %id, "a job directory without a record (a start that \
                     failed before it wrote one; nothing of it ran): removing it");
                 return std::fs::remove_dir_all(dir)
@@ -184,6 +187,14 @@ enum Kind {
     Settled,
     /// A directory without a record, removed.
     Discarded,
+}
+
+/// Whether nothing of the job in `dir` ever ran: no output and no exit
+/// record. (A host crash can lose a start's record from the page cache
+/// while its job's output survives: that job is reported, not removed.)
+fn never_ran(dir: &Path) -> bool {
+    let output = std::fs::metadata(dir.join(crate::handoff::OUTPUT_FILE)).map_or(0, |m| m.len());
+    output == 0 && !dir.join(EXIT_FILE).exists()
 }
 
 fn read_record(dir: &Path) -> Result<Record, RecordError> {

@@ -63,9 +63,8 @@ pub enum StartError {
     /// The state directory's file system is (nearly) full.
     #[error(
         "the state directory's file system is full ({free} bytes free, {inodes} inodes; \
-         starts need {floor} bytes, min_free_bytes): free space in {}, or wait for jobs \
-         to end and retention to remove them",
-        dir.display()
+         starts need {floor} bytes, min_free_bytes): free space there, or wait for jobs \
+         to end and retention to remove them"
     )]
     DiskFull {
         /// The state directory.
@@ -195,8 +194,11 @@ impl From<StartError> for IpcError {
             | StartError::Record { source, .. }
                 if crate::atomic::is_full(&source) =>
             {
+                tracing::warn!(%reason, "a start found the state directory's file system full");
                 Self::ResourceExhausted {
-                    reason: format!("the state directory's file system is full ({reason})"),
+                    reason: "the state directory's file system is full; free space there, or \
+                             wait for jobs to end and retention to remove them"
+                        .into(),
                 }
             }
             StartError::Spawn(SpawnError::Clone { source, .. }) => match clone_shortage(&source) {
