@@ -8,6 +8,7 @@
 //!   limits, a job's end, recovery, retention) as pure functions,
 //!   unit-tested without root.
 //! - [`metrics`]: the engine's figures for the metrics request.
+//! - [`owners`]: counts per owner, for the cap on a user's running jobs.
 //! - [`start`]: the steps of a start, its errors, and the guard that undoes
 //!   a failed one.
 //! - [`spawn`]: clone3 and the handoff to the init.
@@ -25,6 +26,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod output;
+pub mod owners;
 pub mod records;
 pub mod recovery;
 pub mod retention;
@@ -41,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobworker_ipc::{
-    EnforcedLimits, IpcError, JobId, JobInfo, JobState, LabelSelector, Limits, ListCursor, Owner,
+    EnforcedLimits, IpcError, JobId, JobInfo, JobState, LabelSelector, Limits, ListCursor,
     SupervisorMetrics, UnixMicros,
 };
 
@@ -189,10 +191,10 @@ pub struct Engine {
     idempotency: tokio::sync::Mutex<()>,
     /// Starts under way, per owner: with the running jobs, what the cap on
     /// an owner's running jobs counts.
-    starting: Mutex<HashMap<Owner, usize>>,
+    starting: owners::PerOwner,
     /// Running jobs, per owner (kept as jobs are adopted and end, so that a
     /// start's check of its owner's cap walks no job).
-    running: Mutex<HashMap<Owner, usize>>,
+    running: owners::PerOwner,
     /// The ended jobs retention may remove.
     retention: Mutex<retention::Index>,
     /// What the engine counts.
@@ -250,8 +252,8 @@ impl Engine {
             uid_pool,
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),
-            starting: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
+            starting: owners::PerOwner::default(),
+            running: owners::PerOwner::default(),
             retention: Mutex::new(retention::Index::default()),
             figures: metrics::Figures::default(),
         }))
@@ -277,20 +279,13 @@ impl Engine {
         self.controllers
     }
 
-    /// How many jobs of `owner` run now.
-    fn running_of(&self, owner: &Owner) -> usize {
-        lock(&self.running).get(owner).copied().unwrap_or(0)
-    }
-
     /// Counts `job` among its owner's running jobs, once.
     fn count_running(&self, job: &Job) {
         if !job
             .counted_running
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            *lock(&self.running)
-                .entry(job.spec.owner.clone())
-                .or_default() += 1;
+            self.running.add(&job.spec.owner);
         }
     }
 
@@ -300,19 +295,13 @@ impl Engine {
             .counted_running
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
-            let mut running = lock(&self.running);
-            if let Some(n) = running.get_mut(&job.spec.owner) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    running.remove(&job.spec.owner);
-                }
-            }
+            self.running.remove(&job.spec.owner);
         }
     }
 
     /// The engine's figures since it started, and the jobs running now.
     pub fn metrics(&self) -> SupervisorMetrics {
-        let jobs_running: usize = lock(&self.running).values().sum();
+        let jobs_running = self.running.total();
         let figures = self.figures.snapshot();
         SupervisorMetrics {
             version: env!("CARGO_PKG_VERSION").to_owned(),

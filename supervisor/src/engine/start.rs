@@ -339,19 +339,14 @@ impl Engine {
             Owner::Remote(_) => self.config.max_running_per_owner,
             Owner::Local(_) => 0,
         };
-        let mut starting = lock(&self.starting);
-        let pending = starting.get(owner).copied().unwrap_or(0);
-        if cap > 0 {
-            let running = self.running_of(owner);
-            if running + pending >= cap {
-                return Err(StartError::TooManyRunning {
-                    owner: owner.clone(),
-                    running: running + pending,
-                    cap,
-                });
-            }
-        }
-        *starting.entry(owner.clone()).or_default() += 1;
+        let running = self.running.get(owner);
+        self.starting
+            .add_unless(owner, |pending| cap > 0 && running + pending >= cap)
+            .map_err(|pending| StartError::TooManyRunning {
+                owner: owner.clone(),
+                running: running + pending,
+                cap,
+            })?;
         Ok(Starting {
             engine: self,
             owner: owner.clone(),
@@ -662,13 +657,7 @@ struct Starting<'a> {
 
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
-        let mut starting = lock(&self.engine.starting);
-        if let Some(n) = starting.get_mut(&self.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                starting.remove(&self.owner);
-            }
-        }
+        self.engine.starting.remove(&self.owner);
     }
 }
 

@@ -102,8 +102,10 @@ fn run() -> Result<(), String> {
     exempt_from_the_oom_killer();
     reserve_exit_space(&job_dir);
 
-    let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd)
-        .map_err(|e| format!("pumping output: {e}"))?;
+    let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd).map_err(|e| {
+        let _ = rustix::fs::unlinkat(&job_dir, EXIT_RESERVE, rustix::fs::AtFlags::empty());
+        format!("pumping output: {e}")
+    })?;
     let record = ExitRecord {
         termination: outcome.termination,
         stopped: outcome.stopped,
