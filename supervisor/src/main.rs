@@ -44,12 +44,6 @@ const INIT_BINARY: &str = "jobworker-init";
 /// passes (from 3) and the init's control socket (3 in the child).
 const INIT_FD_FLOOR: i32 = 10;
 
-/// The allocator: jemalloc, with background threads that give memory freed
-/// after a burst (streams, jobs) back to the system within seconds
-/// (BENCHMARKS.md, "Memory that comes back").
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
