@@ -111,8 +111,9 @@ pub struct FileConfig {
     /// Output bytes kept per job; more is drained, counted and dropped.
     pub output_cap_bytes: u64,
     /// Starts are refused (RESOURCE_EXHAUSTED) while the state directory's
-    /// file system has less free than this, in bytes. 0: only when it is
-    /// full.
+    /// file system has less free than this, in bytes, or than a twentieth
+    /// of its size when that is less (a small file system). 0: only when it
+    /// is full.
     pub min_free_bytes: u64,
     /// Grace period between SIGTERM and SIGKILL when stopping a job, in
     /// milliseconds; also the longest a stop request may ask for.

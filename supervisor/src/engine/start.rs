@@ -354,7 +354,8 @@ impl Engine {
     }
 
     /// Refuses a start while the state file system has less than
-    /// `min_free_bytes` free, or no inode: the job's directory, log and
+    /// `min_free_bytes` free (or a twentieth of its size, on one smaller
+    /// than twenty times that), or no inode: the job's directory, log and
     /// record need room, and running jobs' output and records come first.
     /// Blocks (one `statvfs`).
     fn check_free_space(&self) -> Result<(), StartError> {
@@ -364,7 +365,8 @@ impl Engine {
             source: e.into(),
         })?;
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-        let floor = self.config.min_free_bytes;
+        let size = stat.f_blocks.saturating_mul(stat.f_frsize);
+        let floor = self.config.min_free_bytes.min(size / 20);
         if free < floor.max(1) || (stat.f_favail == 0 && stat.f_files > 0) {
             return Err(StartError::DiskFull {
                 dir: dir.clone(),
