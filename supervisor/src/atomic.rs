@@ -2,7 +2,10 @@
 //! rename it over the target. A reader (and a supervisor restarted after a
 //! crash) sees the old content or the new, never a part. Nothing is synced
 //! here: when a file becomes durable is the caller's contract (job records:
-//! [`crate::engine::records`]).
+//! [`crate::engine::records`]). A [`Prepared`] replacement makes (and
+//! preallocates) its temporary file ahead of time, so that the write itself
+//! needs no new room: the job's exit record, written when its disk may be
+//! full.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -44,6 +47,50 @@ pub fn write_at(dir: &File, name: &OsStr, contents: &[u8]) -> io::Result<()> {
         let _ = rustix::fs::unlinkat(dir.as_fd(), &tmp, AtFlags::empty());
     }
     result
+}
+
+/// A replacement of one file prepared ahead: its temporary file made, with
+/// room for `room` bytes allocated.
+pub struct Prepared {
+    file: File,
+    tmp: OsString,
+    name: OsString,
+}
+
+impl Prepared {
+    /// Makes the temporary file for replacing `name` in `dir`, with `room`
+    /// bytes allocated on the file system now.
+    pub fn new(dir: &File, name: &OsStr, room: u64) -> io::Result<Self> {
+        let mut tmp = name.to_os_string();
+        tmp.push(".next");
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )?;
+        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::KEEP_SIZE, 0, room)?;
+        Ok(Self {
+            file: File::from(fd),
+            tmp,
+            name: name.to_os_string(),
+        })
+    }
+
+    /// Writes `value` as pretty JSON into the prepared file and renames it
+    /// over the target (the allocated room that goes unused is freed).
+    pub fn commit_json<T: Serialize>(mut self, dir: &File, value: &T) -> io::Result<()> {
+        let body = json(value)?;
+        self.file.write_all(&body)?;
+        self.file.set_len(body.len() as u64)?;
+        rustix::fs::renameat(dir.as_fd(), &self.tmp, dir.as_fd(), &self.name)?;
+        Ok(())
+    }
+
+    /// Removes the prepared file (nothing to write after all).
+    pub fn abandon(self, dir: &File) {
+        let _ = rustix::fs::unlinkat(dir.as_fd(), &self.tmp, AtFlags::empty());
+    }
 }
 
 /// Replaces `path` with `value` as pretty JSON, atomically.

@@ -100,12 +100,22 @@ fn run() -> Result<(), String> {
     } = started?;
     // Off the start's critical path: the supervisor has its answer.
     exempt_from_the_oom_killer();
-    reserve_exit_space(&job_dir);
+    // Room for the exit record, made now: a job that fills its disk still
+    // gets its exit status recorded (best effort: a disk already full, or
+    // one that cannot preallocate, gets the plain write at the end).
+    let exit_file = atomic::Prepared::new(&job_dir, EXIT_FILE.as_ref(), EXIT_ROOM)
+        .map_err(|e| eprintln!("jobworker-init: making room for the exit record: {e}"))
+        .ok();
 
-    let outcome = pump::run(child, output, log, spec.output_cap, &signal_fd).map_err(|e| {
-        let _ = rustix::fs::unlinkat(&job_dir, EXIT_RESERVE, rustix::fs::AtFlags::empty());
-        format!("pumping output: {e}")
-    })?;
+    let outcome = match pump::run(child, output, log, spec.output_cap, &signal_fd) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            if let Some(prepared) = exit_file {
+                prepared.abandon(&job_dir);
+            }
+            return Err(format!("pumping output: {e}"));
+        }
+    };
     let record = ExitRecord {
         termination: outcome.termination,
         stopped: outcome.stopped,
@@ -115,7 +125,7 @@ fn run() -> Result<(), String> {
         started_at_us: Some(started_at),
         ended_at_us: outcome.ended_at,
     };
-    let written = write_exit_record(&job_dir, &record)
+    let written = write_exit_record(&job_dir, exit_file, &record)
         .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()));
     // The supervisor that started the job learns of its end from this
     // message, without reading the file (even if it could not be written);
@@ -124,46 +134,25 @@ fn run() -> Result<(), String> {
     written
 }
 
-/// The file that holds back room for the exit record, in the job's
-/// directory, from the start to the end of the job.
-const EXIT_RESERVE: &str = "exit.json.reserve";
+/// The room made for the exit record at the job's start: more than a
+/// record takes, in any file system's blocks.
+const EXIT_ROOM: u64 = 4096;
 
-/// How much room it holds: more than an exit record takes, in any file
-/// system's blocks.
-const EXIT_RESERVE_BYTES: u64 = 64 * 1024;
-
-/// Holds back room for the exit record on the job's file system, so that a
-/// job that fills it still gets its exit status recorded (best effort: a
-/// file system that is already full, or cannot preallocate, gets none).
-fn reserve_exit_space(job_dir: &File) {
-    let reserved = rustix::fs::openat(
-        job_dir,
-        EXIT_RESERVE,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .and_then(|file| {
-        rustix::fs::fallocate(
-            &file,
-            rustix::fs::FallocateFlags::empty(),
-            0,
-            EXIT_RESERVE_BYTES,
-        )
-    });
-    if let Err(e) = reserved {
-        eprintln!("jobworker-init: holding back room for the exit record: {e}");
+/// Writes the exit record: into the file prepared at the start if there is
+/// one (it needs no new room), else (or if that fails) as a plain atomic
+/// write.
+fn write_exit_record(
+    job_dir: &File,
+    prepared: Option<atomic::Prepared>,
+    record: &ExitRecord,
+) -> std::io::Result<()> {
+    if let Some(prepared) = prepared {
+        match prepared.commit_json(job_dir, record) {
+            Ok(()) => return Ok(()),
+            Err(e) => eprintln!("jobworker-init: writing the prepared exit record: {e}"),
+        }
     }
-}
-
-/// Writes the exit record; if the file system is full, gives back the room
-/// held for it and tries again. The reserve goes either way.
-fn write_exit_record(job_dir: &File, record: &ExitRecord) -> std::io::Result<()> {
-    let mut written = atomic::write_json_at(job_dir, EXIT_FILE.as_ref(), record);
-    let _ = rustix::fs::unlinkat(job_dir, EXIT_RESERVE, rustix::fs::AtFlags::empty());
-    if written.as_ref().is_err_and(atomic::is_full) {
-        written = atomic::write_json_at(job_dir, EXIT_FILE.as_ref(), record);
-    }
-    written
+    atomic::write_json_at(job_dir, EXIT_FILE.as_ref(), record)
 }
 
 /// The OOM killer should pick the job's processes, not the init that
