@@ -32,13 +32,7 @@ pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
 pub fn write_at(dir: &File, name: &OsStr, contents: &[u8]) -> io::Result<()> {
     let tmp = temp_name(name);
     let result = (|| {
-        let fd = rustix::fs::openat(
-            dir.as_fd(),
-            &tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o600),
-        )?;
-        let mut file = File::from(fd);
+        let mut file = create_temp(dir, &tmp)?;
         file.write_all(contents)?;
         rustix::fs::renameat(dir.as_fd(), &tmp, dir.as_fd(), name)?;
         Ok(())
@@ -47,6 +41,18 @@ pub fn write_at(dir: &File, name: &OsStr, contents: &[u8]) -> io::Result<()> {
         let _ = rustix::fs::unlinkat(dir.as_fd(), &tmp, AtFlags::empty());
     }
     result
+}
+
+/// Creates (or empties) the temporary file `tmp` in `dir`, mode 0600,
+/// never through a symlink.
+fn create_temp(dir: &File, tmp: &OsStr) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir.as_fd(),
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(File::from(fd))
 }
 
 /// A replacement of one file prepared ahead: its temporary file made, with
@@ -63,15 +69,10 @@ impl Prepared {
     pub fn new(dir: &File, name: &OsStr, room: u64) -> io::Result<Self> {
         let mut tmp = name.to_os_string();
         tmp.push(".next");
-        let fd = rustix::fs::openat(
-            dir.as_fd(),
-            &tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o600),
-        )?;
-        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::KEEP_SIZE, 0, room)?;
+        let file = create_temp(dir, &tmp)?;
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, room)?;
         Ok(Self {
-            file: File::from(fd),
+            file,
             tmp,
             name: name.to_os_string(),
         })
