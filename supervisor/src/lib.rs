@@ -11,6 +11,7 @@
 //! - [`handoff`]: the contract between the supervisor and a job's init.
 //! - [`engine`]: starting, stopping, watching and reading jobs.
 //! - [`atomic`]: atomic file replacement for records.
+//! - [`state_lock`]: one supervisor at a time on a state directory.
 
 pub mod atomic;
 pub mod cgroup;
@@ -19,4 +20,5 @@ pub mod engine;
 pub mod handoff;
 pub mod init;
 pub mod service;
+pub mod state_lock;
 pub mod sys;

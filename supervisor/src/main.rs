@@ -19,6 +19,7 @@ use jobworker_supervisor::cgroup::{CgroupTree, SKIP_LIMITS_ENV};
 use jobworker_supervisor::config::{self, Config};
 use jobworker_supervisor::engine::{Engine, EngineConfig, Retention, SandboxConfig};
 use jobworker_supervisor::service::{self, conn::Context, listen};
+use jobworker_supervisor::state_lock::StateLock;
 use jobworker_supervisor::sys;
 
 /// How often the retention policy runs besides at each job's end.
@@ -35,6 +36,13 @@ struct Cli {
     /// Validate the configuration, print the effective values, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Do not serve: stop every running job (SIGTERM, the grace period,
+    /// SIGKILL), record how each ended, remove their cgroups, and exit. What
+    /// jobworker-jobs.service runs when it stops: jobs outlive a restart of
+    /// the supervisor, not the end of that unit. Refused while a supervisor
+    /// runs on the same state directory.
+    #[arg(long)]
+    stop_jobs: bool,
 }
 
 /// The job init's program, beside this one.
@@ -73,17 +81,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     raise_fd_limit(config.file.max_connections);
+    // Held until the end of this function: for the supervisor's life.
+    let _lock = StateLock::acquire(&config.file.state_dir)?;
+    if cli.stop_jobs {
+        return runtime()?.block_on(stop_jobs(config));
+    }
     let (listener, origin) =
         listen::listener(activated, &config.file.socket_path, config.socket_gid)
             .context("opening the supervisor's socket")?;
     listener
         .set_nonblocking(true)
         .context("making the socket non-blocking")?;
+    runtime()?.block_on(serve(config, listener, origin))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(serve(config, listener, origin))
+        .context("starting the runtime")
 }
 
 /// Raises the soft limit on open files to the hard one (systemd's default
@@ -146,7 +162,8 @@ async fn serve(
     let mut tree = CgroupTree::discover(config.file.cgroup_root.as_deref())
         .context("finding the cgroup subtree")?;
     let controllers = tree
-        .setup(Some(std::process::id()))
+        .root_processes()
+        .and_then(|holders| tree.setup(&holders))
         .with_context(|| format!("preparing the cgroup subtree {}", tree.root().display()))?;
     let engine = Engine::new(engine_config(&config)?, tree, controllers)?;
     let recovered = engine.recover()?;
@@ -190,6 +207,49 @@ async fn serve(
         tracing::error!(error = %e, "making the job records durable");
     }
     tracing::info!("shutting down; running jobs go on and are re-adopted at the next start");
+    Ok(())
+}
+
+/// `--stop-jobs`: accounts for the jobs on disk as a starting supervisor
+/// does, stops every running one, and removes `<root>/jobs`.
+async fn stop_jobs(config: Config) -> anyhow::Result<()> {
+    let root = match &config.file.cgroup_root {
+        Some(root) => root.clone(),
+        None => CgroupTree::discover(None)
+            .context("finding the cgroup subtree")?
+            .root()
+            .to_path_buf(),
+    };
+    let Some(mut tree) = CgroupTree::existing(&root)
+        .with_context(|| format!("inspecting the cgroup subtree {}", root.display()))?
+    else {
+        tracing::info!(cgroup_root = %root.display(), "no job cgroups: no job to stop");
+        return Ok(());
+    };
+    let controllers = tree
+        .setup(&[])
+        .with_context(|| format!("preparing the cgroup subtree {}", root.display()))?;
+    let engine = Engine::new(engine_config(&config)?, tree.clone(), controllers)?;
+    let recovered = engine.recover()?;
+    let (stopped, failed) = engine.stop_all().await;
+    let flushing = Arc::clone(&engine);
+    if let Err(e) = tokio::task::spawn_blocking(move || flushing.flush_records()).await {
+        tracing::error!(error = %e, "making the job records durable");
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} running jobs could not be stopped",
+            stopped + failed
+        );
+    }
+    tree.remove_jobs_dir()
+        .with_context(|| format!("removing the job cgroups of {}", root.display()))?;
+    tracing::info!(
+        stopped,
+        ended_before = recovered.ended + recovered.settled,
+        cgroup_root = %root.display(),
+        "every job stopped"
+    );
     Ok(())
 }
 

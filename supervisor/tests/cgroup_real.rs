@@ -174,7 +174,7 @@ impl Drop for Fixture {
 fn set_up(fixture: &mut Fixture) -> (CgroupTree, Controllers) {
     let holder = fixture.sleeper();
     let mut tree = CgroupTree::discover(Some(&fixture.root)).unwrap();
-    let enabled = tree.setup(Some(holder)).unwrap();
+    let enabled = tree.setup(&[holder]).unwrap();
     (tree, enabled)
 }
 
@@ -225,7 +225,7 @@ fn setup_creates_the_layout_and_moves_the_process() {
     assert_eq!(tree.root(), fixture.root);
     assert!(fixture.root.is_dir());
 
-    let enabled = tree.setup(Some(holder)).unwrap();
+    let enabled = tree.setup(&[holder]).unwrap();
     assert_eq!(tree.available(), enabled);
     let leaf = fixture.root.join("supervisor");
     assert!(leaf.is_dir() && fixture.root.join("jobs").is_dir());
@@ -236,7 +236,7 @@ fn setup_creates_the_layout_and_moves_the_process() {
     }
 
     // A restart does it again.
-    assert_eq!(tree.setup(Some(holder)).unwrap(), enabled);
+    assert_eq!(tree.setup(&[holder]).unwrap(), enabled);
     assert_eq!(unified_cgroup_of(holder), fixture.cgroup_of(&leaf));
     eprintln!("enabled for jobs: {:?}", enabled.names());
 }

@@ -15,7 +15,7 @@ use daemon::{BINARY, Daemon, decode_responses, encode_call};
 use futures::{SinkExt, StreamExt};
 use jobworker_ipc::{
     Call, IpcError, JobId, JobInfo, JobSpec, JobState, Owner, PageSize, Request, RequestId,
-    Response, Role, Termination, UserName, frame, handshake,
+    Response, Role, StopReason, Termination, UserName, frame, handshake,
 };
 use jobworker_tests::fixture::supervisor::job_spec;
 use jobworker_tests::procs;
@@ -527,6 +527,76 @@ async fn jobs_outlive_a_killed_supervisor() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "job cgroups left: {left:?}");
+}
+
+/// `jobworker-supervisor --stop-jobs` on `d`'s configuration: its exit
+/// status and its log.
+fn stop_jobs(d: &Daemon) -> (std::process::ExitStatus, String) {
+    let out = Command::new(BINARY)
+        .arg("--config")
+        .arg(&d.config)
+        .arg("--stop-jobs")
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What jobworker-jobs.service runs when it stops: every job ends as a stop
+/// would end it, its record says so, and the job cgroups are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_jobs_ends_every_job_once_the_supervisor_is_down() {
+    let mut d = Daemon::start("grace_period_ms = 1000");
+    let finished = d.local_job(start("true", &[])).await;
+    wait_state(&d, finished.id, JobState::Finished).await;
+    let running = [
+        d.local_job(start("sleep", &["1000"])).await,
+        // Ignores SIGTERM: ends only at the kill after the grace period.
+        d.local_job(start("sh", &["-c", "trap '' TERM; sleep 1000"]))
+            .await,
+    ];
+
+    let (status, log) = stop_jobs(&d);
+    assert!(!status.success(), "refused while a supervisor serves");
+    assert!(log.contains("another jobworker-supervisor uses"), "{log}");
+    for job in &running {
+        let info = d.local_job(Request::GetJob { job: job.id }).await;
+        assert_eq!(info.state, JobState::Running, "{log}");
+    }
+
+    d.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    d.wait_exit(Duration::from_secs(10)).unwrap();
+    let (status, log) = stop_jobs(&d);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("every job stopped"), "{log}");
+    for job in &running {
+        // Gone, or a zombie that nobody reaped yet (the supervisor that
+        // started it is gone).
+        let pid = job.pid.unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        assert!(
+            matches!(state, None | Some("Z")),
+            "job {} (pid {pid}) still runs: {stat}",
+            job.id
+        );
+    }
+    let jobs = d.cgroup_root().join("jobs");
+    assert!(!jobs.exists(), "{} is left", jobs.display());
+    let (status, log) = stop_jobs(&d);
+    assert!(status.success(), "nothing left to stop: {log}");
+    assert!(log.contains("no job to stop"), "{log}");
+
+    d.restart().unwrap();
+    for job in &running {
+        let info = d.local_job(Request::GetJob { job: job.id }).await;
+        assert_eq!(info.state, JobState::Stopped, "{info:?}");
+        assert_eq!(info.stop_reason, Some(StopReason::Requested));
+    }
+    let info = d.local_job(Request::GetJob { job: finished.id }).await;
+    assert_eq!(info.termination, Some(Termination::Exited(0)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

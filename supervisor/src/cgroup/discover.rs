@@ -45,10 +45,7 @@ fn configured_root(path: &Path, mount: &Path) -> Result<PathBuf, CgroupError> {
         path: path.to_path_buf(),
         mount: mount.to_path_buf(),
     };
-    let plain = path
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if !path.is_absolute() || !plain || !path.starts_with(mount) {
+    if !plain_path_under(path, mount) {
         return Err(not_on_cgroup2());
     }
     fs::create_dir_all(path).map_err(io_error("creating", path))?;
@@ -57,6 +54,14 @@ fn configured_root(path: &Path, mount: &Path) -> Result<PathBuf, CgroupError> {
         return Err(not_on_cgroup2());
     }
     Ok(path.to_path_buf())
+}
+
+/// Whether `path` is absolute, has no `.` or `..`, and lies under `mount`.
+pub(super) fn plain_path_under(path: &Path, mount: &Path) -> bool {
+    let plain = path
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    path.is_absolute() && plain && path.starts_with(mount)
 }
 
 /// Our own cgroup's directory on the cgroup2 mount, or its parent if it is

@@ -12,7 +12,7 @@ use jobworker_ipc::{EnforcedLimits, Limits};
 use super::limits::write_limits;
 use super::{
     CgroupError, Controllers, JOBS_DIR, JobCgroup, SUPERVISOR_LEAF, discover, io_error, parse,
-    read, write,
+    parse_error, read, write,
 };
 
 /// Where jobworker's cgroup subtree is, and which of our controllers it
@@ -52,6 +52,49 @@ impl CgroupTree {
         })
     }
 
+    /// The subtree a supervisor left at `root` (a plain path on the cgroup2
+    /// mount), if it exists: `None` if `<root>/jobs` does not. Creates
+    /// nothing (a subtree that was never set up has no jobs to account for).
+    pub fn existing(root: &Path) -> Result<Option<Self>, CgroupError> {
+        let mount = discover::cgroup2_mount()?;
+        if !discover::plain_path_under(root, &mount) {
+            return Err(CgroupError::NotOnCgroup2 {
+                path: root.to_path_buf(),
+                mount,
+            });
+        }
+        if !root.join(JOBS_DIR).is_dir() {
+            return Ok(None);
+        }
+        Self::at(root.to_path_buf()).map(Some)
+    }
+
+    /// The processes in the subtree root itself (`<root>/cgroup.procs`):
+    /// those [`setup`](Self::setup) must move into the leaf before the root
+    /// can enable controllers for its children.
+    pub fn root_processes(&self) -> Result<Vec<u32>, CgroupError> {
+        let path = self.root.join("cgroup.procs");
+        read(&path)?
+            .lines()
+            .map(|line| {
+                line.trim()
+                    .parse()
+                    .map_err(|_| parse_error(&path, format!("{line:?} is not a pid")))
+            })
+            .collect()
+    }
+
+    /// Removes `<root>/jobs` if it is there, once every job cgroup in it is
+    /// gone; the rest belongs to whoever made the root (systemd removes a
+    /// unit's cgroup with its holder in the leaf).
+    pub fn remove_jobs_dir(&self) -> Result<(), CgroupError> {
+        let path = self.root.join(JOBS_DIR);
+        match fs::remove_dir(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// The subtree root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -63,19 +106,21 @@ impl CgroupTree {
         self.available
     }
 
-    /// Prepares the subtree: creates `<root>/supervisor` and moves process
-    /// `pid` (the supervisor itself; `None` in tests that run an engine
-    /// in-process and must not move the test harness) into it, enables the available
-    /// controllers of cpu, memory, io and pids in `<root>/cgroup.subtree_control`,
-    /// creates `<root>/jobs` and enables there whatever reached it.
+    /// Prepares the subtree: creates `<root>/supervisor` and moves
+    /// `processes` into it (the [`root_processes`](Self::root_processes): the
+    /// supervisor itself when the root is its own cgroup, the holder of a
+    /// systemd unit's delegated cgroup; none in tests that run an engine
+    /// in-process on a fresh root), enables the available controllers of
+    /// cpu, memory, io and pids in `<root>/cgroup.subtree_control`, creates
+    /// `<root>/jobs` and enables there whatever reached it.
     ///
     /// Idempotent: a restarted supervisor calls it again. Returns the
     /// controllers enabled for job cgroups, which are also what
     /// [`available`](Self::available) reports from then on.
-    pub fn setup(&mut self, pid: Option<u32>) -> Result<Controllers, CgroupError> {
+    pub fn setup(&mut self, processes: &[u32]) -> Result<Controllers, CgroupError> {
         let leaf = self.root.join(SUPERVISOR_LEAF);
         self.create_dir_idempotent(&leaf)?;
-        if let Some(pid) = pid {
+        for pid in processes {
             write(&leaf.join("cgroup.procs"), &pid.to_string())?;
         }
         enable_controllers(&self.root, read_controllers(&self.root)?)?;
@@ -217,7 +262,7 @@ mod tests {
     fn set_up(controllers: &str) -> (tempfile::TempDir, CgroupTree) {
         let root = fake::cgroup(controllers);
         let mut tree = fake_tree(&root);
-        tree.setup(None).unwrap();
+        tree.setup(&[]).unwrap();
         (root, tree)
     }
 
@@ -252,7 +297,7 @@ mod tests {
     fn setup_lays_out_a_new_subtree() {
         let dir = fake::cgroup("cpu memory io pids hugetlb");
         let mut tree = fake_tree(&dir);
-        assert_eq!(tree.setup(Some(4242)).unwrap(), ALL);
+        assert_eq!(tree.setup(&[4242]).unwrap(), ALL);
         assert_eq!(tree.available(), ALL);
         assert_eq!(
             fake::content(dir.path().join("supervisor/cgroup.procs")),
@@ -280,7 +325,7 @@ mod tests {
         fs::create_dir(&jobs).unwrap();
         fake::populate(&jobs, "cpu memory pids hugetlb");
         let mut tree = fake_tree(&dir);
-        let enabled = tree.setup(Some(4242)).unwrap();
+        let enabled = tree.setup(&[4242]).unwrap();
         let expected = Controllers { io: false, ..ALL };
         assert_eq!(enabled, expected);
         assert_eq!(tree.available(), expected);
@@ -297,7 +342,7 @@ mod tests {
             "+cpu +memory +pids"
         );
         // A restart does it all again, with the same result.
-        assert_eq!(tree.setup(Some(4243)).unwrap(), expected);
+        assert_eq!(tree.setup(&[4243]).unwrap(), expected);
         assert_eq!(
             fake::content(dir.path().join("supervisor/cgroup.procs")),
             "4243"
@@ -308,7 +353,7 @@ mod tests {
     fn setup_without_controllers_writes_no_subtree_control() {
         let dir = fake::cgroup("hugetlb");
         let mut tree = fake_tree(&dir);
-        assert_eq!(tree.setup(Some(1)).unwrap(), Controllers::default());
+        assert_eq!(tree.setup(&[1]).unwrap(), Controllers::default());
         // As the kernel made them.
         assert_eq!(
             fake::content(dir.path().join("cgroup.subtree_control")),
@@ -425,12 +470,42 @@ mod tests {
         let mut tree = fake_tree(&dir);
         assert_eq!(tree.job_names().unwrap(), Vec::<String>::new());
         assert_eq!(tree.job(JOB), None);
-        tree.setup(None).unwrap();
+        tree.setup(&[]).unwrap();
         fake::mkdir(&dir.path().join("jobs/b-2")).unwrap();
         fake::mkdir(&dir.path().join("jobs/a-1")).unwrap();
         // The jobs cgroup's own files are not job cgroups.
         assert_eq!(tree.job_names().unwrap(), ["a-1", "b-2"]);
         assert_eq!(tree.job("a-1").unwrap().path(), dir.path().join("jobs/a-1"));
         assert_eq!(tree.job("cgroup.procs"), None);
+    }
+
+    #[test]
+    fn the_root_processes_are_read_from_its_cgroup_procs() {
+        let dir = fake::cgroup("cpu memory io pids");
+        let tree = fake_tree(&dir);
+        fake::set(dir.path().join("cgroup.procs"), "");
+        assert_eq!(tree.root_processes().unwrap(), Vec::<u32>::new());
+        fake::set(dir.path().join("cgroup.procs"), "4242\n17\n");
+        assert_eq!(tree.root_processes().unwrap(), [4242, 17]);
+        fake::set(dir.path().join("cgroup.procs"), "x\n");
+        let err = tree.root_processes().unwrap_err().to_string();
+        assert!(err.contains("is not a pid"), "{err}");
+    }
+
+    #[test]
+    fn the_jobs_dir_goes_once_empty() {
+        let dir = fake::cgroup("cpu memory io pids");
+        let tree = fake_tree(&dir);
+        tree.remove_jobs_dir().unwrap();
+        fs::create_dir_all(dir.path().join("jobs/a-1")).unwrap();
+        let err = tree.remove_jobs_dir().unwrap_err().to_string();
+        assert!(
+            err.starts_with("removing ") && err.contains("jobs"),
+            "{err}"
+        );
+        fs::remove_dir(dir.path().join("jobs/a-1")).unwrap();
+        tree.remove_jobs_dir().unwrap();
+        assert!(!dir.path().join("jobs").exists());
+        assert!(dir.path().exists(), "the root stays");
     }
 }

@@ -459,6 +459,39 @@ impl Engine {
         self.stop_job(&job, Stop::Requested(grace)).await
     }
 
+    /// Stops every running job at once, each as [`stop`](Self::stop) does
+    /// with the configured grace period, and returns once all have ended:
+    /// how many were stopped, and how many could not be.
+    pub async fn stop_all(self: &Arc<Self>) -> (usize, usize) {
+        let running: Vec<Arc<Job>> = self
+            .jobs()
+            .values()
+            .filter(|job| !job.is_ended())
+            .cloned()
+            .collect();
+        let mut stops = tokio::task::JoinSet::new();
+        for job in running {
+            let engine = Arc::clone(self);
+            stops.spawn(async move {
+                let stopped = engine
+                    .stop_job(&job, Stop::Requested(engine.config.grace))
+                    .await;
+                if let Err(e) = &stopped {
+                    tracing::error!(job = %job.spec.id, error = %e, "stopping a job");
+                }
+                stopped.is_ok()
+            });
+        }
+        let (mut stopped, mut failed) = (0, 0);
+        while let Some(done) = stops.join_next().await {
+            match done {
+                Ok(true) => stopped += 1,
+                _ => failed += 1,
+            }
+        }
+        (stopped, failed)
+    }
+
     /// Stops `job`, as a caller asked or because its time limit ran out.
     async fn stop_job(self: &Arc<Self>, job: &Arc<Job>, stop: Stop) -> Result<JobInfo, IpcError> {
         let id = job.spec.id;

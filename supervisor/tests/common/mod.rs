@@ -53,7 +53,7 @@ impl TestEngine {
     pub fn at(name: &str, adjust: impl FnOnce(&mut EngineConfig)) -> Self {
         let cgroup_root = require_root_and_cgroup2().join(name);
         let mut tree = CgroupTree::discover(Some(&cgroup_root)).expect("test cgroup root");
-        let controllers = tree.setup(None).expect("setting up the test cgroup root");
+        let controllers = tree.setup(&[]).expect("setting up the test cgroup root");
         let state = tempfile::tempdir().expect("state dir");
         let mut config = EngineConfig {
             state_dir: state.path().to_path_buf(),
