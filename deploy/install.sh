@@ -35,7 +35,7 @@ done
 
 # Units, with ExecStart pointing at the installed binaries.
 for unit in deploy/jobworker-supervisor.socket deploy/jobworker-supervisor.service \
-            deploy/jobworker-gateway.service; do
+            deploy/jobworker-jobs.service deploy/jobworker-gateway.service; do
   install -D -m 0644 "$unit" "$DESTDIR$UNIT_DIR/$(basename "$unit")"
   sed -i "s|/usr/bin/|$PREFIX/bin/|g" "$DESTDIR$UNIT_DIR/$(basename "$unit")"
 done
