@@ -72,8 +72,9 @@ pub struct FileConfig {
     pub operator_group: Option<String>,
     /// Where job directories and records live.
     pub state_dir: PathBuf,
-    /// The cgroup under which job cgroups are made; the supervisor's own
-    /// cgroup when unset (with systemd: its service's delegated cgroup).
+    /// The cgroup under which job cgroups are made: absolute on the cgroup2
+    /// mount, or relative to it (`system.slice/jobworker-jobs.service`); the
+    /// supervisor's own cgroup when unset.
     pub cgroup_root: Option<PathBuf>,
     /// The range each job's own uid (and the same gid) comes from, when
     /// `job_user` is unset.

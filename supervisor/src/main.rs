@@ -159,6 +159,14 @@ async fn serve(
              (a testing switch; never use it in production)"
         );
     }
+    if config.file.cgroup_root.is_none() && std::env::var_os("INVOCATION_ID").is_some() {
+        tracing::warn!(
+            "started by systemd without cgroup_root: jobs run in this service's own cgroup, \
+             and a restart of the service (unless it is delegated and not killed as a whole) \
+             ends them; set cgroup_root = \"system.slice/jobworker-jobs.service\" as \
+             deploy/supervisor.toml does"
+        );
+    }
     let mut tree = CgroupTree::discover(config.file.cgroup_root.as_deref())
         .context("finding the cgroup subtree")?;
     let controllers = tree
@@ -213,13 +221,12 @@ async fn serve(
 /// `--stop-jobs`: accounts for the jobs on disk as a starting supervisor
 /// does, stops every running one, and removes `<root>/jobs`.
 async fn stop_jobs(config: Config) -> anyhow::Result<()> {
-    let root = match &config.file.cgroup_root {
-        Some(root) => root.clone(),
-        None => CgroupTree::discover(None)
-            .context("finding the cgroup subtree")?
-            .root()
-            .to_path_buf(),
-    };
+    // Not our own cgroup: the process that stops the jobs runs apart from
+    // them (under systemd, in the jobs' unit's ".control" subgroup).
+    let root = config.file.cgroup_root.clone().context(
+        "--stop-jobs needs cgroup_root in the configuration: the cgroup the jobs run in \
+         (system.slice/jobworker-jobs.service under systemd)",
+    )?;
     let Some(mut tree) = CgroupTree::existing(&root)
         .with_context(|| format!("inspecting the cgroup subtree {}", root.display()))?
     else {

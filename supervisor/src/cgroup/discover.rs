@@ -16,16 +16,36 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     find_cgroup2_mount().map(|mount| mount.point)
 }
 
-/// The subtree root: `configured` if given (an absolute path that must lie
-/// on the cgroup2 mount, created if missing), else our own cgroup, or its
-/// parent if our own is the `supervisor` leaf of an existing subtree (the
-/// supervisor was started in it again, e.g. by systemd's
-/// `DelegateSubgroup=supervisor`).
+/// The subtree root: `configured` if given (see [`configured_path`];
+/// created if missing), else our own cgroup, or its parent if our own is
+/// the `supervisor` leaf of an existing subtree (the supervisor was started
+/// in it again, e.g. by systemd's `DelegateSubgroup=supervisor`).
 pub(super) fn subtree_root(configured: Option<&Path>) -> Result<PathBuf, CgroupError> {
     let mount = find_cgroup2_mount()?;
     match configured {
-        Some(path) => configured_root(path, &mount.point),
+        Some(path) => configured_root(&configured_path(path, &mount.point)?, &mount.point),
         None => own_cgroup_root(&mount),
+    }
+}
+
+/// A configured subtree root as a directory: an absolute path as it is (it
+/// must lie under the cgroup2 mount), a relative one under the mount (so
+/// that `system.slice/jobworker-jobs.service` names that unit's cgroup on a
+/// pure cgroup v2 host and on a hybrid one alike). Neither may hold `.` or
+/// `..`.
+pub(super) fn configured_path(path: &Path, mount: &Path) -> Result<PathBuf, CgroupError> {
+    let resolved = if path.is_relative() {
+        mount.join(path)
+    } else {
+        path.to_path_buf()
+    };
+    if plain_path_under(&resolved, mount) {
+        Ok(resolved)
+    } else {
+        Err(CgroupError::NotOnCgroup2 {
+            path: path.to_path_buf(),
+            mount: mount.to_path_buf(),
+        })
     }
 }
 
@@ -37,17 +57,13 @@ fn find_cgroup2_mount() -> Result<parse::Mount, CgroupError> {
     parse::cgroup2_mount(&String::from_utf8_lossy(&mountinfo)).ok_or(CgroupError::NoCgroup2Mount)
 }
 
-/// Checks a configured subtree root (absolute, no `.` or `..`, under the
-/// cgroup2 mount point), creates it if missing and checks that it is on a
-/// cgroup2 file system.
+/// Creates a configured subtree root (from [`configured_path`]) if missing
+/// and checks that it is on a cgroup2 file system.
 fn configured_root(path: &Path, mount: &Path) -> Result<PathBuf, CgroupError> {
     let not_on_cgroup2 = || CgroupError::NotOnCgroup2 {
         path: path.to_path_buf(),
         mount: mount.to_path_buf(),
     };
-    if !plain_path_under(path, mount) {
-        return Err(not_on_cgroup2());
-    }
     fs::create_dir_all(path).map_err(io_error("creating", path))?;
     let fs_stat = statfs(path).map_err(|e| io_error("inspecting", path)(e.into()))?;
     if fs_stat.filesystem_type() != CGROUP2_SUPER_MAGIC {
@@ -57,7 +73,7 @@ fn configured_root(path: &Path, mount: &Path) -> Result<PathBuf, CgroupError> {
 }
 
 /// Whether `path` is absolute, has no `.` or `..`, and lies under `mount`.
-pub(super) fn plain_path_under(path: &Path, mount: &Path) -> bool {
+fn plain_path_under(path: &Path, mount: &Path) -> bool {
     let plain = path
         .components()
         .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
@@ -103,17 +119,26 @@ mod tests {
     fn configured_roots_must_be_plain_paths_under_the_mount() {
         let mount = Path::new("/sys/fs/cgroup/unified");
         for bad in [
-            "relative/x",
+            "../memory/x",
+            "system.slice/../../x",
             "/sys/fs/cgroup/memory/x",
             "/sys/fs/cgroup/unified/../memory",
             "/tmp",
         ] {
-            let err = configured_root(Path::new(bad), mount).unwrap_err();
+            let err = configured_path(Path::new(bad), mount).unwrap_err();
             assert!(
                 matches!(err, CgroupError::NotOnCgroup2 { .. }),
                 "{bad}: {err:?}"
             );
         }
+        assert_eq!(
+            configured_path(Path::new("system.slice/jobworker-jobs.service"), mount).unwrap(),
+            mount.join("system.slice/jobworker-jobs.service")
+        );
+        assert_eq!(
+            configured_path(Path::new("/sys/fs/cgroup/unified/x"), mount).unwrap(),
+            mount.join("x")
+        );
         // Under the mount point lexically but on another file system.
         let dir = tempfile::tempdir().unwrap();
         let inside = dir.path().join("x");

@@ -1,15 +1,17 @@
 //! Jobworker's cgroup v2 subtree: finding it, preparing it, and one cgroup per
 //! job.
 //!
-//! The subtree root is the supervisor's own cgroup (under systemd, its
-//! service's cgroup, delegated with `Delegate=yes`) or a configured directory
-//! on the cgroup2 mount. Cgroup v2's "no internal processes" rule means the
-//! root cannot both hold processes and hand controllers to its children, so
-//! [`CgroupTree::setup`] lays it out as:
+//! The subtree root is a configured directory on the cgroup2 mount (under
+//! systemd, the cgroup of `jobworker-jobs.service`, delegated with
+//! `Delegate=yes`) or the supervisor's own cgroup. Cgroup v2's "no internal
+//! processes" rule means the root cannot both hold processes and hand
+//! controllers to its children, so [`CgroupTree::setup`] lays it out as:
 //!
 //! ```text
 //! <root>/                 controllers enabled in cgroup.subtree_control
-//! <root>/supervisor/      the supervisor process itself (a leaf)
+//! <root>/supervisor/      what ran in the root: the supervisor itself when
+//!                         the root is its own cgroup, the systemd unit's
+//!                         holder process (a leaf)
 //! <root>/jobs/            controllers enabled in cgroup.subtree_control
 //! <root>/jobs/<job id>/   one leaf per job, with its limits
 //! ```
@@ -71,8 +73,8 @@ pub enum CgroupError {
     /// The supervisor runs in the root cgroup and no root was configured:
     /// it will not make its subtree at the top of the host's hierarchy.
     #[error(
-        "the supervisor runs in the root cgroup of {}; set cgroup_root (e.g. {}) \
-         or start it with systemd (Delegate=yes)",
+        "the supervisor runs in the root cgroup of {}; set cgroup_root (e.g. {}, \
+         or system.slice/jobworker-jobs.service under systemd)",
         mount.display(),
         mount.join("jobworker").display()
     )]

@@ -52,21 +52,16 @@ impl CgroupTree {
         })
     }
 
-    /// The subtree a supervisor left at `root` (a plain path on the cgroup2
-    /// mount), if it exists: `None` if `<root>/jobs` does not. Creates
-    /// nothing (a subtree that was never set up has no jobs to account for).
+    /// The subtree a supervisor left at the configured `root` (absolute on
+    /// the cgroup2 mount, or relative to it), if it exists: `None` if
+    /// `<root>/jobs` does not. Creates nothing (a subtree that was never set
+    /// up has no jobs to account for).
     pub fn existing(root: &Path) -> Result<Option<Self>, CgroupError> {
-        let mount = discover::cgroup2_mount()?;
-        if !discover::plain_path_under(root, &mount) {
-            return Err(CgroupError::NotOnCgroup2 {
-                path: root.to_path_buf(),
-                mount,
-            });
-        }
+        let root = discover::configured_path(root, &discover::cgroup2_mount()?)?;
         if !root.join(JOBS_DIR).is_dir() {
             return Ok(None);
         }
-        Self::at(root.to_path_buf()).map(Some)
+        Self::at(root).map(Some)
     }
 
     /// The processes in the subtree root itself (`<root>/cgroup.procs`):
@@ -121,7 +116,12 @@ impl CgroupTree {
         let leaf = self.root.join(SUPERVISOR_LEAF);
         self.create_dir_idempotent(&leaf)?;
         for pid in processes {
-            write(&leaf.join("cgroup.procs"), &pid.to_string())?;
+            match write(&leaf.join("cgroup.procs"), &pid.to_string()) {
+                // It exited meanwhile: nothing to move.
+                Err(CgroupError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ESRCH) => {}
+                result => result?,
+            }
         }
         enable_controllers(&self.root, read_controllers(&self.root)?)?;
         let jobs = self.root.join(JOBS_DIR);

@@ -460,33 +460,46 @@ impl Engine {
     }
 
     /// Stops every running job at once, each as [`stop`](Self::stop) does
-    /// with the configured grace period, and returns once all have ended:
-    /// how many were stopped, and how many could not be.
+    /// with the configured grace period, and returns once every job has
+    /// ended and is cleaned up: how many were stopped, and how many could
+    /// not be. Only jobs whose init runs are stopped; one that recovery is
+    /// settling (it ended while no supervisor ran) keeps the end it had.
     pub async fn stop_all(self: &Arc<Self>) -> (usize, usize) {
-        let running: Vec<Arc<Job>> = self
+        let pending: Vec<Arc<Job>> = self
             .jobs()
             .values()
-            .filter(|job| !job.is_ended())
+            .filter(|job| !job.is_cleaned_up())
             .cloned()
             .collect();
         let mut stops = tokio::task::JoinSet::new();
-        for job in running {
+        for job in pending {
             let engine = Arc::clone(self);
             stops.spawn(async move {
+                let init_runs = !job.is_ended()
+                    && job
+                        .pidfd
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some();
+                if !init_runs {
+                    engine.settled_info(&job, &mut job.subscribe()).await;
+                    return None;
+                }
                 let stopped = engine
                     .stop_job(&job, Stop::Requested(engine.config.grace))
                     .await;
                 if let Err(e) = &stopped {
                     tracing::error!(job = %job.spec.id, error = %e, "stopping a job");
                 }
-                stopped.is_ok()
+                Some(stopped.is_ok())
             });
         }
         let (mut stopped, mut failed) = (0, 0);
         while let Some(done) = stops.join_next().await {
             match done {
-                Ok(true) => stopped += 1,
-                _ => failed += 1,
+                Ok(None) => {}
+                Ok(Some(true)) => stopped += 1,
+                Ok(Some(false)) | Err(_) => failed += 1,
             }
         }
         (stopped, failed)
