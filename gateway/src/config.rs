@@ -4,6 +4,7 @@
 //! [`FileConfig`] is the file as written; [`Config`] is what it resolves to
 //! (the listen address parsed, the run-as account looked up, durations typed).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use std::time::Duration;
 pub use jobworker_config::ConfigError;
 use jobworker_config::{invalid as invalid_config, positive_millis};
 use serde::{Deserialize, Serialize};
+
+use crate::fleet::FleetConfig;
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/gateway.toml";
@@ -80,7 +83,45 @@ pub struct FileConfig {
     /// The TCP address (`IP:PORT`) of the Prometheus metrics endpoint, plain
     /// HTTP: `GET /metrics`. No endpoint when unset.
     pub metrics_listen: Option<String>,
+    /// Fleet mode: this host's place in a fleet coordinated through
+    /// PostgreSQL. One host, no database, when unset.
+    pub fleet: Option<FleetFileConfig>,
 }
+
+/// The `[fleet]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFileConfig {
+    /// The PostgreSQL connection string: `host=/run/postgresql
+    /// dbname=jobworker user=jobworker` or a `postgresql://` URL.
+    pub database_url: String,
+    /// This host's name in the fleet: 1 to 63 of `[a-z0-9-]`, unique.
+    pub host_id: String,
+    /// How many of the fleet's jobs this host runs at once.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    /// This host's labels, which a job's placement may ask for.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How long the host's lease lasts without renewal, in milliseconds;
+    /// it is renewed every third of it.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_slots() -> u32 {
+    8
+}
+
+fn default_lease_ms() -> u64 {
+    15_000
+}
+
+/// The most slots a host may offer.
+pub const MAX_SLOTS: u32 = 100_000;
+
+/// The shortest lease (renewed every third of it).
+pub const MIN_LEASE_MS: u64 = 300;
 
 impl Default for FileConfig {
     fn default() -> Self {
@@ -106,6 +147,7 @@ impl Default for FileConfig {
             max_request_bytes: MAX_REQUEST_BYTES,
             supervisor_connect_timeout_ms: 5_000,
             metrics_listen: None,
+            fleet: None,
         }
     }
 }
@@ -143,6 +185,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// `supervisor_connect_timeout_ms`.
     pub supervisor_connect_timeout: Duration,
+    /// `[fleet]`, resolved.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Config {
@@ -259,7 +303,13 @@ impl Config {
                 })
             }
         };
+        let fleet = file
+            .fleet
+            .as_ref()
+            .map(|fleet| resolve_fleet(fleet).map_err(|(key, reason)| invalid(key, reason)))
+            .transpose()?;
         Ok(Self {
+            fleet,
             listen,
             metrics_listen,
             run_as,
@@ -272,9 +322,15 @@ impl Config {
         })
     }
 
-    /// The effective configuration as TOML, with what names resolved to.
+    /// The effective configuration as TOML, with what names resolved to
+    /// (the database's connection string is not shown: it may hold a
+    /// password).
     pub fn describe(&self) -> String {
-        let mut out = toml::to_string(&self.file)
+        let mut shown = self.file.clone();
+        if let Some(fleet) = &mut shown.fleet {
+            fleet.database_url = "(set, not shown)".into();
+        }
+        let mut out = toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"));
         match &self.run_as {
             Some(run_as) => out.push_str(&format!(
@@ -287,6 +343,56 @@ impl Config {
         }
         out
     }
+}
+
+/// Checks the `[fleet]` table; an error names the key.
+fn resolve_fleet(fleet: &FleetFileConfig) -> Result<FleetConfig, (&'static str, String)> {
+    let database = fleet
+        .database_url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| {
+            (
+                "fleet.database_url",
+                format!(
+                    "is not a PostgreSQL connection string ({e}); e.g. \
+                     \"host=/run/postgresql dbname=jobworker user=jobworker\""
+                ),
+            )
+        })?;
+    let id = &fleet.host_id;
+    let plain = id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if id.is_empty() || id.len() > 63 || !plain || id.starts_with('-') {
+        return Err((
+            "fleet.host_id",
+            format!("{id:?} is not 1 to 63 of [a-z0-9-] (not starting with -)"),
+        ));
+    }
+    if !(1..=MAX_SLOTS).contains(&fleet.slots) {
+        return Err((
+            "fleet.slots",
+            format!("{} is out of range 1..={MAX_SLOTS}", fleet.slots),
+        ));
+    }
+    if !(MIN_LEASE_MS..=3_600_000).contains(&fleet.lease_ms) {
+        return Err((
+            "fleet.lease_ms",
+            format!(
+                "{} is out of range {MIN_LEASE_MS}..=3600000",
+                fleet.lease_ms
+            ),
+        ));
+    }
+    let labels = jobworker_ipc::Labels::new("fleet.labels", fleet.labels.clone())
+        .map_err(|e| ("fleet.labels", e.reason))?;
+    Ok(FleetConfig {
+        database,
+        host_id: id.clone(),
+        slots: fleet.slots,
+        labels,
+        lease: Duration::from_millis(fleet.lease_ms),
+    })
 }
 
 #[cfg(test)]
@@ -387,5 +493,57 @@ mod tests {
         let config = parse("listen = \"[::1]:9443\"\nrun_as_user = \"nobody\"").unwrap();
         let again = parse(&config.describe()).unwrap();
         assert_eq!(again.file, config.file);
+    }
+
+    #[test]
+    fn the_fleet_table_is_checked_and_its_database_url_never_shown() {
+        let table = |extra: &str| {
+            format!(
+                "[fleet]\ndatabase_url = \"host=/run/postgresql user=jw password=secret\"\n\
+                 host_id = \"h1\"\n{extra}"
+            )
+        };
+        let config = parse(&table("labels = { zone = \"a\" }\n")).unwrap();
+        let fleet = config.fleet.as_ref().unwrap();
+        assert_eq!(fleet.host_id, "h1");
+        assert_eq!(fleet.slots, 8);
+        assert_eq!(fleet.lease, Duration::from_secs(15));
+        assert_eq!(fleet.labels.to_string(), "zone=a");
+        let described = config.describe();
+        assert!(!described.contains("secret"), "{described}");
+        assert!(parse("").unwrap().fleet.is_none(), "one host by default");
+
+        let cases = [
+            ("host_id = \"h1\"\n", "database_url"),
+            (
+                "database_url = \"host=/x\"\nhost_id = \"H1\"\n",
+                "fleet.host_id",
+            ),
+            (
+                "database_url = \"host=/x\"\nhost_id = \"-h\"\n",
+                "fleet.host_id",
+            ),
+            (
+                "database_url = \"host=/x\"\nhost_id = \"\"\n",
+                "fleet.host_id",
+            ),
+            (
+                "database_url = \"no such=key\"\nhost_id = \"h1\"\n",
+                "fleet.database_url",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&format!("[fleet]\n{text}")).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        for (extra, key) in [
+            ("slots = 0\n", "fleet.slots"),
+            ("lease_ms = 10\n", "fleet.lease_ms"),
+            ("labels = { \"Bad Key\" = \"x\" }\n", "fleet.labels"),
+            ("peer = \"x\"\n", "peer"),
+        ] {
+            let err = parse(&table(extra)).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 }

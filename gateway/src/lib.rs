@@ -19,10 +19,13 @@
 //!   supervisor's) and their plain-HTTP endpoint.
 //! - [`privileges`]: dropping root after binding, and checking nothing is
 //!   left.
+//! - [`fleet`]: fleet mode (opt-in): this host's row in PostgreSQL, its
+//!   lease and the schema.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod convert;
+pub mod fleet;
 pub mod listener;
 pub mod metrics;
 pub mod privileges;

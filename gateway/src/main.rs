@@ -142,7 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(server::run(config, listeners, tls))?;
+        .block_on(async {
+            if let Some(fleet) = config.fleet.clone() {
+                tokio::spawn(jobworker_gateway::fleet::agent::run(fleet));
+            }
+            server::run(config, listeners, tls).await
+        })?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -274,6 +274,12 @@ impl Deref for Gateway {
     }
 }
 
+impl DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut fixture::Gateway {
+        &mut self.0
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Calls.
 

@@ -1,0 +1,188 @@
+//! Fleet mode against a real PostgreSQL (Debian's, private, on a Unix
+//! socket): the gateway's agent applies the schema once, registers its host
+//! with a generation, renews the lease on the database's clock, registers
+//! again with a new generation when fenced or restarted, and rides out the
+//! database going away while the host serves as before.
+#![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
+
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the helpers are shared by several test files"
+)]
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Gateway, Pki, Supervisor, output, start_job};
+use jobworker_proto::v1;
+use jobworker_tests::fixture::Postgres;
+
+/// A `[fleet]` table for host `host` with a lease of `lease_ms`.
+fn fleet(pg: &Postgres, host: &str, lease_ms: u64) -> String {
+    format!(
+        "[fleet]\ndatabase_url = {:?}\nhost_id = {host:?}\nslots = 2\nlease_ms = {lease_ms}\n\
+         labels = {{ zone = \"a\" }}\n",
+        pg.url()
+    )
+}
+
+/// A connection of the test's own to the database.
+async fn connect(pg: &Postgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A host's row as the database holds it.
+#[derive(Debug, PartialEq)]
+struct Host {
+    generation: i64,
+    lease_held: bool,
+    lease_until: SystemTime,
+    slots: i32,
+    labels: Vec<String>,
+    version: String,
+}
+
+async fn host(db: &tokio_postgres::Client, id: &str) -> Option<Host> {
+    let row = db
+        .query_opt(
+            "SELECT generation, lease_until > now(), lease_until, slots, labels, version
+             FROM jobworker_hosts WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .ok()??;
+    Some(Host {
+        generation: row.get(0),
+        lease_held: row.get(1),
+        lease_until: row.get(2),
+        slots: row.get(3),
+        labels: row.get(4),
+        version: row.get(5),
+    })
+}
+
+/// Polls `probe` until it gives a value (at most 20 s).
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until host `id` holds its lease with generation `generation`.
+async fn registered(db: &tokio_postgres::Client, id: &str, generation: i64) -> Host {
+    eventually(
+        &format!("{id} registered with generation {generation}"),
+        || async {
+            host(db, id)
+                .await
+                .filter(|h| h.generation == generation && h.lease_held)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
+    let pg = Postgres::start().unwrap();
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, &fleet(&pg, "h1", 600));
+    let db = connect(&pg).await;
+
+    let first = registered(&db, "h1", 1).await;
+    assert_eq!(first.slots, 2);
+    assert_eq!(first.labels, ["zone=a"]);
+    assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+    // Renewed every third of the lease, on the database's clock.
+    eventually("the lease renewed", || async {
+        host(&db, "h1")
+            .await
+            .filter(|h| h.lease_until > first.lease_until && h.generation == 1)
+    })
+    .await;
+
+    // Another registration took over: the agent's renewal changes nothing,
+    // and it registers again with the next generation.
+    db.execute(
+        "UPDATE jobworker_hosts SET generation = 7 WHERE id = 'h1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    registered(&db, "h1", 8).await;
+    gateway.wait_log("registering again with a new generation", 1);
+
+    let versions: Vec<i32> = db
+        .query("SELECT version FROM jobworker_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generation() {
+    let pg = Postgres::start().unwrap();
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let mut gateways: Vec<Gateway> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|id| Gateway::start(&pki, &supervisor.socket, &fleet(&pg, id, 3000)))
+        .collect();
+    let db = connect(&pg).await;
+    for id in ["h1", "h2", "h3"] {
+        registered(&db, id, 1).await;
+    }
+    let applied: i64 = db
+        .query_one("SELECT count(*) FROM jobworker_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1, "each migration applied once");
+
+    gateways[1].restart().unwrap();
+    registered(&db, "h2", 2).await;
+    assert_eq!(host(&db, "h1").await.unwrap().generation, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_database_the_host_serves_and_registers_again_when_it_returns() {
+    let pg = Postgres::start().unwrap();
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, &fleet(&pg, "h1", 600));
+    {
+        let db = connect(&pg).await;
+        registered(&db, "h1", 1).await;
+    }
+
+    pg.stop().unwrap();
+    gateway.wait_log("the database is unreachable", 1);
+    let mut alice = gateway.client(&pki, "alice").await;
+    let job = start_job(&mut alice, "sh", &["-c", "echo still serving"]).await;
+    let (bytes, end) = output(&mut alice, &job).await.unwrap();
+    assert_eq!(bytes, b"still serving\n");
+    assert_eq!(end.state(), v1::JobState::Finished);
+    // Longer than the lease: it has run out by the time the database is back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    pg.restart().unwrap();
+    let db = connect(&pg).await;
+    registered(&db, "h1", 2).await;
+}
