@@ -6,6 +6,8 @@
 //! Commands: `ping` (protocol version, uptime, caller, cgroup root,
 //! controllers), `jobs [--state S]`, `job ID`, `logs [-f] [--offset N] ID`,
 //! `stop [--grace D] ID`. Job ids may be abbreviated to a unique prefix.
+//! In fleet mode, `hosts`, `drain HOST` and `undrain HOST` talk to the
+//! fleet's database instead ([`fleet`]).
 //!
 //! `--frames` (a global flag) prints every frame exchanged to stderr: its
 //! direction (`->` sent, `<-` received), its size on the wire, and its
@@ -34,9 +36,14 @@ use crate::ids::{self, IdArg};
 use crate::render::{self, write_stdout};
 use crate::settings;
 
+mod fleet;
+
 /// The supervisor's socket when neither `--socket` nor `JOBWORKER_SOCKET`
 /// names one.
 pub const DEFAULT_SOCKET: &str = "/run/jobworker/supervisor.sock";
+
+/// The gateway's configuration when `--gateway-config` names none.
+pub const DEFAULT_GATEWAY_CONFIG: &str = "/etc/jobworker/gateway.toml";
 
 /// The longest a traced message is shown, in characters.
 pub const TRACE_MAX_CHARS: usize = 2000;
@@ -76,14 +83,29 @@ pub struct Cli {
     /// Print every frame sent and received to stderr (direction, size, message)
     #[arg(long, global = true)]
     pub frames: bool,
+    /// The gateway's configuration, whose [fleet] table names the fleet's
+    /// database (for hosts, drain, undrain)
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_GATEWAY_CONFIG)]
+    pub gateway_config: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The debug tool's commands.
+/// The debug tool's commands: the supervisor's, and the fleet's.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Calls to the supervisor.
+    #[command(flatten)]
+    Supervisor(SupervisorCommand),
+    /// The fleet's hosts, in its database.
+    #[command(flatten)]
+    Fleet(FleetCommand),
+}
+
+/// Calls to the supervisor.
+#[derive(Debug, Subcommand)]
+pub enum SupervisorCommand {
     /// The supervisor's protocol version, uptime, cgroup root and controllers.
     Ping {
         /// Print one JSON object
@@ -131,6 +153,29 @@ pub enum Command {
         json: bool,
         /// The job's id, or a unique prefix of it
         id: String,
+    },
+}
+
+/// The fleet's hosts, in the database of the gateway's `[fleet]` table.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// The hosts of the fleet (fleet mode): lease, generation, drain,
+    /// slots, labels, version; from the database in the gateway's [fleet].
+    Hosts {
+        /// Print one JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a host of the fleet: it claims no new job; its running jobs go
+    /// on. It stays drained across its restarts until undrained.
+    Drain {
+        /// The host's id (its host_id)
+        host: String,
+    },
+    /// Let a drained host claim jobs again.
+    Undrain {
+        /// The host's id (its host_id)
+        host: String,
     },
 }
 
@@ -391,9 +436,13 @@ async fn print_job(info: &JobInfo, json: bool) -> Result<(), CliError> {
 
 /// Runs a parsed command line; the exit code.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let command = match cli.command {
+        Command::Fleet(command) => return fleet::run(&cli.gateway_config, command).await,
+        Command::Supervisor(command) => command,
+    };
     let mut conn = Connection::open(&cli.socket, cli.frames).await?;
-    match cli.command {
-        Command::Ping { json } => match conn.call(Request::Ping, "ping").await? {
+    match command {
+        SupervisorCommand::Ping { json } => match conn.call(Request::Ping, "ping").await? {
             Response::Pong(info) => {
                 let text = if json {
                     format!("{}\n", ping_json(&info))
@@ -404,16 +453,18 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             other => return Err(unexpected("ping", &other)),
         },
-        Command::Metrics => match conn.call(Request::Metrics, "reading the metrics").await? {
-            Response::Metrics(figures) => {
-                let text = serde_json::to_string(&figures).map_err(|e| {
-                    CliError::Unexpected(format!("showing the metrics as JSON: {e}"))
-                })?;
-                write_stdout(format!("{text}\n").as_bytes()).await?;
+        SupervisorCommand::Metrics => {
+            match conn.call(Request::Metrics, "reading the metrics").await? {
+                Response::Metrics(figures) => {
+                    let text = serde_json::to_string(&figures).map_err(|e| {
+                        CliError::Unexpected(format!("showing the metrics as JSON: {e}"))
+                    })?;
+                    write_stdout(format!("{text}\n").as_bytes()).await?;
+                }
+                other => return Err(unexpected("reading the metrics", &other)),
             }
-            other => return Err(unexpected("reading the metrics", &other)),
-        },
-        Command::Jobs { state, json } => {
+        }
+        SupervisorCommand::Jobs { state, json } => {
             let jobs = conn.list_all(state).await?;
             let text = if json {
                 format!("{}\n", render::jobs_json(&jobs))
@@ -422,18 +473,18 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             };
             write_stdout(text.as_bytes()).await?;
         }
-        Command::Job { json, id } => {
+        SupervisorCommand::Job { json, id } => {
             let job = conn.resolve_id(&id).await?;
             let info = conn
                 .job(Request::GetJob { job }, &format!("getting job {job}"))
                 .await?;
             print_job(&info, json).await?;
         }
-        Command::Logs { follow, offset, id } => {
+        SupervisorCommand::Logs { follow, offset, id } => {
             let job = conn.resolve_id(&id).await?;
             conn.output(job, offset, follow).await?;
         }
-        Command::Stop { grace, json, id } => {
+        SupervisorCommand::Stop { grace, json, id } => {
             let job = conn.resolve_id(&id).await?;
             let grace = grace
                 .map(|d| {

@@ -219,6 +219,18 @@ pub enum CliError {
     /// Writing standard output failed.
     #[error("writing the output: {0}")]
     Output(std::io::Error),
+    /// The fleet's database could not be reached or refused a query.
+    #[error("the fleet's database: {error} (is PostgreSQL up, and database_url in [fleet] right?)")]
+    Database {
+        /// The failure, naming the operation.
+        error: jobworker_fleet::DbError,
+    },
+    /// No host of the fleet has this id.
+    #[error("no host {host:?} is registered in the fleet (see jobworker-debug hosts)")]
+    NoSuchHost {
+        /// The id as given.
+        host: String,
+    },
 }
 
 fn shown(candidates: &[String]) -> String {
@@ -257,7 +269,9 @@ impl CliError {
             } => Class::Connection,
             Self::Rpc { code, .. } => Class::of_grpc(*code),
             Self::GaveUp { .. } => Class::Connection,
-            Self::NoSuchJob { .. } => Class::NotFound,
+            Self::NoSuchJob { .. } | Self::NoSuchHost { .. } => Class::NotFound,
+            Self::Database { error } if error.op.starts_with("connecting") => Class::Connection,
+            Self::Database { .. } => Class::Other,
             Self::Socket { error, .. } => match error.kind() {
                 std::io::ErrorKind::PermissionDenied => Class::Permission,
                 _ => Class::Connection,

@@ -4,7 +4,6 @@
 //! [`FileConfig`] is the file as written; [`Config`] is what it resolves to
 //! (the listen address parsed, the run-as account looked up, durations typed).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +12,7 @@ pub use jobworker_config::ConfigError;
 use jobworker_config::{invalid as invalid_config, positive_millis};
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::FleetConfig;
+use jobworker_fleet::FleetConfig;
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/gateway.toml";
@@ -85,43 +84,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     /// Fleet mode: this host's place in a fleet coordinated through
     /// PostgreSQL. One host, no database, when unset.
-    pub fleet: Option<FleetFileConfig>,
+    pub fleet: Option<jobworker_fleet::FleetFileConfig>,
 }
-
-/// The `[fleet]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FleetFileConfig {
-    /// The PostgreSQL connection string: `host=/run/postgresql
-    /// dbname=jobworker user=jobworker` or a `postgresql://` URL.
-    pub database_url: String,
-    /// This host's name in the fleet: 1 to 63 of `[a-z0-9-]`, unique.
-    pub host_id: String,
-    /// How many of the fleet's jobs this host runs at once.
-    #[serde(default = "default_slots")]
-    pub slots: u32,
-    /// This host's labels, which a job's placement may ask for.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// How long the host's lease lasts without renewal, in milliseconds;
-    /// it is renewed every third of it.
-    #[serde(default = "default_lease_ms")]
-    pub lease_ms: u64,
-}
-
-fn default_slots() -> u32 {
-    8
-}
-
-fn default_lease_ms() -> u64 {
-    15_000
-}
-
-/// The most slots a host may offer.
-pub const MAX_SLOTS: u32 = 100_000;
-
-/// The shortest lease (renewed every third of it).
-pub const MIN_LEASE_MS: u64 = 300;
 
 impl Default for FileConfig {
     fn default() -> Self {
@@ -306,7 +270,7 @@ impl Config {
         let fleet = file
             .fleet
             .as_ref()
-            .map(|fleet| resolve_fleet(fleet).map_err(|(key, reason)| invalid(key, reason)))
+            .map(|fleet| FleetConfig::resolve(fleet).map_err(|(key, reason)| invalid(key, reason)))
             .transpose()?;
         Ok(Self {
             fleet,
@@ -343,56 +307,6 @@ impl Config {
         }
         out
     }
-}
-
-/// Checks the `[fleet]` table; an error names the key.
-fn resolve_fleet(fleet: &FleetFileConfig) -> Result<FleetConfig, (&'static str, String)> {
-    let database = fleet
-        .database_url
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| {
-            (
-                "fleet.database_url",
-                format!(
-                    "is not a PostgreSQL connection string ({e}); e.g. \
-                     \"host=/run/postgresql dbname=jobworker user=jobworker\""
-                ),
-            )
-        })?;
-    let id = &fleet.host_id;
-    let plain = id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if id.is_empty() || id.len() > 63 || !plain || id.starts_with('-') {
-        return Err((
-            "fleet.host_id",
-            format!("{id:?} is not 1 to 63 of [a-z0-9-] (not starting with -)"),
-        ));
-    }
-    if !(1..=MAX_SLOTS).contains(&fleet.slots) {
-        return Err((
-            "fleet.slots",
-            format!("{} is out of range 1..={MAX_SLOTS}", fleet.slots),
-        ));
-    }
-    if !(MIN_LEASE_MS..=3_600_000).contains(&fleet.lease_ms) {
-        return Err((
-            "fleet.lease_ms",
-            format!(
-                "{} is out of range {MIN_LEASE_MS}..=3600000",
-                fleet.lease_ms
-            ),
-        ));
-    }
-    let labels = jobworker_ipc::Labels::new("fleet.labels", fleet.labels.clone())
-        .map_err(|e| ("fleet.labels", e.reason))?;
-    Ok(FleetConfig {
-        database,
-        host_id: id.clone(),
-        slots: fleet.slots,
-        labels,
-        lease: Duration::from_millis(fleet.lease_ms),
-    })
 }
 
 #[cfg(test)]

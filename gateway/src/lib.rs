@@ -19,8 +19,8 @@
 //!   supervisor's) and their plain-HTTP endpoint.
 //! - [`privileges`]: dropping root after binding, and checking nothing is
 //!   left.
-//! - [`fleet`]: fleet mode (opt-in): this host's row in PostgreSQL, its
-//!   lease and the schema.
+//! - [`fleet`]: fleet mode's agent (opt-in): this host's row in
+//!   PostgreSQL and its lease (`jobworker_fleet`).
 #![forbid(unsafe_code)]
 
 pub mod config;

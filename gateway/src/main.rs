@@ -144,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?
         .block_on(async {
             if let Some(fleet) = config.fleet.clone() {
-                tokio::spawn(jobworker_gateway::fleet::agent::run(fleet));
+                tokio::spawn(jobworker_gateway::fleet::run(fleet));
             }
             server::run(config, listeners, tls).await
         })?;

@@ -199,3 +199,100 @@ fn other_users_are_refused() {
         "jobworker-debug: the supervisor refused this connection: run as root or as a member of the operator group"
     );
 }
+
+/// In fleet mode: the fleet's hosts from the database the gateway's
+/// `[fleet]` table names, drained and undrained; a drain outlives the
+/// host's registrations.
+#[test]
+fn lists_drains_and_undrains_the_fleets_hosts() {
+    let pg = jobworker_tests::fixture::Postgres::start().unwrap();
+    let file = jobworker_fleet::FleetFileConfig {
+        database_url: pg.url(),
+        host_id: "h1".into(),
+        slots: 3,
+        labels: [("zone".to_owned(), "a".to_owned())].into(),
+        lease_ms: 60_000,
+    };
+    let host = jobworker_fleet::FleetConfig::resolve(&file).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Registers h1 as its gateway's agent does; its generation.
+    let register = || {
+        runtime.block_on(async {
+            let mut client = jobworker_fleet::connect(&host.database).await.unwrap();
+            jobworker_fleet::schema::migrate(&mut client).await.unwrap();
+            jobworker_fleet::hosts::register(&client, &host)
+                .await
+                .unwrap()
+        })
+    };
+    assert_eq!(register(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let gateway_config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &gateway_config,
+        format!(
+            "listen = \"127.0.0.1:8443\"\nmax_connections = 10\n\n[fleet]\n\
+             database_url = {:?}\nhost_id = \"h1\"\n",
+            pg.url()
+        ),
+    )
+    .unwrap();
+    let debug = |args: &[&str]| {
+        run_with_timeout(
+            Command::new(DEBUG)
+                .arg("--gateway-config")
+                .arg(&gateway_config)
+                .args(args),
+            CLI_TIMEOUT,
+        )
+    };
+    let draining = |json: &str| -> bool {
+        let hosts: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(hosts[0]["id"], "h1", "{json}");
+        hosts[0]["draining"].as_bool().unwrap()
+    };
+
+    let table = debug(&["hosts"]).ok();
+    let line = table.lines().nth(1).unwrap_or_default();
+    assert!(table.starts_with("HOST "), "{table}");
+    for field in ["h1 ", "held, ", " no ", " 3 ", "zone=a"] {
+        assert!(line.contains(field), "{field:?} in {table}");
+    }
+    assert!(!draining(&debug(&["hosts", "--json"]).ok()));
+
+    assert!(debug(&["drain", "h1"]).ok().starts_with("drained h1"));
+    assert!(draining(&debug(&["hosts", "--json"]).ok()));
+    assert_eq!(register(), 2, "the host registers again");
+    let json = debug(&["hosts", "--json"]).ok();
+    assert!(draining(&json), "the drain outlives a registration: {json}");
+    assert!(debug(&["undrain", "h1"]).ok().starts_with("undrained h1"));
+    assert!(!draining(&debug(&["hosts", "--json"]).ok()));
+
+    let unknown = debug(&["drain", "h9"]);
+    assert_eq!(unknown.code(), 5, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no host \"h9\""),
+        "{}",
+        unknown.stderr
+    );
+
+    std::fs::write(&gateway_config, "listen = \"127.0.0.1:8443\"\n").unwrap();
+    let single = debug(&["hosts"]);
+    assert_eq!(single.code(), 2, "{}", single.stderr);
+    assert!(
+        single.stderr.contains("no [fleet] table"),
+        "{}",
+        single.stderr
+    );
+
+    std::fs::write(
+        &gateway_config,
+        format!("[fleet]\ndatabase_url = {:?}\nhost_id = \"h1\"\n", pg.url()),
+    )
+    .unwrap();
+    pg.stop().unwrap();
+    let down = debug(&["hosts"]);
+    assert_eq!(down.code(), 3, "{}", down.stderr);
+    assert!(down.stderr.contains("is PostgreSQL up"), "{}", down.stderr);
+}

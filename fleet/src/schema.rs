@@ -7,7 +7,7 @@
 
 use tokio_postgres::Client;
 
-use super::{DbError, db};
+use crate::{DbError, db};
 
 /// The advisory lock key of migrations ("jobworkr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6a6f_6277_6f72_6b72;

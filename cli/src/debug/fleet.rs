@@ -1,0 +1,118 @@
+//! `jobworker-debug hosts | drain HOST | undrain HOST`: the fleet's hosts,
+//! in the database that the gateway's configuration (`--gateway-config`,
+//! its `[fleet]` table) names. The supervisor is not involved.
+
+use std::path::Path;
+
+use jobworker_fleet::hosts::{self, Host};
+use jobworker_fleet::{DbError, FleetFileConfig};
+use serde::Deserialize;
+
+use super::FleetCommand;
+use crate::exit::CliError;
+use crate::render::{printable, write_stdout};
+
+/// The part of the gateway's configuration this tool reads; its other keys
+/// are the gateway's business.
+#[derive(Deserialize)]
+struct GatewayFile {
+    #[serde(default)]
+    fleet: Option<FleetFileConfig>,
+}
+
+/// Runs a fleet command; the exit code.
+pub async fn run(gateway_config: &Path, command: FleetCommand) -> Result<u8, CliError> {
+    let client = connect(gateway_config).await?;
+    let (host, draining) = match command {
+        FleetCommand::Hosts { json } => {
+            let hosts = hosts::list(&client).await.map_err(database)?;
+            let text = if json {
+                format!("{}\n", hosts_json(&hosts))
+            } else {
+                hosts_table(&hosts)
+            };
+            write_stdout(text.as_bytes()).await?;
+            return Ok(0);
+        }
+        FleetCommand::Drain { host } => (host, true),
+        FleetCommand::Undrain { host } => (host, false),
+    };
+    if !hosts::set_draining(&client, &host, draining)
+        .await
+        .map_err(database)?
+    {
+        return Err(CliError::NoSuchHost { host });
+    }
+    let text = if draining {
+        format!(
+            "drained {}: it claims no new job; its running jobs go on\n",
+            printable(&host)
+        )
+    } else {
+        format!("undrained {}: it claims jobs again\n", printable(&host))
+    };
+    write_stdout(text.as_bytes()).await?;
+    Ok(0)
+}
+
+fn database(error: DbError) -> CliError {
+    CliError::Database { error }
+}
+
+/// Connects to the database of the gateway's `[fleet]` table.
+async fn connect(gateway_config: &Path) -> Result<tokio_postgres::Client, CliError> {
+    let shown = gateway_config.display();
+    let file: GatewayFile =
+        jobworker_config::read(gateway_config).map_err(|e| CliError::Usage(e.to_string()))?;
+    let fleet = file.fleet.ok_or_else(|| {
+        CliError::Usage(format!(
+            "{shown} has no [fleet] table: this host is in no fleet (pass the gateway's \
+             configuration with --gateway-config)"
+        ))
+    })?;
+    let config = jobworker_fleet::config::database(&fleet.database_url)
+        .map_err(|(key, reason)| CliError::Usage(format!("{shown}: `{key}` {reason}")))?;
+    jobworker_fleet::connect(&config).await.map_err(database)
+}
+
+/// One line per host, under a header.
+fn hosts_table(hosts: &[Host]) -> String {
+    let mut out = format!(
+        "{:<20} {:<24} {:>10} {:<8} {:>5} {:<10} LABELS\n",
+        "HOST", "LEASE", "GENERATION", "DRAINING", "SLOTS", "VERSION"
+    );
+    for host in hosts {
+        out.push_str(&format!(
+            "{:<20} {:<24} {:>10} {:<8} {:>5} {:<10} {}\n",
+            printable(&host.id),
+            host.lease_text(),
+            host.generation,
+            if host.draining { "yes" } else { "no" },
+            host.slots,
+            printable(&host.version),
+            printable(&host.labels.join(",")),
+        ));
+    }
+    out
+}
+
+/// The hosts as one JSON array.
+fn hosts_json(hosts: &[Host]) -> serde_json::Value {
+    serde_json::Value::Array(
+        hosts
+            .iter()
+            .map(|host| {
+                serde_json::json!({
+                    "id": host.id,
+                    "generation": host.generation,
+                    "lease_held": host.lease_held(),
+                    "lease_left_secs": host.lease_left,
+                    "draining": host.draining,
+                    "slots": host.slots,
+                    "labels": host.labels,
+                    "version": host.version,
+                })
+            })
+            .collect(),
+    )
+}

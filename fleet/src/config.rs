@@ -1,0 +1,116 @@
+//! The `[fleet]` table of gateway.toml: [`FleetFileConfig`] as written,
+//! [`FleetConfig`] as checked. Without the table, a host is a single host
+//! and no database is used.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jobworker_ipc::Labels;
+use serde::{Deserialize, Serialize};
+
+/// The most slots a host may offer.
+pub const MAX_SLOTS: u32 = 100_000;
+/// The shortest lease (renewed every third of it).
+pub const MIN_LEASE_MS: u64 = 300;
+/// The longest lease.
+pub const MAX_LEASE_MS: u64 = 3_600_000;
+
+/// The `[fleet]` table as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFileConfig {
+    /// The PostgreSQL connection string: `host=/run/postgresql
+    /// dbname=jobworker user=jobworker` or a `postgresql://` URL.
+    pub database_url: String,
+    /// This host's name in the fleet: 1 to 63 of `[a-z0-9-]`, unique.
+    pub host_id: String,
+    /// How many of the fleet's jobs this host runs at once.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    /// This host's labels, which a job's placement may ask for.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How long the host's lease lasts without renewal, in milliseconds;
+    /// it is renewed every third of it.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_slots() -> u32 {
+    8
+}
+
+fn default_lease_ms() -> u64 {
+    15_000
+}
+
+/// Fleet mode's settings, checked.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// How to reach PostgreSQL.
+    pub database: tokio_postgres::Config,
+    /// This host's name in the fleet.
+    pub host_id: String,
+    /// How many of the fleet's jobs this host runs at once.
+    pub slots: u32,
+    /// This host's labels, which a job's placement may ask for.
+    pub labels: Labels,
+    /// How long the host's lease lasts without renewal; it is renewed every
+    /// third of it.
+    pub lease: Duration,
+}
+
+impl FleetConfig {
+    /// Checks the table; an error names the key (`fleet.<key>`) and says
+    /// what is wrong.
+    pub fn resolve(fleet: &FleetFileConfig) -> Result<Self, (&'static str, String)> {
+        let database = database(&fleet.database_url)?;
+        let id = &fleet.host_id;
+        let plain = id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if id.is_empty() || id.len() > 63 || !plain || id.starts_with('-') {
+            return Err((
+                "fleet.host_id",
+                format!("{id:?} is not 1 to 63 of [a-z0-9-] (not starting with -)"),
+            ));
+        }
+        if !(1..=MAX_SLOTS).contains(&fleet.slots) {
+            return Err((
+                "fleet.slots",
+                format!("{} is out of range 1..={MAX_SLOTS}", fleet.slots),
+            ));
+        }
+        if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&fleet.lease_ms) {
+            return Err((
+                "fleet.lease_ms",
+                format!(
+                    "{} is out of range {MIN_LEASE_MS}..={MAX_LEASE_MS}",
+                    fleet.lease_ms
+                ),
+            ));
+        }
+        let labels = Labels::new("fleet.labels", fleet.labels.clone())
+            .map_err(|e| ("fleet.labels", e.reason))?;
+        Ok(Self {
+            database,
+            host_id: id.clone(),
+            slots: fleet.slots,
+            labels,
+            lease: Duration::from_millis(fleet.lease_ms),
+        })
+    }
+}
+
+/// Parses `fleet.database_url`.
+pub fn database(url: &str) -> Result<tokio_postgres::Config, (&'static str, String)> {
+    url.parse::<tokio_postgres::Config>().map_err(|e| {
+        (
+            "fleet.database_url",
+            format!(
+                "is not a PostgreSQL connection string ({e}); e.g. \
+                 \"host=/run/postgresql dbname=jobworker user=jobworker\""
+            ),
+        )
+    })
+}

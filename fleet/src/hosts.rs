@@ -1,0 +1,139 @@
+//! The hosts' rows (`jobworker_hosts`): a host registers with the next
+//! generation and renews its lease on the database's clock; an operator
+//! drains and undrains hosts and lists them. The drain survives the host's
+//! registrations: only an operator sets or clears it.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::{DbError, FleetConfig, db};
+
+/// What a binary records as its version in its host row.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Inserts or takes over this host's row with the next generation and a
+/// fresh lease (keeping an operator's drain); returns the generation.
+pub async fn register(client: &Client, config: &FleetConfig) -> Result<i64, DbError> {
+    let labels: Vec<String> = config
+        .labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let slots = i32::try_from(config.slots).unwrap_or(i32::MAX);
+    let row = client
+        .query_one(
+            "INSERT INTO jobworker_hosts (id, labels, slots, generation, lease_until, version)
+             VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), $5)
+             ON CONFLICT (id) DO UPDATE SET
+                 labels = EXCLUDED.labels,
+                 slots = EXCLUDED.slots,
+                 version = EXCLUDED.version,
+                 lease_until = EXCLUDED.lease_until,
+                 generation = jobworker_hosts.generation + 1,
+                 registered_at = now()
+             RETURNING generation",
+            &[
+                &config.host_id,
+                &labels,
+                &slots,
+                &config.lease.as_secs_f64(),
+                &VERSION,
+            ],
+        )
+        .await
+        .map_err(db("registering the host"))?;
+    Ok(row.get(0))
+}
+
+/// Extends the lease of `generation` if it still holds; `false` if the
+/// lease ran out or the generation is no longer the host's.
+pub async fn renew(
+    client: &Client,
+    config: &FleetConfig,
+    generation: i64,
+) -> Result<bool, DbError> {
+    let renewed = client
+        .execute(
+            "UPDATE jobworker_hosts SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND generation = $2 AND lease_until > now()",
+            &[&config.host_id, &generation, &config.lease.as_secs_f64()],
+        )
+        .await
+        .map_err(db("renewing the lease"))?;
+    Ok(renewed == 1)
+}
+
+/// Drains host `id` (it claims no new job; its running jobs go on) or
+/// undrains it; `false` if no such host is registered.
+pub async fn set_draining(client: &Client, id: &str, draining: bool) -> Result<bool, DbError> {
+    let changed = client
+        .execute(
+            "UPDATE jobworker_hosts SET draining = $2 WHERE id = $1",
+            &[&id, &draining],
+        )
+        .await
+        .map_err(db("changing a host's drain"))?;
+    Ok(changed == 1)
+}
+
+/// A host as the database holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    /// Its `host_id`.
+    pub id: String,
+    /// Its registration's generation.
+    pub generation: i64,
+    /// How long its lease has left (negative: how long ago it ran out).
+    pub lease_left: f64,
+    /// Whether an operator drained it.
+    pub draining: bool,
+    /// How many jobs it runs at once.
+    pub slots: i32,
+    /// Its labels, `key=value`.
+    pub labels: Vec<String>,
+    /// The version of its gateway.
+    pub version: String,
+}
+
+impl Host {
+    /// Whether its lease holds.
+    pub fn lease_held(&self) -> bool {
+        self.lease_left > 0.0
+    }
+
+    /// The lease's time left, or how long ago it ran out.
+    pub fn lease_text(&self) -> String {
+        let seconds = Duration::from_secs_f64(self.lease_left.abs()).as_secs_f64();
+        if self.lease_held() {
+            format!("held, {seconds:.1}s left")
+        } else {
+            format!("ran out {seconds:.1}s ago")
+        }
+    }
+}
+
+/// Every registered host, by id.
+pub async fn list(client: &Client) -> Result<Vec<Host>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, generation, EXTRACT(EPOCH FROM lease_until - now())::float8, draining,
+                    slots, labels, version
+             FROM jobworker_hosts ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(db("listing the hosts"))?;
+    Ok(rows
+        .iter()
+        .map(|row| Host {
+            id: row.get(0),
+            generation: row.get(1),
+            lease_left: row.get(2),
+            draining: row.get(3),
+            slots: row.get(4),
+            labels: row.get(5),
+            version: row.get(6),
+        })
+        .collect())
+}
