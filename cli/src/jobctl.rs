@@ -137,6 +137,12 @@ pub enum Command {
     List(ListArgs),
     /// Write a job's output (stdout and stderr combined) to stdout, byte for byte.
     Logs(LogsArgs),
+    /// The hosts of the fleet (admins; a gateway in fleet mode): lease, generation, drain, slots, labels, version.
+    Hosts {
+        /// Print the hosts as one JSON array
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script, e.g. `jobctl completions bash > /etc/bash_completion.d/jobctl`.
     Completions {
         /// The shell.
@@ -330,6 +336,7 @@ pub async fn run(cli: Cli, lookup: impl Fn(&str) -> Option<String>) -> Result<u8
         Command::Status(args) => status_command(&mut connect(settings()?).await?, args).await?,
         Command::List(args) => list_command(&mut connect(settings()?).await?, args).await?,
         Command::Logs(args) => logs_command(&mut connect(settings()?).await?, args).await?,
+        Command::Hosts { json } => hosts_command(&mut connect(settings()?).await?, json).await?,
     }
     Ok(0)
 }
@@ -398,6 +405,23 @@ async fn list_command(client: &mut Client, args: ListArgs) -> Result<(), CliErro
         print_line(&render::jobs_json(&jobs).to_string()).await
     } else {
         write_stdout(render::list_table(&jobs).as_bytes()).await
+    }
+}
+
+async fn hosts_command(client: &mut Client, json: bool) -> Result<(), CliError> {
+    let hosts: Vec<_> = client
+        .list_hosts(v1::ListHostsRequest {})
+        .await
+        .map_err(|s| rpc_error("listing the fleet's hosts", &s))?
+        .into_inner()
+        .hosts
+        .into_iter()
+        .map(render::host_of)
+        .collect();
+    if json {
+        print_line(&render::hosts_json(&hosts).to_string()).await
+    } else {
+        write_stdout(render::hosts_table(&hosts).as_bytes()).await
     }
 }
 

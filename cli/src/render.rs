@@ -26,7 +26,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jobworker_fleet::hosts::Host;
 use jobworker_ipc::{JobInfo, JobState, StopReason, Termination, TimeoutMs, UnixMicros};
+use jobworker_proto::v1;
 use serde_json::{Value, json};
 
 use tokio::io::AsyncWriteExt;
@@ -367,6 +369,68 @@ fn human_duration(duration: Duration) -> String {
         return "0s".into();
     }
     humantime::format_duration(ms).to_string()
+}
+
+/// The fleet's hosts, one line each under a header.
+pub fn hosts_table(hosts: &[Host]) -> String {
+    let mut out = format!(
+        "{:<20} {:<24} {:>10} {:<8} {:>5} {:<10} LABELS\n",
+        "HOST", "LEASE", "GENERATION", "DRAINING", "SLOTS", "VERSION"
+    );
+    for host in hosts {
+        let labels: Vec<String> = host
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out.push_str(&format!(
+            "{:<20} {:<24} {:>10} {:<8} {:>5} {:<10} {}\n",
+            printable(&host.id),
+            host.lease_text(),
+            host.generation,
+            if host.draining { "yes" } else { "no" },
+            host.slots,
+            printable(&host.version),
+            printable(&labels.join(",")),
+        ));
+    }
+    out
+}
+
+/// The fleet's hosts as one JSON array.
+pub fn hosts_json(hosts: &[Host]) -> Value {
+    Value::Array(
+        hosts
+            .iter()
+            .map(|host| {
+                json!({
+                    "id": host.id,
+                    "generation": host.generation,
+                    "lease_held": host.lease_held(),
+                    "lease_left_secs": host.lease_left,
+                    "draining": host.draining,
+                    "slots": host.slots,
+                    "labels": host.labels,
+                    "version": host.version,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A host as the gateway sent it, as the fleet's database holds it.
+pub fn host_of(host: v1::Host) -> Host {
+    #[allow(clippy::cast_precision_loss, reason = "milliseconds of a lease")]
+    let lease_left = host.lease_left_ms as f64 / 1000.0;
+    Host {
+        id: host.id,
+        generation: host.generation,
+        lease_left,
+        draining: host.draining,
+        slots: i32::try_from(host.slots).unwrap_or(i32::MAX),
+        labels: host.labels.into_iter().collect(),
+        version: host.version,
+    }
 }
 
 /// Writes bytes to standard output and flushes them, so that output is seen

@@ -3,6 +3,7 @@
 //! drains and undrains hosts and lists them. The drain survives the host's
 //! registrations: only an operator sets or clears it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -90,8 +91,8 @@ pub struct Host {
     pub draining: bool,
     /// How many jobs it runs at once.
     pub slots: i32,
-    /// Its labels, `key=value`.
-    pub labels: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
     /// The version of its gateway.
     pub version: String,
 }
@@ -132,7 +133,14 @@ pub async fn list(client: &Client) -> Result<Vec<Host>, DbError> {
             lease_left: row.get(2),
             draining: row.get(3),
             slots: row.get(4),
-            labels: row.get(5),
+            labels: row
+                .get::<_, Vec<String>>(5)
+                .iter()
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (key.to_owned(), value.to_owned())
+                })
+                .collect(),
             version: row.get(6),
         })
         .collect())

@@ -15,6 +15,12 @@ pub mod schema;
 
 pub use config::{FleetConfig, FleetFileConfig};
 
+/// A pool of connections to the fleet's database, for a gateway's calls.
+pub type Pool = deadpool_postgres::Pool;
+
+/// How long a call waits for a pooled connection, or to make one.
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A database operation that failed, named.
 #[derive(Debug, thiserror::Error)]
 #[error("{op}: {source}")]
@@ -45,4 +51,25 @@ pub async fn connect(database: &tokio_postgres::Config) -> Result<tokio_postgres
         }
     });
     Ok(client)
+}
+
+/// A pool of at most `size` connections to `database`, made as they are
+/// needed (none yet: an unreachable database fails the calls, not this).
+pub fn pool(
+    database: &tokio_postgres::Config,
+    size: usize,
+) -> Result<Pool, deadpool_postgres::BuildError> {
+    let manager = deadpool_postgres::Manager::from_config(
+        database.clone(),
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .build()
 }

@@ -170,6 +170,24 @@ pub fn parse_page_token(token: &str) -> Result<Option<ListCursor>, Invalid> {
         })
 }
 
+/// A host of the fleet as the API shows it.
+pub fn host(host: jobworker_fleet::hosts::Host) -> v1::Host {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a lease's milliseconds fit in i64"
+    )]
+    let lease_left_ms = (host.lease_left * 1000.0).round() as i64;
+    v1::Host {
+        id: host.id,
+        generation: host.generation,
+        lease_left_ms,
+        draining: host.draining,
+        slots: u32::try_from(host.slots).unwrap_or(0),
+        labels: host.labels.into_iter().collect(),
+        version: host.version,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ use crate::tls::Reloadable;
 /// after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The most connections to the fleet's database the gateway's calls hold.
+const FLEET_POOL_SIZE: usize = 8;
+
 /// HTTP/2 keepalive pings, so that a vanished client's streams end.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +56,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("serving gRPC: {0}")]
     Transport(String),
+    /// The fleet's database pool could not be made.
+    #[error("making the fleet's database pool: {0}")]
+    FleetPool(#[from] deadpool_postgres::BuildError),
 }
 
 /// The sockets the gateway serves, bound before it dropped root.
@@ -148,7 +154,12 @@ pub async fn run(
         Arc::clone(metrics.gateway()),
     );
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
-    let jobs = JobServiceServer::new(JobService::new(supervisor, stopping_seen))
+    let fleet = config
+        .fleet
+        .as_ref()
+        .map(|fleet| jobworker_fleet::pool(&fleet.database, FLEET_POOL_SIZE))
+        .transpose()?;
+    let jobs = JobServiceServer::new(JobService::new(supervisor, stopping_seen, fleet))
         .max_decoding_message_size(max_request);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()

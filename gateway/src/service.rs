@@ -43,16 +43,44 @@ pub struct JobService {
     supervisor: Arc<Supervisor>,
     /// Turns true when the gateway stops: output streams end then.
     stopping: watch::Receiver<bool>,
+    /// The fleet's database, in fleet mode.
+    fleet: Option<jobworker_fleet::Pool>,
 }
 
 impl JobService {
     /// The service, forwarding to `supervisor`; its output streams end when
-    /// `stopping` turns true.
-    pub fn new(supervisor: Arc<Supervisor>, stopping: watch::Receiver<bool>) -> Self {
+    /// `stopping` turns true. In fleet mode, `fleet` reaches the fleet's
+    /// database.
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        stopping: watch::Receiver<bool>,
+        fleet: Option<jobworker_fleet::Pool>,
+    ) -> Self {
         Self {
             supervisor,
             stopping,
+            fleet,
         }
+    }
+
+    /// The fleet's hosts, from its database.
+    async fn hosts(&self) -> Result<v1::ListHostsResponse, Status> {
+        let Some(pool) = &self.fleet else {
+            return Err(Status::failed_precondition(
+                "this gateway is in no fleet: its configuration has no [fleet] table",
+            ));
+        };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "fleet: listing the hosts");
+            Status::unavailable("the fleet's database is unreachable; try again later")
+        };
+        let client = pool.get().await.map_err(|e| unavailable(&e))?;
+        let hosts = jobworker_fleet::hosts::list(&client)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(v1::ListHostsResponse {
+            hosts: hosts.into_iter().map(convert::host).collect(),
+        })
     }
 
     /// One call that answers with one job.
@@ -398,6 +426,15 @@ impl v1::job_service_server::JobService for JobService {
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         let caller = Caller::of(&request, "ListJobs", Action::List)?;
         let result = self.list(&caller.identity, request.into_inner()).await;
+        caller.finish(None, result)
+    }
+
+    async fn list_hosts(
+        &self,
+        request: Request<v1::ListHostsRequest>,
+    ) -> Result<Response<v1::ListHostsResponse>, Status> {
+        let caller = Caller::of(&request, "ListHosts", Action::ListHosts)?;
+        let result = self.hosts().await;
         caller.finish(None, result)
     }
 

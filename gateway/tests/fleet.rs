@@ -186,3 +186,60 @@ async fn without_the_database_the_host_serves_and_registers_again_when_it_return
     let db = connect(&pg).await;
     registered(&db, "h1", 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_list_the_hosts_through_the_api() {
+    let pg = Postgres::start().unwrap();
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, &fleet(&pg, "h1", 3000));
+    let db = connect(&pg).await;
+    registered(&db, "h1", 1).await;
+
+    let mut admin = gateway.client(&pki, "admin").await;
+    let hosts = admin
+        .list_hosts(v1::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let host = &hosts[0];
+    assert_eq!(
+        (host.id.as_str(), host.generation, host.slots),
+        ("h1", 1, 2)
+    );
+    assert!((1..=3000).contains(&host.lease_left_ms), "{host:?}");
+    assert!(!host.draining);
+    assert_eq!(host.labels.get("zone").map(String::as_str), Some("a"));
+    assert_eq!(host.version, env!("CARGO_PKG_VERSION"));
+
+    for user in ["alice", "rita"] {
+        let status = gateway
+            .client(&pki, user)
+            .await
+            .list_hosts(v1::ListHostsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{user}: {status:?}"
+        );
+        assert!(status.message().contains("only admins"), "{status:?}");
+    }
+
+    let single = Gateway::start(&pki, &supervisor.socket, "");
+    let status = single
+        .client(&pki, "admin")
+        .await
+        .list_hosts(v1::ListHostsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("no [fleet]"), "{status:?}");
+
+    pg.stop().unwrap();
+    let status = admin.list_hosts(v1::ListHostsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}

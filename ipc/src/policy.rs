@@ -9,7 +9,9 @@
 //! - a remote reader: get, list and stream every job; never start or stop;
 //! - the gateway on its own behalf (no caller): ping and read the metrics,
 //!   nothing else; remote callers never read the supervisor's metrics
-//!   (the gateway's metrics endpoint serves them).
+//!   (the gateway's metrics endpoint serves them);
+//! - the fleet's hosts (fleet mode, answered by the gateway from the
+//!   fleet's database): admins only.
 //!
 //! The supervisor is the authority and applies it in full: it has each
 //! job's owner at hand. The gateway applies the role gate alone (no job yet)
@@ -45,6 +47,8 @@ pub enum Action {
     Stream,
     /// Read the supervisor's figures.
     Metrics,
+    /// List the fleet's hosts.
+    ListHosts,
 }
 
 impl Action {
@@ -58,6 +62,7 @@ impl Action {
             Self::List => "list",
             Self::Stream => "stream",
             Self::Metrics => "metrics",
+            Self::ListHosts => "list-hosts",
         }
     }
 
@@ -71,6 +76,7 @@ impl Action {
             Self::List => "list jobs",
             Self::Stream => "stream the output of jobs",
             Self::Metrics => "read the supervisor's metrics",
+            Self::ListHosts => "list the fleet's hosts",
         }
     }
 }
@@ -103,6 +109,14 @@ pub fn authorize(
             ),
         }),
         (Role::Admin, _) | (_, Action::Ping | Action::List) => Ok(()),
+        (Role::Reader | Role::User, Action::ListHosts) => Err(IpcError::PermissionDenied {
+            reason: format!(
+                "{} has the {} role: only admins {}",
+                identity.user,
+                identity.role,
+                action.verb()
+            ),
+        }),
         (Role::Reader, Action::Start | Action::Stop) => Err(IpcError::PermissionDenied {
             reason: format!(
                 "{} has the reader role: readers cannot {}",
@@ -135,7 +149,7 @@ mod tests {
     use super::*;
     use crate::UserName;
 
-    const ACTIONS: [Action; 7] = [
+    const ACTIONS: [Action; 8] = [
         Action::Ping,
         Action::Start,
         Action::Stop,
@@ -143,6 +157,7 @@ mod tests {
         Action::List,
         Action::Stream,
         Action::Metrics,
+        Action::ListHosts,
     ];
 
     fn remote(user: &str, role: Role) -> Identity {
@@ -185,11 +200,11 @@ mod tests {
         // For each action: [own job, bob's job, root's job, no job].
         const ALLOW: [Want; 4] = [Allow, Allow, Allow, Allow];
         const DENY: [Want; 4] = [Denied, Denied, Denied, Denied];
-        let table: [(Actor<'_>, [[Want; 4]; 7]); 5] = [
-            (Actor::Local, [ALLOW; 7]),
+        let table: [(Actor<'_>, [[Want; 4]; 8]); 5] = [
+            (Actor::Local, [ALLOW; 8]),
             (
                 Actor::Remote(&admin),
-                [ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, DENY],
+                [ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, DENY, ALLOW],
             ),
             (
                 Actor::Remote(&user),
@@ -200,6 +215,7 @@ mod tests {
                     [Allow, NotFound, NotFound, Allow],
                     [Allow, Allow, Allow, Allow],
                     [Allow, NotFound, NotFound, Allow],
+                    DENY,
                     DENY,
                 ],
             ),
@@ -213,9 +229,13 @@ mod tests {
                     [Allow, Allow, Allow, Allow],
                     [Allow, Allow, Allow, Allow],
                     DENY,
+                    DENY,
                 ],
             ),
-            (Actor::Gateway, [ALLOW, DENY, DENY, DENY, DENY, DENY, ALLOW]),
+            (
+                Actor::Gateway,
+                [ALLOW, DENY, DENY, DENY, DENY, DENY, ALLOW, DENY],
+            ),
         ];
         for (actor, rows) in table {
             for (action, row) in ACTIONS.into_iter().zip(rows) {

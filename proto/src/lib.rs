@@ -39,7 +39,14 @@ mod tests {
         let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
         assert_eq!(
             methods,
-            ["StartJob", "StopJob", "GetJob", "ListJobs", "StreamOutput"]
+            [
+                "StartJob",
+                "StopJob",
+                "GetJob",
+                "ListJobs",
+                "StreamOutput",
+                "ListHosts"
+            ]
         );
         assert!(service.method[4].server_streaming());
     }

@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use jobworker_fleet::hosts::{self, Host};
+use jobworker_fleet::hosts;
 use jobworker_fleet::{DbError, FleetFileConfig};
 use serde::Deserialize;
 
 use super::FleetCommand;
 use crate::exit::CliError;
-use crate::render::{printable, write_stdout};
+use crate::render::{self, printable, write_stdout};
 
 /// The part of the gateway's configuration this tool reads; its other keys
 /// are the gateway's business.
@@ -27,9 +27,9 @@ pub async fn run(gateway_config: &Path, command: FleetCommand) -> Result<u8, Cli
         FleetCommand::Hosts { json } => {
             let hosts = hosts::list(&client).await.map_err(database)?;
             let text = if json {
-                format!("{}\n", hosts_json(&hosts))
+                format!("{}\n", render::hosts_json(&hosts))
             } else {
-                hosts_table(&hosts)
+                render::hosts_table(&hosts)
             };
             write_stdout(text.as_bytes()).await?;
             return Ok(0);
@@ -73,46 +73,4 @@ async fn connect(gateway_config: &Path) -> Result<tokio_postgres::Client, CliErr
     let config = jobworker_fleet::config::database(&fleet.database_url)
         .map_err(|(key, reason)| CliError::Usage(format!("{shown}: `{key}` {reason}")))?;
     jobworker_fleet::connect(&config).await.map_err(database)
-}
-
-/// One line per host, under a header.
-fn hosts_table(hosts: &[Host]) -> String {
-    let mut out = format!(
-        "{:<20} {:<24} {:>10} {:<8} {:>5} {:<10} LABELS\n",
-        "HOST", "LEASE", "GENERATION", "DRAINING", "SLOTS", "VERSION"
-    );
-    for host in hosts {
-        out.push_str(&format!(
-            "{:<20} {:<24} {:>10} {:<8} {:>5} {:<10} {}\n",
-            printable(&host.id),
-            host.lease_text(),
-            host.generation,
-            if host.draining { "yes" } else { "no" },
-            host.slots,
-            printable(&host.version),
-            printable(&host.labels.join(",")),
-        ));
-    }
-    out
-}
-
-/// The hosts as one JSON array.
-fn hosts_json(hosts: &[Host]) -> serde_json::Value {
-    serde_json::Value::Array(
-        hosts
-            .iter()
-            .map(|host| {
-                serde_json::json!({
-                    "id": host.id,
-                    "generation": host.generation,
-                    "lease_held": host.lease_held(),
-                    "lease_left_secs": host.lease_left,
-                    "draining": host.draining,
-                    "slots": host.slots,
-                    "labels": host.labels,
-                    "version": host.version,
-                })
-            })
-            .collect(),
-    )
 }

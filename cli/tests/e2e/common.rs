@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use jobworker_ipc::{JobId, Request, Response};
 use jobworker_tests::fixture::supervisor::job_spec;
-use jobworker_tests::fixture::{Stack, StackOptions, Supervisor, SupervisorOptions, USERS};
+use jobworker_tests::fixture::{
+    GatewayOptions, Stack, StackOptions, Supervisor, SupervisorOptions, USERS,
+};
 
 /// `jobctl`, built for these tests.
 pub const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
@@ -175,9 +177,17 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A deployment whose gateway's configuration has `gateway_extra` added.
+    pub fn start_with(gateway_extra: &str) -> Self {
         let options = StackOptions {
             supervisor: supervisor_options("nobody"),
-            ..StackOptions::default()
+            gateway: GatewayOptions {
+                extra: gateway_extra.to_owned(),
+                ..GatewayOptions::default()
+            },
         };
         Self {
             stack: Stack::start(USERS, &options).unwrap(),

@@ -553,3 +553,46 @@ fn run_and_follow_resume_across_a_supervisor_kill_and_restart() {
     d.stack.supervisor.restart().unwrap();
     assert_resumed(&expected, run, followers, false);
 }
+
+/// In fleet mode an admin sees the fleet's hosts; other roles are refused,
+/// and a gateway in no fleet says so.
+#[test]
+fn admins_see_the_fleets_hosts() {
+    let pg = jobworker_tests::fixture::Postgres::start().unwrap();
+    let fleet = Deployment::start_with(&format!(
+        "[fleet]\ndatabase_url = {:?}\nhost_id = \"h1\"\nslots = 4\nlease_ms = 3000\n",
+        pg.url()
+    ));
+    let start = Instant::now();
+    let table = loop {
+        let outcome = fleet.run("admin", &["hosts"]);
+        if outcome.code() == 0 && outcome.stdout_text().contains("h1 ") {
+            break outcome.stdout_text();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "h1 never listed: {} {}",
+            outcome.stdout_text(),
+            outcome.stderr
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(table.starts_with("HOST "), "{table}");
+    let line = table.lines().nth(1).unwrap_or_default();
+    for field in ["h1 ", "held, ", " no ", " 4 "] {
+        assert!(line.contains(field), "{field:?} in {table}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&fleet.run("admin", &["hosts", "--json"]).ok()).unwrap();
+    assert_eq!(json[0]["id"], "h1");
+    assert_eq!(json[0]["slots"], 4);
+
+    let refused = fleet.run("alice", &["hosts"]);
+    assert_eq!(refused.code(), 4, "{}", refused.stderr);
+    assert!(refused.stderr.contains("only admins"), "{}", refused.stderr);
+
+    let single = Deployment::start();
+    let outcome = single.run("admin", &["hosts"]);
+    assert_ne!(outcome.code(), 0);
+    assert!(outcome.stderr.contains("no [fleet]"), "{}", outcome.stderr);
+}

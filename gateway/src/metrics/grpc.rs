@@ -35,6 +35,7 @@ pub const METHODS: &[(&str, &str)] = &[
     ("/jobworker.v1.JobService/GetJob", "GetJob"),
     ("/jobworker.v1.JobService/ListJobs", "ListJobs"),
     ("/jobworker.v1.JobService/StreamOutput", "StreamOutput"),
+    ("/jobworker.v1.JobService/ListHosts", "ListHosts"),
     ("/grpc.health.v1.Health/Check", "Check"),
     ("/grpc.health.v1.Health/Watch", "Watch"),
     (
