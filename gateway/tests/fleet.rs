@@ -28,6 +28,33 @@ fn fleet(pg: &Postgres, host: &str, lease_ms: u64) -> String {
     )
 }
 
+/// A database, certificates and a supervisor: what the hosts of a test
+/// share.
+struct Bed {
+    pg: Postgres,
+    pki: Pki,
+    supervisor: Supervisor,
+}
+
+impl Bed {
+    fn new() -> Self {
+        Self {
+            pg: Postgres::start().unwrap(),
+            pki: Pki::new(),
+            supervisor: Supervisor::start(),
+        }
+    }
+
+    /// A gateway in fleet mode as host `host`, with a lease of `lease_ms`.
+    fn host(&self, host: &str, lease_ms: u64) -> Gateway {
+        Gateway::start(
+            &self.pki,
+            &self.supervisor.socket,
+            &fleet(&self.pg, host, lease_ms),
+        )
+    }
+}
+
 /// A connection of the test's own to the database.
 async fn connect(pg: &Postgres) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
@@ -97,11 +124,9 @@ async fn registered(db: &tokio_postgres::Client, id: &str, generation: i64) -> H
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
-    let pg = Postgres::start().unwrap();
-    let pki = Pki::new();
-    let supervisor = Supervisor::start();
-    let gateway = Gateway::start(&pki, &supervisor.socket, &fleet(&pg, "h1", 600));
-    let db = connect(&pg).await;
+    let bed = Bed::new();
+    let gateway = bed.host("h1", 600);
+    let db = connect(&bed.pg).await;
 
     let first = registered(&db, "h1", 1).await;
     assert_eq!(first.slots, 2);
@@ -138,14 +163,12 @@ async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generation() {
-    let pg = Postgres::start().unwrap();
-    let pki = Pki::new();
-    let supervisor = Supervisor::start();
+    let bed = Bed::new();
     let mut gateways: Vec<Gateway> = ["h1", "h2", "h3"]
         .iter()
-        .map(|id| Gateway::start(&pki, &supervisor.socket, &fleet(&pg, id, 3000)))
+        .map(|id| bed.host(id, 3000))
         .collect();
-    let db = connect(&pg).await;
+    let db = connect(&bed.pg).await;
     for id in ["h1", "h2", "h3"] {
         registered(&db, id, 1).await;
     }
@@ -163,18 +186,16 @@ async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generat
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_database_the_host_serves_and_registers_again_when_it_returns() {
-    let pg = Postgres::start().unwrap();
-    let pki = Pki::new();
-    let supervisor = Supervisor::start();
-    let gateway = Gateway::start(&pki, &supervisor.socket, &fleet(&pg, "h1", 600));
+    let bed = Bed::new();
+    let gateway = bed.host("h1", 600);
     {
-        let db = connect(&pg).await;
+        let db = connect(&bed.pg).await;
         registered(&db, "h1", 1).await;
     }
 
-    pg.stop().unwrap();
+    bed.pg.stop().unwrap();
     gateway.wait_log("the database is unreachable", 1);
-    let mut alice = gateway.client(&pki, "alice").await;
+    let mut alice = gateway.client(&bed.pki, "alice").await;
     let job = start_job(&mut alice, "sh", &["-c", "echo still serving"]).await;
     let (bytes, end) = output(&mut alice, &job).await.unwrap();
     assert_eq!(bytes, b"still serving\n");
@@ -182,21 +203,19 @@ async fn without_the_database_the_host_serves_and_registers_again_when_it_return
     // Longer than the lease: it has run out by the time the database is back.
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    pg.restart().unwrap();
-    let db = connect(&pg).await;
+    bed.pg.restart().unwrap();
+    let db = connect(&bed.pg).await;
     registered(&db, "h1", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admins_list_the_hosts_through_the_api() {
-    let pg = Postgres::start().unwrap();
-    let pki = Pki::new();
-    let supervisor = Supervisor::start();
-    let gateway = Gateway::start(&pki, &supervisor.socket, &fleet(&pg, "h1", 3000));
-    let db = connect(&pg).await;
+    let bed = Bed::new();
+    let gateway = bed.host("h1", 3000);
+    let db = connect(&bed.pg).await;
     registered(&db, "h1", 1).await;
 
-    let mut admin = gateway.client(&pki, "admin").await;
+    let mut admin = gateway.client(&bed.pki, "admin").await;
     let hosts = admin
         .list_hosts(v1::ListHostsRequest {})
         .await
@@ -216,7 +235,7 @@ async fn admins_list_the_hosts_through_the_api() {
 
     for user in ["alice", "rita"] {
         let status = gateway
-            .client(&pki, user)
+            .client(&bed.pki, user)
             .await
             .list_hosts(v1::ListHostsRequest {})
             .await
@@ -229,9 +248,9 @@ async fn admins_list_the_hosts_through_the_api() {
         assert!(status.message().contains("only admins"), "{status:?}");
     }
 
-    let single = Gateway::start(&pki, &supervisor.socket, "");
+    let single = Gateway::start(&bed.pki, &bed.supervisor.socket, "");
     let status = single
-        .client(&pki, "admin")
+        .client(&bed.pki, "admin")
         .await
         .list_hosts(v1::ListHostsRequest {})
         .await
@@ -239,7 +258,7 @@ async fn admins_list_the_hosts_through_the_api() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("no [fleet]"), "{status:?}");
 
-    pg.stop().unwrap();
+    bed.pg.stop().unwrap();
     let status = admin.list_hosts(v1::ListHostsRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
