@@ -270,7 +270,7 @@ impl CliError {
             Self::Rpc { code, .. } => Class::of_grpc(*code),
             Self::GaveUp { .. } => Class::Connection,
             Self::NoSuchJob { .. } | Self::NoSuchHost { .. } => Class::NotFound,
-            Self::Database { error } if error.op.starts_with("connecting") => Class::Connection,
+            Self::Database { error } if error.unreachable() => Class::Connection,
             Self::Database { .. } => Class::Other,
             Self::Socket { error, .. } => match error.kind() {
                 std::io::ErrorKind::PermissionDenied => Class::Permission,

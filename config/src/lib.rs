@@ -60,11 +60,21 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses `text`, read from `path` (for messages).
+/// Parses `text`, read from `path` (for messages). An error says where
+/// (line and column) and what, never the text of the line: it may hold a
+/// secret (a database password).
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_owned(),
+    toml::from_str(text).map_err(|e| {
+        let place = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("{place}{}", e.message().trim_end()),
+        }
     })
 }
 
@@ -133,6 +143,12 @@ mod tests {
             "{parse}"
         );
         assert!(parse.to_string().contains("other"), "{parse}");
+        // Where and what, never the line itself (it may hold a password).
+        let syntax =
+            super::parse::<File>(path, "timeout_ms = 1\nurl = \"password=s3cret").unwrap_err();
+        let text = syntax.to_string();
+        assert!(text.contains("line 2, column "), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
         let zero = positive_millis("timeout_ms", 0)
             .map_err(invalid(path))
             .unwrap_err();

@@ -15,8 +15,9 @@ pub const MIN_LEASE_MS: u64 = 300;
 /// The longest lease.
 pub const MAX_LEASE_MS: u64 = 3_600_000;
 
-/// The `[fleet]` table as written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The `[fleet]` table as written. Its `Debug` hides `database_url`,
+/// which may hold a password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetFileConfig {
     /// The PostgreSQL connection string: `host=/run/postgresql
@@ -34,6 +35,18 @@ pub struct FleetFileConfig {
     /// it is renewed every third of it.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+}
+
+impl std::fmt::Debug for FleetFileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetFileConfig")
+            .field("database_url", &"(not shown)")
+            .field("host_id", &self.host_id)
+            .field("slots", &self.slots)
+            .field("labels", &self.labels)
+            .field("lease_ms", &self.lease_ms)
+            .finish()
+    }
 }
 
 fn default_slots() -> u32 {
@@ -102,15 +115,26 @@ impl FleetConfig {
     }
 }
 
-/// Parses `fleet.database_url`.
+/// How long connecting may take when `database_url` does not say
+/// (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parses `fleet.database_url`; a connection that does not say otherwise
+/// gives up connecting after [`CONNECT_TIMEOUT`] and sends TCP keepalives,
+/// so that a database cut off is noticed.
 pub fn database(url: &str) -> Result<tokio_postgres::Config, (&'static str, String)> {
-    url.parse::<tokio_postgres::Config>().map_err(|e| {
+    let mut config = url.parse::<tokio_postgres::Config>().map_err(|e| {
         (
             "fleet.database_url",
             format!(
                 "is not a PostgreSQL connection string ({e}); e.g. \
-                 \"host=/run/postgresql dbname=jobworker user=jobworker\""
+                 \"host=/run/postgresql dbname=jobworker user=jobworker-gateway\""
             ),
         )
-    })
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives(true);
+    Ok(config)
 }

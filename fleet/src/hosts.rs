@@ -4,7 +4,6 @@
 //! registrations: only an operator sets or clears it.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use tokio_postgres::Client;
 
@@ -105,7 +104,7 @@ impl Host {
 
     /// The lease's time left, or how long ago it ran out.
     pub fn lease_text(&self) -> String {
-        let seconds = Duration::from_secs_f64(self.lease_left.abs()).as_secs_f64();
+        let seconds = self.lease_left.abs();
         if self.lease_held() {
             format!("held, {seconds:.1}s left")
         } else {
@@ -114,34 +113,50 @@ impl Host {
     }
 }
 
+/// The columns a [`Host`] is read from.
+const HOST_COLUMNS: &str = "id, generation, EXTRACT(EPOCH FROM lease_until - now())::float8, \
+                            draining, slots, labels, version";
+
 /// Every registered host, by id.
 pub async fn list(client: &Client) -> Result<Vec<Host>, DbError> {
     let rows = client
         .query(
-            "SELECT id, generation, EXTRACT(EPOCH FROM lease_until - now())::float8, draining,
-                    slots, labels, version
-             FROM jobworker_hosts ORDER BY id",
+            &format!("SELECT {HOST_COLUMNS} FROM jobworker_hosts ORDER BY id"),
             &[],
         )
         .await
         .map_err(db("listing the hosts"))?;
-    Ok(rows
-        .iter()
-        .map(|row| Host {
-            id: row.get(0),
-            generation: row.get(1),
-            lease_left: row.get(2),
-            draining: row.get(3),
-            slots: row.get(4),
-            labels: row
-                .get::<_, Vec<String>>(5)
-                .iter()
-                .map(|pair| {
-                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    (key.to_owned(), value.to_owned())
-                })
-                .collect(),
-            version: row.get(6),
-        })
-        .collect())
+    Ok(rows.iter().map(host).collect())
+}
+
+/// Host `id`, if it is registered.
+pub async fn get(client: &Client, id: &str) -> Result<Option<Host>, DbError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {HOST_COLUMNS} FROM jobworker_hosts WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(db("reading a host"))?;
+    Ok(row.as_ref().map(host))
+}
+
+/// A host from a row of [`HOST_COLUMNS`].
+fn host(row: &tokio_postgres::Row) -> Host {
+    Host {
+        id: row.get(0),
+        generation: row.get(1),
+        lease_left: row.get(2),
+        draining: row.get(3),
+        slots: row.get(4),
+        labels: row
+            .get::<_, Vec<String>>(5)
+            .iter()
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key.to_owned(), value.to_owned())
+            })
+            .collect(),
+        version: row.get(6),
+    }
 }

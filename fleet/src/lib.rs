@@ -32,6 +32,17 @@ pub struct DbError {
     pub source: tokio_postgres::Error,
 }
 
+impl DbError {
+    /// Whether the database could not be reached (or the connection was
+    /// lost), rather than refusing what was asked.
+    pub fn unreachable(&self) -> bool {
+        self.op == CONNECTING || self.source.is_closed()
+    }
+}
+
+/// The operation of a failed connection.
+const CONNECTING: &str = "connecting to PostgreSQL";
+
 /// A closure that names a database error's operation.
 pub(crate) fn db(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
     move |source| DbError { op, source }
@@ -44,7 +55,7 @@ pub async fn connect(database: &tokio_postgres::Config) -> Result<tokio_postgres
     let (client, connection) = database
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(db("connecting to PostgreSQL"))?;
+        .map_err(db(CONNECTING))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "fleet: the database connection ended");

@@ -29,6 +29,11 @@ pub async fn migrate(client: &mut Client) -> Result<i32, DbError> {
         .transaction()
         .await
         .map_err(db("starting the migration transaction"))?;
+    // Another gateway migrating holds the lock for moments; a lock held
+    // longer is a stuck session, which this one must not wait for forever.
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+        .await
+        .map_err(db("bounding the wait for the migration lock"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db("taking the migration lock"))?;

@@ -16,13 +16,19 @@ use jobworker_fleet::{DbError, FleetConfig, hosts, schema};
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest pause between attempts to reach PostgreSQL.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The least time connecting and migrating may take (a short lease does
+/// not make them faster).
+const DB_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the agent for the life of the gateway.
 pub async fn run(config: FleetConfig) {
     let mut backoff = MIN_BACKOFF;
+    // The generation this host holds, kept across lost connections: a
+    // lease that still holds is renewed, not taken again.
+    let mut held = None;
     loop {
         let began = Instant::now();
-        let Err(e) = session(&config).await;
+        let Err(e) = session(&config, &mut held).await;
         if began.elapsed() > config.lease {
             backoff = MIN_BACKOFF;
         }
@@ -31,17 +37,52 @@ pub async fn run(config: FleetConfig) {
             error = %e,
             retry_in = ?backoff,
             "fleet: the database is unreachable or refused a write; running jobs are not \
-             affected, and the host registers again once it answers"
+             affected, and the host renews its lease (or registers again) once it answers"
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// One connection's life: migrate, register, renew until something fails.
-async fn session(config: &FleetConfig) -> Result<std::convert::Infallible, DbError> {
-    let mut client = jobworker_fleet::connect(&config.database).await?;
-    let schema = schema::migrate(&mut client).await?;
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The database did not answer in time.
+    #[error("{0} took longer than {1:?}")]
+    TimedOut(&'static str, Duration),
+}
+
+/// `step` with a bound of `limit`.
+async fn bounded<T>(
+    what: &'static str,
+    limit: Duration,
+    step: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(SessionError::TimedOut(what, limit)),
+    }
+}
+
+/// One connection's life: migrate, renew the generation still held or
+/// register, and renew every third of the lease until something fails.
+async fn session(
+    config: &FleetConfig,
+    held: &mut Option<i64>,
+) -> Result<std::convert::Infallible, SessionError> {
+    // Each step must end well within the lease (it is renewed every third).
+    let limit = config.lease / 3;
+    let setup = DB_SETUP_TIMEOUT.max(limit);
+    let mut client = bounded(
+        "connecting to PostgreSQL",
+        setup,
+        jobworker_fleet::connect(&config.database),
+    )
+    .await?;
+    let schema = bounded("migrating the schema", setup, schema::migrate(&mut client)).await?;
     if schema > schema::known_version() {
         tracing::info!(
             schema,
@@ -51,26 +92,69 @@ async fn session(config: &FleetConfig) -> Result<std::convert::Infallible, DbErr
         );
     }
     loop {
-        let generation = hosts::register(&client, config).await?;
-        tracing::info!(
-            host_id = %config.host_id,
-            generation,
-            slots = config.slots,
-            labels = %config.labels,
-            lease = ?config.lease,
-            "fleet: registered this host"
-        );
-        loop {
-            tokio::time::sleep(config.lease / 3).await;
-            if !hosts::renew(&client, config, generation).await? {
-                tracing::warn!(
+        let generation = match *held {
+            Some(generation)
+                if bounded(
+                    "renewing the lease",
+                    limit,
+                    hosts::renew(&client, config, generation),
+                )
+                .await? =>
+            {
+                generation
+            }
+            _ => {
+                let generation =
+                    bounded("registering", limit, hosts::register(&client, config)).await?;
+                tracing::info!(
                     host_id = %config.host_id,
                     generation,
-                    "fleet: the lease ran out or another registration took over; \
-                     registering again with a new generation"
+                    slots = config.slots,
+                    labels = %config.labels,
+                    lease = ?config.lease,
+                    "fleet: registered this host"
                 );
-                break;
+                generation
             }
+        };
+        *held = Some(generation);
+        loop {
+            tokio::time::sleep(limit).await;
+            if bounded(
+                "renewing the lease",
+                limit,
+                hosts::renew(&client, config, generation),
+            )
+            .await?
+            {
+                continue;
+            }
+            *held = None;
+            let current = bounded(
+                "reading the host's row",
+                limit,
+                hosts::get(&client, &config.host_id),
+            )
+            .await?;
+            match current {
+                Some(row) if row.generation > generation && row.lease_held() => {
+                    tracing::error!(
+                        host_id = %config.host_id,
+                        generation,
+                        theirs = row.generation,
+                        "fleet: another gateway registered as this host_id while this one \
+                         held it: two hosts share a host_id? Waiting a whole lease before \
+                         registering again"
+                    );
+                    tokio::time::sleep(config.lease).await;
+                }
+                _ => tracing::warn!(
+                    host_id = %config.host_id,
+                    generation,
+                    "fleet: the lease ran out; registering again with a new generation"
+                ),
+            }
+            break;
         }
     }
 }

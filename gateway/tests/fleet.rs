@@ -57,11 +57,9 @@ impl Bed {
 
 /// A connection of the test's own to the database.
 async fn connect(pg: &Postgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+    jobworker_fleet::connect(&pg.url().parse().unwrap())
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
+        .unwrap()
 }
 
 /// A host's row as the database holds it.
@@ -82,8 +80,12 @@ async fn host(db: &tokio_postgres::Client, id: &str) -> Option<Host> {
              FROM jobworker_hosts WHERE id = $1",
             &[&id],
         )
-        .await
-        .ok()??;
+        .await;
+    // Before the first agent migrated, there is no table yet.
+    let row = match row {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+        other => other.unwrap(),
+    }?;
     Some(Host {
         generation: row.get(0),
         lease_held: row.get(1),
@@ -125,7 +127,7 @@ async fn registered(db: &tokio_postgres::Client, id: &str, generation: i64) -> H
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
     let bed = Bed::new();
-    let gateway = bed.host("h1", 600);
+    let gateway = bed.host("h1", 3000);
     let db = connect(&bed.pg).await;
 
     let first = registered(&db, "h1", 1).await;
@@ -140,8 +142,9 @@ async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
     })
     .await;
 
-    // Another registration took over: the agent's renewal changes nothing,
-    // and it registers again with the next generation.
+    // Another registration took over: the agent's renewal changes nothing;
+    // it says two hosts may share a host_id, waits a whole lease, and
+    // registers again with the next generation.
     db.execute(
         "UPDATE jobworker_hosts SET generation = 7 WHERE id = 'h1'",
         &[],
@@ -149,7 +152,18 @@ async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
     .await
     .unwrap();
     registered(&db, "h1", 8).await;
-    gateway.wait_log("registering again with a new generation", 1);
+    gateway.wait_log("two hosts share a host_id?", 1);
+
+    // A lease that ran out (the host was stopped or cut off) is not
+    // renewed: the agent registers again.
+    db.execute(
+        "UPDATE jobworker_hosts SET lease_until = now() - interval '1 second' WHERE id = 'h1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    registered(&db, "h1", 9).await;
+    gateway.wait_log("the lease ran out; registering again", 1);
 
     let versions: Vec<i32> = db
         .query("SELECT version FROM jobworker_schema ORDER BY version", &[])
@@ -187,7 +201,7 @@ async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generat
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_database_the_host_serves_and_registers_again_when_it_returns() {
     let bed = Bed::new();
-    let gateway = bed.host("h1", 600);
+    let gateway = bed.host("h1", 3000);
     {
         let db = connect(&bed.pg).await;
         registered(&db, "h1", 1).await;
@@ -201,7 +215,7 @@ async fn without_the_database_the_host_serves_and_registers_again_when_it_return
     assert_eq!(bytes, b"still serving\n");
     assert_eq!(end.state(), v1::JobState::Finished);
     // Longer than the lease: it has run out by the time the database is back.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
 
     bed.pg.restart().unwrap();
     let db = connect(&bed.pg).await;
@@ -261,4 +275,31 @@ async fn admins_list_the_hosts_through_the_api() {
     bed.pg.stop().unwrap();
     let status = admin.list_hosts(v1::ListHostsRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+/// A database restart that the lease outlives costs no new generation:
+/// the agent renews the one it holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_database_outage_keeps_the_generation() {
+    let bed = Bed::new();
+    let gateway = bed.host("h1", 6000);
+    let db = connect(&bed.pg).await;
+    registered(&db, "h1", 1).await;
+    drop(db);
+    bed.pg.stop().unwrap();
+    gateway.wait_log("the database is unreachable", 1);
+    bed.pg.restart().unwrap();
+    let db = connect(&bed.pg).await;
+    // Only a renewal after the restart reaches past its time plus a lease.
+    let restarted: SystemTime = db.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let renewed_after = restarted + Duration::from_secs(6);
+    eventually("the lease renewed after the restart", || async {
+        host(&db, "h1")
+            .await
+            .filter(|h| h.lease_until > renewed_after)
+    })
+    .await;
+    let after = host(&db, "h1").await.unwrap();
+    assert_eq!(after.generation, 1, "{after:?}");
+    assert!(after.lease_held);
 }
