@@ -69,7 +69,14 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: ")
+            // The key the line sets, if any: never its value.
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(key, _)| format!(" (key {})", key.trim()))
+                .unwrap_or_default();
+            format!("line {line}, column {column}{key}: ")
         });
         ConfigError::Parse {
             path: path.to_path_buf(),
@@ -148,6 +155,7 @@ mod tests {
             super::parse::<File>(path, "timeout_ms = 1\nurl = \"password=s3cret").unwrap_err();
         let text = syntax.to_string();
         assert!(text.contains("line 2, column "), "{text}");
+        assert!(text.contains("(key url)"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
         let zero = positive_millis("timeout_ms", 0)
             .map_err(invalid(path))
