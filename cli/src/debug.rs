@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
-use crate::render::{self, write_stdout};
+use crate::render::{self, JobView, write_stdout};
 use crate::settings;
 
 mod fleet;
@@ -426,11 +426,12 @@ fn ping_json(info: &ServerInfo) -> serde_json::Value {
     })
 }
 
-async fn print_job(info: &JobInfo, json: bool) -> Result<(), CliError> {
+async fn print_job(info: JobInfo, json: bool) -> Result<(), CliError> {
+    let view = JobView::from(info);
     if json {
-        write_stdout(format!("{}\n", render::to_json(info)).as_bytes()).await
+        write_stdout(format!("{}\n", render::to_json(&view)).as_bytes()).await
     } else {
-        write_stdout(render::status_text(info).as_bytes()).await
+        write_stdout(render::status_text(&view).as_bytes()).await
     }
 }
 
@@ -465,7 +466,12 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             }
         }
         SupervisorCommand::Jobs { state, json } => {
-            let jobs = conn.list_all(state).await?;
+            let jobs: Vec<JobView> = conn
+                .list_all(state)
+                .await?
+                .into_iter()
+                .map(JobView::from)
+                .collect();
             let text = if json {
                 format!("{}\n", render::jobs_json(&jobs))
             } else {
@@ -478,7 +484,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let info = conn
                 .job(Request::GetJob { job }, &format!("getting job {job}"))
                 .await?;
-            print_job(&info, json).await?;
+            print_job(info, json).await?;
         }
         SupervisorCommand::Logs { follow, offset, id } => {
             let job = conn.resolve_id(&id).await?;
@@ -499,9 +505,10 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                 )
                 .await?;
             if json {
-                print_job(&info, true).await?;
+                print_job(info, true).await?;
             } else {
-                let text = format!("{}: {}\n", info.id, render::outcome(&info));
+                let view = JobView::from(info);
+                let text = format!("{}: {}\n", view.info.id, render::outcome(&view));
                 write_stdout(text.as_bytes()).await?;
             }
         }

@@ -19,14 +19,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use jobworker_ipc::{JobInfo, JobState, Labels, StopReason, Termination};
+use jobworker_ipc::{JobInfo, Labels, StopReason, Termination};
 use jobworker_proto::v1;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::client::{self, Client, rpc_error};
 use crate::exit::{self, CliError};
 use crate::ids::{self, IdArg};
-use crate::render::{self, write_stdout};
+use crate::render::{self, JobView, write_stdout};
 use crate::settings::{self, Layer, Settings, Sources};
 use crate::stream::{Event, OutputStream};
 use crate::units;
@@ -190,17 +190,22 @@ pub struct JobSpecArgs {
         value_delimiter = ','
     )]
     pub labels: Vec<String>,
+    /// In a fleet: run only on a host carrying these labels: --placement zone=a,gpu=yes
+    #[arg(long, value_name = "KEY=VALUE", value_delimiter = ',')]
+    pub placement: Vec<String>,
     /// The command and its arguments (after `--`)
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
-/// Labels given as `KEY=VALUE` arguments, checked as the server checks them.
+/// Labels given as `KEY=VALUE` arguments to `flag`, checked as the server
+/// checks its request's `field`.
 fn labels_arg(
     flag: &str,
+    field: &str,
     pairs: &[String],
 ) -> Result<std::collections::HashMap<String, String>, CliError> {
-    let labels = Labels::parse("labels", pairs.iter().map(String::as_str))
+    let labels = Labels::parse(field, pairs.iter().map(String::as_str))
         .map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
     Ok(labels.as_map().clone().into_iter().collect())
 }
@@ -240,7 +245,8 @@ impl JobSpecArgs {
             limits: Some(limits).filter(|l| *l != v1::Limits::default()),
             request_id: self.request_id.clone(),
             timeout: self.timeout.map(jobworker_proto::convert::duration),
-            labels: labels_arg("--label", &self.labels)?,
+            labels: labels_arg("--label", "labels", &self.labels)?,
+            placement: labels_arg("--placement", "placement", &self.placement)?,
         })
     }
 }
@@ -291,9 +297,9 @@ pub struct StatusArgs {
 /// `jobctl list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only jobs in this state
-    #[arg(long, value_parser = render::state_arg())]
-    pub state: Option<JobState>,
+    /// Only jobs in this state (queued: in a fleet, waiting for a host)
+    #[arg(long, value_parser = render::remote_state_arg())]
+    pub state: Option<v1::JobState>,
     /// Only jobs carrying these labels: -l team=build,env=ci (all must match)
     #[arg(
         long = "label",
@@ -375,7 +381,7 @@ async fn stop_command(client: &mut Client, args: StopArgs) -> Result<(), CliErro
     if args.json {
         print_line(&render::to_json(&job).to_string()).await
     } else {
-        print_line(&format!("{}: {}", job.id, render::outcome(&job))).await
+        print_line(&format!("{}: {}", job.info.id, render::outcome(&job))).await
     }
 }
 
@@ -395,7 +401,7 @@ async fn status_command(client: &mut Client, args: StatusArgs) -> Result<(), Cli
 }
 
 async fn list_command(client: &mut Client, args: ListArgs) -> Result<(), CliError> {
-    let selector = labels_arg("--label", &args.labels)?;
+    let selector = labels_arg("--label", "labels", &args.labels)?;
     let jobs = list_all(client, args.state, &selector)
         .await?
         .into_iter()
@@ -440,16 +446,24 @@ async fn logs_command(client: &mut Client, args: LogsArgs) -> Result<(), CliErro
     Ok(())
 }
 
-/// A job the server sent, in the shared model; one this jobctl cannot read
-/// (a state it does not know, say) is an error.
-pub(crate) fn read_job(job: v1::Job) -> Result<JobInfo, CliError> {
-    JobInfo::try_from(job).map_err(|e| {
+/// A job the server sent, as jobctl shows it; one this jobctl cannot read
+/// (a state it does not know, say) is an error. The shared model has no
+/// QUEUED state: a queued job (in a fleet) is read as a RUNNING one and
+/// marked [`JobView::queued`], which shows it as QUEUED.
+pub(crate) fn read_job(mut job: v1::Job) -> Result<JobView, CliError> {
+    let queued = job.state == i32::from(v1::JobState::Queued);
+    if queued {
+        job.state = v1::JobState::Running.into();
+    }
+    let host = Some(std::mem::take(&mut job.host)).filter(|host| !host.is_empty());
+    let info = JobInfo::try_from(job).map_err(|e| {
         CliError::Unexpected(format!(
             "the server sent a job this jobctl cannot read ({}: {}); is jobctl older than the server?",
             e.field,
             render::printable(&e.reason)
         ))
-    })
+    })?;
+    Ok(JobView { info, queued, host })
 }
 
 /// Starts a job; its id.
@@ -471,7 +485,7 @@ async fn start(client: &mut Client, spec: &JobSpecArgs) -> Result<String, CliErr
 /// of `selector`), all pages.
 async fn list_all(
     client: &mut Client,
-    state: Option<JobState>,
+    state: Option<v1::JobState>,
     selector: &std::collections::HashMap<String, String>,
 ) -> Result<Vec<v1::Job>, CliError> {
     let mut jobs = Vec::new();
@@ -479,7 +493,7 @@ async fn list_all(
     for _ in 0..MAX_PAGES {
         let page = client
             .list_jobs(v1::ListJobsRequest {
-                state: state.map(|s| v1::JobState::from(s).into()),
+                state: state.map(i32::from),
                 page_size: PAGE_SIZE,
                 page_token: token.clone(),
                 label_selector: selector.clone(),
@@ -614,10 +628,10 @@ async fn follow(client: &mut Client, id: &str, interrupt: &mut Interrupts) -> Re
         return Ok(interrupted_with);
     }
     note_truncation(&end);
-    if let (Some(StopReason::TimedOut), Some(timeout)) = (end.stop_reason, end.timeout) {
+    if let (Some(StopReason::TimedOut), Some(timeout)) = (end.info.stop_reason, end.info.timeout) {
         eprintln!("jobctl: job {id} was stopped: it timed out after {timeout}");
     }
-    if end.oom_killed {
+    if end.info.oom_killed {
         eprintln!("jobctl: job {id}: the kernel's OOM killer killed a process of the job");
     }
     exit_code_of(&end)
@@ -647,8 +661,11 @@ async fn interrupted(signal: &mut Signal) {
 }
 
 /// The exit code `run` passes on: the job's exit code, 128 + the signal
-/// that killed it, or an error for a job that has neither (FAILED).
-pub fn exit_code_of(job: &JobInfo) -> Result<u8, CliError> {
+/// that killed it, or an error for a job that has neither: one that has
+/// not ended (RUNNING, or QUEUED in a fleet), or one that ended without an
+/// exit status (FAILED).
+pub fn exit_code_of(view: &JobView) -> Result<u8, CliError> {
+    let job = &view.info;
     match job.termination {
         Some(Termination::Exited(code)) => {
             Ok(u8::try_from(code.rem_euclid(256)).unwrap_or(exit::OTHER))
@@ -656,16 +673,23 @@ pub fn exit_code_of(job: &JobInfo) -> Result<u8, CliError> {
         Some(Termination::Signaled(signal)) => {
             Ok(u8::try_from(128 + signal.clamp(0, 127)).unwrap_or(exit::OTHER))
         }
+        None if !view.is_ended() => Err(CliError::Unexpected(format!(
+            "job {id} has not ended: it is {}; `jobctl logs -f {id}` follows it",
+            render::outcome(view),
+            id = job.id
+        ))),
         None => Err(CliError::JobFailed {
             id: job.id.to_string(),
             failure: job.failure.clone().unwrap_or_else(|| {
-                format!("it ended {} without an exit status", render::outcome(job))
+                format!("it ended {} without an exit status", render::outcome(view))
             }),
         }),
     }
 }
 
-fn note_truncation(job: &JobInfo) {
+/// Says on stderr what of the job's output was dropped, if any.
+fn note_truncation(view: &JobView) {
+    let job = &view.info;
     if job.output_truncated_bytes > 0 {
         eprintln!(
             "jobctl: note: {} bytes of job {}'s output were dropped over the server's output cap",
@@ -688,6 +712,7 @@ async fn print_line(text: &str) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jobworker_ipc::JobState;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("jobctl").chain(args.iter().copied()))
@@ -804,28 +829,125 @@ mod tests {
 
     #[test]
     fn exit_codes_of_jobs() {
-        let job = |termination| JobInfo {
-            termination: Some(termination),
-            ..render::tests::job()
+        let job = |termination| {
+            JobView::from(JobInfo {
+                termination: Some(termination),
+                ..render::tests::job()
+            })
         };
         assert_eq!(exit_code_of(&job(Termination::Exited(7))).unwrap(), 7);
         assert_eq!(exit_code_of(&job(Termination::Exited(0))).unwrap(), 0);
         assert_eq!(exit_code_of(&job(Termination::Signaled(15))).unwrap(), 143);
         assert_eq!(exit_code_of(&job(Termination::Signaled(9))).unwrap(), 137);
-        let failed = JobInfo {
+        let failed = JobView::from(JobInfo {
             state: JobState::Failed,
             failure: Some("lost".into()),
             ..render::tests::job()
-        };
+        });
         let err = exit_code_of(&failed).unwrap_err();
         assert_eq!(err.exit_code(), exit::OTHER);
         assert!(err.to_string().contains("lost"));
     }
 
     #[test]
+    fn a_queued_job_has_not_ended_like_a_running_one() {
+        let running = JobView::from(JobInfo {
+            state: JobState::Running,
+            pid: Some(3),
+            ..render::tests::job()
+        });
+        let queued = JobView {
+            queued: true,
+            ..JobView::from(JobInfo {
+                state: JobState::Running,
+                ..render::tests::job()
+            })
+        };
+        for (view, shown) in [(running, "RUNNING (pid 3)"), (queued, "QUEUED")] {
+            assert!(!view.is_ended(), "{view:?}");
+            let err = exit_code_of(&view).unwrap_err();
+            assert!(!matches!(err, CliError::JobFailed { .. }), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "job {id} has not ended: it is {shown}; `jobctl logs -f {id}` follows it",
+                    id = view.info.id
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn placement_fills_the_request() {
+        let cli = parse(&[
+            "run",
+            "--placement",
+            "zone=a,gpu=yes",
+            "--placement",
+            "rack=r-7",
+            "-l",
+            "team=ml",
+            "--",
+            "nvidia-smi",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let request = args.spec.request().unwrap();
+        let placement: std::collections::BTreeMap<_, _> = request.placement.into_iter().collect();
+        assert_eq!(
+            placement,
+            [("gpu", "yes"), ("rack", "r-7"), ("zone", "a")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into()
+        );
+        assert_eq!(request.labels.len(), 1);
+        // None given: any host.
+        let cli = parse(&["start", "true"]).unwrap();
+        let Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        assert!(args.spec.request().unwrap().placement.is_empty());
+        // Checked as the server checks it, and named in the error.
+        for bad in ["zone", "zone=a,zone=b", "gpu_=yes"] {
+            let cli = parse(&["start", "--placement", bad, "--", "true"]).unwrap();
+            let Command::Start(args) = cli.command else {
+                panic!("not start")
+            };
+            let err = args.spec.request().unwrap_err();
+            assert_eq!(err.exit_code(), exit::USAGE, "{bad}");
+            assert!(
+                err.to_string()
+                    .starts_with("--placement: invalid placement"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_filters_by_state_queued_too() {
+        for (name, state) in [
+            ("queued", v1::JobState::Queued),
+            ("running", v1::JobState::Running),
+            ("stopped", v1::JobState::Stopped),
+            ("finished", v1::JobState::Finished),
+            ("failed", v1::JobState::Failed),
+        ] {
+            let cli = parse(&["list", "--state", name]).unwrap();
+            let Command::List(args) = cli.command else {
+                panic!("not list")
+            };
+            assert_eq!(args.state, Some(state), "{name}");
+        }
+    }
+
+    #[test]
     fn a_job_this_jobctl_cannot_read_is_an_error() {
         let job = v1::Job::from(render::tests::job());
-        assert_eq!(read_job(job.clone()).unwrap().owner.to_string(), "alice");
+        let view = read_job(job.clone()).unwrap();
+        assert_eq!(view.info.owner.to_string(), "alice");
+        assert!(!view.queued && view.host.is_none());
         let err = read_job(v1::Job { state: 99, ..job }).unwrap_err();
         assert_eq!(err.exit_code(), exit::OTHER);
         assert_eq!(

@@ -1,12 +1,17 @@
 //! Jobs shown to people and to scripts.
 //!
-//! Both tools show the shared model, the ipc [`JobInfo`]: the debug tool
-//! reads it from the supervisor, `jobctl` converts each gRPC `Job` it
-//! receives into one; so a job looks the same whichever tool shows it.
+//! Both tools show a [`JobView`]: the shared model, the ipc [`JobInfo`],
+//! and what only a fleet's gateway tells of a job (that it is QUEUED, the
+//! host that runs it). The debug tool reads the [`JobInfo`] from the
+//! supervisor (never queued, no host); `jobctl` reads each gRPC `Job` it
+//! receives into a view (its `read_job`); so a job looks the same
+//! whichever tool shows it.
 //!
 //! The JSON form is built field by field, with stable names (the proto's
-//! field names; states in lower case; times in RFC 3339 UTC; absent values
-//! `null`), so scripts do not depend on how the messages are generated:
+//! field names; states in lower case, `queued` included; times in RFC 3339
+//! UTC; absent values `null`; `"host"` only for a job a host of a fleet
+//! runs or ran), so scripts do not depend on how the messages are
+//! generated:
 //!
 //! ```json
 //! {"id": "…", "owner": "alice", "command": "sh", "args": ["-c", "…"],
@@ -20,7 +25,9 @@
 //!  "enforced": {"cpu": false, "memory": false, "io": false, "pids": false},
 //!  "usage": {"cpu_time_usec": 1234, "memory_peak_bytes": null,
 //!            "io_read_bytes": 0, "io_write_bytes": 0},
-//!  "output_bytes": 8, "output_truncated_bytes": 0, "failure": null}
+//!  "output_bytes": 8, "output_truncated_bytes": 0,
+//!  "output_disk_full_bytes": 0, "failure": null, "stop_reason": null,
+//!  "timeout_ms": null, "labels": {"team": "build"}, "host": "node-1"}
 //! ```
 
 use std::fmt::Write as _;
@@ -36,16 +43,76 @@ use tokio::io::AsyncWriteExt;
 use crate::exit::CliError;
 use crate::units::{format_bytes, format_cpu};
 
-/// The `--state` argument of both tools: one of [`JobState::ALL`]'s names.
+/// The name of a fleet's queued state, which the shared model has not.
+pub const QUEUED: &str = "queued";
+
+/// A job as the tools show it: the shared model, and what a fleet's
+/// gateway adds to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    /// The job. A queued job's `state` is RUNNING, which is never shown.
+    pub info: JobInfo,
+    /// In a fleet: the job waits in the fleet's queue for a host with a
+    /// free slot; shown as QUEUED whatever `info.state` says.
+    pub queued: bool,
+    /// In a fleet: the host that runs (or ran) the job.
+    pub host: Option<String>,
+}
+
+impl From<JobInfo> for JobView {
+    /// A job of one host's supervisor: never queued, no host named.
+    fn from(info: JobInfo) -> Self {
+        Self {
+            info,
+            queued: false,
+            host: None,
+        }
+    }
+}
+
+impl JobView {
+    /// The state's name: `queued`, or the job's state's (`running`, ...).
+    pub fn state_name(&self) -> &'static str {
+        if self.queued {
+            QUEUED
+        } else {
+            self.info.state.as_str()
+        }
+    }
+
+    /// Whether the job has ended: a queued one has not even started.
+    pub fn is_ended(&self) -> bool {
+        !self.queued && self.info.state.is_ended()
+    }
+}
+
+/// The debug tool's `--state` argument: one of [`JobState::ALL`]'s names.
 pub fn state_arg() -> impl clap::builder::TypedValueParser<Value = JobState> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(JobState::ALL.map(JobState::as_str))
         .try_map(|name| name.parse::<JobState>())
 }
 
-/// A state's name for people: `RUNNING`, ...
-fn shout(state: JobState) -> String {
-    state.as_str().to_uppercase()
+/// `jobctl list`'s `--state` argument: one of [`JobState::ALL`]'s names
+/// or [`QUEUED`], as the gRPC state it asks for.
+pub fn remote_state_arg() -> impl clap::builder::TypedValueParser<Value = v1::JobState> {
+    use clap::builder::TypedValueParser as _;
+    let names = JobState::ALL
+        .map(JobState::as_str)
+        .into_iter()
+        .chain([QUEUED]);
+    clap::builder::PossibleValuesParser::new(names).try_map(|name| {
+        if name == QUEUED {
+            Ok(v1::JobState::Queued)
+        } else {
+            name.parse::<JobState>().map(v1::JobState::from)
+        }
+    })
+}
+
+/// The job's state's name for people: `RUNNING`, `QUEUED`, ...
+fn shout(job: &JobView) -> String {
+    job.state_name().to_uppercase()
 }
 
 /// A time as the system's clock reads it; `None` past its range.
@@ -74,7 +141,8 @@ fn describe_signal(signal: i32) -> String {
 }
 
 /// The job as one JSON object.
-pub fn to_json(job: &JobInfo) -> Value {
+pub fn to_json(view: &JobView) -> Value {
+    let job = &view.info;
     let (exit_code, signal) = match job.termination {
         Some(Termination::Exited(code)) => (Some(code), None),
         Some(Termination::Signaled(signal)) => (None, Some(signal)),
@@ -83,12 +151,12 @@ pub fn to_json(job: &JobInfo) -> Value {
     let limits = &job.limits;
     let enforced = &job.enforced;
     let usage = &job.usage;
-    json!({
+    let mut value = json!({
         "id": job.id.to_string(),
         "owner": job.owner.to_string(),
         "command": job.command.as_str(),
         "args": job.args.as_slice(),
-        "state": job.state.as_str(),
+        "state": view.state_name(),
         "pid": job.pid,
         "uid": job.uid,
         "gid": job.gid,
@@ -127,13 +195,19 @@ pub fn to_json(job: &JobInfo) -> Value {
         }),
         "timeout_ms": job.timeout.map(TimeoutMs::millis),
         "labels": job.labels.as_map(),
-    })
+    });
+    if let Some(host) = &view.host {
+        value["host"] = json!(host);
+    }
+    value
 }
 
 /// The state and how the job ended, on one line: `FINISHED (exit code
-/// 7)`, `STOPPED (killed by signal 15, SIGTERM)`, `RUNNING (pid 42)`.
-pub fn outcome(job: &JobInfo) -> String {
-    let mut text = shout(job.state);
+/// 7)`, `STOPPED (killed by signal 15, SIGTERM)`, `RUNNING (pid 42)`,
+/// `QUEUED`.
+pub fn outcome(view: &JobView) -> String {
+    let job = &view.info;
+    let mut text = shout(view);
     let mut details = Vec::new();
     if let (Some(StopReason::TimedOut), Some(timeout)) = (job.stop_reason, job.timeout) {
         details.push(format!("timed out after {timeout}"));
@@ -145,7 +219,8 @@ pub fn outcome(job: &JobInfo) -> String {
         }
         None => {}
     }
-    if job.state == JobState::Running
+    if !view.queued
+        && job.state == JobState::Running
         && let Some(pid) = job.pid
     {
         details.push(format!("pid {pid}"));
@@ -168,8 +243,11 @@ pub fn command_line(job: &JobInfo) -> String {
     shell_quote(std::iter::once(&command).chain(job.args.as_slice()))
 }
 
-/// A human-readable summary of everything known about the job.
-pub fn status_text(job: &JobInfo) -> String {
+/// A human-readable summary of everything known about the job. A queued
+/// job's limits say nothing of their enforcement, and it has no usage: no
+/// host runs it yet.
+pub fn status_text(view: &JobView) -> String {
+    let job = &view.info;
     let mut out = String::new();
     let mut line = |label: &str, value: &str| {
         let _ = writeln!(out, "{label:<13}{value}");
@@ -177,7 +255,10 @@ pub fn status_text(job: &JobInfo) -> String {
     line("Job:", &job.id.to_string());
     line("Owner:", &job.owner.to_string());
     line("Command:", &command_line(job));
-    line("State:", &outcome(job));
+    line("State:", &outcome(view));
+    if let Some(host) = &view.host {
+        line("Host:", &printable(host));
+    }
     if let Some(pid) = job.pid {
         line("PID:", &pid.to_string());
     }
@@ -215,6 +296,7 @@ pub fn status_text(job: &JobInfo) -> String {
     let limit = |out: &mut String, label: &str, value: Option<String>, enforced: bool| {
         let text = match value {
             None => "no limit".to_owned(),
+            Some(v) if view.queued => v,
             Some(v) if enforced => format!("{v}, enforced"),
             Some(v) => format!("{v}, not enforced on this host"),
         };
@@ -233,22 +315,24 @@ pub fn status_text(job: &JobInfo) -> String {
     limit(&mut out, "I/O read:", l.io_read_bps().map(rate), e.io);
     limit(&mut out, "I/O write:", l.io_write_bps().map(rate), e.io);
     limit(&mut out, "Tasks:", l.pids().map(|p| p.to_string()), e.pids);
-    out.push_str("Usage:\n");
-    let u = &job.usage;
-    let mut usage = |label: &str, value: String| {
-        let _ = writeln!(out, "  {label:<13}{value}");
-    };
-    usage(
-        "CPU time:",
-        human_duration(Duration::from_micros(u.cpu_usec)),
-    );
-    usage(
-        "Memory peak:",
-        u.memory_peak_bytes
-            .map_or_else(|| "not reported by this host's kernel".into(), format_bytes),
-    );
-    usage("I/O read:", format_bytes(u.io_read_bytes));
-    usage("I/O write:", format_bytes(u.io_write_bytes));
+    if !view.queued {
+        out.push_str("Usage:\n");
+        let u = &job.usage;
+        let mut usage = |label: &str, value: String| {
+            let _ = writeln!(out, "  {label:<13}{value}");
+        };
+        usage(
+            "CPU time:",
+            human_duration(Duration::from_micros(u.cpu_usec)),
+        );
+        usage(
+            "Memory peak:",
+            u.memory_peak_bytes
+                .map_or_else(|| "not reported by this host's kernel".into(), format_bytes),
+        );
+        usage("I/O read:", format_bytes(u.io_read_bytes));
+        usage("I/O write:", format_bytes(u.io_write_bytes));
+    }
     let mut drops = Vec::new();
     if job.output_truncated_bytes > 0 {
         drops.push(format!(
@@ -287,28 +371,34 @@ fn exit_column(job: &JobInfo) -> String {
 }
 
 /// The state, and why a stopped job was stopped if its time limit did it.
-fn state_column(job: &JobInfo) -> String {
-    match job.stop_reason {
-        Some(StopReason::TimedOut) => format!("{} (timed out)", shout(job.state)),
-        _ => shout(job.state),
+fn state_column(view: &JobView) -> String {
+    match view.info.stop_reason {
+        Some(StopReason::TimedOut) => format!("{} (timed out)", shout(view)),
+        _ => shout(view),
     }
 }
 
 /// The jobs as a table, one per line under a header; `no jobs` when empty.
-pub fn list_table(jobs: &[JobInfo]) -> String {
+/// A HOST column follows STATE when some job names its host (in a fleet).
+pub fn list_table(jobs: &[JobView]) -> String {
     const COMMAND_WIDTH: usize = 60;
     if jobs.is_empty() {
         return "no jobs\n".into();
     }
-    let header = [
+    let hosts = jobs.iter().any(|view| view.host.is_some());
+    let mut header = vec![
         "ID", "STATE", "EXIT", "OWNER", "CREATED", "LABELS", "COMMAND",
     ];
-    let rows: Vec<[String; 7]> = jobs
+    if hosts {
+        header.insert(2, "HOST");
+    }
+    let rows: Vec<Vec<String>> = jobs
         .iter()
-        .map(|job| {
-            [
+        .map(|view| {
+            let job = &view.info;
+            let mut row = vec![
                 job.id.to_string(),
-                state_column(job),
+                state_column(view),
                 exit_column(job),
                 job.owner.to_string(),
                 system_time(job.created_at).map_or_else(
@@ -321,10 +411,17 @@ pub fn list_table(jobs: &[JobInfo]) -> String {
                     job.labels.to_string()
                 },
                 abbreviate(command_line(job), COMMAND_WIDTH),
-            ]
+            ];
+            if hosts {
+                row.insert(
+                    2,
+                    view.host.as_deref().map_or_else(|| "-".into(), printable),
+                );
+            }
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|name| name.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -333,7 +430,7 @@ pub fn list_table(jobs: &[JobInfo]) -> String {
     let mut out = String::new();
     let mut push_row = |cells: &[&str]| {
         let last = cells.len() - 1;
-        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, &width)) in cells.iter().zip(&widths).enumerate() {
             if i == last {
                 out.push_str(cell);
             } else {
@@ -344,13 +441,13 @@ pub fn list_table(jobs: &[JobInfo]) -> String {
     };
     push_row(&header);
     for row in &rows {
-        push_row(&row.each_ref().map(String::as_str));
+        push_row(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
 }
 
 /// The jobs as one JSON array.
-pub fn jobs_json(jobs: &[JobInfo]) -> Value {
+pub fn jobs_json(jobs: &[JobView]) -> Value {
     Value::Array(jobs.iter().map(to_json).collect())
 }
 
@@ -601,8 +698,27 @@ pub(crate) mod tests {
     }
 
     /// The job jobctl reads from [`proto_job`].
-    fn read_proto_job() -> JobInfo {
-        JobInfo::try_from(proto_job()).unwrap()
+    fn read_proto_job() -> JobView {
+        crate::jobctl::read_job(proto_job()).unwrap()
+    }
+
+    /// [`proto_job`] as a fleet's gateway sends it while it waits in the
+    /// queue: no host, pid, uid, start, exit, usage or output yet.
+    fn queued_proto_job() -> v1::Job {
+        v1::Job {
+            state: v1::JobState::Queued.into(),
+            pid: None,
+            uid: None,
+            gid: None,
+            exit_code: None,
+            started_at: None,
+            ended_at: None,
+            enforced: None,
+            usage: None,
+            output_bytes: 0,
+            output_truncated_bytes: 0,
+            ..proto_job()
+        }
     }
 
     #[test]
@@ -641,9 +757,10 @@ pub(crate) mod tests {
             ..job()
         };
         assert_eq!(
-            outcome(&job),
+            outcome(&JobView::from(job.clone())),
             "STOPPED (timed out after 30s, killed by signal 15, SIGTERM)"
         );
+        let job = JobView::from(job);
         let text = status_text(&job);
         assert!(text.contains("Time limit:  30s\n"), "{text}");
         assert!(text.contains("Labels:      env=ci,team=build\n"), "{text}");
@@ -655,10 +772,10 @@ pub(crate) mod tests {
         assert_eq!(value["timeout_ms"], 30_000);
         assert_eq!(value["labels"]["team"], "build");
         // A job stopped by a request names no time-out.
-        let requested = JobInfo {
+        let requested = JobView::from(JobInfo {
             stop_reason: Some(StopReason::Requested),
-            ..job
-        };
+            ..job.info
+        });
         assert_eq!(
             outcome(&requested),
             "STOPPED (killed by signal 15, SIGTERM)"
@@ -687,7 +804,8 @@ pub(crate) mod tests {
 
     #[test]
     fn outcomes() {
-        let mut job = read_proto_job();
+        let mut job = read_proto_job().info;
+        let outcome = |job: &JobInfo| outcome(&JobView::from(job.clone()));
         assert_eq!(outcome(&job), "FINISHED (exit code 7)");
         job.termination = Some(Termination::Signaled(15));
         job.state = JobState::Stopped;
@@ -743,6 +861,7 @@ pub(crate) mod tests {
             timeout: None,
             labels: Default::default(),
         };
+        let info = JobView::from(info);
         let json = to_json(&info);
         assert_eq!(json["owner"], "local:root");
         assert_eq!(outcome(&info), "STOPPED (killed by signal 15, SIGTERM)");
@@ -758,10 +877,10 @@ pub(crate) mod tests {
         let job = read_proto_job();
         let table = list_table(&[
             job.clone(),
-            JobInfo {
+            JobView::from(JobInfo {
                 state: JobState::Running,
-                ..job
-            },
+                ..job.info
+            }),
         ]);
         let lines: Vec<_> = table.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -769,6 +888,99 @@ pub(crate) mod tests {
         assert!(lines[1].contains("FINISHED") && lines[1].contains(" 7 "));
         assert!(lines[2].contains("RUNNING"));
         assert!(lines[1].contains("2023-11-14T22:13:20Z"));
+        assert!(!table.contains("HOST"), "no host, no column:\n{table}");
+    }
+
+    #[test]
+    fn a_queued_job_shows_as_queued() {
+        let job = crate::jobctl::read_job(queued_proto_job()).unwrap();
+        assert!(job.queued && !job.is_ended() && job.host.is_none());
+        assert_eq!(outcome(&job), "QUEUED");
+        let text = status_text(&job);
+        for expected in [
+            "State:       QUEUED\n",
+            "Started:     -\n",
+            "  CPU:         500m (0.5 CPU)\n",
+            "  Memory:      256 MiB\n",
+            "  I/O read:    no limit\n",
+            "Output:      0 bytes, none dropped\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
+        for unexpected in ["RUNNING", "Host:", "PID:", "enforced", "Usage:"] {
+            assert!(!text.contains(unexpected), "{unexpected:?} in:\n{text}");
+        }
+        let table = list_table(std::slice::from_ref(&job));
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert!(lines[0].starts_with("ID  ") && !lines[0].contains("HOST"));
+        let row: Vec<_> = lines[1].split_whitespace().collect();
+        assert_eq!(row[..3], [job.info.id.to_string().as_str(), "QUEUED", "-"]);
+        assert!(!table.contains("RUNNING"), "{table}");
+        let value = to_json(&job);
+        assert_eq!(value["state"], "queued");
+        assert_eq!(value["pid"], Value::Null);
+        assert_eq!(value["started_at"], Value::Null);
+        assert!(value.get("host").is_none(), "{value}");
+        assert_eq!(jobs_json(std::slice::from_ref(&job))[0]["state"], "queued");
+    }
+
+    #[test]
+    fn a_fleets_host_shows_when_set() {
+        let placed = crate::jobctl::read_job(v1::Job {
+            host: "node-1".into(),
+            ..proto_job()
+        })
+        .unwrap();
+        assert_eq!(placed.host.as_deref(), Some("node-1"));
+        let text = status_text(&placed);
+        assert!(
+            text.contains("State:       FINISHED (exit code 7)\nHost:        node-1\n"),
+            "{text}"
+        );
+        let value = to_json(&placed);
+        assert_eq!(value["host"], "node-1");
+        assert_eq!(value.as_object().unwrap().len(), 25);
+        // One job with a host brings the column; the others show `-`.
+        let queued = crate::jobctl::read_job(queued_proto_job()).unwrap();
+        let table = list_table(&[placed.clone(), queued.clone()]);
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let header: Vec<_> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "ID", "STATE", "HOST", "EXIT", "OWNER", "CREATED", "LABELS", "COMMAND"
+            ]
+        );
+        let row = |line: &str| {
+            line.split_whitespace()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let id = placed.info.id.to_string();
+        assert_eq!(row(lines[1]), format!("{id} FINISHED node-1 7"));
+        assert_eq!(row(lines[2]), format!("{id} QUEUED - -"));
+        // The columns line up under the header.
+        let at = |line: &str, word: &str| line.find(word).unwrap();
+        assert_eq!(at(lines[0], "HOST"), at(lines[1], "node-1"));
+        assert_eq!(at(lines[0], "EXIT"), at(lines[1], " 7 ") + 1);
+        // A host's name reaches a terminal as text.
+        let hostile = JobView {
+            host: Some("evil\u{1b}[2J".into()),
+            ..queued
+        };
+        assert!(!list_table(std::slice::from_ref(&hostile)).contains('\u{1b}'));
+        assert!(!status_text(&hostile).contains('\u{1b}'));
+    }
+
+    #[test]
+    fn the_debug_tools_jobs_name_no_host_and_no_queue() {
+        let job = JobView::from(job());
+        assert!(!job.queued && job.host.is_none());
+        assert_eq!(job.state_name(), "finished");
+        assert!(to_json(&job).get("host").is_none());
     }
 
     #[test]
@@ -787,11 +999,11 @@ pub(crate) mod tests {
             shell_quote(&hostile),
             "printf $'\\x1b[2J\\x1b]0;owned\\x07' $'a\\nb\\r' $'x\\u202ey\\'z\\\\'"
         );
-        let listed = list_table(&[JobInfo {
+        let listed = list_table(&[JobView::from(JobInfo {
             command: Command::new("sh").unwrap(),
             args: Args::new(hostile.clone()).unwrap(),
             ..job()
-        }]);
+        })]);
         assert!(
             !listed.contains('\u{1b}') && listed.lines().count() == 2,
             "{listed:?}"
@@ -807,11 +1019,11 @@ pub(crate) mod tests {
 
     #[test]
     fn failures_reach_a_terminal_as_text() {
-        let failed = JobInfo {
+        let failed = JobView::from(JobInfo {
             state: JobState::Failed,
             failure: Some("cannot execute \u{1b}[31mx\ny: No such file".into()),
             ..job()
-        };
+        });
         assert_eq!(
             outcome(&failed),
             "FAILED: cannot execute \\u{1b}[31mx\\u{a}y: No such file"

@@ -11,12 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use jobworker_ipc::JobInfo;
 use jobworker_proto::v1;
 use jobworker_proto::v1::output_chunk::Kind;
 
 use crate::client::{Client, is_connection_loss, rpc_error, status_text};
 use crate::exit::CliError;
+use crate::render::JobView;
 
 /// How long a lost stream is retried without a byte of progress before it
 /// is given up.
@@ -30,7 +30,7 @@ pub enum Event {
     /// Output bytes.
     Data(Vec<u8>),
     /// The job's status at the stream's end.
-    End(Box<JobInfo>),
+    End(Box<JobView>),
 }
 
 /// A job's output stream, resumed across lost connections.

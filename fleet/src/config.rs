@@ -35,6 +35,10 @@ pub struct FleetFileConfig {
     /// it is renewed every third of it.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// How long a `StartJob` waits for a host to start the job before it
+    /// answers with the job QUEUED, in milliseconds.
+    #[serde(default = "default_start_wait_ms")]
+    pub start_wait_ms: u64,
 }
 
 impl std::fmt::Debug for FleetFileConfig {
@@ -45,6 +49,7 @@ impl std::fmt::Debug for FleetFileConfig {
             .field("slots", &self.slots)
             .field("labels", &self.labels)
             .field("lease_ms", &self.lease_ms)
+            .field("start_wait_ms", &self.start_wait_ms)
             .finish()
     }
 }
@@ -56,6 +61,15 @@ fn default_slots() -> u32 {
 fn default_lease_ms() -> u64 {
     15_000
 }
+
+/// A host with a free slot starts a job within milliseconds of its
+/// queueing; a second without one means every host is busy.
+fn default_start_wait_ms() -> u64 {
+    1_000
+}
+
+/// The longest `start_wait_ms`.
+pub const MAX_START_WAIT_MS: u64 = 60_000;
 
 /// Fleet mode's settings, checked.
 #[derive(Clone, Debug)]
@@ -71,6 +85,8 @@ pub struct FleetConfig {
     /// How long the host's lease lasts without renewal; it is renewed every
     /// third of it.
     pub lease: Duration,
+    /// How long a `StartJob` waits for a host to start the job.
+    pub start_wait: Duration,
 }
 
 impl FleetConfig {
@@ -103,6 +119,15 @@ impl FleetConfig {
                 ),
             ));
         }
+        if fleet.start_wait_ms > MAX_START_WAIT_MS {
+            return Err((
+                "fleet.start_wait_ms",
+                format!(
+                    "{} is out of range 0..={MAX_START_WAIT_MS}",
+                    fleet.start_wait_ms
+                ),
+            ));
+        }
         let labels = Labels::new("fleet.labels", fleet.labels.clone())
             .map_err(|e| ("fleet.labels", e.reason))?;
         Ok(Self {
@@ -111,6 +136,7 @@ impl FleetConfig {
             slots: fleet.slots,
             labels,
             lease: Duration::from_millis(fleet.lease_ms),
+            start_wait: Duration::from_millis(fleet.start_wait_ms),
         })
     }
 }

@@ -15,11 +15,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Inserts or takes over this host's row with the next generation and a
 /// fresh lease (keeping an operator's drain); returns the generation.
 pub async fn register(client: &Client, config: &FleetConfig) -> Result<i64, DbError> {
-    let labels: Vec<String> = config
-        .labels
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
+    let labels = crate::jobs::pairs(&config.labels);
     let slots = i32::try_from(config.slots).unwrap_or(i32::MAX);
     let row = client
         .query_one(
@@ -159,4 +155,17 @@ fn host(row: &tokio_postgres::Row) -> Host {
             .collect(),
         version: row.get(6),
     }
+}
+
+/// Whether any registered host carries every one of `labels` (whether a
+/// job placed on them can ever run).
+pub async fn any_carries(client: &Client, labels: &jobworker_ipc::Labels) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM jobworker_hosts WHERE labels @> $1)",
+            &[&crate::jobs::pairs(labels)],
+        )
+        .await
+        .map_err(db("looking for a host with the placement's labels"))?;
+    Ok(row.get(0))
 }

@@ -13,8 +13,10 @@ use crate::{DbError, db};
 const MIGRATION_LOCK: i64 = 0x6a6f_6277_6f72_6b72;
 
 /// The migrations, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "hosts", include_str!("migrations/0001_hosts.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "hosts", include_str!("migrations/0001_hosts.sql")),
+    (2, "jobs", include_str!("migrations/0002_jobs.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub fn known_version() -> i32 {

@@ -107,11 +107,40 @@ pub fn grace(period: Option<prost_types::Duration>) -> Result<Option<GraceMs>, I
     GraceMs::new(millis).map(Some)
 }
 
-/// The ipc request of a `ListJobs` request.
-pub fn list_request(request: v1::ListJobsRequest) -> Result<Request, Invalid> {
+/// A `ListJobs` request, checked.
+#[derive(Clone, Debug)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    pub state: Option<v1::JobState>,
+    /// At most this many.
+    pub limit: PageSize,
+    /// After this job.
+    pub after: Option<ListCursor>,
+    /// Only jobs carrying every one of these labels.
+    pub labels: Labels,
+}
+
+/// The ipc request of a `ListJobs` query; `None` for QUEUED jobs, which
+/// one host's supervisor never has.
+pub fn list_request(query: ListQuery) -> Option<Request> {
+    let state = match query.state {
+        Some(v1::JobState::Queued) => return None,
+        Some(state) => JobState::try_from(state).ok(),
+        None => None,
+    };
+    Some(Request::ListJobs {
+        state,
+        limit: query.limit,
+        after: query.after,
+        labels: query.labels,
+    })
+}
+
+/// A `ListJobs` request's fields, checked.
+pub fn list_query(request: v1::ListJobsRequest) -> Result<ListQuery, Invalid> {
     let state = match request.state.map(v1::JobState::try_from) {
         None | Some(Ok(v1::JobState::Unspecified)) => None,
-        Some(Ok(state)) => Some(JobState::try_from(state)?),
+        Some(Ok(state)) => Some(state),
         Some(Err(_)) => {
             return Err(invalid_field(
                 "state",
@@ -126,7 +155,7 @@ pub fn list_request(request: v1::ListJobsRequest) -> Result<Request, Invalid> {
         0 => PageSize::DEFAULT,
         n => PageSize::new(n)?,
     };
-    Ok(Request::ListJobs {
+    Ok(ListQuery {
         state,
         limit,
         after: parse_page_token(&request.page_token)?,
@@ -347,6 +376,7 @@ mod tests {
                 nanos: 500_000,
             }),
             labels: [("team".into(), "build".into())].into(),
+            placement: Default::default(),
         })
         .unwrap();
         assert_eq!(spec.command.as_str(), "/bin/echo");
@@ -407,12 +437,15 @@ mod tests {
 
     #[test]
     fn list_requests() {
-        let request = list_request(v1::ListJobsRequest {
-            state: Some(v1::JobState::Running.into()),
-            page_size: 0,
-            page_token: String::new(),
-            label_selector: [("env".into(), "ci".into())].into(),
-        })
+        let request = list_request(
+            list_query(v1::ListJobsRequest {
+                state: Some(v1::JobState::Running.into()),
+                page_size: 0,
+                page_token: String::new(),
+                label_selector: [("env".into(), "ci".into())].into(),
+            })
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(
             request,
@@ -423,12 +456,15 @@ mod tests {
                 labels: Labels::parse("label_selector", ["env=ci"]).unwrap(),
             }
         );
-        let unspecified = list_request(v1::ListJobsRequest {
-            state: Some(0),
-            page_size: 5,
-            page_token: String::new(),
-            label_selector: Default::default(),
-        })
+        let unspecified = list_request(
+            list_query(v1::ListJobsRequest {
+                state: Some(0),
+                page_size: 5,
+                page_token: String::new(),
+                label_selector: Default::default(),
+            })
+            .unwrap(),
+        )
         .unwrap();
         assert!(
             matches!(unspecified, Request::ListJobs { state: None, limit, .. } if limit.get() == 5)
@@ -456,7 +492,13 @@ mod tests {
                 "label_selector[\"-x\"]",
             ),
         ] {
-            assert_eq!(list_request(request).unwrap_err().field, field);
+            assert_eq!(list_query(request).unwrap_err().field, field);
         }
+        let queued = list_query(v1::ListJobsRequest {
+            state: Some(v1::JobState::Queued.into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(list_request(queued).is_none(), "one host never has one");
     }
 }

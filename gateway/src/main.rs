@@ -142,12 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(async {
-            if let Some(fleet) = config.fleet.clone() {
-                tokio::spawn(jobworker_gateway::fleet::run(fleet));
-            }
-            server::run(config, listeners, tls).await
-        })?;
+        .block_on(server::run(config, listeners, tls))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::listener::{self, AcceptLimits};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{Metrics, endpoint};
@@ -33,9 +34,6 @@ use crate::tls::Reloadable;
 /// How long calls in progress (streams that follow a job, say) may go on
 /// after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The most connections to the fleet's database the gateway's calls hold.
-const FLEET_POOL_SIZE: usize = 8;
 
 /// HTTP/2 keepalive pings, so that a vanished client's streams end.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -156,8 +154,8 @@ pub async fn run(
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     let fleet = config
         .fleet
-        .as_ref()
-        .map(|fleet| jobworker_fleet::pool(&fleet.database, FLEET_POOL_SIZE))
+        .clone()
+        .map(|fleet| Fleet::start(fleet, Arc::clone(&supervisor)))
         .transpose()?;
     let jobs = JobServiceServer::new(JobService::new(supervisor, stopping_seen, fleet))
         .max_decoding_message_size(max_request);

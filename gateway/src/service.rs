@@ -25,6 +25,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::fleet::Fleet;
+use crate::fleet::calls::{Place, Shown};
 use crate::listener::ConnInfo;
 use crate::supervisor::{OutputStream, StreamSlots, Supervisor, SupervisorError};
 
@@ -43,18 +45,18 @@ pub struct JobService {
     supervisor: Arc<Supervisor>,
     /// Turns true when the gateway stops: output streams end then.
     stopping: watch::Receiver<bool>,
-    /// The fleet's database, in fleet mode.
-    fleet: Option<jobworker_fleet::Pool>,
+    /// Fleet mode's state, in fleet mode.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl JobService {
     /// The service, forwarding to `supervisor`; its output streams end when
-    /// `stopping` turns true. In fleet mode, `fleet` reaches the fleet's
-    /// database.
+    /// `stopping` turns true. In fleet mode, `fleet` serves the calls over
+    /// the fleet.
     pub fn new(
         supervisor: Arc<Supervisor>,
         stopping: watch::Receiver<bool>,
-        fleet: Option<jobworker_fleet::Pool>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Self {
         Self {
             supervisor,
@@ -65,22 +67,12 @@ impl JobService {
 
     /// The fleet's hosts, from its database.
     async fn hosts(&self) -> Result<v1::ListHostsResponse, Status> {
-        let Some(pool) = &self.fleet else {
+        let Some(fleet) = &self.fleet else {
             return Err(Status::failed_precondition(
                 "this gateway is in no fleet: its configuration has no [fleet] table",
             ));
         };
-        let unavailable = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "fleet: listing the hosts");
-            Status::unavailable("the fleet's database is unreachable; try again later")
-        };
-        let client = pool.get().await.map_err(|e| unavailable(&e))?;
-        let hosts = jobworker_fleet::hosts::list(&client)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(v1::ListHostsResponse {
-            hosts: hosts.into_iter().map(convert::host).collect(),
-        })
+        fleet.list_hosts().await
     }
 
     /// One call that answers with one job.
@@ -95,15 +87,32 @@ impl JobService {
     async fn start(
         &self,
         identity: &Identity,
-        request: v1::StartJobRequest,
+        mut request: v1::StartJobRequest,
     ) -> Result<(v1::StartJobResponse, JobId), Status> {
+        let placement = std::mem::take(&mut request.placement);
+        let placement = jobworker_ipc::Labels::new("placement", placement.into_iter().collect())
+            .map_err(convert::invalid)?;
         let spec = convert::job_spec(request).map_err(convert::invalid)?;
-        let info = self.job_call(identity, IpcRequest::StartJob(spec)).await?;
+        let job = match &self.fleet {
+            Some(fleet) => fleet.start_job(identity, spec, placement).await?,
+            None if !placement.is_empty() => {
+                return Err(convert::invalid(jobworker_ipc::Invalid {
+                    field: "placement".into(),
+                    reason: "this gateway is in no fleet: its host runs every job it starts".into(),
+                }));
+            }
+            None => self
+                .job_call(identity, IpcRequest::StartJob(spec))
+                .await?
+                .into(),
+        };
+        let id = convert::job_id(&job.id).map_err(convert::invalid)?;
         Ok((
             v1::StartJobResponse {
-                job_id: info.id.to_string(),
+                job_id: job.id.clone(),
+                job: Some(job),
             },
-            info.id,
+            id,
         ))
     }
 
@@ -114,6 +123,11 @@ impl JobService {
         grace_period: Option<prost_types::Duration>,
     ) -> Result<v1::StopJobResponse, Status> {
         let grace = convert::grace(grace_period).map_err(convert::invalid)?;
+        if let Some(fleet) = &self.fleet {
+            return Ok(v1::StopJobResponse {
+                job: Some(fleet.stop_job(identity, job, grace).await?),
+            });
+        }
         let info = self
             .job_call(identity, IpcRequest::StopJob { job, grace })
             .await?;
@@ -127,7 +141,14 @@ impl JobService {
         identity: &Identity,
         request: v1::ListJobsRequest,
     ) -> Result<v1::ListJobsResponse, Status> {
-        let request = convert::list_request(request).map_err(convert::invalid)?;
+        let query = convert::list_query(request).map_err(convert::invalid)?;
+        if let Some(fleet) = &self.fleet {
+            return fleet.list_jobs(identity, query).await;
+        }
+        let Some(request) = convert::list_request(query) else {
+            // No job of one host is ever queued.
+            return Ok(v1::ListJobsResponse::default());
+        };
         match self.supervisor.call(identity, request).await? {
             Ipc::Jobs { jobs, next } => Ok(v1::ListJobsResponse {
                 jobs: jobs.into_iter().map(v1::Job::from).collect(),
@@ -138,6 +159,16 @@ impl JobService {
         }
     }
 
+    async fn get(&self, identity: &Identity, job: JobId) -> Result<v1::Job, Status> {
+        match &self.fleet {
+            Some(fleet) => fleet.get_job(identity, job).await,
+            None => self
+                .job_call(identity, IpcRequest::GetJob { job })
+                .await
+                .map(v1::Job::from),
+        }
+    }
+
     async fn stream(
         &self,
         identity: &Identity,
@@ -145,6 +176,26 @@ impl JobService {
         offset: u64,
         follow: bool,
     ) -> Result<OutputChunks, Status> {
+        let (job, shown) = match &self.fleet {
+            None => (job, None),
+            Some(fleet) => match fleet
+                .locate(identity, job, follow, self.stopping.clone())
+                .await?
+            {
+                Place::Here { local, shown } => (local, Some(shown)),
+                Place::Queued(job) => {
+                    let end = v1::OutputChunk {
+                        kind: Some(v1::output_chunk::Kind::End(*job)),
+                    };
+                    return Ok(Box::pin(futures::stream::iter([Ok(end)])));
+                }
+                Place::Elsewhere { host } => {
+                    return Err(Status::failed_precondition(format!(
+                        "the job runs on host {host}: ask that host's gateway"
+                    )));
+                }
+            },
+        };
         let request = IpcRequest::StreamOutput {
             job,
             offset,
@@ -157,6 +208,7 @@ impl JobService {
             job,
             offset,
             follow,
+            shown,
             state: Some(Held::Open(stream)),
         };
         Ok(Box::pin(chunks(resuming, self.stopping.clone())))
@@ -171,6 +223,9 @@ struct Resuming {
     follow: bool,
     /// The offset of the next byte to send.
     offset: u64,
+    /// In fleet mode, how callers see the job (its final status is shown
+    /// so).
+    shown: Option<Shown>,
     /// The supervisor's stream, or the slots it held while it is resumed.
     state: Option<Held>,
 }
@@ -274,12 +329,18 @@ fn chunks(
                 }),
                 true,
             ),
-            Ok(Some(StreamFrame::End(info))) => (
-                Ok(v1::OutputChunk {
-                    kind: Some(v1::output_chunk::Kind::End((*info).into())),
-                }),
-                false,
-            ),
+            Ok(Some(StreamFrame::End(info))) => {
+                let job = match &stream.shown {
+                    Some(shown) => shown.job(*info),
+                    None => (*info).into(),
+                };
+                (
+                    Ok(v1::OutputChunk {
+                        kind: Some(v1::output_chunk::Kind::End(job)),
+                    }),
+                    false,
+                )
+            }
             Ok(Some(StreamFrame::Error(e))) => (Err(convert::status_of(&e)), false),
             Ok(None) => return None,
             Err(e) => (Err(Status::from(e)), false),
@@ -410,10 +471,7 @@ impl v1::job_service_server::JobService for JobService {
         let caller = Caller::of(&request, "GetJob", Action::Get)?;
         match convert::job_id(&request.get_ref().job_id) {
             Ok(job) => {
-                let result = self
-                    .job_call(&caller.identity, IpcRequest::GetJob { job })
-                    .await
-                    .map(v1::Job::from);
+                let result = self.get(&caller.identity, job).await;
                 caller.finish(Some(job), result)
             }
             Err(e) => caller.finish(None, Err(convert::invalid(e))),

@@ -310,6 +310,36 @@ impl Supervisor {
         }
     }
 
+    /// Waits on a connection of its own (outside the limits of the callers'
+    /// streams: the fleet's agent follows each job it started) until `job`
+    /// ends, and returns how it ended, or the supervisor's refusal. It
+    /// follows the job from past the end of any output, so no output byte
+    /// is sent.
+    pub async fn await_end(
+        &self,
+        identity: &Identity,
+        job: jobworker_ipc::JobId,
+    ) -> Result<Result<jobworker_ipc::JobInfo, jobworker_ipc::IpcError>, SupervisorError> {
+        let request = Request::StreamOutput {
+            job,
+            offset: i64::MAX.unsigned_abs(),
+            follow: true,
+        };
+        let mut stream = self.connect().await?.stream_as(identity, request).await?;
+        loop {
+            match stream.next().await? {
+                Some(StreamFrame::Output { .. }) => {}
+                Some(StreamFrame::End(info)) => return Ok(Ok(*info)),
+                Some(StreamFrame::Error(e)) => return Ok(Err(e)),
+                None => {
+                    return Err(SupervisorError::Lost {
+                        reason: "the stream ended without the job's end".into(),
+                    });
+                }
+            }
+        }
+    }
+
     /// A new connection, handshake done. A failure is logged here with the
     /// details (the socket's path among them) that the caller's error leaves
     /// out.

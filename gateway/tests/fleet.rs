@@ -2,7 +2,10 @@
 //! socket): the gateway's agent applies the schema once, registers its host
 //! with a generation, renews the lease on the database's clock, registers
 //! again with a new generation when fenced or restarted, and rides out the
-//! database going away while the host serves as before.
+//! database going away while the host's jobs run on. Jobs go through the
+//! fleet's queue to hosts (each a real supervisor and gateway) with free
+//! slots, in order, idempotently, visible from every gateway with the same
+//! roles and ownership as on one host.
 #![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
 
 #[allow(
@@ -15,15 +18,24 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Gateway, Pki, Supervisor, output, start_job};
+use common::{Gateway, Pki, Supervisor, get, output, start_job, wait_ended};
 use jobworker_proto::v1;
+use jobworker_proto::v1::job_service_client::JobServiceClient;
 use jobworker_tests::fixture::Postgres;
+use jobworker_tests::fixture::gateway::start_request;
+use tonic::transport::Channel;
 
 /// A `[fleet]` table for host `host` with a lease of `lease_ms`.
 fn fleet(pg: &Postgres, host: &str, lease_ms: u64) -> String {
+    fleet_in(pg, host, lease_ms, "a")
+}
+
+/// A `[fleet]` table for host `host` in zone `zone`: 2 slots, and
+/// `StartJob` waits at most 2 s for a start.
+fn fleet_in(pg: &Postgres, host: &str, lease_ms: u64, zone: &str) -> String {
     format!(
         "[fleet]\ndatabase_url = {:?}\nhost_id = {host:?}\nslots = 2\nlease_ms = {lease_ms}\n\
-         labels = {{ zone = \"a\" }}\n",
+         start_wait_ms = 500\nlabels = {{ zone = {zone:?} }}\n",
         pg.url()
     )
 }
@@ -53,6 +65,27 @@ impl Bed {
             &fleet(&self.pg, host, lease_ms),
         )
     }
+
+    /// A whole host: its own supervisor, and a gateway in fleet mode as
+    /// host `host` in zone `zone`.
+    fn whole_host(&self, host: &str, zone: &str) -> Host {
+        let supervisor = Supervisor::start();
+        let gateway = Gateway::start(
+            &self.pki,
+            &supervisor.socket,
+            &fleet_in(&self.pg, host, 3000, zone),
+        );
+        Host {
+            gateway,
+            supervisor,
+        }
+    }
+}
+
+/// A host of the fleet: a supervisor and its gateway.
+struct Host {
+    gateway: Gateway,
+    supervisor: Supervisor,
 }
 
 /// A connection of the test's own to the database.
@@ -64,7 +97,7 @@ async fn connect(pg: &Postgres) -> tokio_postgres::Client {
 
 /// A host's row as the database holds it.
 #[derive(Debug, PartialEq)]
-struct Host {
+struct HostRow {
     generation: i64,
     lease_held: bool,
     lease_until: SystemTime,
@@ -73,7 +106,7 @@ struct Host {
     version: String,
 }
 
-async fn host(db: &tokio_postgres::Client, id: &str) -> Option<Host> {
+async fn host(db: &tokio_postgres::Client, id: &str) -> Option<HostRow> {
     let row = db
         .query_opt(
             "SELECT generation, lease_until > now(), lease_until, slots, labels, version
@@ -86,7 +119,7 @@ async fn host(db: &tokio_postgres::Client, id: &str) -> Option<Host> {
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
         other => other.unwrap(),
     }?;
-    Some(Host {
+    Some(HostRow {
         generation: row.get(0),
         lease_held: row.get(1),
         lease_until: row.get(2),
@@ -112,7 +145,7 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
 }
 
 /// Waits until host `id` holds its lease with generation `generation`.
-async fn registered(db: &tokio_postgres::Client, id: &str, generation: i64) -> Host {
+async fn registered(db: &tokio_postgres::Client, id: &str, generation: i64) -> HostRow {
     eventually(
         &format!("{id} registered with generation {generation}"),
         || async {
@@ -172,7 +205,7 @@ async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,7 +224,11 @@ async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generat
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1, "each migration applied once");
+    assert_eq!(
+        usize::try_from(applied).unwrap(),
+        jobworker_fleet::schema::MIGRATIONS.len(),
+        "each migration applied once"
+    );
 
     gateways[1].restart().unwrap();
     registered(&db, "h2", 2).await;
@@ -199,27 +236,332 @@ async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generat
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_the_database_the_host_serves_and_registers_again_when_it_returns() {
+async fn without_the_database_jobs_run_on_starts_are_unavailable_and_all_catches_up() {
     let bed = Bed::new();
-    let gateway = bed.host("h1", 3000);
+    let h1 = bed.whole_host("h1", "a");
     {
         let db = connect(&bed.pg).await;
         registered(&db, "h1", 1).await;
     }
+    let mut alice = h1.gateway.client(&bed.pki, "alice").await;
+    let job = start_job(&mut alice, "sh", &["-c", "sleep 2; echo outlived"]).await;
+    assert_eq!(
+        get(&mut alice, &job).await.unwrap().state(),
+        v1::JobState::Running
+    );
 
     bed.pg.stop().unwrap();
-    gateway.wait_log("the database is unreachable", 1);
-    let mut alice = gateway.client(&bed.pki, "alice").await;
-    let job = start_job(&mut alice, "sh", &["-c", "echo still serving"]).await;
-    let (bytes, end) = output(&mut alice, &job).await.unwrap();
-    assert_eq!(bytes, b"still serving\n");
-    assert_eq!(end.state(), v1::JobState::Finished);
-    // Longer than the lease: it has run out by the time the database is back.
+    h1.gateway.wait_log("the database is unreachable", 1);
+    for status in [
+        alice
+            .start_job(start_request("true", &[]))
+            .await
+            .unwrap_err(),
+        get(&mut alice, &job).await.unwrap_err(),
+    ] {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("database is unreachable"),
+            "{status:?}"
+        );
+    }
+    // Longer than the job and the lease: both have run out by the time the
+    // database is back.
     tokio::time::sleep(Duration::from_millis(3200)).await;
 
     bed.pg.restart().unwrap();
     let db = connect(&bed.pg).await;
     registered(&db, "h1", 2).await;
+    // The job ran to its end untouched, and its row caught up.
+    let ended = wait_ended(&mut alice, &job).await;
+    assert_eq!(ended.state(), v1::JobState::Finished, "{ended:?}");
+    assert_eq!(ended.host, "h1");
+    let (bytes, _) = output(&mut alice, &job).await.unwrap();
+    assert_eq!(bytes, b"outlived\n");
+    let again = start_job(&mut alice, "true", &[]).await;
+    assert_eq!(
+        wait_ended(&mut alice, &again).await.state(),
+        v1::JobState::Finished
+    );
+}
+
+/// Starts `sh -c script` for `client`, as the API answers.
+async fn start_sh(client: &mut JobServiceClient<Channel>, script: &str) -> v1::StartJobResponse {
+    client
+        .start_job(start_request("sh", &["-c", script]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_wait_for_a_free_slot_in_order_and_a_stopped_queued_job_never_runs() {
+    let bed = Bed::new();
+    let hosts = [bed.whole_host("h1", "a"), bed.whole_host("h2", "a")];
+    let db = connect(&bed.pg).await;
+    registered(&db, "h1", 1).await;
+    registered(&db, "h2", 1).await;
+    let mut alice = hosts[0].gateway.client(&bed.pki, "alice").await;
+
+    // Two hosts of two slots: four jobs run (ending half a second apart),
+    // the next three wait in the queue.
+    let mut running = Vec::new();
+    for i in 0..4 {
+        let started = start_sh(&mut alice, &format!("sleep {}", 2.0 + f64::from(i) * 0.5)).await;
+        let job = started.job.unwrap();
+        assert_eq!(job.state(), v1::JobState::Running, "{job:?}");
+        running.push(job);
+    }
+    let mut on = running
+        .iter()
+        .map(|job| job.host.as_str())
+        .collect::<Vec<_>>();
+    on.sort_unstable();
+    assert_eq!(on, ["h1", "h1", "h2", "h2"], "each host fills its slots");
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let job = start_sh(&mut alice, "echo ran").await.job.unwrap();
+        assert_eq!(job.state(), v1::JobState::Queued, "{job:?}");
+        assert_eq!(job.host, "");
+        queued.push(job.id);
+    }
+    let listed = alice
+        .list_jobs(v1::ListJobsRequest {
+            state: Some(v1::JobState::Queued.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+
+    // Stopping a queued job takes it off the queue: it never runs.
+    let stopped = alice
+        .stop_job(v1::StopJobRequest {
+            job_id: queued[1].clone(),
+            grace_period: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(stopped.state(), v1::JobState::Stopped);
+    assert_eq!(stopped.stop_reason(), v1::StopReason::Requested);
+
+    // The others start as slots come free, oldest first, and all end.
+    for job in running
+        .iter()
+        .map(|job| job.id.clone())
+        .chain([queued[0].clone(), queued[2].clone()])
+    {
+        let ended = wait_ended(&mut alice, &job).await;
+        assert_eq!(ended.state(), v1::JobState::Finished, "{ended:?}");
+    }
+    let first = get(&mut alice, &queued[0]).await.unwrap();
+    let third = get(&mut alice, &queued[2]).await.unwrap();
+    let started = |job: &v1::Job| {
+        let at = job.started_at.unwrap();
+        (at.seconds, at.nanos)
+    };
+    assert!(started(&first) < started(&third), "{first:?} {third:?}");
+    // Its output is read through the gateway of the host it ran on.
+    let host = if third.host == "h1" {
+        &hosts[0]
+    } else {
+        &hosts[1]
+    };
+    let mut there = host.gateway.client(&bed.pki, "alice").await;
+    let (bytes, _) = output(&mut there, &queued[2]).await.unwrap();
+    assert_eq!(bytes, b"ran\n");
+    let never = get(&mut alice, &queued[1]).await.unwrap();
+    assert_eq!(never.state(), v1::JobState::Stopped);
+    assert_eq!(
+        (never.host.as_str(), never.pid, never.started_at),
+        ("", None, None)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
+    let bed = Bed::new();
+    let hosts = [bed.whole_host("h1", "a"), bed.whole_host("h2", "b")];
+    let db = connect(&bed.pg).await;
+    registered(&db, "h1", 1).await;
+    registered(&db, "h2", 1).await;
+    let mut alice1 = hosts[0].gateway.client(&bed.pki, "alice").await;
+    let mut alice2 = hosts[1].gateway.client(&bed.pki, "alice").await;
+
+    // The same request id through both gateways at once: one job.
+    let request = v1::StartJobRequest {
+        request_id: Some("r-1".into()),
+        ..start_request("sleep", &["30"])
+    };
+    let (first, second) = tokio::join!(
+        alice1.start_job(request.clone()),
+        alice2.start_job(request.clone())
+    );
+    let (first, second) = (first.unwrap().into_inner(), second.unwrap().into_inner());
+    assert_eq!(first.job_id, second.job_id);
+    let rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM jobworker_jobs WHERE request_id = 'r-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    let sleeper = first.job_id;
+
+    // A placement runs the job on a host that carries its labels, whatever
+    // gateway queued it; its output is read where it runs.
+    let placed = alice1
+        .start_job(v1::StartJobRequest {
+            placement: [("zone".into(), "b".into())].into(),
+            ..start_request("sh", &["-c", "echo placed"])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(placed.job.unwrap().host, "h2");
+    let (bytes, end) = output(&mut alice2, &placed.job_id).await.unwrap();
+    assert_eq!(bytes, b"placed\n");
+    assert_eq!(
+        (end.id.as_str(), end.host.as_str()),
+        (placed.job_id.as_str(), "h2")
+    );
+    assert_eq!(end.state(), v1::JobState::Finished);
+    let seen = wait_ended(&mut alice1, &placed.job_id).await;
+    assert_eq!(
+        (seen.state(), seen.host.as_str()),
+        (v1::JobState::Finished, "h2")
+    );
+    let status = alice1
+        .start_job(v1::StartJobRequest {
+            placement: [("zone".into(), "c".into())].into(),
+            ..start_request("true", &[])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("no host"), "{status:?}");
+
+    // A command its host's supervisor refuses fails the start as on one
+    // host.
+    let status = alice2
+        .start_job(start_request("/no/such/command", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("/no/such/command"), "{status:?}");
+
+    // Bob sees nothing of Alice's, through either gateway; readers and
+    // admins see everything, readers stop nothing.
+    for gateway in [&hosts[0].gateway, &hosts[1].gateway] {
+        let mut bob = gateway.client(&bed.pki, "bob").await;
+        let status = get(&mut bob, &sleeper).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        let status = bob
+            .stop_job(v1::StopJobRequest {
+                job_id: sleeper.clone(),
+                grace_period: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        let listed = bob
+            .list_jobs(v1::ListJobsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        assert!(listed.is_empty(), "{listed:?}");
+        for who in ["rita", "admin"] {
+            let mut client = gateway.client(&bed.pki, who).await;
+            let listed = client
+                .list_jobs(v1::ListJobsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .jobs;
+            assert_eq!(listed.len(), 3, "{who}: {listed:?}");
+        }
+        let mut rita = gateway.client(&bed.pki, "rita").await;
+        let status = rita
+            .stop_job(v1::StopJobRequest {
+                job_id: sleeper.clone(),
+                grace_period: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+
+    // Paging covers the whole fleet.
+    let mut admin = hosts[1].gateway.client(&bed.pki, "admin").await;
+    let page = admin
+        .list_jobs(v1::ListJobsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.jobs.len(), 2);
+    let rest = admin
+        .list_jobs(v1::ListJobsRequest {
+            page_size: 2,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.jobs.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+
+    // The owner stops it where it runs, through the gateway of its host.
+    let on = get(&mut alice1, &sleeper).await.unwrap().host;
+    let mut owner = if on == "h1" { alice1 } else { alice2 };
+    let stopped = owner
+        .stop_job(v1::StopJobRequest {
+            job_id: sleeper.clone(),
+            grace_period: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (stopped.state(), stopped.host.as_str()),
+        (v1::JobState::Stopped, on.as_str())
+    );
+    assert_eq!(stopped.id, sleeper);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_ends_while_its_gateway_is_down_is_recorded_when_it_is_back() {
+    let bed = Bed::new();
+    let mut h1 = bed.whole_host("h1", "a");
+    let db = connect(&bed.pg).await;
+    registered(&db, "h1", 1).await;
+    let mut alice = h1.gateway.client(&bed.pki, "alice").await;
+    let job = start_job(&mut alice, "sh", &["-c", "sleep 1; echo late"]).await;
+    h1.gateway.restart().unwrap();
+    // And its supervisor is killed and started again while another runs.
+    let mut alice = h1.gateway.client(&bed.pki, "alice").await;
+    let other = start_job(&mut alice, "sh", &["-c", "sleep 1; echo later"]).await;
+    h1.supervisor.kill9();
+    h1.supervisor.spawn();
+    for (job, text) in [(&job, "late\n"), (&other, "later\n")] {
+        let ended = wait_ended(&mut alice, job).await;
+        assert_eq!(ended.state(), v1::JobState::Finished, "{ended:?}");
+        let (bytes, _) = output(&mut alice, job).await.unwrap();
+        assert_eq!(bytes, text.as_bytes());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,6 +92,16 @@ impl JobId {
         Self(uuid::Uuid::new_v4())
     }
 
+    /// The id of a UUID (one a database holds, say).
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+
+    /// The UUID.
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+
     /// The first 12 hex digits: short enough for a hostname, long enough to
     /// tell jobs apart at a glance.
     pub fn short(&self) -> String {

@@ -34,6 +34,10 @@ impl TryFrom<v1::JobState> for JobState {
             v1::JobState::Finished => Ok(Self::Finished),
             v1::JobState::Failed => Ok(Self::Failed),
             v1::JobState::Unspecified => Err(invalid("state", "is unspecified")),
+            v1::JobState::Queued => Err(invalid(
+                "state",
+                "QUEUED is a fleet's state, which no job of one host's supervisor has",
+            )),
         }
     }
 }
@@ -113,6 +117,7 @@ impl From<JobInfo> for v1::Job {
             .into(),
             timeout: info.timeout.map(|t| duration(t.duration())),
             labels: info.labels.as_map().clone().into_iter().collect(),
+            host: String::new(),
         }
     }
 }

@@ -212,6 +212,7 @@ fn lists_drains_and_undrains_the_fleets_hosts() {
         slots: 3,
         labels: [("zone".to_owned(), "a".to_owned())].into(),
         lease_ms: 60_000,
+        start_wait_ms: 1_000,
     };
     let host = jobworker_fleet::FleetConfig::resolve(&file).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -313,7 +313,7 @@ pub async fn wait_ended(client: &mut JobServiceClient<Channel>, job: &str) -> v1
     let start = Instant::now();
     loop {
         let info = get(client, job).await.unwrap();
-        if info.state() != v1::JobState::Running {
+        if !matches!(info.state(), v1::JobState::Running | v1::JobState::Queued) {
             return info;
         }
         assert!(

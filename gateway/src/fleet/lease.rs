@@ -1,16 +1,22 @@
-//! Fleet mode's agent (opt-in: the `[fleet]` table): it keeps this host's
-//! row in `jobworker_hosts` (through `jobworker_fleet`). It connects (again and again, with a growing pause,
-//! while PostgreSQL is away; the host meanwhile serves as before), applies
-//! the migrations, registers the host with a new generation, and renews the
-//! lease every third of its length on the database's clock. A renewal that
+//! This host's row in `jobworker_hosts` and its lease. The session
+//! connects (again and again, with a growing pause, while PostgreSQL is
+//! away; the host meanwhile serves as before), applies the migrations,
+//! `LISTEN`s to the jobs' channel (its notices go to every waiter through
+//! [`Fleet`]), registers the host with a new generation (published as the
+//! [`Fence`] the agent claims and reports with), and renews the lease every
+//! third of its length on the database's clock. A renewal that
 //! finds the lease run out (the host was cut off or stopped for longer than
 //! the lease) or the generation moved on (another registration of the same
 //! `host_id`) changes nothing: the agent registers again, with a new
 //! generation, so that whatever the old one wrote can be told apart.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jobworker_fleet::jobs::{self, Fence};
 use jobworker_fleet::{DbError, FleetConfig, hosts, schema};
+
+use super::{Fleet, Notice};
 
 /// The first pause after a failed session, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -20,15 +26,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// not make them faster).
 const DB_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the agent for the life of the gateway.
-pub async fn run(config: FleetConfig) {
+/// Keeps the lease for the life of the gateway.
+pub async fn run(fleet: Arc<Fleet>) {
+    let config = &fleet.config;
     let mut backoff = MIN_BACKOFF;
     // The generation this host holds, kept across lost connections: a
     // lease that still holds is renewed, not taken again.
     let mut held = None;
     loop {
         let began = Instant::now();
-        let Err(e) = session(&config, &mut held).await;
+        let Err(e) = session(&fleet, &mut held).await;
         if began.elapsed() > config.lease {
             backoff = MIN_BACKOFF;
         }
@@ -67,22 +74,38 @@ async fn bounded<T>(
     }
 }
 
-/// One connection's life: migrate, renew the generation still held or
-/// register, and renew every third of the lease until something fails.
+/// One connection's life: migrate, listen, renew the generation still held
+/// or register, and renew every third of the lease until something fails.
 async fn session(
-    config: &FleetConfig,
+    fleet: &Fleet,
     held: &mut Option<i64>,
 ) -> Result<std::convert::Infallible, SessionError> {
+    let config: &FleetConfig = &fleet.config;
     // Each step must end well within the lease (it is renewed every third).
     let limit = config.lease / 3;
     let setup = DB_SETUP_TIMEOUT.max(limit);
-    let mut client = bounded(
+    let (mut client, mut notifications) = bounded(
         "connecting to PostgreSQL",
         setup,
-        jobworker_fleet::connect(&config.database),
+        jobworker_fleet::connect_listening(&config.database),
     )
     .await?;
     let schema = bounded("migrating the schema", setup, schema::migrate(&mut client)).await?;
+    bounded(
+        "listening to the jobs' channel",
+        limit,
+        jobs::listen(&client),
+    )
+    .await?;
+    let notices = fleet.notices.clone();
+    tokio::spawn(async move {
+        while let Some((_, payload)) = notifications.recv().await {
+            if let Some(notice) = Notice::of(&payload) {
+                // No receiver: nobody waits now.
+                let _ = notices.send(notice);
+            }
+        }
+    });
     if schema > schema::known_version() {
         tracing::info!(
             schema,
@@ -118,6 +141,10 @@ async fn session(
             }
         };
         *held = Some(generation);
+        fleet.fence.send_replace(Some(Fence {
+            host: config.host_id.clone(),
+            generation,
+        }));
         loop {
             tokio::time::sleep(limit).await;
             if bounded(
@@ -130,6 +157,7 @@ async fn session(
                 continue;
             }
             *held = None;
+            fleet.fence.send_replace(None);
             let current = bounded(
                 "reading the host's row",
                 limit,

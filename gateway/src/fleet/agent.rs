@@ -1,0 +1,242 @@
+//! The agent: while this host holds its lease (and is not drained), it
+//! claims the oldest queued jobs it may run for its free slots, when a job
+//! is queued (a notice), when one of its jobs ends, and every [`TICK`]. It
+//! starts each on the local supervisor under the owner's identity, with
+//! the job's fleet id as the request id, so that starting it again (after
+//! any outage) finds the job it started instead of running it twice. It
+//! follows each started job to its end and records it. A supervisor that
+//! cannot be reached gets no claim, and a job claimed meanwhile goes back to
+//! the queue.
+//!
+//! After each registration, and every [`RECONCILE_EVERY`] ticks, it
+//! reconciles: it takes its jobs over into the current generation, starts
+//! again those left starting (idempotent, as above) and follows those
+//! running that it does not follow yet (after its own restart, say). The
+//! supervisor's records are the host's truth; the database catches up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobworker_fleet::jobs::{self, Fence, Job, State};
+use jobworker_ipc::{Identity, IpcError, JobId, JobInfo, JobState, Request, RequestId, Response};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Fleet, Notice};
+use crate::supervisor::SupervisorError;
+
+/// How often the agent looks for work without being told.
+const TICK: Duration = Duration::from_secs(1);
+/// Reconcile every this many ticks.
+const RECONCILE_EVERY: u32 = 5;
+/// The first and the longest pause between attempts to follow a job whose
+/// supervisor went away.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// Why a round of the agent failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// No pooled connection.
+    #[error("connecting to the fleet's database: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] jobworker_fleet::DbError),
+}
+
+/// Runs the agent for the life of the gateway.
+pub async fn run(fleet: Arc<Fleet>) {
+    let mut fences = fleet.fence.subscribe();
+    let mut notices = fleet.notices.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0_u32;
+    let mut reconciled = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(RECONCILE_EVERY) {
+                    reconciled = None;
+                }
+            }
+            notice = notices.recv() => match notice {
+                Ok(Notice::Queued) | Err(RecvError::Lagged(_)) => {}
+                Ok(Notice::Changed(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            changed = fences.changed() => if changed.is_err() {
+                return;
+            },
+            () = fleet.wake.notified() => {}
+        }
+        let Some(fence) = fleet.fence() else {
+            continue;
+        };
+        if reconciled != Some(fence.generation) {
+            match reconcile(&fleet, &fence).await {
+                Ok(()) => reconciled = Some(fence.generation),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fleet: reconciling this host's jobs");
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = claim(&fleet, &fence).await {
+            tracing::warn!(error = %e, "fleet: claiming queued jobs");
+        }
+    }
+}
+
+/// Claims what the host has room for, if its supervisor answers, and
+/// starts each claimed job.
+async fn claim(fleet: &Arc<Fleet>, fence: &Fence) -> Result<(), Failure> {
+    let reachable = *fleet.supervisor.reachability().borrow();
+    if !reachable && fleet.supervisor.call_own(Request::Ping).await.is_err() {
+        return Ok(());
+    }
+    let claimed = {
+        let db = fleet.db().await?;
+        jobs::claim(&db, fence, fleet.config.slots).await?
+    };
+    for job in claimed {
+        tracing::debug!(job = %job.id, "fleet: claimed a job");
+        tokio::spawn(start(Arc::clone(fleet), fence.clone(), job));
+    }
+    Ok(())
+}
+
+/// Takes the host's jobs over into `fence`'s generation, starts again
+/// those left starting, and follows those running.
+async fn reconcile(fleet: &Arc<Fleet>, fence: &Fence) -> Result<(), Failure> {
+    let mine = {
+        let db = fleet.db().await?;
+        jobs::adopt(&db, fence).await?
+    };
+    for job in mine {
+        match (job.state, job.local_id) {
+            (State::Running, Some(local)) => follow(fleet, job.id, &job.owner, local),
+            (State::Starting, _) | (State::Running, None) => {
+                tokio::spawn(start(Arc::clone(fleet), fence.clone(), job));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Starts a claimed job on the supervisor and records the answer.
+async fn start(fleet: Arc<Fleet>, fence: Fence, job: Job) {
+    let mut spec = job.spec.clone();
+    // A UUID's text always makes a request id.
+    spec.request_id = RequestId::new(job.id.to_string()).ok();
+    let answer = fleet
+        .supervisor
+        .call(&job.owner, Request::StartJob(spec))
+        .await;
+    let db = match fleet.db().await {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e,
+                "fleet: recording a job's start (reconciled once the database answers)");
+            return;
+        }
+    };
+    let recorded = match answer {
+        Ok(Response::Job(info)) => {
+            let started = jobs::report(&db, &fence, job.id, &info).await;
+            if matches!(started, Ok(true)) && !info.state.is_ended() {
+                follow(&fleet, job.id, &job.owner, info.id);
+            }
+            started
+        }
+        Ok(Response::Error(e)) => jobs::refused(&db, &fence, &job, &e).await,
+        Ok(other) => {
+            tracing::error!(job = %job.id, answer = other.name(),
+                "fleet: the supervisor answered a start out of protocol");
+            return;
+        }
+        Err(e @ SupervisorError::Unreachable { .. }) => {
+            tracing::warn!(job = %job.id, error = %e,
+                "fleet: the supervisor is unreachable; the job goes back to the queue");
+            jobs::release(&db, &fence, job.id).await
+        }
+        Err(e) => {
+            // It may have started: only starting it again (which finds it)
+            // can tell.
+            tracing::warn!(job = %job.id, error = %e,
+                "fleet: starting a job; trying again when reconciling");
+            return;
+        }
+    };
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => tracing::info!(job = %job.id, generation = fence.generation,
+            "fleet: a start's record was fenced (the host registered again meanwhile)"),
+        Err(e) => tracing::warn!(job = %job.id, error = %e,
+            "fleet: recording a job's start (reconciled once the database answers)"),
+    }
+}
+
+/// Follows job `id` (`local` on the supervisor) to its end, unless it is
+/// followed already.
+fn follow(fleet: &Arc<Fleet>, id: JobId, owner: &Identity, local: JobId) {
+    let mut followed = fleet.followed();
+    if followed.get(&id).is_some_and(|task| !task.is_finished()) {
+        return;
+    }
+    let task = tokio::spawn(follow_to_end(Arc::clone(fleet), id, owner.clone(), local));
+    followed.insert(id, task.abort_handle());
+}
+
+/// Waits for the job's end (riding out supervisor restarts) and records
+/// it; then the agent may claim again.
+async fn follow_to_end(fleet: Arc<Fleet>, id: JobId, owner: Identity, local: JobId) {
+    let mut pause = BACKOFF.0;
+    let ended = loop {
+        match fleet.supervisor.await_end(&owner, local).await {
+            Ok(Ok(info)) => break Some(info),
+            Ok(Err(IpcError::NotFound { .. })) => break lost(&fleet, id).await,
+            Ok(Err(e)) => {
+                tracing::warn!(job = %id, error = %e, "fleet: following a job");
+                break None;
+            }
+            Err(e) if e.is_gone() => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF.1);
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "fleet: following a job");
+                break None;
+            }
+        }
+    };
+    if let (Some(info), Some(fence)) = (ended, fleet.fence()) {
+        let recorded = match fleet.db().await {
+            Ok(db) => jobs::report(&db, &fence, id, &info)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(job = %id, error = %e,
+                "fleet: recording a job's end (reconciled once the database answers)");
+        }
+    }
+    fleet.followed().remove(&id);
+    fleet.wake.notify_one();
+}
+
+/// The end of a job whose record the supervisor no longer has: FAILED.
+async fn lost(fleet: &Fleet, id: JobId) -> Option<JobInfo> {
+    let db = fleet.db().await.ok()?;
+    let job = jobs::get(&db, id).await.ok()??;
+    let mut info = job.info();
+    info.id = job.local_id.unwrap_or(id);
+    info.state = JobState::Failed;
+    info.failure = Some(format!(
+        "its record on host {} is gone (its state directory was lost?)",
+        fleet.host_id()
+    ));
+    info.ended_at = Some(jobworker_ipc::UnixMicros::now());
+    Some(info)
+}
