@@ -85,6 +85,22 @@ enum Command {
         #[command(flatten)]
         role_testing: TestingRole,
     },
+    /// Issue a fleet host's peer certificate (<PREFIX>.pem, <PREFIX>.key), signed by the
+    /// client CA: CN = the host's host_id, role "peer". Its gateway presents it to the other
+    /// hosts' gateways (peer_cert and peer_key in [fleet]); it grants nothing on the public port.
+    Peer {
+        #[command(flatten)]
+        output: Output,
+        /// The host's host_id: 1 to 63 of a-z 0-9 -
+        #[arg(long, value_name = "HOST_ID")]
+        host_id: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Prefix of the output files [default: peer-HOST_ID].
+        #[arg(long = "out", value_name = "PREFIX")]
+        prefix: Option<String>,
+    },
 }
 
 /// Where files go.
@@ -228,6 +244,26 @@ fn run(command: Command) -> anyhow::Result<Vec<WrittenFile>> {
                 user: name,
             };
             issue_client(&output.dir, &request).context("issuing the client certificate")?
+        }
+        Command::Peer {
+            output,
+            host_id,
+            days,
+            prefix,
+        } => {
+            if !jobworker_ipc::types::is_host_id(&host_id) {
+                anyhow::bail!(
+                    "--host-id {host_id:?} is not 1 to 63 of a-z 0-9 - (not starting with -)"
+                );
+            }
+            let request = ClientRequest {
+                role_values: vec![jobworker_identity::PEER_ROLE.to_owned()],
+                validity: Validity::with_overrides(days, None, None)?,
+                prefix: prefix.unwrap_or_else(|| format!("peer-{host_id}")),
+                overwrite: output.overwrite(),
+                user: host_id,
+            };
+            issue_client(&output.dir, &request).context("issuing the peer certificate")?
         }
     })
 }

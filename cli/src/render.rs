@@ -527,6 +527,7 @@ pub fn host_of(host: v1::Host) -> Host {
         slots: i32::try_from(host.slots).unwrap_or(i32::MAX),
         labels: host.labels.into_iter().collect(),
         version: host.version,
+        peer_address: Some(host.peer_address).filter(|address| !address.is_empty()),
     }
 }
 

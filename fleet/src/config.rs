@@ -3,6 +3,8 @@
 //! and no database is used.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jobworker_ipc::Labels;
@@ -39,6 +41,28 @@ pub struct FleetFileConfig {
     /// answers with the job QUEUED, in milliseconds.
     #[serde(default = "default_start_wait_ms")]
     pub start_wait_ms: u64,
+    /// The peer port: where the other hosts' gateways forward the calls on
+    /// this host's jobs (mutual TLS with the gateway's certificate; only
+    /// peer certificates are served). Unset: no other gateway can reach
+    /// this host's jobs' output or stop them.
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The address the other gateways dial for the peer port (`host:port`,
+    /// a name or address in the gateway's certificate); by default
+    /// `peer_listen`'s.
+    #[serde(default)]
+    pub peer_address: Option<String>,
+    /// This host's peer certificate (`jobworker-certs peer`), which it
+    /// presents to the other hosts' peer ports.
+    #[serde(default)]
+    pub peer_cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub peer_key: Option<PathBuf>,
+    /// The CA that signed the gateways' certificates (the server CA), which
+    /// the peer ports must present a certificate of.
+    #[serde(default)]
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for FleetFileConfig {
@@ -50,6 +74,11 @@ impl std::fmt::Debug for FleetFileConfig {
             .field("labels", &self.labels)
             .field("lease_ms", &self.lease_ms)
             .field("start_wait_ms", &self.start_wait_ms)
+            .field("peer_listen", &self.peer_listen)
+            .field("peer_address", &self.peer_address)
+            .field("peer_cert", &self.peer_cert)
+            .field("peer_key", &self.peer_key)
+            .field("peer_ca", &self.peer_ca)
             .finish()
     }
 }
@@ -87,6 +116,24 @@ pub struct FleetConfig {
     pub lease: Duration,
     /// How long a `StartJob` waits for a host to start the job.
     pub start_wait: Duration,
+    /// The peer port.
+    pub peer_listen: Option<SocketAddr>,
+    /// The address the other gateways dial for it: as configured, else
+    /// (once bound) the port's own.
+    pub peer_address: Option<String>,
+    /// The files this gateway reaches the other hosts' peer ports with.
+    pub peer_client: Option<PeerFiles>,
+}
+
+/// A gateway's files for calling the other hosts' peer ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerFiles {
+    /// Its peer certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA of the gateways' certificates.
+    pub ca: PathBuf,
 }
 
 impl FleetConfig {
@@ -95,10 +142,7 @@ impl FleetConfig {
     pub fn resolve(fleet: &FleetFileConfig) -> Result<Self, (&'static str, String)> {
         let database = database(&fleet.database_url)?;
         let id = &fleet.host_id;
-        let plain = id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if id.is_empty() || id.len() > 63 || !plain || id.starts_with('-') {
+        if !jobworker_ipc::types::is_host_id(id) {
             return Err((
                 "fleet.host_id",
                 format!("{id:?} is not 1 to 63 of [a-z0-9-] (not starting with -)"),
@@ -130,6 +174,45 @@ impl FleetConfig {
         }
         let labels = Labels::new("fleet.labels", fleet.labels.clone())
             .map_err(|e| ("fleet.labels", e.reason))?;
+        match (fleet.peer_listen, &fleet.peer_address) {
+            (None, Some(_)) => {
+                return Err((
+                    "fleet.peer_address",
+                    "is set without peer_listen, the port it names".into(),
+                ));
+            }
+            (Some(listen), None) if listen.ip().is_unspecified() => {
+                return Err((
+                    "fleet.peer_address",
+                    format!(
+                        "must be set: peer_listen {listen} is every address, so it does not \
+                         say which the other gateways should dial"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let peer_client = match (&fleet.peer_cert, &fleet.peer_key, &fleet.peer_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(PeerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            (cert, key, _) => {
+                let missing = if cert.is_none() {
+                    "fleet.peer_cert"
+                } else if key.is_none() {
+                    "fleet.peer_key"
+                } else {
+                    "fleet.peer_ca"
+                };
+                return Err((
+                    missing,
+                    "must be set with the other two of peer_cert, peer_key and peer_ca".into(),
+                ));
+            }
+        };
         Ok(Self {
             database,
             host_id: id.clone(),
@@ -137,6 +220,9 @@ impl FleetConfig {
             labels,
             lease: Duration::from_millis(fleet.lease_ms),
             start_wait: Duration::from_millis(fleet.start_wait_ms),
+            peer_listen: fleet.peer_listen,
+            peer_address: fleet.peer_address.clone(),
+            peer_client,
         })
     }
 }

@@ -19,10 +19,12 @@ pub async fn register(client: &Client, config: &FleetConfig) -> Result<i64, DbEr
     let slots = i32::try_from(config.slots).unwrap_or(i32::MAX);
     let row = client
         .query_one(
-            "INSERT INTO jobworker_hosts (id, labels, slots, generation, lease_until, version)
-             VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), $5)
+            "INSERT INTO jobworker_hosts
+                 (id, labels, slots, generation, lease_until, version, peer_address)
+             VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4), $5, $6)
              ON CONFLICT (id) DO UPDATE SET
                  labels = EXCLUDED.labels,
+                 peer_address = EXCLUDED.peer_address,
                  slots = EXCLUDED.slots,
                  version = EXCLUDED.version,
                  lease_until = EXCLUDED.lease_until,
@@ -35,6 +37,7 @@ pub async fn register(client: &Client, config: &FleetConfig) -> Result<i64, DbEr
                 &slots,
                 &config.lease.as_secs_f64(),
                 &VERSION,
+                &config.peer_address,
             ],
         )
         .await
@@ -90,6 +93,8 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// The version of its gateway.
     pub version: String,
+    /// Where the other gateways reach its peer port, if it has one.
+    pub peer_address: Option<String>,
 }
 
 impl Host {
@@ -111,7 +116,7 @@ impl Host {
 
 /// The columns a [`Host`] is read from.
 const HOST_COLUMNS: &str = "id, generation, EXTRACT(EPOCH FROM lease_until - now())::float8, \
-                            draining, slots, labels, version";
+                            draining, slots, labels, version, peer_address";
 
 /// Every registered host, by id.
 pub async fn list(client: &Client) -> Result<Vec<Host>, DbError> {
@@ -154,6 +159,7 @@ fn host(row: &tokio_postgres::Row) -> Host {
             })
             .collect(),
         version: row.get(6),
+        peer_address: row.get(7),
     }
 }
 

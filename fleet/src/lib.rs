@@ -18,7 +18,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod schema;
 
-pub use config::{FleetConfig, FleetFileConfig};
+pub use config::{FleetConfig, FleetFileConfig, PeerFiles};
 
 /// A pool of connections to the fleet's database, for a gateway's calls.
 pub type Pool = deadpool_postgres::Pool;

@@ -16,6 +16,11 @@ const MIGRATION_LOCK: i64 = 0x6a6f_6277_6f72_6b72;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "hosts", include_str!("migrations/0001_hosts.sql")),
     (2, "jobs", include_str!("migrations/0002_jobs.sql")),
+    (
+        3,
+        "peer_address",
+        include_str!("migrations/0003_peer_address.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

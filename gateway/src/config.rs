@@ -317,6 +317,36 @@ mod tests {
         Config::parse(Path::new("test.toml"), text)
     }
 
+    /// deploy/gateway.toml with each commented-out `key = value` (and
+    /// table) of it set: every key it shows is one the gateway takes.
+    #[test]
+    fn the_deployed_example_shows_only_real_keys() {
+        let example = include_str!("../../deploy/gateway.toml");
+        let set: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(key, _)| {
+                            key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = parse(&set).unwrap_or_else(|e| panic!("{e}\n{set}"));
+        let fleet = config.fleet.unwrap();
+        assert_eq!(fleet.host_id, "h1");
+        assert!(fleet.peer_listen.is_some() && fleet.peer_client.is_some());
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+    }
+
     #[test]
     fn an_empty_file_gives_the_defaults() {
         let config = parse("").unwrap();
@@ -455,6 +485,14 @@ mod tests {
             ("lease_ms = 10\n", "fleet.lease_ms"),
             ("labels = { \"Bad Key\" = \"x\" }\n", "fleet.labels"),
             ("peer = \"x\"\n", "peer"),
+            ("start_wait_ms = 60001\n", "fleet.start_wait_ms"),
+            ("peer_address = \"h1:7\"\n", "fleet.peer_address"),
+            ("peer_listen = \"0.0.0.0:7\"\n", "fleet.peer_address"),
+            ("peer_cert = \"/p.pem\"\n", "fleet.peer_key"),
+            (
+                "peer_cert = \"/p.pem\"\npeer_key = \"/p.key\"\n",
+                "fleet.peer_ca",
+            ),
         ] {
             let err = parse(&table(extra)).unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");

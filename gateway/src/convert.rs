@@ -214,6 +214,7 @@ pub fn host(host: jobworker_fleet::hosts::Host) -> v1::Host {
         slots: u32::try_from(host.slots).unwrap_or(0),
         labels: host.labels.into_iter().collect(),
         version: host.version,
+        peer_address: host.peer_address.unwrap_or_default(),
     }
 }
 

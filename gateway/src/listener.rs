@@ -35,7 +35,7 @@ use tonic::transport::server::Connected;
 
 use crate::metrics::{AuthFailure, GatewayMetrics, Rejection};
 use crate::tls::Reloadable;
-use jobworker_identity::{IdentityError, identity_of_chain};
+use jobworker_identity::{IdentityError, identity_of_chain, peer_of_chain};
 
 /// How many handshaken connections may wait for the server to take them.
 const QUEUE: usize = 64;
@@ -51,6 +51,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Who the client certificate says the caller is, or why it names no one.
     pub identity: Arc<Result<Identity, IdentityError>>,
+    /// The fleet host whose gateway the client is, when its certificate is
+    /// a peer certificate (served on the peer port only).
+    pub peer_host: Option<Arc<str>>,
 }
 
 /// A connection after its TLS handshake and its HTTP/2 preface (read here,
@@ -341,12 +344,17 @@ impl WayIn {
             );
             return;
         };
-        let identity = identity_of_chain(tls.get_ref().1.peer_certificates());
-        match &identity {
-            Ok(identity) => {
+        let chain = tls.get_ref().1.peer_certificates();
+        let identity = identity_of_chain(chain);
+        let peer_host = peer_of_chain(chain);
+        match (&identity, &peer_host) {
+            (Ok(identity), _) => {
                 tracing::debug!(%peer, user = %identity.user, role = %identity.role, "connected");
             }
-            Err(e) => {
+            (Err(_), Some(host)) => {
+                tracing::debug!(%peer, %host, "a peer gateway of the fleet connected");
+            }
+            (Err(e), None) => {
                 metrics.auth_failure(AuthFailure::BadIdentity);
                 tracing::warn!(%peer, error = %e, "connected with a certificate that names no usable identity; its calls will be refused");
             }
@@ -376,6 +384,7 @@ impl WayIn {
             info: ConnInfo {
                 peer,
                 identity: Arc::new(identity),
+                peer_host: peer_host.map(Arc::from),
             },
             _slot: slot,
         };

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use jobworker_gateway::config::{self, Config};
+use jobworker_gateway::fleet::peers::PeerTls;
 use jobworker_gateway::server::Listeners;
 use jobworker_gateway::tls::{self, Reloadable, TlsFiles};
 use jobworker_gateway::{privileges, server};
@@ -117,7 +118,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .metrics_listen
             .map(|address| bind(address, "metrics_listen"))
             .transpose()?,
+        peer: config
+            .fleet
+            .as_ref()
+            .and_then(|fleet| fleet.peer_listen)
+            .map(|address| bind(address, "fleet.peer_listen"))
+            .transpose()?,
     };
+    let mut config = config;
+    if let (Some(fleet), Some(peer)) = (config.fleet.as_mut(), &listeners.peer)
+        && fleet.peer_address.is_none()
+    {
+        // Its own address (a port 0 is bound by now).
+        let bound = peer
+            .local_addr()
+            .context("reading the peer port's address")?;
+        fleet.peer_address = Some(bound.to_string());
+    }
+    let peer_tls = config
+        .fleet
+        .as_ref()
+        .and_then(|fleet| fleet.peer_client.as_ref())
+        .map(PeerTls::load)
+        .transpose()?;
 
     // Still one thread: the switch applies to the whole process.
     let running =
@@ -142,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(server::run(config, listeners, tls))?;
+        .block_on(server::run(config, listeners, tls, peer_tls))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -23,10 +23,11 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::fleet::Fleet;
+use crate::fleet::peers::PeerTls;
 use crate::listener::{self, AcceptLimits};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{Metrics, endpoint};
-use crate::service::JobService;
+use crate::service::{JobService, Port};
 use crate::shares::ShareLimits;
 use crate::supervisor::{PoolLimits, Supervisor};
 use crate::tls::Reloadable;
@@ -66,13 +67,17 @@ pub struct Listeners {
     pub grpc: std::net::TcpListener,
     /// The metrics endpoint (`metrics_listen`), if configured.
     pub metrics: Option<std::net::TcpListener>,
+    /// A fleet's peer port (`fleet.peer_listen`), if configured.
+    pub peer: Option<std::net::TcpListener>,
 }
 
-/// Serves on `listeners` until SIGTERM or SIGINT.
+/// Serves on `listeners` until SIGTERM or SIGINT; in fleet mode, reaches
+/// the other hosts' gateways with `peer_tls`.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     tls: Arc<Reloadable>,
+    peer_tls: Option<PeerTls>,
 ) -> Result<(), ServeError> {
     // First, so that a signal is never met with the default action.
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| ServeError::Signal("SIGHUP", e))?;
@@ -140,25 +145,56 @@ pub async fn run(
         }
     });
 
+    let limits = AcceptLimits {
+        handshake_timeout: config.handshake_timeout,
+        max_connections: config.file.max_connections,
+        max_handshakes: config.file.max_handshakes,
+        max_handshakes_per_ip: config.file.max_handshakes_per_ip,
+    };
     let incoming = listener::incoming(
         listener,
-        tls,
-        AcceptLimits {
-            handshake_timeout: config.handshake_timeout,
-            max_connections: config.file.max_connections,
-            max_handshakes: config.file.max_handshakes,
-            max_handshakes_per_ip: config.file.max_handshakes_per_ip,
-        },
+        Arc::clone(&tls),
+        limits,
         Arc::clone(metrics.gateway()),
     );
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     let fleet = config
         .fleet
         .clone()
-        .map(|fleet| Fleet::start(fleet, Arc::clone(&supervisor)))
+        .map(|fleet| Fleet::start(fleet, Arc::clone(&supervisor), peer_tls))
         .transpose()?;
-    let jobs = JobServiceServer::new(JobService::new(supervisor, stopping_seen, fleet))
+    if let Some(peer_listener) = listeners.peer {
+        let peer_listener =
+            tokio::net::TcpListener::from_std(peer_listener).map_err(ServeError::Listener)?;
+        let peer_address = peer_listener.local_addr().map_err(ServeError::Listener)?;
+        let peer_incoming =
+            listener::incoming(peer_listener, tls, limits, Arc::clone(metrics.gateway()));
+        let peers = JobServiceServer::new(JobService::new(
+            Port::Peer,
+            Arc::clone(&supervisor),
+            stopping_seen.clone(),
+            fleet.clone(),
+        ))
         .max_decoding_message_size(max_request);
+        let mut stopped = stopping_seen.clone();
+        tokio::spawn(
+            Server::builder()
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .add_service(peers)
+                .serve_with_incoming_shutdown(peer_incoming, async move {
+                    let _ = stopped.wait_for(|stopping| *stopping).await;
+                }),
+        );
+        tracing::info!("serving the fleet's peer port on {peer_address}");
+    }
+    let jobs = JobServiceServer::new(JobService::new(
+        Port::Public,
+        supervisor,
+        stopping_seen,
+        fleet,
+    ))
+    .max_decoding_message_size(max_request);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
         // Outermost, so that it sees the status the client gets.

@@ -26,7 +26,8 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::fleet::Fleet;
-use crate::fleet::calls::{Place, Shown};
+use crate::fleet::calls::{Place, Shown, Stopped};
+use crate::fleet::peers::{ON_BEHALF_OF_ROLE, ON_BEHALF_OF_USER};
 use crate::listener::ConnInfo;
 use crate::supervisor::{OutputStream, StreamSlots, Supervisor, SupervisorError};
 
@@ -40,8 +41,20 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 /// The stream of a `StreamOutput` call.
 pub type OutputChunks = Pin<Box<dyn Stream<Item = Result<v1::OutputChunk, Status>> + Send>>;
 
+/// Which port a job service serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The public port: callers with client certificates.
+    Public,
+    /// A fleet's peer port: the other hosts' gateways, forwarding
+    /// `StopJob` and `StreamOutput` of this host's jobs for the callers
+    /// they name (see [`crate::fleet::peers`]).
+    Peer,
+}
+
 /// The job service.
 pub struct JobService {
+    port: Port,
     supervisor: Arc<Supervisor>,
     /// Turns true when the gateway stops: output streams end then.
     stopping: watch::Receiver<bool>,
@@ -52,13 +65,15 @@ pub struct JobService {
 impl JobService {
     /// The service, forwarding to `supervisor`; its output streams end when
     /// `stopping` turns true. In fleet mode, `fleet` serves the calls over
-    /// the fleet.
+    /// the fleet. It serves `port`.
     pub fn new(
+        port: Port,
         supervisor: Arc<Supervisor>,
         stopping: watch::Receiver<bool>,
         fleet: Option<Arc<Fleet>>,
     ) -> Self {
         Self {
+            port,
             supervisor,
             stopping,
             fleet,
@@ -124,9 +139,17 @@ impl JobService {
     ) -> Result<v1::StopJobResponse, Status> {
         let grace = convert::grace(grace_period).map_err(convert::invalid)?;
         if let Some(fleet) = &self.fleet {
-            return Ok(v1::StopJobResponse {
-                job: Some(fleet.stop_job(identity, job, grace).await?),
-            });
+            return match fleet.stop_job(identity, job, grace).await? {
+                Stopped::Job(job) => Ok(v1::StopJobResponse { job: Some(*job) }),
+                Stopped::Elsewhere { host } => {
+                    self.not_here(&host)?;
+                    let request = v1::StopJobRequest {
+                        job_id: job.to_string(),
+                        grace_period,
+                    };
+                    fleet.forward_stop(identity, &host, request).await
+                }
+            };
         }
         let info = self
             .job_call(identity, IpcRequest::StopJob { job, grace })
@@ -156,6 +179,19 @@ impl JobService {
             }),
             Ipc::Error(e) => Err(convert::status_of(&e)),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// On the peer port, a job of another host is an error (a forwarded
+    /// call is never forwarded again); on the public port, it is
+    /// forwarded.
+    fn not_here(&self, host: &str) -> Result<(), Status> {
+        match self.port {
+            Port::Public => Ok(()),
+            Port::Peer => Err(Status::failed_precondition(format!(
+                "the job runs on host {host}, not on this one: a forwarded call is not forwarded \
+                 again"
+            ))),
         }
     }
 
@@ -190,9 +226,14 @@ impl JobService {
                     return Ok(Box::pin(futures::stream::iter([Ok(end)])));
                 }
                 Place::Elsewhere { host } => {
-                    return Err(Status::failed_precondition(format!(
-                        "the job runs on host {host}: ask that host's gateway"
-                    )));
+                    self.not_here(&host)?;
+                    let request = v1::StreamOutputRequest {
+                        job_id: job.to_string(),
+                        offset,
+                        follow: Some(follow),
+                    };
+                    let relayed = fleet.forward_stream(identity, &host, request).await?;
+                    return Ok(Box::pin(relay(relayed, offset, self.stopping.clone())));
                 }
             },
         };
@@ -311,11 +352,7 @@ fn chunks(
         let next = tokio::select! {
             biased;
             _ = stopping.wait_for(|stopping| *stopping) => {
-                let status = Status::unavailable(format!(
-                    "the gateway is stopping (a restart, or an upgrade): resume from byte {}",
-                    stream.offset
-                ));
-                return Some((Err(status), None));
+                return Some((Err(stopping_status(stream.offset)), None));
             }
             next = stream.next() => next,
         };
@@ -349,6 +386,48 @@ fn chunks(
     })
 }
 
+/// UNAVAILABLE for a stream the gateway's stop cuts, naming the offset to
+/// resume from.
+fn stopping_status(offset: u64) -> Status {
+    Status::unavailable(format!(
+        "the gateway is stopping (a restart, or an upgrade): resume from byte {offset}"
+    ))
+}
+
+/// The messages of a stream forwarded from another host's gateway, as
+/// they come, until the last (or the gateway stops: UNAVAILABLE, naming
+/// the offset to resume from).
+fn relay(
+    stream: tonic::Streaming<v1::OutputChunk>,
+    offset: u64,
+    stopping: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<v1::OutputChunk, Status>> + Send {
+    futures::stream::unfold(Some((stream, stopping, offset)), |state| async move {
+        let (mut stream, mut stopping, offset) = state?;
+        let next = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stopping| *stopping) => {
+                return Some((Err(stopping_status(offset)), None));
+            }
+            next = stream.message() => next,
+        };
+        match next {
+            Ok(Some(chunk)) => {
+                let (offset, last) = match &chunk.kind {
+                    Some(v1::output_chunk::Kind::Output(out)) => {
+                        (out.offset.saturating_add(out.data.len() as u64), false)
+                    }
+                    Some(v1::output_chunk::Kind::End(_)) => (offset, true),
+                    None => (offset, false),
+                };
+                Some((Ok(chunk), (!last).then_some((stream, stopping, offset))))
+            }
+            Ok(None) => None,
+            Err(status) => Some((Err(status), None)),
+        }
+    })
+}
+
 fn unexpected(response: &Ipc) -> Status {
     let kind = response.name();
     tracing::error!(answer = kind, "the supervisor answered out of protocol");
@@ -366,29 +445,50 @@ struct Caller {
 }
 
 impl Caller {
-    /// The caller of `request`, the RPC `rpc` doing `action`: refused
-    /// (PERMISSION_DENIED, saying why) when its certificate names no usable
-    /// identity or its role may never do `action`.
-    fn of<T>(request: &Request<T>, rpc: &'static str, action: Action) -> Result<Self, Status> {
+    /// The caller of `request` on `port`, the RPC `rpc` doing `action`:
+    /// refused (PERMISSION_DENIED, saying why) when its certificate names
+    /// no usable identity (on the peer port: is no peer certificate, or the
+    /// call is not one a peer forwards) or its role may never do `action`.
+    fn of<T>(
+        port: Port,
+        request: &Request<T>,
+        rpc: &'static str,
+        action: Action,
+    ) -> Result<Self, Status> {
         let Some(info) = request.extensions().get::<ConnInfo>() else {
             return Err(Status::unauthenticated("no client certificate"));
         };
-        let identity = match info.identity.as_ref() {
-            Ok(identity) => identity.clone(),
-            Err(e) => {
-                tracing::info!(
-                    peer = %info.peer, rpc = %rpc, outcome = "PermissionDenied", error = %e,
-                    "call refused"
-                );
-                return Err(convert::status_of(&IpcError::PermissionDenied {
-                    reason: e.to_string(),
-                }));
+        let refused = |reason: String| {
+            tracing::info!(
+                peer = %info.peer, rpc = %rpc, outcome = "PermissionDenied", error = %reason,
+                "call refused"
+            );
+            convert::status_of(&IpcError::PermissionDenied { reason })
+        };
+        let (identity, peer) = match (port, info.identity.as_ref(), &info.peer_host) {
+            (Port::Public, Ok(identity), _) => (identity.clone(), info.peer.to_string()),
+            (Port::Public, Err(e), _) => return Err(refused(e.to_string())),
+            (Port::Peer, _, None) => {
+                return Err(refused(
+                    "this is a fleet's peer port: only the fleet's gateways (with a peer \
+                     certificate) may call it"
+                        .into(),
+                ));
             }
+            (Port::Peer, _, Some(_)) if !matches!(action, Action::Stop | Action::Stream) => {
+                return Err(refused(
+                    "the peer port serves only forwarded StopJob and StreamOutput calls".into(),
+                ));
+            }
+            (Port::Peer, _, Some(host)) => (
+                asserted(request.metadata()).map_err(|e| convert::status_of(&e.into()))?,
+                format!("{} (gateway of {host})", info.peer),
+            ),
         };
         let caller = Self {
             identity,
             rpc,
-            peer: info.peer.to_string(),
+            peer,
         };
         if let Err(e) = policy::authorize(Actor::Remote(&caller.identity), action, None) {
             let status = convert::status_of(&e);
@@ -425,6 +525,27 @@ impl Caller {
     }
 }
 
+/// The identity a peer gateway asserts for a forwarded call.
+fn asserted(metadata: &tonic::metadata::MetadataMap) -> Result<Identity, jobworker_ipc::Invalid> {
+    let text = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| jobworker_ipc::Invalid {
+                field: key.to_owned(),
+                reason: "is missing from a forwarded call".into(),
+            })
+    };
+    let user = jobworker_ipc::UserName::new(text(ON_BEHALF_OF_USER)?)?;
+    let role = text(ON_BEHALF_OF_ROLE)?
+        .parse()
+        .map_err(|e: jobworker_ipc::UnknownRole| jobworker_ipc::Invalid {
+            field: ON_BEHALF_OF_ROLE.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Identity { user, role })
+}
+
 /// How much of an error's text a log line keeps: errors may quote a
 /// command, and a log line is no place for a payload.
 const LOG_ERROR_CHARS: usize = 200;
@@ -442,7 +563,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::StartJobRequest>,
     ) -> Result<Response<v1::StartJobResponse>, Status> {
-        let caller = Caller::of(&request, "StartJob", Action::Start)?;
+        let caller = Caller::of(self.port, &request, "StartJob", Action::Start)?;
         match self.start(&caller.identity, request.into_inner()).await {
             Ok((response, job)) => caller.finish(Some(job), Ok(response)),
             Err(status) => caller.finish(None, Err(status)),
@@ -453,7 +574,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::StopJobRequest>,
     ) -> Result<Response<v1::StopJobResponse>, Status> {
-        let caller = Caller::of(&request, "StopJob", Action::Stop)?;
+        let caller = Caller::of(self.port, &request, "StopJob", Action::Stop)?;
         let request = request.into_inner();
         match convert::job_id(&request.job_id) {
             Ok(job) => {
@@ -468,7 +589,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
-        let caller = Caller::of(&request, "GetJob", Action::Get)?;
+        let caller = Caller::of(self.port, &request, "GetJob", Action::Get)?;
         match convert::job_id(&request.get_ref().job_id) {
             Ok(job) => {
                 let result = self.get(&caller.identity, job).await;
@@ -482,7 +603,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let caller = Caller::of(&request, "ListJobs", Action::List)?;
+        let caller = Caller::of(self.port, &request, "ListJobs", Action::List)?;
         let result = self.list(&caller.identity, request.into_inner()).await;
         caller.finish(None, result)
     }
@@ -491,7 +612,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
-        let caller = Caller::of(&request, "ListHosts", Action::ListHosts)?;
+        let caller = Caller::of(self.port, &request, "ListHosts", Action::ListHosts)?;
         let result = self.hosts().await;
         caller.finish(None, result)
     }
@@ -502,7 +623,7 @@ impl v1::job_service_server::JobService for JobService {
         &self,
         request: Request<v1::StreamOutputRequest>,
     ) -> Result<Response<OutputChunks>, Status> {
-        let caller = Caller::of(&request, "StreamOutput", Action::Stream)?;
+        let caller = Caller::of(self.port, &request, "StreamOutput", Action::Stream)?;
         let request = request.into_inner();
         match convert::job_id(&request.job_id) {
             Ok(job) => {

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Gateway, Pki, Supervisor, get, output, start_job, wait_ended};
+use jobworker_certs::Validity;
 use jobworker_proto::v1;
 use jobworker_proto::v1::job_service_client::JobServiceClient;
 use jobworker_tests::fixture::Postgres;
@@ -37,6 +38,25 @@ fn fleet_in(pg: &Postgres, host: &str, lease_ms: u64, zone: &str) -> String {
         "[fleet]\ndatabase_url = {:?}\nhost_id = {host:?}\nslots = 2\nlease_ms = {lease_ms}\n\
          start_wait_ms = 500\nlabels = {{ zone = {zone:?} }}\n",
         pg.url()
+    )
+}
+
+/// The keys of a peer port on 127.0.0.1 for host `host`, whose peer
+/// certificate `pki` issues.
+fn peer_port(pki: &Pki, host: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity::new(
+        now - time::Duration::days(1),
+        now + time::Duration::days(10),
+    )
+    .unwrap();
+    pki.issue_client(host, &[jobworker_identity::PEER_ROLE], validity)
+        .unwrap();
+    format!(
+        "peer_listen = \"127.0.0.1:0\"\npeer_cert = {:?}\npeer_key = {:?}\npeer_ca = {:?}\n",
+        pki.path(&format!("{host}.pem")),
+        pki.path(&format!("{host}.key")),
+        pki.server_ca(),
     )
 }
 
@@ -73,7 +93,7 @@ impl Bed {
         let gateway = Gateway::start(
             &self.pki,
             &supervisor.socket,
-            &fleet_in(&self.pg, host, 3000, zone),
+            &(fleet_in(&self.pg, host, 3000, zone) + &peer_port(&self.pki, host)),
         );
         Host {
             gateway,
@@ -205,7 +225,11 @@ async fn a_host_registers_renews_its_lease_and_registers_again_when_fenced() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    let known: Vec<i32> = jobworker_fleet::schema::MIGRATIONS
+        .iter()
+        .map(|&(version, _, _)| version)
+        .collect();
+    assert_eq!(versions, known);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -426,7 +450,8 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
         .unwrap()
         .into_inner();
     assert_eq!(placed.job.unwrap().host, "h2");
-    let (bytes, end) = output(&mut alice2, &placed.job_id).await.unwrap();
+    // Through h1's gateway, which forwards the stream to h2's.
+    let (bytes, end) = output(&mut alice1, &placed.job_id).await.unwrap();
     assert_eq!(bytes, b"placed\n");
     assert_eq!(
         (end.id.as_str(), end.host.as_str()),
@@ -522,9 +547,67 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
     assert_eq!(rest.jobs.len(), 1);
     assert!(rest.next_page_token.is_empty());
 
-    // The owner stops it where it runs, through the gateway of its host.
+    // The peer ports serve the fleet's gateways only, and authorize the
+    // caller they name again: bob, named by h1's gateway, finds nothing of
+    // Alice's on h2. The public ports take no peer certificate.
     let on = get(&mut alice1, &sleeper).await.unwrap().host;
-    let mut owner = if on == "h1" { alice1 } else { alice2 };
+    let (here, there) = if on == "h1" {
+        ("h2", "h1")
+    } else {
+        ("h1", "h2")
+    };
+    let peer_address: String = db
+        .query_one(
+            "SELECT peer_address FROM jobworker_hosts WHERE id = $1",
+            &[&there],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let peer_channel = |user: &'static str| {
+        let (address, pki) = (peer_address.clone(), &bed.pki);
+        async move {
+            JobServiceClient::new(
+                jobworker_tests::fixture::gateway::channel_to(&address, pki, user)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let stream_request = |id: &str| {
+        let mut request = tonic::Request::new(v1::StreamOutputRequest {
+            job_id: id.to_owned(),
+            offset: 0,
+            follow: Some(false),
+        });
+        request
+            .metadata_mut()
+            .insert("jobworker-on-behalf-of-user", "bob".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("jobworker-on-behalf-of-role", "user".parse().unwrap());
+        request
+    };
+    let status = peer_channel("alice")
+        .await
+        .stream_output(stream_request(&sleeper))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("peer port"), "{status:?}");
+    let status = peer_channel(here)
+        .await
+        .stream_output(stream_request(&sleeper))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let status = get(&mut hosts[0].gateway.client(&bed.pki, here).await, &sleeper)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // The owner stops it through the gateway of the other host.
+    let mut owner = if here == "h1" { alice1 } else { alice2 };
     let stopped = owner
         .stop_job(v1::StopJobRequest {
             job_id: sleeper.clone(),

@@ -6,8 +6,9 @@
 
 use jobworker_ipc::{Identity, UserName};
 
-use crate::role::{RoleError, role_from_der};
-use crate::subject::common_name_from_der;
+use crate::certificate::parse_certificate;
+use crate::role::{RoleError, role_from_der, role_name_of};
+use crate::subject::{common_name_from_der, common_name_of};
 
 /// Why a verified client certificate names no usable identity. The messages
 /// are meant for the certificate's holder.
@@ -51,6 +52,23 @@ pub fn identity_of_chain(chain: Option<&[impl AsRef<[u8]>]>) -> Result<Identity,
         Some(leaf) => identity_from_der(leaf.as_ref()),
         None => Err(IdentityError::NoCertificate),
     }
+}
+
+/// The role of a fleet's gateways in the certificates they present to each
+/// other ("peer certificates"): it grants no call on the public port (no
+/// user has it), only forwarded calls on a gateway's peer port.
+pub const PEER_ROLE: &str = "peer";
+
+/// The host a peer certificate names (its CN, a fleet's `host_id`: 1 to
+/// 63 of `[a-z0-9-]`), when the leaf of `chain` is one: its role is
+/// [`PEER_ROLE`]. `None` for any other certificate.
+pub fn peer_of_chain(chain: Option<&[impl AsRef<[u8]>]>) -> Option<String> {
+    let cert = parse_certificate(chain?.first()?.as_ref()).ok()?;
+    if role_name_of(&cert).ok()? != PEER_ROLE {
+        return None;
+    }
+    let host = common_name_of(&cert).ok()?;
+    jobworker_ipc::types::is_host_id(host).then(|| host.to_owned())
 }
 
 /// The longest excerpt of a certificate's text an error quotes: the
@@ -117,6 +135,27 @@ mod tests {
         let long_role = "r".repeat(120);
         let err = identity_from_der(&cert(Some("alice"), &[utf8(&long_role)])).unwrap_err();
         assert!(err.to_string().contains("(120 bytes)"), "{err}");
+    }
+
+    #[test]
+    fn a_peer_certificate_names_its_host_and_no_user() {
+        let peer = cert(Some("h-1"), &[utf8(PEER_ROLE)]);
+        assert_eq!(peer_of_chain(Some(&[&peer])), Some("h-1".to_owned()));
+        assert!(
+            identity_from_der(&peer).is_err(),
+            "no call on the public port"
+        );
+        for other in [
+            cert(Some("alice"), &[utf8("user")]),
+            cert(Some("admin"), &[utf8("admin")]),
+            cert(Some("H1"), &[utf8(PEER_ROLE)]),
+            cert(Some("h1.example"), &[utf8(PEER_ROLE)]),
+            cert(Some("h1"), &[]),
+            cert(Some("h1"), &[utf8(PEER_ROLE), utf8(PEER_ROLE)]),
+        ] {
+            assert_eq!(peer_of_chain(Some(&[&other])), None);
+        }
+        assert_eq!(peer_of_chain(None::<&[&[u8]]>), None);
     }
 
     #[test]

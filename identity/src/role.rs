@@ -50,6 +50,12 @@ pub fn role_from_der(der: &[u8]) -> Result<Role, RoleError> {
 
 /// Reads the role granted by a parsed certificate.
 pub fn role_of(cert: &X509Certificate<'_>) -> Result<Role, RoleError> {
+    Ok(role_name_of(cert)?.parse()?)
+}
+
+/// The text of a parsed certificate's one role extension, whatever role
+/// it names.
+pub fn role_name_of(cert: &X509Certificate<'_>) -> Result<String, RoleError> {
     let values: Vec<&[u8]> = cert
         .iter_extensions()
         .filter(|extension| is_role_oid(&extension.oid))
@@ -58,7 +64,7 @@ pub fn role_of(cert: &X509Certificate<'_>) -> Result<Role, RoleError> {
     match values.as_slice() {
         [] => Err(RoleError::Missing),
         [value] => match String::from_der(value) {
-            Ok(([], name)) => Ok(name.parse()?),
+            Ok(([], name)) => Ok(name),
             _ => Err(RoleError::Malformed),
         },
         many => Err(RoleError::Duplicate { count: many.len() }),

@@ -82,6 +82,16 @@ fn check_c_string(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Whether `id` can name a host of a fleet (its `host_id`, and the CN of
+/// its peer certificate): 1 to 63 of `[a-z0-9-]`, not starting with `-`.
+pub fn is_host_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// A job's identifier: a random (version 4) UUID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(uuid::Uuid);

@@ -213,6 +213,11 @@ fn lists_drains_and_undrains_the_fleets_hosts() {
         labels: [("zone".to_owned(), "a".to_owned())].into(),
         lease_ms: 60_000,
         start_wait_ms: 1_000,
+        peer_listen: None,
+        peer_address: None,
+        peer_cert: None,
+        peer_key: None,
+        peer_ca: None,
     };
     let host = jobworker_fleet::FleetConfig::resolve(&file).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -69,6 +69,17 @@ pub enum Place {
     },
 }
 
+/// What a stop came to.
+pub enum Stopped {
+    /// The job as it stands after the stop.
+    Job(Box<v1::Job>),
+    /// It runs on another host, whose gateway stops it.
+    Elsewhere {
+        /// That host's id.
+        host: String,
+    },
+}
+
 /// A job as callers see it.
 pub fn view(job: &Job) -> v1::Job {
     let mut shown = v1::Job::from(job.info());
@@ -81,7 +92,7 @@ pub fn view(job: &Job) -> v1::Job {
 }
 
 /// UNAVAILABLE for a database that could not be reached (or failed).
-fn unavailable(e: &dyn std::fmt::Display) -> Status {
+pub(super) fn unavailable(e: &dyn std::fmt::Display) -> Status {
     tracing::warn!(error = %e, "fleet: a call could not use the database");
     Status::unavailable(
         "the fleet's database is unreachable: running jobs are not affected; try again later",
@@ -240,14 +251,14 @@ impl Fleet {
     }
 
     /// Stops job `id`: a queued one leaves the queue and never runs; one
-    /// being started is stopped once started; a running one is stopped
-    /// where it runs. The job as it stands after the stop.
+    /// being started is stopped once started; one running here is stopped
+    /// here, one running elsewhere is left to its host's gateway.
     pub async fn stop_job(
         &self,
         identity: &Identity,
         id: JobId,
         grace: Option<GraceMs>,
-    ) -> Result<v1::Job, Status> {
+    ) -> Result<Stopped, Status> {
         let mut notices = self.notices.subscribe();
         let deadline = Instant::now() + STARTING_WAIT;
         loop {
@@ -260,7 +271,7 @@ impl Fleet {
                         .await
                         .map_err(|e| db_status(&e))?
                     {
-                        return Ok(view(&stopped));
+                        return Ok(Stopped::Job(Box::new(view(&stopped))));
                     }
                     // A host claimed it meanwhile: stop it there.
                 }
@@ -276,20 +287,24 @@ impl Fleet {
                     Self::changed(&mut notices, id, deadline).await;
                 }
                 State::Running => return self.stop_running(identity, &job, grace).await,
-                State::Stopped | State::Finished | State::Failed => return Ok(view(&job)),
+                State::Stopped | State::Finished | State::Failed => {
+                    return Ok(Stopped::Job(Box::new(view(&job))));
+                }
             }
         }
     }
 
-    /// Stops a running job where it runs.
+    /// Stops a running job here, or says where it runs.
     async fn stop_running(
         &self,
         identity: &Identity,
         job: &Job,
         grace: Option<GraceMs>,
-    ) -> Result<v1::Job, Status> {
+    ) -> Result<Stopped, Status> {
         let Some((local, shown)) = self.here(job) else {
-            return Err(elsewhere(job));
+            return Ok(Stopped::Elsewhere {
+                host: job.host.clone().unwrap_or_default(),
+            });
         };
         let info = match self
             .supervisor
@@ -312,7 +327,7 @@ impl Fleet {
         {
             tracing::warn!(job = %job.id, error = %e, "fleet: recording a stopped job");
         }
-        Ok(shown.job(info))
+        Ok(Stopped::Job(Box::new(shown.job(info))))
     }
 
     /// Where `identity` reads job `id`'s output: a queued job is waited
@@ -368,13 +383,4 @@ impl Fleet {
             )
         })
     }
-}
-
-/// The status of a call on a job of another host.
-pub fn elsewhere(job: &Job) -> Status {
-    Status::failed_precondition(format!(
-        "job {} runs on host {}: ask that host's gateway",
-        job.id,
-        job.host.as_deref().unwrap_or("?")
-    ))
 }

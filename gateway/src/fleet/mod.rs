@@ -12,12 +12,15 @@
 //! - [`calls`]: the job service's calls over the fleet: `StartJob` queues,
 //!   `GetJob` and `ListJobs` read the database (owner scoping in the
 //!   query), `StopJob` and `StreamOutput` act on the job where it is.
+//! - [`peers`]: the calls forwarded to the gateway of the host where a
+//!   job runs, over mutual TLS with peer certificates.
 //!
 //! [`Fleet`] is what they share.
 
 pub mod agent;
 pub mod calls;
 pub mod lease;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +30,7 @@ use jobworker_fleet::{FleetConfig, Pool};
 use jobworker_ipc::JobId;
 use tokio::sync::{Notify, broadcast, watch};
 
+use self::peers::{PeerTls, Peers};
 use crate::supervisor::Supervisor;
 
 /// The most connections to the fleet's database the gateway's calls hold.
@@ -67,6 +71,8 @@ pub struct Fleet {
     wake: Notify,
     /// The jobs the agent follows to their end, by fleet id.
     followed: Mutex<HashMap<JobId, tokio::task::AbortHandle>>,
+    /// The other hosts' gateways.
+    peers: Peers,
 }
 
 /// How many notices a slow waiter may miss before it is told it lagged
@@ -75,10 +81,12 @@ const NOTICES: usize = 1024;
 
 impl Fleet {
     /// Fleet mode's state; starts the lease and the agent on the current
-    /// runtime.
+    /// runtime. With `peer_tls`, calls on jobs of other hosts are
+    /// forwarded to their gateways.
     pub fn start(
         config: FleetConfig,
         supervisor: Arc<Supervisor>,
+        peer_tls: Option<PeerTls>,
     ) -> Result<Arc<Self>, deadpool_postgres::BuildError> {
         let pool = jobworker_fleet::pool(&config.database, POOL_SIZE)?;
         let fleet = Arc::new(Self {
@@ -89,6 +97,7 @@ impl Fleet {
             notices: broadcast::channel(NOTICES).0,
             wake: Notify::new(),
             followed: Mutex::new(HashMap::new()),
+            peers: Peers::new(peer_tls),
         });
         tokio::spawn(lease::run(Arc::clone(&fleet)));
         tokio::spawn(agent::run(Arc::clone(&fleet)));
