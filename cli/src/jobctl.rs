@@ -456,6 +456,7 @@ pub(crate) fn read_job(mut job: v1::Job) -> Result<JobView, CliError> {
         job.state = v1::JobState::Running.into();
     }
     let host = Some(std::mem::take(&mut job.host)).filter(|host| !host.is_empty());
+    let host_unreachable = job.host_unreachable;
     let info = JobInfo::try_from(job).map_err(|e| {
         CliError::Unexpected(format!(
             "the server sent a job this jobctl cannot read ({}: {}); is jobctl older than the server?",
@@ -463,7 +464,12 @@ pub(crate) fn read_job(mut job: v1::Job) -> Result<JobView, CliError> {
             render::printable(&e.reason)
         ))
     })?;
-    Ok(JobView { info, queued, host })
+    Ok(JobView {
+        info,
+        queued,
+        host,
+        host_unreachable,
+    })
 }
 
 /// Starts a job; its id.

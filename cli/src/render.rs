@@ -9,8 +9,8 @@
 //!
 //! The JSON form is built field by field, with stable names (the proto's
 //! field names; states in lower case, `queued` included; times in RFC 3339
-//! UTC; absent values `null`; `"host"` only for a job a host of a fleet
-//! runs or ran), so scripts do not depend on how the messages are
+//! UTC; absent values `null`; `"host"` and `"host_unreachable"` only for a
+//! job a host of a fleet runs or ran), so scripts do not depend on how the messages are
 //! generated:
 //!
 //! ```json
@@ -27,7 +27,8 @@
 //!            "io_read_bytes": 0, "io_write_bytes": 0},
 //!  "output_bytes": 8, "output_truncated_bytes": 0,
 //!  "output_disk_full_bytes": 0, "failure": null, "stop_reason": null,
-//!  "timeout_ms": null, "labels": {"team": "build"}, "host": "node-1"}
+//!  "timeout_ms": null, "labels": {"team": "build"}, "host": "node-1",
+//!  "host_unreachable": false}
 //! ```
 
 use std::fmt::Write as _;
@@ -57,6 +58,8 @@ pub struct JobView {
     pub queued: bool,
     /// In a fleet: the host that runs (or ran) the job.
     pub host: Option<String>,
+    /// In a fleet: that host's lease ran out; the job may still run there.
+    pub host_unreachable: bool,
 }
 
 impl From<JobInfo> for JobView {
@@ -66,6 +69,7 @@ impl From<JobInfo> for JobView {
             info,
             queued: false,
             host: None,
+            host_unreachable: false,
         }
     }
 }
@@ -198,6 +202,7 @@ pub fn to_json(view: &JobView) -> Value {
     });
     if let Some(host) = &view.host {
         value["host"] = json!(host);
+        value["host_unreachable"] = json!(view.host_unreachable);
     }
     value
 }
@@ -257,7 +262,18 @@ pub fn status_text(view: &JobView) -> String {
     line("Command:", &command_line(job));
     line("State:", &outcome(view));
     if let Some(host) = &view.host {
-        line("Host:", &printable(host));
+        let host = printable(host);
+        if view.host_unreachable {
+            line(
+                "Host:",
+                &format!(
+                    "{host}, unreachable: its lease ran out; the job may still run there, \
+                     and this is its last report"
+                ),
+            );
+        } else {
+            line("Host:", &host);
+        }
     }
     if let Some(pid) = job.pid {
         line("PID:", &pid.to_string());
@@ -374,6 +390,7 @@ fn exit_column(job: &JobInfo) -> String {
 fn state_column(view: &JobView) -> String {
     match view.info.stop_reason {
         Some(StopReason::TimedOut) => format!("{} (timed out)", shout(view)),
+        _ if view.host_unreachable => format!("{} (host unreachable)", shout(view)),
         _ => shout(view),
     }
 }
@@ -941,7 +958,7 @@ pub(crate) mod tests {
         );
         let value = to_json(&placed);
         assert_eq!(value["host"], "node-1");
-        assert_eq!(value.as_object().unwrap().len(), 25);
+        assert_eq!(value.as_object().unwrap().len(), 26);
         // One job with a host brings the column; the others show `-`.
         let queued = crate::jobctl::read_job(queued_proto_job()).unwrap();
         let table = list_table(&[placed.clone(), queued.clone()]);
@@ -967,6 +984,14 @@ pub(crate) mod tests {
         let at = |line: &str, word: &str| line.find(word).unwrap();
         assert_eq!(at(lines[0], "HOST"), at(lines[1], "node-1"));
         assert_eq!(at(lines[0], "EXIT"), at(lines[1], " 7 ") + 1);
+        // A job whose host's lease ran out says so.
+        let cut_off = JobView {
+            host_unreachable: true,
+            ..placed.clone()
+        };
+        assert!(list_table(std::slice::from_ref(&cut_off)).contains("FINISHED (host unreachable)"));
+        assert!(status_text(&cut_off).contains("node-1, unreachable: its lease ran out"));
+        assert_eq!(to_json(&cut_off)["host_unreachable"], true);
         // A host's name reaches a terminal as text.
         let hostile = JobView {
             host: Some("evil\u{1b}[2J".into()),

@@ -41,6 +41,11 @@ pub struct FleetFileConfig {
     /// answers with the job QUEUED, in milliseconds.
     #[serde(default = "default_start_wait_ms")]
     pub start_wait_ms: u64,
+    /// How long the jobs of a host whose lease ran out stay "host
+    /// unreachable" (they may still run there) before they are declared
+    /// FAILED, "host lost", in milliseconds.
+    #[serde(default = "default_host_lost_ms")]
+    pub host_lost_ms: u64,
     /// The peer port: where the other hosts' gateways forward the calls on
     /// this host's jobs (mutual TLS with the gateway's certificate; only
     /// peer certificates are served). Unset: no other gateway can reach
@@ -74,6 +79,7 @@ impl std::fmt::Debug for FleetFileConfig {
             .field("labels", &self.labels)
             .field("lease_ms", &self.lease_ms)
             .field("start_wait_ms", &self.start_wait_ms)
+            .field("host_lost_ms", &self.host_lost_ms)
             .field("peer_listen", &self.peer_listen)
             .field("peer_address", &self.peer_address)
             .field("peer_cert", &self.peer_cert)
@@ -97,6 +103,14 @@ fn default_start_wait_ms() -> u64 {
     1_000
 }
 
+/// A host away for five minutes is more likely gone than restarting.
+fn default_host_lost_ms() -> u64 {
+    300_000
+}
+
+/// The longest `host_lost_ms`: a week.
+pub const MAX_HOST_LOST_MS: u64 = 7 * 24 * 3_600_000;
+
 /// The longest `start_wait_ms`.
 pub const MAX_START_WAIT_MS: u64 = 60_000;
 
@@ -116,6 +130,9 @@ pub struct FleetConfig {
     pub lease: Duration,
     /// How long a `StartJob` waits for a host to start the job.
     pub start_wait: Duration,
+    /// How long the jobs of a host whose lease ran out stay unreachable
+    /// before they are declared lost.
+    pub host_lost: Duration,
     /// The peer port.
     pub peer_listen: Option<SocketAddr>,
     /// The address the other gateways dial for it: as configured, else
@@ -172,6 +189,15 @@ impl FleetConfig {
                 ),
             ));
         }
+        if fleet.host_lost_ms > MAX_HOST_LOST_MS {
+            return Err((
+                "fleet.host_lost_ms",
+                format!(
+                    "{} is out of range 0..={MAX_HOST_LOST_MS}",
+                    fleet.host_lost_ms
+                ),
+            ));
+        }
         let labels = Labels::new("fleet.labels", fleet.labels.clone())
             .map_err(|e| ("fleet.labels", e.reason))?;
         match (fleet.peer_listen, &fleet.peer_address) {
@@ -220,6 +246,7 @@ impl FleetConfig {
             labels,
             lease: Duration::from_millis(fleet.lease_ms),
             start_wait: Duration::from_millis(fleet.start_wait_ms),
+            host_lost: Duration::from_millis(fleet.host_lost_ms),
             peer_listen: fleet.peer_listen,
             peer_address: fleet.peer_address.clone(),
             peer_client,

@@ -122,6 +122,12 @@ pub struct Job {
     pub refusal: Option<IpcError>,
     /// When it was queued, on the database's clock.
     pub created_at: UnixMicros,
+    /// Its host's lease ran out while it was starting or running: it may
+    /// still run there, but nothing is known of it since.
+    pub unreachable: bool,
+    /// The reaper declared it FAILED after the grace ("host lost"); its
+    /// host's report replaces that if it comes back.
+    pub lost: bool,
 }
 
 impl Job {
@@ -163,7 +169,8 @@ impl Job {
 
 /// The columns a [`Job`] is read from, of `jobworker_jobs j`.
 const COLUMNS: &str = "j.id, j.owner, j.role, j.spec, j.placement, j.state, j.host, \
-                       j.generation, j.local_id, j.info, j.refusal, j.created_us";
+                       j.generation, j.local_id, j.info, j.refusal, j.created_us, \
+                       j.unreachable_since IS NOT NULL, j.lost";
 
 /// `key=value` strings of labels, as the database holds them.
 pub(crate) fn pairs(labels: &Labels) -> Vec<String> {
@@ -227,6 +234,8 @@ fn job(op: &'static str, row: &Row) -> Result<Job, DbError> {
         created_at: UnixMicros(
             u64::try_from(row.get::<_, i64>(11)).map_err(|e| bad(e.to_string()))?,
         ),
+        unreachable: row.get(12),
+        lost: row.get(13),
     })
 }
 
@@ -442,8 +451,9 @@ const FENCED: &str = "j.id = $3 AND j.host = $1 AND j.generation = $2
                                   WHERE h.id = $1 AND h.generation = $2)";
 
 /// Records what host `fence`'s supervisor says of job `id` (started, or
-/// ended) while the job is the host's to report; `false` if it is not (a
-/// newer generation holds the host, or the job has ended).
+/// ended) while the job is the host's to report (starting, running, or
+/// declared lost by the reaper: the host's truth replaces that); `false`
+/// if it is not (a newer generation holds the host, or the job has ended).
 pub async fn report(
     client: &Client,
     fence: &Fence,
@@ -458,8 +468,8 @@ pub async fn report(
         .execute(
             &format!(
                 "UPDATE jobworker_jobs j SET state = $4, local_id = $5, info = $6,
-                     ended_us = $7, updated_at = now()
-                 WHERE {FENCED} AND j.state IN ('starting', 'running')
+                     ended_us = $7, unreachable_since = NULL, lost = false, updated_at = now()
+                 WHERE {FENCED} AND (j.state IN ('starting', 'running') OR j.lost)
                  RETURNING pg_notify('{CHANNEL}', j.id::text)::text"
             ),
             &[
@@ -531,15 +541,17 @@ pub async fn release(client: &Client, fence: &Fence, id: JobId) -> Result<bool, 
 }
 
 /// Takes the jobs host `fence.host` claimed with an older generation over
-/// into `fence`'s (after it registered again), and returns every job it is
-/// starting or running: what it must reconcile with its supervisor.
+/// into `fence`'s (after it registered again: it is reachable, so no job
+/// of it is unreachable any more), and returns every job it is starting or
+/// running, or that the reaper declared lost: what it must reconcile with
+/// its supervisor.
 pub async fn adopt(client: &Client, fence: &Fence) -> Result<Vec<Job>, DbError> {
     const OP: &str = "reading the host's jobs";
     let rows = client
         .query(
             &format!(
-                "UPDATE jobworker_jobs j SET generation = $2
-                 WHERE j.host = $1 AND j.state IN ('starting', 'running')
+                "UPDATE jobworker_jobs j SET generation = $2, unreachable_since = NULL
+                 WHERE j.host = $1 AND (j.state IN ('starting', 'running') OR j.lost)
                    AND EXISTS (SELECT 1 FROM jobworker_hosts h
                                WHERE h.id = $1 AND h.generation = $2)
                  RETURNING {COLUMNS}"
@@ -549,6 +561,93 @@ pub async fn adopt(client: &Client, fence: &Fence) -> Result<Vec<Job>, DbError> 
         .await
         .map_err(db(OP))?;
     rows.iter().map(|row| job(OP, row)).collect()
+}
+
+/// The advisory lock key of the reaper ("jwreaper" in ASCII): one gateway
+/// reaps at a time.
+const REAPER_LOCK: i64 = 0x6a77_7265_6170_6572;
+
+/// What a round of the reaper did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Jobs newly marked unreachable.
+    pub unreachable: u64,
+    /// Jobs declared FAILED, their host lost.
+    pub lost: u64,
+}
+
+/// One round of the reaper, unless another gateway's is under way: marks
+/// the starting and running jobs of every host whose lease ran out
+/// unreachable (they may still run there), and declares those unreachable
+/// for longer than `grace` FAILED ("host lost"). Nothing is run again.
+pub async fn reap(client: &mut Client, grace: std::time::Duration) -> Result<Reaped, DbError> {
+    const OP: &str = "reaping the jobs of unreachable hosts";
+    let tx = client.transaction().await.map_err(db(OP))?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&REAPER_LOCK])
+        .await
+        .map_err(db(OP))?
+        .get(0);
+    if !locked {
+        return Ok(Reaped::default());
+    }
+    let unreachable = tx
+        .execute(
+            &format!(
+                "UPDATE jobworker_jobs j SET unreachable_since = now(), updated_at = now()
+                 FROM jobworker_hosts h
+                 WHERE h.id = j.host AND h.lease_until < now()
+                   AND j.state IN ('starting', 'running') AND j.unreachable_since IS NULL
+                 RETURNING pg_notify('{CHANNEL}', j.id::text)::text"
+            ),
+            &[],
+        )
+        .await
+        .map_err(db(OP))?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {COLUMNS}, EXTRACT(EPOCH FROM now() - j.unreachable_since)::float8
+                 FROM jobworker_jobs j
+                 WHERE j.state IN ('starting', 'running')
+                   AND j.unreachable_since < now() - make_interval(secs => $1)
+                 FOR UPDATE OF j"
+            ),
+            &[&grace.as_secs_f64()],
+        )
+        .await
+        .map_err(db(OP))?;
+    let mut lost = 0;
+    for row in &rows {
+        let job = job(OP, row)?;
+        let since: f64 = row.get(14);
+        let mut info = job.info();
+        if let Some(local) = job.local_id {
+            info.id = local;
+        }
+        info.state = JobState::Failed;
+        info.failure = Some(format!(
+            "host lost: host {} has not renewed its lease for {since:.0}s (the job may have \
+             run on; the host's own record replaces this if it comes back)",
+            job.host.as_deref().unwrap_or("?"),
+        ));
+        info.ended_at = Some(UnixMicros::now());
+        lost += tx
+            .execute(
+                &format!(
+                    "UPDATE jobworker_jobs j SET state = 'failed', lost = true, info = $2,
+                         ended_us = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                         updated_at = now()
+                     WHERE j.id = $1
+                     RETURNING pg_notify('{CHANNEL}', j.id::text)::text"
+                ),
+                &[&job.id.as_uuid(), &json(OP, &info)?],
+            )
+            .await
+            .map_err(db(OP))?;
+    }
+    tx.commit().await.map_err(db(OP))?;
+    Ok(Reaped { unreachable, lost })
 }
 
 /// Subscribes `client`'s connection to [`CHANNEL`].

@@ -30,7 +30,7 @@ const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// PostgreSQL refused it, or could not be reached.
-    #[error("{op}: {source}")]
+    #[error("{op}: {}", detail(.source))]
     Postgres {
         /// What was being done.
         op: &'static str,
@@ -47,6 +47,15 @@ pub enum DbError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// PostgreSQL's own words for an error it answered with (tokio-postgres's
+/// `Display` says only "db error"), else the connection's failure.
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

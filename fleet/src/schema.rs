@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "peer_address",
         include_str!("migrations/0003_peer_address.sql"),
     ),
+    (4, "reaper", include_str!("migrations/0004_reaper.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -36,7 +36,7 @@ fn fleet(pg: &Postgres, host: &str, lease_ms: u64) -> String {
 fn fleet_in(pg: &Postgres, host: &str, lease_ms: u64, zone: &str) -> String {
     format!(
         "[fleet]\ndatabase_url = {:?}\nhost_id = {host:?}\nslots = 2\nlease_ms = {lease_ms}\n\
-         start_wait_ms = 500\nlabels = {{ zone = {zone:?} }}\n",
+         start_wait_ms = 500\nhost_lost_ms = 4000\nlabels = {{ zone = {zone:?} }}\n",
         pg.url()
     )
 }
@@ -623,6 +623,87 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
         (v1::JobState::Stopped, on.as_str())
     );
     assert_eq!(stopped.id, sleeper);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_cut_off_is_unreachable_then_lost_and_its_truth_wins_when_it_is_back() {
+    let bed = Bed::new();
+    let hosts = [bed.whole_host("h1", "a"), bed.whole_host("h2", "b")];
+    let db = connect(&bed.pg).await;
+    registered(&db, "h1", 1).await;
+    registered(&db, "h2", 1).await;
+    let mut alice = hosts[1].gateway.client(&bed.pki, "alice").await;
+    let in_zone_a = |script: &str| v1::StartJobRequest {
+        placement: [("zone".into(), "a".into())].into(),
+        ..start_request("sh", &["-c", script])
+    };
+    let job = alice
+        .start_job(in_zone_a("sleep 6; echo survived"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+
+    // h1's gateway stops answering (its supervisor and the job run on).
+    hosts[0].gateway.signal(nix::sys::signal::Signal::SIGSTOP);
+    let shown = eventually("the job shown host unreachable", || async {
+        Some(get(&mut alice.clone(), &job).await.unwrap()).filter(|j| j.host_unreachable)
+    })
+    .await;
+    assert_eq!(
+        (shown.state(), shown.host.as_str()),
+        (v1::JobState::Running, "h1")
+    );
+    // A host without its lease claims nothing.
+    let waiting = alice
+        .start_job(in_zone_a("echo claimed"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(waiting.job.unwrap().state(), v1::JobState::Queued);
+    let lost = eventually("the job declared lost", || async {
+        Some(get(&mut alice.clone(), &job).await.unwrap())
+            .filter(|j| j.state() == v1::JobState::Failed)
+    })
+    .await;
+    assert!(lost.failure.contains("host lost"), "{lost:?}");
+
+    // Back: it registers again, its generation's truth replaces the
+    // reaper's guess, and it claims what waited for it.
+    hosts[0].gateway.signal(nix::sys::signal::Signal::SIGCONT);
+    registered(&db, "h1", 2).await;
+    let back = eventually("the host's own report", || async {
+        Some(get(&mut alice.clone(), &job).await.unwrap())
+            .filter(|j| j.state() == v1::JobState::Finished)
+    })
+    .await;
+    assert!(
+        !back.host_unreachable && back.failure.is_empty(),
+        "{back:?}"
+    );
+    let (bytes, _) = output(&mut alice, &job).await.unwrap();
+    assert_eq!(bytes, b"survived\n");
+    let claimed = wait_ended(&mut alice, &waiting.job_id).await;
+    assert_eq!(
+        (claimed.state(), claimed.host.as_str()),
+        (v1::JobState::Finished, "h1")
+    );
+    // A write of the old generation changes nothing.
+    let row = jobworker_fleet::jobs::get(&db, job.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stale = row.info.clone().unwrap();
+    stale.state = jobworker_ipc::JobState::Failed;
+    let fence = jobworker_fleet::jobs::Fence {
+        host: "h1".into(),
+        generation: 1,
+    };
+    assert!(
+        !jobworker_fleet::jobs::report(&db, &fence, row.id, &stale)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

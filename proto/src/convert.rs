@@ -118,6 +118,7 @@ impl From<JobInfo> for v1::Job {
             timeout: info.timeout.map(|t| duration(t.duration())),
             labels: info.labels.as_map().clone().into_iter().collect(),
             host: String::new(),
+            host_unreachable: false,
         }
     }
 }

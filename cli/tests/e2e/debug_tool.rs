@@ -213,6 +213,7 @@ fn lists_drains_and_undrains_the_fleets_hosts() {
         labels: [("zone".to_owned(), "a".to_owned())].into(),
         lease_ms: 60_000,
         start_wait_ms: 1_000,
+        host_lost_ms: 300_000,
         peer_listen: None,
         peer_address: None,
         peer_cert: None,

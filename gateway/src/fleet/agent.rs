@@ -8,6 +8,11 @@
 //! cannot be reached gets no claim, and a job claimed meanwhile goes back to
 //! the queue.
 //!
+//! Every tick it also reaps (one gateway of the fleet at a time): the jobs
+//! of a host whose lease ran out are shown "host unreachable", and after
+//! `host_lost_ms` declared FAILED ("host lost"); a host that comes back
+//! reports how they stand instead. Nothing is run again.
+//!
 //! After each registration, and every [`RECONCILE_EVERY`] ticks, it
 //! reconciles: it takes its jobs over into the current generation, starts
 //! again those left starting (idempotent, as above) and follows those
@@ -52,12 +57,14 @@ pub async fn run(fleet: Arc<Fleet>) {
     let mut ticks = 0_u32;
     let mut reconciled = None;
     loop {
+        let mut reap_due = false;
         tokio::select! {
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(RECONCILE_EVERY) {
                     reconciled = None;
                 }
+                reap_due = true;
             }
             notice = notices.recv() => match notice {
                 Ok(Notice::Queued) | Err(RecvError::Lagged(_)) => {}
@@ -84,7 +91,31 @@ pub async fn run(fleet: Arc<Fleet>) {
         if let Err(e) = claim(&fleet, &fence).await {
             tracing::warn!(error = %e, "fleet: claiming queued jobs");
         }
+        if reap_due && let Err(e) = reap(&fleet).await {
+            tracing::warn!(error = %e, "fleet: reaping the jobs of unreachable hosts");
+        }
     }
+}
+
+/// One round of the reaper (unless another gateway's is under way).
+async fn reap(fleet: &Fleet) -> Result<(), Failure> {
+    let mut db = fleet.db().await?;
+    let reaped = jobs::reap(&mut db, fleet.config.host_lost).await?;
+    if reaped.unreachable > 0 {
+        tracing::warn!(
+            jobs = reaped.unreachable,
+            "fleet: a host's lease ran out: its jobs are now shown as host unreachable"
+        );
+    }
+    if reaped.lost > 0 {
+        tracing::warn!(
+            jobs = reaped.lost,
+            grace = ?fleet.config.host_lost,
+            "fleet: jobs of a host unreachable for longer than host_lost_ms are declared \
+             FAILED (host lost); nothing is run again"
+        );
+    }
+    Ok(())
 }
 
 /// Claims what the host has room for, if its supervisor answers, and
@@ -114,10 +145,15 @@ async fn reconcile(fleet: &Arc<Fleet>, fence: &Fence) -> Result<(), Failure> {
     };
     for job in mine {
         match (job.state, job.local_id) {
+            // A job the reaper declared lost is followed like a running
+            // one: its record here says how it stands.
             (State::Running, Some(local)) => follow(fleet, job.id, &job.owner, local),
+            (_, Some(local)) if job.lost => follow(fleet, job.id, &job.owner, local),
             (State::Starting, _) | (State::Running, None) => {
                 tokio::spawn(start(Arc::clone(fleet), fence.clone(), job));
             }
+            // Lost before it was known to start: starting it now would run
+            // a job its owner was told FAILED.
             _ => {}
         }
     }

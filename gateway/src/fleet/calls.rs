@@ -83,11 +83,12 @@ pub enum Stopped {
 /// A job as callers see it.
 pub fn view(job: &Job) -> v1::Job {
     let mut shown = v1::Job::from(job.info());
-    if job.state.is_waiting() {
+    if job.state.is_waiting() && !job.unreachable {
         shown.state = v1::JobState::Queued.into();
     } else {
         shown.host = job.host.clone().unwrap_or_default();
     }
+    shown.host_unreachable = job.unreachable;
     shown
 }
 
@@ -101,10 +102,15 @@ pub(super) fn unavailable(e: &dyn std::fmt::Display) -> Status {
 
 /// The status of a database error.
 fn db_status(e: &DbError) -> Status {
+    if e.unreachable() {
+        return unavailable(e);
+    }
+    tracing::error!(error = %e, "fleet: the database refused a call's query");
     match e {
-        DbError::Postgres { .. } => unavailable(e),
+        DbError::Postgres { .. } => Status::internal(
+            "the fleet's database refused this gateway's query; the gateway's log says why",
+        ),
         DbError::Row { .. } => {
-            tracing::error!(error = %e, "fleet: a row could not be read");
             Status::internal("the fleet's database holds a job this gateway cannot read")
         }
     }
