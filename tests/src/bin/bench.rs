@@ -3,7 +3,7 @@
 //! Run as root, after `cargo build --release --workspace --bins`:
 //!
 //! ```text
-//! cargo run --release -p jobworker-tests --bin bench -- [--only start,control,throughput,streaming,footprint,followers]
+//! cargo run --release -p jobworker-tests --bin bench -- [--only start,control,throughput,streaming,footprint,followers,fleet]
 //! ```
 //!
 //! It starts the real supervisor and gateway (their binaries next to its
@@ -21,13 +21,14 @@ use jobworker_tests::bench::report::{self, Report};
 use jobworker_tests::bench::{Options, figures};
 
 /// Every figure, in the order they run.
-const FIGURES: [&str; 6] = [
+const FIGURES: [&str; 7] = [
     "start",
     "control",
     "throughput",
     "streaming",
     "footprint",
     "followers",
+    "fleet",
 ];
 
 /// Benchmarks the real supervisor and gateway against floors and peers.
@@ -35,7 +36,7 @@ const FIGURES: [&str; 6] = [
 #[command(about)]
 struct Cli {
     /// The figures to run, comma-separated: start, control, throughput,
-    /// streaming, footprint, followers. All when unset.
+    /// streaming, footprint, followers, fleet. All when unset.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Samples per start-latency measurement.
@@ -110,7 +111,8 @@ async fn run(cli: Cli) -> Result<()> {
             "throughput" => figures::throughput::run(&options, &mut report).await?,
             "streaming" => figures::streaming::run(&options, &mut report).await?,
             "footprint" => figures::footprint::run(&options, &mut report).await?,
-            _ => figures::followers::run(&options, &mut report).await?,
+            "followers" => figures::followers::run(&options, &mut report).await?,
+            _ => figures::fleet::run(&options, &mut report).await?,
         }
         eprintln!(
             "bench: {figure} took {:.1} s",
