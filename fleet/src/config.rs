@@ -10,6 +10,8 @@ use std::time::Duration;
 use jobworker_ipc::Labels;
 use serde::{Deserialize, Serialize};
 
+use crate::Database;
+
 /// The most slots a host may offer.
 pub const MAX_SLOTS: u32 = 100_000;
 /// The shortest lease (renewed every third of it).
@@ -25,6 +27,10 @@ pub struct FleetFileConfig {
     /// The PostgreSQL connection string: `host=/run/postgresql
     /// dbname=jobworker user=jobworker` or a `postgresql://` URL.
     pub database_url: String,
+    /// The CA certificate (PEM) PostgreSQL's server certificate must chain
+    /// to, for TLS over TCP; unset: no TLS.
+    #[serde(default)]
+    pub database_ca: Option<PathBuf>,
     /// This host's name in the fleet: 1 to 63 of `[a-z0-9-]`, unique.
     pub host_id: String,
     /// How many of the fleet's jobs this host runs at once.
@@ -74,6 +80,7 @@ impl std::fmt::Debug for FleetFileConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetFileConfig")
             .field("database_url", &"(not shown)")
+            .field("database_ca", &self.database_ca)
             .field("host_id", &self.host_id)
             .field("slots", &self.slots)
             .field("labels", &self.labels)
@@ -118,7 +125,7 @@ pub const MAX_START_WAIT_MS: u64 = 60_000;
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
     /// How to reach PostgreSQL.
-    pub database: tokio_postgres::Config,
+    pub database: Database,
     /// This host's name in the fleet.
     pub host_id: String,
     /// How many of the fleet's jobs this host runs at once.
@@ -154,10 +161,10 @@ pub struct PeerFiles {
 }
 
 impl FleetConfig {
-    /// Checks the table; an error names the key (`fleet.<key>`) and says
-    /// what is wrong.
+    /// Checks the table (and reads `database_ca`); an error names the key
+    /// (`fleet.<key>`) and says what is wrong.
     pub fn resolve(fleet: &FleetFileConfig) -> Result<Self, (&'static str, String)> {
-        let database = database(&fleet.database_url)?;
+        let database = Database::new(&fleet.database_url, fleet.database_ca.as_deref())?;
         let id = &fleet.host_id;
         if !jobworker_ipc::types::is_host_id(id) {
             return Err((
@@ -252,28 +259,4 @@ impl FleetConfig {
             peer_client,
         })
     }
-}
-
-/// How long connecting may take when `database_url` does not say
-/// (`connect_timeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Parses `fleet.database_url`; a connection that does not say otherwise
-/// gives up connecting after [`CONNECT_TIMEOUT`] and sends TCP keepalives,
-/// so that a database cut off is noticed.
-pub fn database(url: &str) -> Result<tokio_postgres::Config, (&'static str, String)> {
-    let mut config = url.parse::<tokio_postgres::Config>().map_err(|e| {
-        (
-            "fleet.database_url",
-            format!(
-                "is not a PostgreSQL connection string ({e}); e.g. \
-                 \"host=/run/postgresql dbname=jobworker user=jobworker-gateway\""
-            ),
-        )
-    })?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    config.keepalives(true);
-    Ok(config)
 }

@@ -475,6 +475,10 @@ mod tests {
                 "database_url = \"no such=key\"\nhost_id = \"h1\"\n",
                 "fleet.database_url",
             ),
+            (
+                "database_url = \"host=db.example sslmode=require\"\nhost_id = \"h1\"\n",
+                "fleet.database_ca",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&format!("[fleet]\n{text}")).unwrap_err().to_string();
@@ -486,6 +490,7 @@ mod tests {
             ("labels = { \"Bad Key\" = \"x\" }\n", "fleet.labels"),
             ("peer = \"x\"\n", "peer"),
             ("start_wait_ms = 60001\n", "fleet.start_wait_ms"),
+            ("database_ca = \"/no/such/ca.pem\"\n", "fleet.database_ca"),
             ("peer_address = \"h1:7\"\n", "fleet.peer_address"),
             ("peer_listen = \"0.0.0.0:7\"\n", "fleet.peer_address"),
             ("peer_cert = \"/p.pem\"\n", "fleet.peer_key"),

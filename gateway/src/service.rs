@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::fleet::Fleet;
-use crate::fleet::calls::{Place, Shown, Stopped};
+use crate::fleet::calls::{Got, Place, Shown, Stopped};
 use crate::fleet::peers::{ON_BEHALF_OF_ROLE, ON_BEHALF_OF_USER};
 use crate::listener::ConnInfo;
 use crate::supervisor::{OutputStream, StreamSlots, Supervisor, SupervisorError};
@@ -47,8 +47,8 @@ pub enum Port {
     /// The public port: callers with client certificates.
     Public,
     /// A fleet's peer port: the other hosts' gateways, forwarding
-    /// `StopJob` and `StreamOutput` of this host's jobs for the callers
-    /// they name (see [`crate::fleet::peers`]).
+    /// `GetJob`, `StopJob` and `StreamOutput` of this host's jobs for the
+    /// callers they name (see [`crate::fleet::peers`]).
     Peer,
 }
 
@@ -197,7 +197,25 @@ impl JobService {
 
     async fn get(&self, identity: &Identity, job: JobId) -> Result<v1::Job, Status> {
         match &self.fleet {
-            Some(fleet) => fleet.get_job(identity, job).await,
+            Some(fleet) => match fleet.get_job(identity, job).await? {
+                Got::Job(job) => Ok(*job),
+                // A forwarded call is not forwarded again.
+                Got::Elsewhere { recorded, .. } if self.port == Port::Peer => Ok(*recorded),
+                Got::Elsewhere { host, recorded } => {
+                    let request = v1::GetJobRequest {
+                        job_id: job.to_string(),
+                    };
+                    match fleet.forward_get(identity, &host, request).await {
+                        Ok(live) => Ok(live),
+                        Err(status) => {
+                            tracing::debug!(%job, %host, error = %status.message(),
+                                "its host's gateway did not answer a GetJob; answering from \
+                                 the database");
+                            Ok(*recorded)
+                        }
+                    }
+                }
+            },
             None => self
                 .job_call(identity, IpcRequest::GetJob { job })
                 .await
@@ -475,9 +493,12 @@ impl Caller {
                         .into(),
                 ));
             }
-            (Port::Peer, _, Some(_)) if !matches!(action, Action::Stop | Action::Stream) => {
+            (Port::Peer, _, Some(_))
+                if !matches!(action, Action::Get | Action::Stop | Action::Stream) =>
+            {
                 return Err(refused(
-                    "the peer port serves only forwarded StopJob and StreamOutput calls".into(),
+                    "the peer port serves only forwarded GetJob, StopJob and StreamOutput calls"
+                        .into(),
                 ));
             }
             (Port::Peer, _, Some(host)) => (

@@ -110,7 +110,9 @@ struct Host {
 
 /// A connection of the test's own to the database.
 async fn connect(pg: &Postgres) -> tokio_postgres::Client {
-    jobworker_fleet::connect(&pg.url().parse().unwrap())
+    jobworker_fleet::Database::new(&pg.url(), None)
+        .unwrap()
+        .connect()
         .await
         .unwrap()
 }
@@ -420,7 +422,7 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
     // The same request id through both gateways at once: one job.
     let request = v1::StartJobRequest {
         request_id: Some("r-1".into()),
-        ..start_request("sleep", &["30"])
+        ..start_request("sh", &["-c", "sleep 0.5; echo ticking; exec sleep 30"])
     };
     let (first, second) = tokio::join!(
         alice1.start_job(request.clone()),
@@ -606,6 +608,21 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 
+    // Its status through the other host's gateway is its host's, live:
+    // the database recorded it before it wrote anything.
+    let recorded = jobworker_fleet::jobs::get(&db, sleeper.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded.info.unwrap().output_bytes, 0);
+    let mut through_here = if here == "h1" {
+        alice1.clone()
+    } else {
+        alice2.clone()
+    };
+    let live = get(&mut through_here, &sleeper).await.unwrap();
+    assert_eq!((live.output_bytes, live.host.as_str()), (8, there), "{live:?}");
+
     // The owner stops it through the gateway of the other host.
     let mut owner = if here == "h1" { alice1 } else { alice2 };
     let stopped = owner
@@ -726,6 +743,47 @@ async fn a_job_that_ends_while_its_gateway_is_down_is_recorded_when_it_is_back()
         let (bytes, _) = output(&mut alice, job).await.unwrap();
         assert_eq!(bytes, text.as_bytes());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_is_reached_over_tls_checked_against_database_ca() {
+    let pki = Pki::new();
+    let pg = Postgres::start_tls(&pki.path("server.pem"), &pki.path("server.key")).unwrap();
+    let supervisor = Supervisor::start();
+    let table = |host: &str, ca: &std::path::Path| {
+        format!(
+            "[fleet]\ndatabase_url = {:?}\ndatabase_ca = {ca:?}\nhost_id = {host:?}\n\
+             lease_ms = 3000\n",
+            pg.tls_url().unwrap()
+        )
+    };
+    let _gateway = Gateway::start(&pki, &supervisor.socket, &table("h1", &pki.server_ca()));
+    let db = connect(&pg).await;
+    registered(&db, "h1", 1).await;
+    let over_tcp: Vec<bool> = db
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.client_addr IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        !over_tcp.is_empty() && over_tcp.iter().all(|ssl| *ssl),
+        "{over_tcp:?}"
+    );
+
+    // A CA that did not sign the server's certificate: no connection.
+    let wrong = Gateway::start(
+        &pki,
+        &supervisor.socket,
+        &table("h2", &pki.path("client-ca.pem")),
+    );
+    wrong.wait_log("the database is unreachable", 1);
+    assert!(host(&db, "h2").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

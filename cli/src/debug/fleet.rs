@@ -70,7 +70,7 @@ async fn connect(gateway_config: &Path) -> Result<tokio_postgres::Client, CliErr
              configuration with --gateway-config)"
         ))
     })?;
-    let config = jobworker_fleet::config::database(&fleet.database_url)
+    let config = jobworker_fleet::FleetConfig::resolve(&fleet)
         .map_err(|(key, reason)| CliError::Usage(format!("{shown}: `{key}` {reason}")))?;
-    jobworker_fleet::connect(&config).await.map_err(database)
+    config.database.connect().await.map_err(database)
 }

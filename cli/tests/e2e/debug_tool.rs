@@ -208,6 +208,7 @@ fn lists_drains_and_undrains_the_fleets_hosts() {
     let pg = jobworker_tests::fixture::Postgres::start().unwrap();
     let file = jobworker_fleet::FleetFileConfig {
         database_url: pg.url(),
+        database_ca: None,
         host_id: "h1".into(),
         slots: 3,
         labels: [("zone".to_owned(), "a".to_owned())].into(),
@@ -225,7 +226,7 @@ fn lists_drains_and_undrains_the_fleets_hosts() {
     // Registers h1 as its gateway's agent does; its generation.
     let register = || {
         runtime.block_on(async {
-            let mut client = jobworker_fleet::connect(&host.database).await.unwrap();
+            let mut client = host.database.connect().await.unwrap();
             jobworker_fleet::schema::migrate(&mut client).await.unwrap();
             jobworker_fleet::hosts::register(&client, &host)
                 .await

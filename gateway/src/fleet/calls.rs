@@ -80,6 +80,20 @@ pub enum Stopped {
     },
 }
 
+/// What a `GetJob` came to.
+pub enum Got {
+    /// The job.
+    Job(Box<v1::Job>),
+    /// It runs on another host, whose gateway has it live; `recorded` is
+    /// the database's, for when that gateway does not answer.
+    Elsewhere {
+        /// That host's id.
+        host: String,
+        /// The job as the database holds it.
+        recorded: Box<v1::Job>,
+    },
+}
+
 /// A job as callers see it.
 pub fn view(job: &Job) -> v1::Job {
     let mut shown = v1::Job::from(job.info());
@@ -207,9 +221,10 @@ impl Fleet {
         })
     }
 
-    /// Job `id` as `identity` may see it; a job running on this host as
-    /// its supervisor sees it now.
-    pub async fn get_job(&self, identity: &Identity, id: JobId) -> Result<v1::Job, Status> {
+    /// Job `id` as `identity` may see it: one running here as its
+    /// supervisor sees it now; one running on another host as the
+    /// database last heard of it, with that host to ask for it now.
+    pub async fn get_job(&self, identity: &Identity, id: JobId) -> Result<Got, Status> {
         let job = self.read(id).await?;
         authorize(identity, Action::Get, &job)?;
         // Otherwise (or when the supervisor does not answer), the
@@ -220,9 +235,20 @@ impl Fleet {
                 .call(identity, Request::GetJob { job: local })
                 .await
         {
-            return Ok(shown.job(*info));
+            return Ok(Got::Job(Box::new(shown.job(*info))));
         }
-        Ok(view(&job))
+        let recorded = Box::new(view(&job));
+        Ok(match &job.host {
+            Some(host)
+                if job.state == State::Running && !job.unreachable && host != self.host_id() =>
+            {
+                Got::Elsewhere {
+                    host: host.clone(),
+                    recorded,
+                }
+            }
+            _ => Got::Job(recorded),
+        })
     }
 
     /// A page of the jobs `identity` may see, across the fleet.

@@ -87,7 +87,7 @@ async fn session(
     let (mut client, mut notifications) = bounded(
         "connecting to PostgreSQL",
         setup,
-        jobworker_fleet::connect_listening(&config.database),
+        config.database.connect_listening(),
     )
     .await?;
     let schema = bounded("migrating the schema", setup, schema::migrate(&mut client)).await?;

@@ -11,7 +11,8 @@
 //!   outage.
 //! - [`calls`]: the job service's calls over the fleet: `StartJob` queues,
 //!   `GetJob` and `ListJobs` read the database (owner scoping in the
-//!   query), `StopJob` and `StreamOutput` act on the job where it is.
+//!   query; a running job's `GetJob` is answered where it runs),
+//!   `StopJob` and `StreamOutput` act on the job where it is.
 //! - [`peers`]: the calls forwarded to the gateway of the host where a
 //!   job runs, over mutual TLS with peer certificates.
 //!
@@ -88,7 +89,7 @@ impl Fleet {
         supervisor: Arc<Supervisor>,
         peer_tls: Option<PeerTls>,
     ) -> Result<Arc<Self>, deadpool_postgres::BuildError> {
-        let pool = jobworker_fleet::pool(&config.database, POOL_SIZE)?;
+        let pool = config.database.pool(POOL_SIZE)?;
         let fleet = Arc::new(Self {
             config,
             pool,

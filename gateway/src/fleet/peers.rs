@@ -1,5 +1,5 @@
-//! Calls forwarded to the gateway of the host a job runs on: `StreamOutput`
-//! and `StopJob` of a job of another host. The forwarding gateway dials
+//! Calls forwarded to the gateway of the host a job runs on: `StreamOutput`,
+//! `StopJob` and `GetJob` (while it runs) of a job of another host. The forwarding gateway dials
 //! that host's peer port (its `peer_address` in the database) with mutual
 //! TLS: it presents its peer certificate (role `peer`, which no user has)
 //! and checks the other's certificate against `peer_ca`. One HTTP/2
@@ -175,6 +175,20 @@ impl Fleet {
     ) -> Result<v1::StopJobResponse, Status> {
         let mut peer = self.peer(host).await?;
         peer.stop_job(asserting(identity, request)?)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| from_peer(host, status))
+    }
+
+    /// `GetJob` on host `host`'s gateway, for `identity`.
+    pub async fn forward_get(
+        &self,
+        identity: &Identity,
+        host: &str,
+        request: v1::GetJobRequest,
+    ) -> Result<v1::Job, Status> {
+        let mut peer = self.peer(host).await?;
+        peer.get_job(asserting(identity, request)?)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| from_peer(host, status))
