@@ -318,10 +318,17 @@ mod tests {
     }
 
     /// deploy/gateway.toml with each commented-out `key = value` (and
-    /// table) of it set: every key it shows is one the gateway takes.
+    /// table) of it set: every key it shows is one the gateway takes. The
+    /// one file the configuration reads, `database_ca`, is made for it.
     #[test]
     fn the_deployed_example_shows_only_real_keys() {
-        let example = include_str!("../../deploy/gateway.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let validity = jobworker_certs::Validity::with_overrides(1, None, None).unwrap();
+        jobworker_certs::init(dir.path(), &validity, jobworker_certs::Overwrite::Refuse).unwrap();
+        let example = include_str!("../../deploy/gateway.toml").replace(
+            "/etc/jobworker/postgresql-ca.pem",
+            &dir.path().join("server-ca.pem").to_string_lossy(),
+        );
         let set: String = example
             .lines()
             .map(|line| match line.strip_prefix("# ") {

@@ -29,6 +29,13 @@ pub const ON_BEHALF_OF_ROLE: &str = "jobworker-on-behalf-of-role";
 
 /// How long dialing a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on a peer's connection, even while idle, and how long one
+/// may go unanswered: a peer that stops answering (cut off, or stopped)
+/// fails its calls and streams within their sum, instead of holding them.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(5));
+/// How long a forwarded `GetJob` may take before the database's record is
+/// shown instead.
+const GET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A file of the peer identity that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +168,9 @@ impl Fleet {
                 ))
             })?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE.0)
+            .keep_alive_timeout(KEEPALIVE.1)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         channels.insert(host.to_owned(), (address, channel.clone()));
         Ok(JobServiceClient::new(channel))
@@ -188,8 +198,15 @@ impl Fleet {
         request: v1::GetJobRequest,
     ) -> Result<v1::Job, Status> {
         let mut peer = self.peer(host).await?;
-        peer.get_job(asserting(identity, request)?)
+        let mut request = asserting(identity, request)?;
+        request.set_timeout(GET_TIMEOUT);
+        tokio::time::timeout(GET_TIMEOUT, peer.get_job(request))
             .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the gateway of host {host} did not answer within {GET_TIMEOUT:?}"
+                ))
+            })?
             .map(tonic::Response::into_inner)
             .map_err(|status| from_peer(host, status))
     }
