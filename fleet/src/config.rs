@@ -115,7 +115,7 @@ fn default_host_lost_ms() -> u64 {
     300_000
 }
 
-/// The longest `host_lost_ms`: a week.
+/// The longest `host_lost_ms`: a week (the shortest is `lease_ms`).
 pub const MAX_HOST_LOST_MS: u64 = 7 * 24 * 3_600_000;
 
 /// The longest `start_wait_ms`.
@@ -196,12 +196,13 @@ impl FleetConfig {
                 ),
             ));
         }
-        if fleet.host_lost_ms > MAX_HOST_LOST_MS {
+        if !(fleet.lease_ms..=MAX_HOST_LOST_MS).contains(&fleet.host_lost_ms) {
             return Err((
                 "fleet.host_lost_ms",
                 format!(
-                    "{} is out of range 0..={MAX_HOST_LOST_MS}",
-                    fleet.host_lost_ms
+                    "{} is out of range {}..={MAX_HOST_LOST_MS} (at least lease_ms: a host is \
+                     not lost before its lease could run out)",
+                    fleet.host_lost_ms, fleet.lease_ms
                 ),
             ));
         }

@@ -21,6 +21,15 @@ use crate::{CONNECTING, DbError, Notification, POOL_TIMEOUT, Pool, db};
 /// How long connecting may take when `database_url` does not say
 /// (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long sent data may go unacknowledged, and a quiet connection
+/// unprobed, before the connection is given up: a database cut off fails
+/// the calls on it within about this (and the probes') time.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server-side bounds of every session, unless `database_url`'s
+/// `options` says otherwise: a statement that runs longer is cancelled, and
+/// a session of a gateway that vanished inside a transaction (holding the
+/// reaper's lock, say) is ended.
+const SESSION_OPTIONS: &str = "-c statement_timeout=10s -c idle_in_transaction_session_timeout=30s";
 
 /// The fleet's database: where it is, and how its connections are secured.
 #[derive(Clone)]
@@ -43,8 +52,9 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Parses `fleet.database_url` and reads `fleet.database_ca`; an error
     /// names the key. A connection that does not say otherwise gives up
-    /// connecting after [`CONNECT_TIMEOUT`] and sends TCP keepalives, so
-    /// that a database cut off is noticed.
+    /// connecting after [`CONNECT_TIMEOUT`], gives up a database cut off
+    /// within about [`NETWORK_TIMEOUT`], and runs its sessions with
+    /// [`SESSION_OPTIONS`].
     pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, (&'static str, String)> {
         let mut config = url.parse::<tokio_postgres::Config>().map_err(|e| {
             (
@@ -58,7 +68,15 @@ impl Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        config.keepalives(true);
+        config
+            .keepalives(true)
+            .keepalives_idle(NETWORK_TIMEOUT / 2)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(NETWORK_TIMEOUT);
+        if config.get_options().is_none() {
+            config.options(SESSION_OPTIONS);
+        }
         let mut roots = rustls::RootCertStore::empty();
         match ca {
             None if config.get_ssl_mode() == SslMode::Require => {

@@ -3,8 +3,9 @@
 //! with free slots, its lease held and not drained, claims the oldest it may
 //! run ([`claim`]: `FOR UPDATE SKIP LOCKED`, so that hosts never wait for
 //! each other and never take the same job), starts it on its supervisor and
-//! reports what the supervisor says ([`report`], [`refused`]), or gives it
-//! back when its supervisor cannot be reached ([`release`]). Every report
+//! reports what the supervisor says ([`report`], [`refused`]); a job this
+//! version cannot read goes back to the queue (for a host of a newer
+//! release) rather than blocking its host. Every report
 //! names the host's generation ([`Fence`]): one whose generation has moved
 //! on (the host was cut off and registered again) changes nothing.
 //!
@@ -239,6 +240,25 @@ fn job(op: &'static str, row: &Row) -> Result<Job, DbError> {
     })
 }
 
+/// The jobs of `rows` this version can read; each other one is logged (a
+/// newer release wrote it, or someone edited it) and left out, so that one
+/// row never blocks a listing or a host. Returns the ids of those left out.
+fn readable(op: &'static str, rows: &[Row]) -> (Vec<Job>, Vec<uuid::Uuid>) {
+    let mut jobs = Vec::with_capacity(rows.len());
+    let mut unread = Vec::new();
+    for row in rows {
+        match job(op, row) {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                let id: uuid::Uuid = row.get(0);
+                tracing::error!(job = %id, error = %e, "fleet: left out a job this version cannot read");
+                unread.push(id);
+            }
+        }
+    }
+    (jobs, unread)
+}
+
 /// Queues a job for `owner`, placed on hosts carrying `placement`. With a
 /// request id that `owner` used before, nothing is queued: the job of that
 /// first request is returned, with `false`.
@@ -353,10 +373,7 @@ pub async fn list(
         )
         .await
         .map_err(db(OP))?;
-    let mut jobs = rows
-        .iter()
-        .map(|row| job(OP, row))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (mut jobs, _) = readable(OP, &rows);
     if jobs.len() <= limit {
         return Ok((jobs, None));
     }
@@ -434,10 +451,10 @@ pub async fn claim(client: &Client, fence: &Fence, most: u32) -> Result<Vec<Job>
         )
         .await
         .map_err(db(OP))?;
-    let mut jobs = rows
-        .iter()
-        .map(|row| job(OP, row))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (mut jobs, unread) = readable(OP, &rows);
+    for id in unread {
+        release(client, fence, JobId::from_uuid(id)).await?;
+    }
     // The queue's order (RETURNING keeps none).
     jobs.sort_by_key(|job| job.created_at);
     Ok(jobs)
@@ -522,9 +539,9 @@ pub async fn refused(
     Ok(changed > 0)
 }
 
-/// Gives job `id`, claimed by host `fence` but not started (its supervisor
-/// could not be reached), back to the queue.
-pub async fn release(client: &Client, fence: &Fence, id: JobId) -> Result<bool, DbError> {
+/// Gives job `id`, claimed by host `fence` but not started (this version
+/// cannot read it), back to the queue.
+async fn release(client: &Client, fence: &Fence, id: JobId) -> Result<bool, DbError> {
     let changed = client
         .execute(
             &format!(
@@ -543,15 +560,18 @@ pub async fn release(client: &Client, fence: &Fence, id: JobId) -> Result<bool, 
 /// Takes the jobs host `fence.host` claimed with an older generation over
 /// into `fence`'s (after it registered again: it is reachable, so no job
 /// of it is unreachable any more), and returns every job it is starting or
-/// running, or that the reaper declared lost: what it must reconcile with
-/// its supervisor.
+/// running, or that the reaper declared lost after it started: what it
+/// must reconcile with its supervisor. (One lost before it was known to
+/// start stays FAILED: starting it now would run a job its owner was told
+/// had failed.)
 pub async fn adopt(client: &Client, fence: &Fence) -> Result<Vec<Job>, DbError> {
     const OP: &str = "reading the host's jobs";
     let rows = client
         .query(
             &format!(
                 "UPDATE jobworker_jobs j SET generation = $2, unreachable_since = NULL
-                 WHERE j.host = $1 AND (j.state IN ('starting', 'running') OR j.lost)
+                 WHERE j.host = $1
+                   AND (j.state IN ('starting', 'running') OR (j.lost AND j.local_id IS NOT NULL))
                    AND EXISTS (SELECT 1 FROM jobworker_hosts h
                                WHERE h.id = $1 AND h.generation = $2)
                  RETURNING {COLUMNS}"
@@ -560,7 +580,7 @@ pub async fn adopt(client: &Client, fence: &Fence) -> Result<Vec<Job>, DbError> 
         )
         .await
         .map_err(db(OP))?;
-    rows.iter().map(|row| job(OP, row)).collect()
+    Ok(readable(OP, &rows).0)
 }
 
 /// The advisory lock key of the reaper ("jwreaper" in ASCII): one gateway
@@ -607,9 +627,9 @@ pub async fn reap(client: &mut Client, grace: std::time::Duration) -> Result<Rea
     let rows = tx
         .query(
             &format!(
-                "SELECT {COLUMNS}, EXTRACT(EPOCH FROM now() - j.unreachable_since)::float8
-                 FROM jobworker_jobs j
-                 WHERE j.state IN ('starting', 'running')
+                "SELECT {COLUMNS}, EXTRACT(EPOCH FROM now() - h.lease_until)::float8
+                 FROM jobworker_jobs j JOIN jobworker_hosts h ON h.id = j.host
+                 WHERE j.state IN ('starting', 'running') AND h.lease_until < now()
                    AND j.unreachable_since < now() - make_interval(secs => $1)
                  FOR UPDATE OF j"
             ),
@@ -619,7 +639,10 @@ pub async fn reap(client: &mut Client, grace: std::time::Duration) -> Result<Rea
         .map_err(db(OP))?;
     let mut lost = 0;
     for row in &rows {
-        let job = job(OP, row)?;
+        // One this version cannot read is logged and left to a newer one.
+        let Some(job) = readable(OP, std::slice::from_ref(row)).0.pop() else {
+            continue;
+        };
         let since: f64 = row.get(14);
         let mut info = job.info();
         if let Some(local) = job.local_id {
@@ -627,8 +650,8 @@ pub async fn reap(client: &mut Client, grace: std::time::Duration) -> Result<Rea
         }
         info.state = JobState::Failed;
         info.failure = Some(format!(
-            "host lost: host {} has not renewed its lease for {since:.0}s (the job may have \
-             run on; the host's own record replaces this if it comes back)",
+            "host lost: host {}'s lease ran out {since:.0}s ago (the job may have run on; \
+             the host's own record replaces this if it comes back)",
             job.host.as_deref().unwrap_or("?"),
         ));
         info.ended_at = Some(UnixMicros::now());

@@ -63,12 +63,26 @@ fn detail(e: &tokio_postgres::Error) -> String {
 }
 
 impl DbError {
-    /// Whether the database could not be reached (or the connection was
-    /// lost), rather than refusing what was asked.
+    /// Whether the database could not be reached, or went away (a lost
+    /// connection, a server shutting down or starting, an I/O error),
+    /// rather than refusing what was asked.
     pub fn unreachable(&self) -> bool {
-        match self {
-            Self::Postgres { op, source } => *op == CONNECTING || source.is_closed(),
-            Self::Row { .. } => false,
+        let Self::Postgres { op, source } = self else {
+            return false;
+        };
+        if *op == CONNECTING || source.is_closed() {
+            return true;
+        }
+        match source.code() {
+            // Class 08: connection exception; 57P01-57P03: the server is
+            // shutting down, crashed, or is not ready yet.
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code)
+            }
+            // No SQLSTATE: the connection itself failed.
+            None => std::error::Error::source(source)
+                .is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some()),
         }
     }
 }

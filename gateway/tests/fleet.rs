@@ -662,7 +662,7 @@ async fn a_host_cut_off_is_unreachable_then_lost_and_its_truth_wins_when_it_is_b
         ..start_request("sh", &["-c", script])
     };
     let job = alice
-        .start_job(in_zone_a("sleep 6; echo survived"))
+        .start_job(in_zone_a("sleep 12; echo survived"))
         .await
         .unwrap()
         .into_inner()
@@ -696,6 +696,15 @@ async fn a_host_cut_off_is_unreachable_then_lost_and_its_truth_wins_when_it_is_b
     // reaper's guess, and it claims what waited for it.
     hosts[0].gateway.signal(nix::sys::signal::Signal::SIGCONT);
     registered(&db, "h1", 2).await;
+    let running = eventually("the host's report that the job still runs", || async {
+        Some(get(&mut alice.clone(), &job).await.unwrap())
+            .filter(|j| j.state() == v1::JobState::Running)
+    })
+    .await;
+    assert!(
+        !running.host_unreachable && running.failure.is_empty(),
+        "{running:?}"
+    );
     let back = eventually("the host's own report", || async {
         Some(get(&mut alice.clone(), &job).await.unwrap())
             .filter(|j| j.state() == v1::JobState::Finished)

@@ -125,11 +125,15 @@ fn frames_traces_every_frame() {
         vec![0; 200_000],
         "the bytes go to stdout, exactly"
     );
+    // (How the supervisor cuts the output into frames depends on timing.)
+    let first = logs
+        .stderr
+        .lines()
+        .find(|line| line.contains("Output { offset: 0, data: "))
+        .unwrap_or_else(|| panic!("no first output frame:\n{}", logs.stderr));
     assert!(
-        logs.stderr
-            .contains("Output { offset: 0, data: 65536 bytes \"\\x00\\x00"),
-        "{}",
-        logs.stderr
+        first.contains(" bytes \"\\x00\\x00") && first.ends_with("\"… }"),
+        "{first}"
     );
     assert!(logs.stderr.contains("End(JobInfo {"), "{}", logs.stderr);
     assert!(logs.stderr.lines().all(|line| line.len() < 2500));

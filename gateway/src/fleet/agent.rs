@@ -5,8 +5,9 @@
 //! the job's fleet id as the request id, so that starting it again (after
 //! any outage) finds the job it started instead of running it twice. It
 //! follows each started job to its end and records it. A supervisor that
-//! cannot be reached gets no claim, and a job claimed meanwhile goes back to
-//! the queue.
+//! cannot be reached gets no claim; a job whose start got no answer stays
+//! the host's, and is started again (found) when the supervisor is back:
+//! it may have started, so no other host may run it.
 //!
 //! Every tick it also reaps (one gateway of the fleet at a time): the jobs
 //! of a host whose lease ran out are shown "host unreachable", and after
@@ -27,7 +28,6 @@ use jobworker_ipc::{Identity, IpcError, JobId, JobInfo, JobState, Request, Reque
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Fleet, Notice};
-use crate::supervisor::SupervisorError;
 
 /// How often the agent looks for work without being told.
 const TICK: Duration = Duration::from_secs(1);
@@ -131,9 +131,40 @@ async fn claim(fleet: &Arc<Fleet>, fence: &Fence) -> Result<(), Failure> {
     };
     for job in claimed {
         tracing::debug!(job = %job.id, "fleet: claimed a job");
-        tokio::spawn(start(Arc::clone(fleet), fence.clone(), job));
+        spawn_start(fleet, fence, job);
     }
     Ok(())
+}
+
+/// Starts `job` on a task of its own, unless a start of it is under way.
+fn spawn_start(fleet: &Arc<Fleet>, fence: &Fence, job: Job) {
+    if let Some(starting) = Starting::begin(fleet, job.id) {
+        tokio::spawn(start(Arc::clone(fleet), fence.clone(), job, starting));
+    }
+}
+
+/// A start under way: one per job at a time, so that a start that hangs
+/// (its supervisor stopped, say) is not joined by another every
+/// reconciliation.
+struct Starting {
+    fleet: Arc<Fleet>,
+    job: JobId,
+}
+
+impl Starting {
+    /// Marks a start of `job` under way, unless one is.
+    fn begin(fleet: &Arc<Fleet>, job: JobId) -> Option<Self> {
+        fleet.starting().insert(job).then(|| Self {
+            fleet: Arc::clone(fleet),
+            job,
+        })
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.fleet.starting().remove(&self.job);
+    }
 }
 
 /// Takes the host's jobs over into `fence`'s generation, starts again
@@ -145,23 +176,57 @@ async fn reconcile(fleet: &Arc<Fleet>, fence: &Fence) -> Result<(), Failure> {
     };
     for job in mine {
         match (job.state, job.local_id) {
-            // A job the reaper declared lost is followed like a running
-            // one: its record here says how it stands.
-            (State::Running, Some(local)) => follow(fleet, job.id, &job.owner, local),
-            (_, Some(local)) if job.lost => follow(fleet, job.id, &job.owner, local),
-            (State::Starting, _) | (State::Running, None) => {
-                tokio::spawn(start(Arc::clone(fleet), fence.clone(), job));
+            // A job the reaper declared lost: its record here says how it
+            // stands now, and it is followed like a running one.
+            (_, Some(local)) if job.lost => {
+                tokio::spawn(resync(Arc::clone(fleet), fence.clone(), job, local));
             }
-            // Lost before it was known to start: starting it now would run
-            // a job its owner was told FAILED.
+            (State::Running, Some(local)) => follow(fleet, job.id, &job.owner, local),
+            (State::Starting, _) | (State::Running, None) => spawn_start(fleet, fence, job),
             _ => {}
         }
     }
     Ok(())
 }
 
-/// Starts a claimed job on the supervisor and records the answer.
-async fn start(fleet: Arc<Fleet>, fence: Fence, job: Job) {
+/// Records how a job the reaper declared lost stands on the supervisor, and
+/// follows it if it runs.
+async fn resync(fleet: Arc<Fleet>, fence: Fence, job: Job, local: JobId) {
+    match fleet
+        .supervisor
+        .call(&job.owner, Request::GetJob { job: local })
+        .await
+    {
+        Ok(Response::Job(info)) => {
+            let recorded = match fleet.db().await {
+                Ok(db) => jobs::report(&db, &fence, job.id, &info)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(job = %job.id, error = %e,
+                    "fleet: recording a job the reaper gave up on (reconciled again later)");
+            }
+            if !info.state.is_ended() {
+                follow(&fleet, job.id, &job.owner, local);
+            }
+        }
+        // Gone from the supervisor: its end is recorded as lost.
+        Ok(Response::Error(IpcError::NotFound { .. })) => {
+            follow(&fleet, job.id, &job.owner, local);
+        }
+        Ok(_) | Err(_) => {
+            tracing::debug!(job = %job.id, "fleet: the supervisor did not say how a lost job stands; asking again when reconciling");
+        }
+    }
+}
+
+/// Starts a claimed job on the supervisor and records the answer. A start
+/// that fails without an answer leaves the job starting: the supervisor may
+/// have started it, and only starting it again (with the same request id,
+/// which finds it) can tell, so the job is never given to another host.
+async fn start(fleet: Arc<Fleet>, fence: Fence, job: Job, _starting: Starting) {
     let mut spec = job.spec.clone();
     // A UUID's text always makes a request id.
     spec.request_id = RequestId::new(job.id.to_string()).ok();
@@ -190,11 +255,6 @@ async fn start(fleet: Arc<Fleet>, fence: Fence, job: Job) {
             tracing::error!(job = %job.id, answer = other.name(),
                 "fleet: the supervisor answered a start out of protocol");
             return;
-        }
-        Err(e @ SupervisorError::Unreachable { .. }) => {
-            tracing::warn!(job = %job.id, error = %e,
-                "fleet: the supervisor is unreachable; the job goes back to the queue");
-            jobs::release(&db, &fence, job.id).await
         }
         Err(e) => {
             // It may have started: only starting it again (which finds it)
@@ -270,7 +330,8 @@ async fn lost(fleet: &Fleet, id: JobId) -> Option<JobInfo> {
     info.id = job.local_id.unwrap_or(id);
     info.state = JobState::Failed;
     info.failure = Some(format!(
-        "its record on host {} is gone (its state directory was lost?)",
+        "its record on host {} is gone (removed by the host's retention while the fleet \
+         could not record its end, or the host's state directory was lost)",
         fleet.host_id()
     ));
     info.ended_at = Some(jobworker_ipc::UnixMicros::now());

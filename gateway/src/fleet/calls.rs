@@ -114,8 +114,23 @@ pub(super) fn unavailable(e: &dyn std::fmt::Display) -> Status {
     )
 }
 
+/// UNAVAILABLE for a pooled connection not had: the database is away, or
+/// every connection of the pool is busy.
+pub(super) fn no_connection(e: &deadpool_postgres::PoolError) -> Status {
+    match e {
+        deadpool_postgres::PoolError::Timeout(_) => {
+            tracing::warn!(error = %e, "fleet: every database connection of the pool was busy");
+            Status::unavailable(
+                "the fleet's database is busy or unreachable: running jobs are not affected; \
+                 try again later",
+            )
+        }
+        _ => unavailable(e),
+    }
+}
+
 /// The status of a database error.
-fn db_status(e: &DbError) -> Status {
+pub(super) fn db_status(e: &DbError) -> Status {
     if e.unreachable() {
         return unavailable(e);
     }
@@ -140,7 +155,7 @@ fn authorize(identity: &Identity, action: Action, job: &Job) -> Result<(), Statu
 impl Fleet {
     /// Job `id`, or NOT_FOUND.
     async fn read(&self, id: JobId) -> Result<Job, Status> {
-        let db = self.db().await.map_err(|e| unavailable(&e))?;
+        let db = self.db().await.map_err(|e| no_connection(&e))?;
         jobs::get(&db, id)
             .await
             .map_err(|e| db_status(&e))?
@@ -178,15 +193,15 @@ impl Fleet {
     ) -> Result<v1::Job, Status> {
         let mut notices = self.notices.subscribe();
         let id = {
-            let db = self.db().await.map_err(|e| unavailable(&e))?;
+            let db = self.db().await.map_err(|e| no_connection(&e))?;
             if !placement.is_empty()
                 && !jobworker_fleet::hosts::any_carries(&db, &placement)
                     .await
                     .map_err(|e| db_status(&e))?
             {
                 return Err(Status::failed_precondition(format!(
-                    "no host of the fleet carries the labels of the placement ({placement}): \
-                     `jobctl hosts` lists the hosts and their labels"
+                    "no host of the fleet carries the labels of the placement ({placement}): an \
+                     admin's `jobctl hosts` lists the hosts and their labels"
                 )));
             }
             jobs::enqueue(&db, identity, &spec, &placement)
@@ -212,7 +227,7 @@ impl Fleet {
 
     /// The fleet's hosts.
     pub async fn list_hosts(&self) -> Result<v1::ListHostsResponse, Status> {
-        let db = self.db().await.map_err(|e| unavailable(&e))?;
+        let db = self.db().await.map_err(|e| no_connection(&e))?;
         let hosts = jobworker_fleet::hosts::list(&db)
             .await
             .map_err(|e| db_status(&e))?;
@@ -271,7 +286,7 @@ impl Fleet {
             states,
             labels: Some(&query.labels),
         };
-        let db = self.db().await.map_err(|e| unavailable(&e))?;
+        let db = self.db().await.map_err(|e| no_connection(&e))?;
         let limit = usize::try_from(query.limit.get()).unwrap_or(usize::MAX);
         let (jobs, next) = jobs::list(&db, &filter, limit, query.after)
             .await
@@ -298,7 +313,7 @@ impl Fleet {
             authorize(identity, Action::Stop, &job)?;
             match job.state {
                 State::Queued => {
-                    let db = self.db().await.map_err(|e| unavailable(&e))?;
+                    let db = self.db().await.map_err(|e| no_connection(&e))?;
                     if let Some(stopped) = jobs::stop_queued(&db, id)
                         .await
                         .map_err(|e| db_status(&e))?

@@ -47,7 +47,8 @@ pub async fn run(fleet: Arc<Fleet>) {
              affected, and the host renews its lease (or registers again) once it answers"
         );
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Never so long that a restart the lease outlives costs it.
+        backoff = (backoff * 2).min(MAX_BACKOFF).min(config.lease / 4);
     }
 }
 

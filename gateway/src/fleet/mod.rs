@@ -23,7 +23,7 @@ pub mod calls;
 pub mod lease;
 pub mod peers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use jobworker_fleet::jobs::{self, Fence};
@@ -72,6 +72,8 @@ pub struct Fleet {
     wake: Notify,
     /// The jobs the agent follows to their end, by fleet id.
     followed: Mutex<HashMap<JobId, tokio::task::AbortHandle>>,
+    /// The jobs the agent is starting.
+    starting: Mutex<HashSet<JobId>>,
     /// The other hosts' gateways.
     peers: Peers,
 }
@@ -98,6 +100,7 @@ impl Fleet {
             notices: broadcast::channel(NOTICES).0,
             wake: Notify::new(),
             followed: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashSet::new()),
             peers: Peers::new(peer_tls),
         });
         tokio::spawn(lease::run(Arc::clone(&fleet)));
@@ -118,6 +121,11 @@ impl Fleet {
     /// The generation held now, if any.
     fn fence(&self) -> Option<Fence> {
         self.fence.borrow().clone()
+    }
+
+    /// The jobs being started, locked.
+    fn starting(&self) -> std::sync::MutexGuard<'_, HashSet<JobId>> {
+        self.starting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The followed jobs, locked.

@@ -133,10 +133,13 @@ impl Fleet {
             )));
         };
         let row = {
-            let db = self.db().await.map_err(|e| super::calls::unavailable(&e))?;
+            let db = self
+                .db()
+                .await
+                .map_err(|e| super::calls::no_connection(&e))?;
             jobworker_fleet::hosts::get(&db, host)
                 .await
-                .map_err(|e| super::calls::unavailable(&e))?
+                .map_err(|e| super::calls::db_status(&e))?
         };
         let Some(address) = row.and_then(|row| row.peer_address) else {
             return Err(Status::failed_precondition(format!(
