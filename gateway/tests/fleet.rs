@@ -36,8 +36,9 @@ fn fleet(pg: &Postgres, host: &str, lease_ms: u64) -> String {
 fn fleet_in(pg: &Postgres, host: &str, lease_ms: u64, zone: &str) -> String {
     format!(
         "[fleet]\ndatabase_url = {:?}\nhost_id = {host:?}\nslots = 2\nlease_ms = {lease_ms}\n\
-         start_wait_ms = 500\nhost_lost_ms = 4000\nlabels = {{ zone = {zone:?} }}\n",
-        pg.url()
+         start_wait_ms = 500\nhost_lost_ms = {}\nlabels = {{ zone = {zone:?} }}\n",
+        pg.url(),
+        lease_ms.max(4000)
     )
 }
 
