@@ -103,6 +103,33 @@ impl Bed {
     }
 }
 
+impl Bed {
+    /// Whole hosts of `(host, zone)`, each registered (generation 1), and a
+    /// connection of the test's own to the database.
+    async fn fleet(&self, hosts: &[(&str, &str)]) -> (Vec<Host>, tokio_postgres::Client) {
+        let started = hosts
+            .iter()
+            .map(|(host, zone)| self.whole_host(host, zone))
+            .collect();
+        let db = connect(&self.pg).await;
+        for (host, _) in hosts {
+            registered(&db, host, 1).await;
+        }
+        (started, db)
+    }
+}
+
+/// Stops job `id` for `client` (the server's grace period).
+async fn stop(client: &mut JobServiceClient<Channel>, id: &str) -> Result<v1::Job, tonic::Status> {
+    client
+        .stop_job(v1::StopJobRequest {
+            job_id: id.to_owned(),
+            grace_period: None,
+        })
+        .await
+        .map(|response| response.into_inner().job.unwrap())
+}
+
 /// A host of the fleet: a supervisor and its gateway.
 struct Host {
     gateway: Gateway,
@@ -265,11 +292,9 @@ async fn hosts_starting_together_share_one_schema_and_a_restart_is_a_new_generat
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_database_jobs_run_on_starts_are_unavailable_and_all_catches_up() {
     let bed = Bed::new();
-    let h1 = bed.whole_host("h1", "a");
-    {
-        let db = connect(&bed.pg).await;
-        registered(&db, "h1", 1).await;
-    }
+    let (hosts, db) = bed.fleet(&[("h1", "a")]).await;
+    drop(db);
+    let h1 = &hosts[0];
     let mut alice = h1.gateway.client(&bed.pki, "alice").await;
     let job = start_job(&mut alice, "sh", &["-c", "sleep 2; echo outlived"]).await;
     assert_eq!(
@@ -324,10 +349,7 @@ async fn start_sh(client: &mut JobServiceClient<Channel>, script: &str) -> v1::S
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_wait_for_a_free_slot_in_order_and_a_stopped_queued_job_never_runs() {
     let bed = Bed::new();
-    let hosts = [bed.whole_host("h1", "a"), bed.whole_host("h2", "a")];
-    let db = connect(&bed.pg).await;
-    registered(&db, "h1", 1).await;
-    registered(&db, "h2", 1).await;
+    let (hosts, _db) = bed.fleet(&[("h1", "a"), ("h2", "a")]).await;
     let mut alice = hosts[0].gateway.client(&bed.pki, "alice").await;
 
     // Two hosts of two slots: four jobs run (ending half a second apart),
@@ -364,16 +386,7 @@ async fn jobs_wait_for_a_free_slot_in_order_and_a_stopped_queued_job_never_runs(
     assert_eq!(listed.len(), 3, "{listed:?}");
 
     // Stopping a queued job takes it off the queue: it never runs.
-    let stopped = alice
-        .stop_job(v1::StopJobRequest {
-            job_id: queued[1].clone(),
-            grace_period: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let stopped = stop(&mut alice, &queued[1]).await.unwrap();
     assert_eq!(stopped.state(), v1::JobState::Stopped);
     assert_eq!(stopped.stop_reason(), v1::StopReason::Requested);
 
@@ -413,10 +426,7 @@ async fn jobs_wait_for_a_free_slot_in_order_and_a_stopped_queued_job_never_runs(
 #[tokio::test(flavor = "multi_thread")]
 async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
     let bed = Bed::new();
-    let hosts = [bed.whole_host("h1", "a"), bed.whole_host("h2", "b")];
-    let db = connect(&bed.pg).await;
-    registered(&db, "h1", 1).await;
-    registered(&db, "h2", 1).await;
+    let (hosts, db) = bed.fleet(&[("h1", "a"), ("h2", "b")]).await;
     let mut alice1 = hosts[0].gateway.client(&bed.pki, "alice").await;
     let mut alice2 = hosts[1].gateway.client(&bed.pki, "alice").await;
 
@@ -491,13 +501,7 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
         let mut bob = gateway.client(&bed.pki, "bob").await;
         let status = get(&mut bob, &sleeper).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
-        let status = bob
-            .stop_job(v1::StopJobRequest {
-                job_id: sleeper.clone(),
-                grace_period: None,
-            })
-            .await
-            .unwrap_err();
+        let status = stop(&mut bob, &sleeper).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
         let listed = bob
             .list_jobs(v1::ListJobsRequest::default())
@@ -517,13 +521,7 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
             assert_eq!(listed.len(), 3, "{who}: {listed:?}");
         }
         let mut rita = gateway.client(&bed.pki, "rita").await;
-        let status = rita
-            .stop_job(v1::StopJobRequest {
-                job_id: sleeper.clone(),
-                grace_period: None,
-            })
-            .await
-            .unwrap_err();
+        let status = stop(&mut rita, &sleeper).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     }
 
@@ -633,16 +631,7 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
 
     // The owner stops it through the gateway of the other host.
     let mut owner = if here == "h1" { alice1 } else { alice2 };
-    let stopped = owner
-        .stop_job(v1::StopJobRequest {
-            job_id: sleeper.clone(),
-            grace_period: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let stopped = stop(&mut owner, &sleeper).await.unwrap();
     assert_eq!(
         (stopped.state(), stopped.host.as_str()),
         (v1::JobState::Stopped, on.as_str())
@@ -653,10 +642,7 @@ async fn any_gateway_answers_for_any_job_with_the_roles_of_one_host() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_cut_off_is_unreachable_then_lost_and_its_truth_wins_when_it_is_back() {
     let bed = Bed::new();
-    let hosts = [bed.whole_host("h1", "a"), bed.whole_host("h2", "b")];
-    let db = connect(&bed.pg).await;
-    registered(&db, "h1", 1).await;
-    registered(&db, "h2", 1).await;
+    let (hosts, db) = bed.fleet(&[("h1", "a"), ("h2", "b")]).await;
     let mut alice = hosts[1].gateway.client(&bed.pki, "alice").await;
     let in_zone_a = |script: &str| v1::StartJobRequest {
         placement: [("zone".into(), "a".into())].into(),
@@ -743,9 +729,8 @@ async fn a_host_cut_off_is_unreachable_then_lost_and_its_truth_wins_when_it_is_b
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_that_ends_while_its_gateway_is_down_is_recorded_when_it_is_back() {
     let bed = Bed::new();
-    let mut h1 = bed.whole_host("h1", "a");
-    let db = connect(&bed.pg).await;
-    registered(&db, "h1", 1).await;
+    let (mut hosts, _db) = bed.fleet(&[("h1", "a")]).await;
+    let h1 = &mut hosts[0];
     let mut alice = h1.gateway.client(&bed.pki, "alice").await;
     let job = start_job(&mut alice, "sh", &["-c", "sleep 1; echo late"]).await;
     h1.gateway.restart().unwrap();

@@ -78,16 +78,11 @@ async fn rate(clients: Vec<JobServiceClient<Channel>>, secs: u64) -> Result<Samp
             })
         })
         .collect();
-    let mut windows = vec![0.0; usize::try_from(secs).unwrap_or(0)];
+    let mut done = Vec::new();
     for task in tasks {
-        for t in task.await?? {
-            let second = usize::try_from(t.duration_since(start).as_secs()).unwrap_or(usize::MAX);
-            if let Some(window) = windows.get_mut(second) {
-                *window += 1.0;
-            }
-        }
+        done.extend(task.await??);
     }
-    Ok(Samples::from_values(windows))
+    Ok(super::throughput::per_second(start, &done, secs))
 }
 
 /// A host of the fleet: its supervisor and its gateway.

@@ -62,7 +62,7 @@ fn phases(sent: SystemTime, job: &v1::Job, seen: SystemTime) -> Option<[f64; 4]>
 }
 
 /// Completions per whole second since `start`, for `secs` seconds.
-fn per_second(start: Instant, done: &[Instant], secs: u64) -> Samples {
+pub(crate) fn per_second(start: Instant, done: &[Instant], secs: u64) -> Samples {
     let mut buckets = vec![0.0; usize::try_from(secs).unwrap_or(0)];
     for t in done {
         let second = usize::try_from(t.duration_since(start).as_secs()).unwrap_or(usize::MAX);
