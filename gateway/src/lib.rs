@@ -12,15 +12,18 @@
 //! - [`supervisor`]: the supervisor's client: a connection per output
 //!   stream, a small pool for unary calls.
 //! - [`convert`]: proto <-> ipc messages, ipc errors -> gRPC statuses.
-//! - [`service`]: the job service (`jobworker.v1.JobService`).
+//! - [`service`]: the job service (`jobworker.v1.JobService`), on the
+//!   public port and, in fleet mode, the peer port.
 //! - [`shares`]: each user's fair share of the supervisor's connections.
 //! - [`server`]: the gRPC server with health and reflection, signals.
 //! - [`metrics`]: the Prometheus metrics (the gateway's and the
 //!   supervisor's) and their plain-HTTP endpoint.
 //! - [`privileges`]: dropping root after binding, and checking nothing is
 //!   left.
-//! - [`fleet`]: fleet mode's agent (opt-in): this host's row in
-//!   PostgreSQL and its lease (`jobworker_fleet`).
+//! - [`fleet`]: fleet mode (opt-in): this host's row and lease in
+//!   PostgreSQL, the agent that claims and runs the fleet's jobs here, the
+//!   job service's calls over the fleet, and the calls forwarded to the
+//!   other hosts' gateways (`jobworker_fleet`).
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -7,6 +7,12 @@
 //! user is NOT_FOUND there. Every call is logged with who made it, on which
 //! job, and how it ended; never with its payload.
 //!
+//! In fleet mode the calls go through [`crate::fleet`] instead (the
+//! fleet's database, and the gateway of the host where a job runs). The
+//! same service also serves a fleet's peer port ([`Port::Peer`]): there
+//! only the fleet's gateways call, for the callers they name, and nothing
+//! is forwarded again.
+//!
 //! An output stream outlives its supervisor connection: when the supervisor
 //! goes away (a restart), the stream is opened again from the first byte
 //! not yet sent, with backoff, for up to [`RESUME_LIMIT`]; the gRPC client
