@@ -52,9 +52,9 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Parses `fleet.database_url` and reads `fleet.database_ca`; an error
     /// names the key. A connection that does not say otherwise gives up
-    /// connecting after [`CONNECT_TIMEOUT`], gives up a database cut off
-    /// within about [`NETWORK_TIMEOUT`], and runs its sessions with
-    /// [`SESSION_OPTIONS`].
+    /// connecting after 5 s, gives up a database cut off within about
+    /// 10 s, and runs its sessions with `statement_timeout=10s` and
+    /// `idle_in_transaction_session_timeout=30s`.
     pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, (&'static str, String)> {
         let mut config = url.parse::<tokio_postgres::Config>().map_err(|e| {
             (

@@ -1,6 +1,6 @@
 //! The agent: while this host holds its lease (and is not drained), it
 //! claims the oldest queued jobs it may run for its free slots, when a job
-//! is queued (a notice), when one of its jobs ends, and every [`TICK`]. It
+//! is queued (a notice), when one of its jobs ends, and every second. It
 //! starts each on the local supervisor under the owner's identity, with
 //! the job's fleet id as the request id, so that starting it again (after
 //! any outage) finds the job it started instead of running it twice. It
@@ -14,11 +14,12 @@
 //! `host_lost_ms` declared FAILED ("host lost"); a host that comes back
 //! reports how they stand instead. Nothing is run again.
 //!
-//! After each registration, and every [`RECONCILE_EVERY`] ticks, it
-//! reconciles: it takes its jobs over into the current generation, starts
-//! again those left starting (idempotent, as above) and follows those
-//! running that it does not follow yet (after its own restart, say). The
-//! supervisor's records are the host's truth; the database catches up.
+//! After each registration, and every 5 s, it reconciles: it takes its
+//! jobs over into the current generation, starts again those left starting
+//! (idempotent, as above), follows those running that it does not follow
+//! yet (after its own restart, say), and asks the supervisor how each job
+//! the reaper gave up on stands. The supervisor's records are the host's
+//! truth; the database catches up.
 
 use std::sync::Arc;
 use std::time::Duration;
