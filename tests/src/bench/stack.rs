@@ -36,6 +36,19 @@ pub fn start(supervisor_extra: &str) -> Result<Stack> {
     Stack::start(&[(USER, &["user"])], &options)
 }
 
+/// Starts `/bin/true` for `client` and follows its output to its end: the
+/// job's id and its final status.
+pub async fn run_true(client: &mut JobServiceClient<Channel>) -> Result<(String, v1::Job)> {
+    let id = client
+        .start_job(crate::fixture::gateway::start_request("/bin/true", &[]))
+        .await
+        .context("StartJob")?
+        .into_inner()
+        .job_id;
+    let (_, _, job) = follow(client, &id).await?;
+    Ok((id, job))
+}
+
 /// Follows a job's output from offset 0 to its end: (bytes received, the
 /// time the first data byte arrived, the final status).
 pub async fn follow(

@@ -62,13 +62,7 @@ async fn rate(clients: Vec<JobServiceClient<Channel>>, secs: u64) -> Result<Samp
             tokio::spawn(async move {
                 let mut done = Vec::new();
                 while Instant::now() < deadline {
-                    let id = client
-                        .start_job(start_request("/bin/true", &[]))
-                        .await
-                        .context("StartJob")?
-                        .into_inner()
-                        .job_id;
-                    let (_, _, job) = stack::follow(&mut client, &id).await?;
+                    let (id, job) = stack::run_true(&mut client).await?;
                     if job.state() != v1::JobState::Finished {
                         bail!("job {id} did not finish: {job:?}");
                     }

@@ -88,13 +88,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         let count = jobs / clients + usize::from(c < jobs % clients);
         tasks.push(tokio::spawn(async move {
             for _ in 0..count {
-                let id = client
-                    .start_job(start_request("/bin/true", &[]))
-                    .await
-                    .context("StartJob")?
-                    .into_inner()
-                    .job_id;
-                stack::follow(&mut client, &id).await?;
+                stack::run_true(&mut client).await?;
             }
             anyhow::Ok(())
         }));

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use jobworker_proto::v1;
 
 use crate::bench::Options;
@@ -20,7 +20,6 @@ use crate::bench::report::{Report, Unit};
 use crate::bench::stack::{self, CpuReading, USER};
 use crate::bench::stats::Samples;
 use crate::fixture::Cgroup;
-use crate::fixture::gateway::start_request;
 
 /// The phases of one job, from its record's timestamps and the client's
 /// clock (the same host's).
@@ -171,13 +170,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
                     while Instant::now() < deadline {
                         let t = Instant::now();
                         let sent = SystemTime::now();
-                        let id = client
-                            .start_job(start_request("/bin/true", &[]))
-                            .await
-                            .context("StartJob")?
-                            .into_inner()
-                            .job_id;
-                        let (_, _, job) = stack::follow(&mut client, &id).await?;
+                        let (id, job) = stack::run_true(&mut client).await?;
                         let seen = SystemTime::now();
                         if job.state != v1::JobState::Finished as i32 || job.exit_code != Some(0) {
                             bail!("job {id} did not finish cleanly: {job:?}");
