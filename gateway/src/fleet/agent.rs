@@ -1,6 +1,8 @@
 //! The agent: while this host holds its lease (and is not drained), it
 //! claims the oldest queued jobs it may run for its free slots, when a job
-//! is queued (a notice), when one of its jobs ends, and every second. It
+//! is queued (a notice: after a pause that grows with its own load, so that
+//! the least busy hosts take the work first), when one of its jobs ends,
+//! and every second. It
 //! starts each on the local supervisor under the owner's identity, with
 //! the job's fleet id as the request id, so that starting it again (after
 //! any outage) finds the job it started instead of running it twice. It
@@ -59,6 +61,7 @@ pub async fn run(fleet: Arc<Fleet>) {
     let mut reconciled = None;
     loop {
         let mut reap_due = false;
+        let mut queued = false;
         tokio::select! {
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
@@ -68,7 +71,7 @@ pub async fn run(fleet: Arc<Fleet>) {
                 reap_due = true;
             }
             notice = notices.recv() => match notice {
-                Ok(Notice::Queued) | Err(RecvError::Lagged(_)) => {}
+                Ok(Notice::Queued) | Err(RecvError::Lagged(_)) => queued = true,
                 Ok(Notice::Changed(_)) => continue,
                 Err(RecvError::Closed) => return,
             },
@@ -89,6 +92,9 @@ pub async fn run(fleet: Arc<Fleet>) {
                 }
             }
         }
+        if queued {
+            tokio::time::sleep(pace(&fleet)).await;
+        }
         if let Err(e) = claim(&fleet, &fence).await {
             tracing::warn!(error = %e, "fleet: claiming queued jobs");
         }
@@ -96,6 +102,23 @@ pub async fn run(fleet: Arc<Fleet>) {
             tracing::warn!(error = %e, "fleet: reaping the jobs of unreachable hosts");
         }
     }
+}
+
+/// How long the agent waits, told a job was queued, before it claims: 2 ms
+/// for each job it is starting or running, and up to 1 ms more at random,
+/// so that every agent woken by the same notice does not race for the job
+/// and the least busy hosts (and, among equals, any of them) take the
+/// work first.
+fn pace(fleet: &Fleet) -> Duration {
+    const PER_JOB: Duration = Duration::from_millis(2);
+    let busy = fleet.followed().len() + fleet.starting().len();
+    let busy = u32::try_from(busy.min(usize::try_from(fleet.config.slots).unwrap_or(usize::MAX)))
+        .unwrap_or(u32::MAX);
+    // The clock's nanoseconds: random enough to break ties.
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.subsec_nanos() % 1_000_000);
+    PER_JOB * busy + Duration::from_nanos(u64::from(jitter))
 }
 
 /// One round of the reaper (unless another gateway's is under way).
