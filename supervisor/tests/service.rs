@@ -400,14 +400,17 @@ async fn socket_activation_serves_the_passed_socket_and_reports_ready() {
         .stderr(Stdio::null())
         .spawn()
         .expect("systemd-socket-activate (Debian's systemd package) is needed");
-    // The configured socket_path is not used: the passed socket is.
+    // The configured socket_path is not used: the passed socket is. (Its
+    // file appears at bind(), a moment before it listens.)
+    let mut stream = None;
     for _ in 0..200 {
-        if activated.exists() {
+        if let Ok(connected) = tokio::net::UnixStream::connect(&activated).await {
+            stream = Some(connected);
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stream = tokio::net::UnixStream::connect(&activated).await.unwrap();
+    let stream = stream.expect("the activated socket never took a connection");
     let mut client = jobworker_ipc::codec::client(stream).await.unwrap();
     client
         .send(Call {
