@@ -7,7 +7,9 @@
 //!   usage, kill.
 //! - [`sys`]: the raw system calls (clone3 into cgroup and namespaces, fork,
 //!   ioctl): the only `unsafe` code of the workspace.
-//! - [`init`]: the job's init, pid 1 of its namespaces (a mode of the binary).
+//! - [`spawner`]: the process that clones every job's init, and its protocol.
+//! - [`init`]: the job's init, pid 1 of its namespaces (a clone of the
+//!   spawner).
 //! - [`handoff`]: the contract between the supervisor and a job's init.
 //! - [`engine`]: starting, stopping, watching and reading jobs.
 //! - [`atomic`]: atomic file replacement for records.
@@ -20,5 +22,6 @@ pub mod engine;
 pub mod handoff;
 pub mod init;
 pub mod service;
+pub mod spawner;
 pub mod state_lock;
 pub mod sys;

@@ -2,13 +2,15 @@
 //! `unsafe` code. Everything here is a thin wrapper that the rest of the crate
 //! calls safely:
 //!
-//! - [`clone_init`]: clone3 straight into a job's cgroup and new namespaces,
-//!   then exec the job's init. On x86_64 the child shares the supervisor's
-//!   memory until its exec (`CLONE_VM | CLONE_VFORK`, as posix_spawn does),
-//!   on a stack of its own: no copy of the multithreaded supervisor's page
-//!   tables, no copy-on-write faults and TLB shootdowns after it. The child
+//! - [`spawn_with_control`]: the supervisor starting the spawner (clone3 and
+//!   exec). On x86_64 the child shares the supervisor's memory until its
+//!   exec (`CLONE_VM | CLONE_VFORK`, as posix_spawn does), on a stack of its
+//!   own: no copy of the multithreaded supervisor's page tables. The child
 //!   runs only raw system calls on memory prepared before the clone, with
 //!   every signal blocked: no allocation, no locks, no logging, no handler.
+//! - [`clone_job_init`]: the spawner cloning a job's init straight into the
+//!   job's cgroup and new namespaces, as a child of the supervisor (a
+//!   fork-like clone3 of the single-threaded spawner, no exec).
 //! - [`spawn_sharing_memory`]: the job's init starting the command (a
 //!   vfork-like clone; the init is single-threaded).
 //! - [`loopback_up`]: the `SIOCSIFFLAGS` ioctl that brings `lo` up.
@@ -58,7 +60,7 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// The job's init, as started by [`clone_init`].
+/// A process started by [`spawn_with_control`] or [`clone_job_init`].
 #[derive(Debug)]
 pub struct Spawned {
     /// Its pid in the host's pid namespace.
@@ -67,36 +69,29 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
 }
 
-/// The stack of [`clone_init`]'s child while it shares the supervisor's
+/// The stack of [`spawn_with_control`]'s child while it shares the supervisor's
 /// memory: it makes a few raw system calls and execs.
 #[cfg(target_arch = "x86_64")]
 const CHILD_STACK: usize = 64 << 10;
 
-/// Clones a child directly into the cgroup `cgroup` (no moment outside it)
-/// and into new pid, mount, network, uts, ipc and cgroup namespaces (the
-/// job's cgroup is the root of the latter); the child puts
-/// `control` at fd [`INIT_CONTROL_FD`] and execs `program` with `argv` and
-/// `envp`, with every signal blocked (the init sets its own mask). If the
-/// exec fails, the child exits with status 127. The calling thread waits
-/// until the child has exec'd or exited.
+/// Starts `program` with `argv` and `envp` in a new process (in the
+/// caller's cgroup and namespaces), `control` at fd [`INIT_CONTROL_FD`] and
+/// every signal blocked; if the exec fails, the child exits with status
+/// 127. The calling thread waits until the child has exec'd or exited.
 ///
 /// All memory the child touches is prepared here before the clone.
-pub fn clone_init(
-    cgroup: BorrowedFd<'_>,
+pub fn spawn_with_control(
     control: BorrowedFd<'_>,
     program: &CStr,
     argv: &[CString],
     envp: &[CString],
 ) -> io::Result<Spawned> {
-    let exec = InitExec::new(control, program, argv, envp);
-    let cgroup_fd =
-        u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let exec = ChildExec::new(control, program, argv, envp);
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP | NAMESPACES | SHARE_UNTIL_EXEC,
+        flags: libc::CLONE_PIDFD as u64 | SHARE_UNTIL_EXEC,
         pidfd: &raw mut pidfd as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup_fd,
         ..CloneArgs::default()
     };
     let pid = with_signals_blocked(|| clone3_exec(args, &exec))?;
@@ -106,7 +101,77 @@ pub fn clone_init(
     Ok(Spawned { pid, pidfd })
 }
 
-/// The clone flags that make [`clone_init`]'s child share the
+/// Proof that the process was single-threaded when it was checked, which
+/// [`clone_job_init`] needs; neither `Send` nor `Sync`. Only the spawner
+/// makes one, and it never starts a thread.
+pub struct SingleThreaded(PhantomData<*const ()>);
+
+impl SingleThreaded {
+    /// Checks that the calling process has exactly one thread.
+    pub fn check() -> io::Result<Self> {
+        let threads = std::fs::read_dir("/proc/self/task")?.count();
+        if threads != 1 {
+            return Err(io::Error::other(format!(
+                "the process has {threads} threads; it must have one"
+            )));
+        }
+        Ok(Self(PhantomData))
+    }
+}
+
+/// Which side of [`clone_job_init`] returned.
+#[derive(Debug)]
+pub enum Cloned {
+    /// The new process: the job's init.
+    Child,
+    /// The caller, with the new process's pid and pidfd.
+    Parent(Spawned),
+}
+
+/// Clones the calling (single-threaded) process like fork, the child
+/// directly in the cgroup `cgroup` (no moment outside it), in new pid,
+/// mount, network, uts, ipc and cgroup namespaces (the job's cgroup is the
+/// root of the latter), and a child of the caller's parent (`CLONE_PARENT`:
+/// the supervisor, which reaps it through the pidfd), with the caller's
+/// exit signal. Returns twice, as fork does: [`Cloned::Child`] in the
+/// child, which continues on a copy of the caller's memory and fds.
+pub fn clone_job_init(_proof: &SingleThreaded, cgroup: BorrowedFd<'_>) -> io::Result<Cloned> {
+    let cgroup_fd =
+        u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64
+            | libc::CLONE_PARENT as u64
+            | CLONE_INTO_CGROUP
+            | NAMESPACES,
+        pidfd: &raw mut pidfd as u64,
+        // clone3 wants 0 with CLONE_PARENT: the child gets the caller's.
+        exit_signal: 0,
+        cgroup: cgroup_fd,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork:
+    // the child continues on a copy of this thread's stack and memory.
+    // `args` is a valid clone_args of the size passed. The process has one
+    // thread (`_proof`), so no lock or allocator state is held by a thread
+    // that the child would lack; glibc's cached thread id in the child is
+    // stale, which only `raise` and robust or error-checking pthread mutexes
+    // would read, and glibc's `raise` asks the kernel instead.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        return Ok(Cloned::Child);
+    }
+    let pid = clone3_result(ret)?;
+    // SAFETY: with CLONE_PIDFD, a successful clone3 stored a new pidfd in
+    // the parent that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Cloned::Parent(Spawned { pid, pidfd }))
+}
+
+/// The clone flags that make [`spawn_with_control`]'s child share the
 /// supervisor's memory until its exec, where [`clone3_exec`] supports it.
 #[cfg(target_arch = "x86_64")]
 const SHARE_UNTIL_EXEC: u64 = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
@@ -168,14 +233,14 @@ fn clone3_result(ret: libc::c_long) -> io::Result<u32> {
     u32::try_from(ret).map_err(|_| io::Error::other("clone3 returned a bad pid"))
 }
 
-/// clone3 with `args`, the child running [`InitExec::run_in_child`] on a
+/// clone3 with `args`, the child running [`ChildExec::run_in_child`] on a
 /// stack of its own (it shares this process's memory, and this thread waits
 /// until it has exec'd or exited: `CLONE_VM | CLONE_VFORK`). Returns the
 /// child's pid.
 #[cfg(target_arch = "x86_64")]
-fn clone3_exec(mut args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
-    extern "C" fn child(exec: *const InitExec<'_>) -> ! {
-        // SAFETY: `exec` points at the parent's InitExec, alive and
+fn clone3_exec(mut args: CloneArgs, exec: &ChildExec<'_>) -> io::Result<u32> {
+    extern "C" fn child(exec: *const ChildExec<'_>) -> ! {
+        // SAFETY: `exec` points at the parent's ChildExec, alive and
         // unchanged while the parent is suspended (CLONE_VFORK); we are
         // the child of the clone3 below, and call this once.
         unsafe { (*exec).run_in_child() }
@@ -207,8 +272,8 @@ fn clone3_exec(mut args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
             inlateout("rax") libc::SYS_clone3 => ret,
             in("rdi") &raw const args,
             in("rsi") size_of::<CloneArgs>(),
-            in("r12") exec as *const InitExec<'_>,
-            in("r13") child as extern "C" fn(*const InitExec<'_>) -> !,
+            in("r12") exec as *const ChildExec<'_>,
+            in("r13") child as extern "C" fn(*const ChildExec<'_>) -> !,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -220,10 +285,10 @@ fn clone3_exec(mut args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
 
 /// clone3 with `args` like fork (no stack: the child continues on a copy of
 /// this thread's stack) and the child running
-/// [`InitExec::run_in_child`]; for the architectures [`clone3_exec`]'s
+/// [`ChildExec::run_in_child`]; for the architectures [`clone3_exec`]'s
 /// shared-memory form does not cover.
 #[cfg(not(target_arch = "x86_64"))]
-fn clone3_exec(args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
+fn clone3_exec(args: CloneArgs, exec: &ChildExec<'_>) -> io::Result<u32> {
     // SAFETY: clone3 with no stack behaves like fork: the child continues
     // on a copy of this thread's stack. `args` is a valid clone_args of the
     // size we pass. In the child, only async-signal-safe raw system calls
@@ -245,10 +310,10 @@ fn clone3_exec(args: CloneArgs, exec: &InitExec<'_>) -> io::Result<u32> {
     })
 }
 
-/// Everything the child of [`clone_init`] uses between clone3 and exec,
+/// Everything the child of [`spawn_with_control`] uses between clone3 and exec,
 /// prepared by the parent before the clone so that the child allocates
 /// nothing.
-struct InitExec<'a> {
+struct ChildExec<'a> {
     /// The control socket, to put at [`INIT_CONTROL_FD`].
     control_fd: RawFd,
     /// The program to exec.
@@ -262,7 +327,7 @@ struct InitExec<'a> {
     strings: PhantomData<&'a [CString]>,
 }
 
-impl<'a> InitExec<'a> {
+impl<'a> ChildExec<'a> {
     /// Prepares the exec of `program` with `argv` and `envp`, `control` to
     /// become fd [`INIT_CONTROL_FD`].
     fn new(
@@ -283,9 +348,9 @@ impl<'a> InitExec<'a> {
         }
     }
 
-    /// The child's part of [`clone_init`]: puts the control socket at
+    /// The child's part of [`spawn_with_control`]: puts the control socket at
     /// [`INIT_CONTROL_FD`] and execs the program (signals stay blocked: the
-    /// init sets its own mask), or exits with 127 if the exec fails. Raw
+    /// program sets its own mask), or exits with 127 if the exec fails. Raw
     /// system calls only, on `self` (prepared before the clone): nothing
     /// allocates, takes a lock, logs or drops anything. The only memory it
     /// writes is errno (libc's wrapper sets it when a call fails), which in
@@ -294,7 +359,7 @@ impl<'a> InitExec<'a> {
     ///
     /// # Safety
     ///
-    /// Only the child of the clone3 in [`clone_init`] may call this: it
+    /// Only the child of the clone3 in [`spawn_with_control`] may call this: it
     /// replaces whatever is at fd [`INIT_CONTROL_FD`], and it never returns.
     #[inline(always)]
     unsafe fn run_in_child(&self) -> ! {
@@ -453,15 +518,16 @@ pub fn close_fds_from(first: RawFd, mode: CloseMode) -> io::Result<()> {
     Ok(())
 }
 
-/// Takes ownership of the control socket the supervisor left at
-/// [`INIT_CONTROL_FD`]. Called once, by the job's init.
+/// Takes ownership of the socket the supervisor left at
+/// [`INIT_CONTROL_FD`] when it started the spawner. Called once, by the
+/// spawner.
 pub fn take_control_fd() -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only reads the fd's flags.
     if unsafe { libc::fcntl(INIT_CONTROL_FD, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the fd is open (checked above), was put there by clone_init for
-    // this process, and nothing else in the init owns it.
+    // SAFETY: the fd is open (checked above), was put there by
+    // spawn_with_control for this process, and nothing else here owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(INIT_CONTROL_FD) })
 }
 

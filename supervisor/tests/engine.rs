@@ -1,5 +1,5 @@
 //! The job engine with real jobs: clone3 into real namespaces and a real
-//! cgroup on this host's cgroup2 mount, the real supervisor binary as init.
+//! cgroup on this host's cgroup2 mount, the real `jobworker-init` as their init.
 //! Run as root; the tests fail (never skip) otherwise.
 #![allow(clippy::unwrap_used, reason = "a test fails loudest by unwrapping")]
 

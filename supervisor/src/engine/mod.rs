@@ -11,7 +11,8 @@
 //! - [`owners`]: counts per owner, for the cap on a user's running jobs.
 //! - [`start`]: the steps of a start, its errors, and the guard that undoes
 //!   a failed one.
-//! - [`spawn`]: clone3 and the handoff to the init.
+//! - [`spawn`]: the spawner process, the clone of an init and the handoff
+//!   to it.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
 //! - [`records`]: writing job records, and the durability contract.
 //! - [`output`]: output readers, each job's shared tail, and the inotify
@@ -76,7 +77,8 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 pub struct EngineConfig {
     /// Where job directories go (`<state_dir>/jobs/<id>`).
     pub state_dir: PathBuf,
-    /// The program exec'd as each job's init (the supervisor binary).
+    /// The init program (`jobworker-init`): started once as the spawner of
+    /// every job's init (see [`crate::spawner`]).
     pub init_program: PathBuf,
     /// The uid and gid jobs run as.
     pub job_ids: JobIds,
@@ -164,6 +166,9 @@ pub enum EngineError {
     /// The engine's worker threads could not be started.
     #[error("starting the engine's worker threads: {0}")]
     Workers(std::io::Error),
+    /// The spawner of jobs' inits could not be started.
+    #[error("{0}")]
+    Spawner(spawn::SpawnError),
     /// The mount point of jobs' work directories is missing and could not
     /// be made, or is not a directory.
     #[error(
@@ -183,6 +188,8 @@ pub struct Engine {
     records: Arc<Records>,
     workers: Arc<workers::Workers>,
     watcher: Arc<output::Watcher>,
+    /// The process that clones jobs' inits.
+    spawner: spawn::Spawner,
     /// The uids jobs get, unless they all run as one account.
     uid_pool: Option<Mutex<UidPool>>,
     started: Instant,
@@ -234,6 +241,7 @@ impl Engine {
             .map_err(EngineError::Workers)?;
         let watcher = output::Watcher::new(Arc::clone(&workers)).map_err(EngineError::Inotify)?;
         tokio::spawn(Arc::clone(&watcher).run());
+        let spawner = spawn::Spawner::start(&config.init_program).map_err(EngineError::Spawner)?;
         let uid_pool = match &config.job_ids {
             JobIds::Shared { .. } => None,
             JobIds::PerJob { range, excluded } => {
@@ -249,6 +257,7 @@ impl Engine {
             records,
             workers,
             watcher,
+            spawner,
             uid_pool,
             started: Instant::now(),
             idempotency: tokio::sync::Mutex::new(()),

@@ -1,8 +1,9 @@
 //! Starting a job's init: its [`InitSpec`] written into a socket pair (as
 //! much as the socket holds: all of any ordinary spec, so that the init reads
-//! it at once), clone3 into the job's cgroup and namespaces (see
-//! [`crate::sys::clone_init`]), then, asynchronously, the rest of the spec
-//! and the wait for the init's report on the exec.
+//! it at once), the init cloned into the job's cgroup and namespaces by the
+//! spawner ([`crate::spawner`]), which this module starts and keeps running,
+//! then, asynchronously, the rest of the spec and the wait for the init's
+//! report on the exec.
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -10,16 +11,23 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cgroup::{CgroupError, JobCgroup};
 use crate::handoff::{self, ExitRecord, InitReport, InitSpec};
+use crate::spawner::{self, RequestError};
 use crate::sys;
 
 /// How long an init may take to set up and exec the command.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the spawner may take to answer a request: a clone3 takes about
+/// a millisecond; one that takes this long is stuck, and the spawner is
+/// replaced.
+const SPAWNER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a job's init could not be started (nothing of it runs).
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +38,18 @@ pub enum SpawnError {
         /// The path.
         path: PathBuf,
     },
+    /// The spawner could not be started.
+    #[error("starting the init spawner {}: {source}", path.display())]
+    StartSpawner {
+        /// The init program.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The spawner did not answer (it is replaced for the next start).
+    #[error("{0}")]
+    Spawner(#[source] RequestError),
     /// The job's cgroup could not be opened for `CLONE_INTO_CGROUP`.
     #[error("opening the job's cgroup: {0}")]
     OpenCgroup(#[source] CgroupError),
@@ -93,50 +113,164 @@ pub struct Handoff {
     rest: Vec<u8>,
 }
 
-/// Writes `spec` into a new control socket and clones the init of a job into
-/// `cgroup` with the other end. Blocks until the init's exec (the child
-/// shares the supervisor's memory until then: see [`sys::clone_init`]),
-/// about a millisecond; a child frozen before its exec (a frozen cgroup
-/// subtree) holds the calling engine thread.
-pub fn clone(
-    init_program: &Path,
-    cgroup: &JobCgroup,
-    spec: &InitSpec,
-) -> Result<Spawned, SpawnError> {
-    let program =
-        CString::new(init_program.as_os_str().as_bytes()).map_err(|_| SpawnError::ProgramPath {
-            path: init_program.to_path_buf(),
+/// The spawner of this engine's inits: started with the engine, started
+/// again by the first start after it died or stopped answering. Starts go
+/// to it one at a time, each on the engine thread that runs it.
+pub struct Spawner {
+    /// The init program (the spawner is the init program's process).
+    program: CString,
+    /// The running spawner, if any.
+    running: Mutex<Option<SpawnerProcess>>,
+}
+
+/// A running spawner.
+struct SpawnerProcess {
+    /// Our end of its socket.
+    socket: OwnedFd,
+    /// Its pid, for the log.
+    pid: u32,
+    /// A pidfd of it (our child), to end and reap it.
+    pidfd: OwnedFd,
+}
+
+impl Spawner {
+    /// Starts the spawner, `init_program`. Blocks for its clone and exec.
+    pub fn start(init_program: &Path) -> Result<Self, SpawnError> {
+        let program = CString::new(init_program.as_os_str().as_bytes()).map_err(|_| {
+            SpawnError::ProgramPath {
+                path: init_program.to_path_buf(),
+            }
         })?;
-    let argv = [program.clone(), c"init".to_owned()];
-    let mut message = Vec::new();
-    handoff::write_message(&mut message, spec).map_err(SpawnError::Encode)?;
-    let cgroup_fd = cgroup.open_fd().map_err(SpawnError::OpenCgroup)?;
-    let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::ControlSocket)?;
-    ours.set_nonblocking(true)
-        .map_err(SpawnError::ControlSocket)?;
-    let mut sent = 0;
-    while sent < message.len() {
-        match ours.write(&message[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(SpawnError::ControlSocket(e)),
+        let spawner = Self {
+            program,
+            running: Mutex::new(None),
+        };
+        let process = spawner.launch()?;
+        *spawner.lock() = Some(process);
+        Ok(spawner)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SpawnerProcess>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn launch(&self) -> Result<SpawnerProcess, SpawnError> {
+        let failed = |source| SpawnError::StartSpawner {
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(self.program.as_bytes())),
+            source,
+        };
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| failed(e.into()))?;
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(SPAWNER_TIMEOUT),
+        )
+        .map_err(|e| failed(e.into()))?;
+        let argv = [spawner::INIT_NAME.to_owned()];
+        let spawned =
+            sys::spawn_with_control(theirs.as_fd(), &self.program, &argv, &[]).map_err(failed)?;
+        tracing::debug!(pid = spawned.pid, "the init spawner started");
+        Ok(SpawnerProcess {
+            socket: ours,
+            pid: spawned.pid,
+            pidfd: spawned.pidfd,
+        })
+    }
+
+    /// Writes `spec` into a new control socket and has the spawner clone
+    /// the init of a job into `cgroup` with the other end. Blocks until the
+    /// spawner answers, about a millisecond (other starts wait their turn).
+    pub fn clone_init(&self, cgroup: &JobCgroup, spec: &InitSpec) -> Result<Spawned, SpawnError> {
+        let mut message = Vec::new();
+        handoff::write_message(&mut message, spec).map_err(SpawnError::Encode)?;
+        let cgroup_fd = cgroup.open_fd().map_err(SpawnError::OpenCgroup)?;
+        let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::ControlSocket)?;
+        ours.set_nonblocking(true)
+            .map_err(SpawnError::ControlSocket)?;
+        let mut sent = 0;
+        while sent < message.len() {
+            match ours.write(&message[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(SpawnError::ControlSocket(e)),
+            }
+        }
+        let spawned = self
+            .request(cgroup_fd.as_fd(), theirs.as_fd())
+            .map_err(|e| match e {
+                SpawnError::Spawner(RequestError::Clone(source)) => SpawnError::Clone {
+                    cgroup: cgroup.path().to_path_buf(),
+                    source,
+                },
+                other => other,
+            })?;
+        drop(theirs);
+        message.drain(..sent);
+        Ok(Spawned {
+            pid: spawned.pid,
+            pidfd: spawned.pidfd,
+            handoff: Handoff {
+                control: ours,
+                rest: message,
+            },
+        })
+    }
+
+    /// One request to the spawner, started first if it is not running. A
+    /// request it never saw is sent again to a new spawner, once; after one
+    /// it may have seen, the spawner is replaced at the next start (an init
+    /// it may have cloned finds no spec's end and is killed with the failed
+    /// start's cgroup).
+    fn request(
+        &self,
+        cgroup: std::os::fd::BorrowedFd<'_>,
+        control: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<sys::Spawned, SpawnError> {
+        let mut running = self.lock();
+        let mut resent = false;
+        loop {
+            let process = match running.take() {
+                Some(process) => process,
+                None => self.launch()?,
+            };
+            match spawner::request(process.socket.as_fd(), cgroup, control) {
+                Ok(spawned) => {
+                    *running = Some(process);
+                    return Ok(spawned);
+                }
+                Err(RequestError::Clone(e)) => {
+                    *running = Some(process);
+                    return Err(SpawnError::Spawner(RequestError::Clone(e)));
+                }
+                Err(RequestError::Send(e)) if !resent => {
+                    tracing::error!(pid = process.pid, error = %e, "the init spawner is gone; starting another");
+                    resent = true;
+                }
+                Err(e) => {
+                    tracing::error!(pid = process.pid, error = %e, "the init spawner failed; another is started for the next job");
+                    return Err(SpawnError::Spawner(e));
+                }
+            }
         }
     }
-    let spawned = sys::clone_init(cgroup_fd.as_fd(), theirs.as_fd(), &program, &argv, &[])
-        .map_err(|source| SpawnError::Clone {
-            cgroup: cgroup.path().to_path_buf(),
-            source,
-        })?;
-    drop(theirs);
-    message.drain(..sent);
-    Ok(Spawned {
-        pid: spawned.pid,
-        pidfd: spawned.pidfd,
-        handoff: Handoff {
-            control: ours,
-            rest: message,
-        },
-    })
+}
+
+impl Drop for SpawnerProcess {
+    /// Ends the spawner (it would end by itself once its socket closes) and
+    /// reaps it: SIGKILL, so that the wait is short.
+    fn drop(&mut self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        );
+    }
 }
 
 impl Handoff {

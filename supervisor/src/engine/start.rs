@@ -18,7 +18,7 @@ use jobworker_ipc::{
 };
 
 use super::job::{self, Job, Status};
-use super::spawn::{self, ExitWatch, ReportError, SpawnError, Spawned};
+use super::spawn::{ExitWatch, ReportError, SpawnError, Spawned};
 use super::uids::JobIds;
 use super::workers::WorkFailed;
 use super::{DEFAULT_PATH, DEFAULT_TMP_SIZE, Engine, WORK_DIR, internal, lifecycle, lock, monitor};
@@ -456,7 +456,7 @@ impl Engine {
                 path: job::record_path(&job.dir),
                 source,
             })?;
-        let spawned = spawn::clone(&self.config.init_program, &job.cgroup, &init_spec)?;
+        let spawned = self.spawner.clone_init(&job.cgroup, &init_spec)?;
         // Not recorded until the job ends: a supervisor restarted meanwhile
         // finds the init in the job's cgroup (see recovery).
         job.status().pid = Some(spawned.pid);

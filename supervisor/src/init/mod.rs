@@ -1,9 +1,8 @@
-//! The job's init: pid 1 of the job's namespaces, exec'd by the supervisor
-//! right after clone3 (the `jobworker-init` binary, installed beside the
-//! supervisor: small, so that its exec is cheap). It is single-threaded and
-//! owes the supervisor nothing once the command runs:
+//! The job's init: pid 1 of the job's namespaces, a clone of the spawner
+//! ([`crate::spawner`]) that runs on without an exec. It is single-threaded
+//! and owes the supervisor nothing once the command runs:
 //!
-//! 1. reads its [`InitSpec`] from the control socket at fd 3;
+//! 1. reads its [`InitSpec`] from the control socket;
 //! 2. builds the job's sandbox ([`sandbox`]): the host's tree read-only
 //!    with its private parts masked, a fresh `/proc` and `/sys`, a `/dev`
 //!    of its own, private temporary directories, its work directory, `lo`
@@ -27,6 +26,7 @@ pub mod sandbox;
 pub mod seccomp;
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
@@ -52,9 +52,10 @@ fn handled_signals() -> SigSet {
     set
 }
 
-/// Runs the init; the process exits with its result.
-pub fn main() -> ExitCode {
-    match run() {
+/// Runs the init with its control socket (at [`sys::INIT_CONTROL_FD`]);
+/// the process exits with the result.
+pub fn main(control: OwnedFd) -> ExitCode {
+    match run(control) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("jobworker-init: {message}");
@@ -63,10 +64,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run(control: OwnedFd) -> Result<(), String> {
+    // Whatever else the spawner held.
     sys::close_fds_from(sys::INIT_CONTROL_FD + 1, sys::CloseMode::Close)
         .map_err(|e| format!("closing inherited fds: {e}"))?;
-    let control = sys::take_control_fd().map_err(|e| format!("control socket: {e}"))?;
     // Held until the end (the exit record goes there too), never by the command.
     rustix::io::fcntl_setfd(&control, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| format!("control socket: {e}"))?;
@@ -78,7 +79,7 @@ fn run() -> Result<(), String> {
         handoff::read_message(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
 
     let signals = handled_signals();
-    // Exactly these: the supervisor execs the init with every signal blocked.
+    // Exactly these: the spawner, and so its clone, has every signal blocked.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signals), None)
         .map_err(|e| format!("blocking signals: {e}"))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
@@ -168,7 +169,7 @@ fn exempt_from_the_oom_killer() {
 /// A started command and what the init keeps of its start.
 struct Started {
     child: nix::unistd::Pid,
-    output: std::os::fd::OwnedFd,
+    output: OwnedFd,
     log: File,
     job_dir: File,
 }

@@ -194,13 +194,41 @@ pub fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     Ok((field(14)? + field(15)?, field(16)? + field(17)?))
 }
 
-/// CPU used by the supervisor (own threads, and its reaped children: the
-/// jobs' inits and, through them, their commands) and the gateway between
-/// two readings.
+/// The pid of the supervisor's spawner of inits: its child named
+/// `jobworker-spawn` (found by scanning /proc: this kernel may lack
+/// `/proc/PID/task/TID/children`).
+fn spawner_pid(supervisor: u32) -> Result<u32> {
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": the comm may hold spaces.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(supervisor) && head.ends_with("(jobworker-spawn") {
+            return Ok(pid);
+        }
+    }
+    bail!("the supervisor (pid {supervisor}) has no child named jobworker-spawn")
+}
+
+/// CPU used by the supervisor (own threads; its spawner, which clones each
+/// job's init; its reaped children: the jobs' inits and, through them,
+/// their commands) and the gateway between two readings.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuReading {
     /// The supervisor's own threads.
     pub supervisor: f64,
+    /// The supervisor's spawner of inits (its clone3 of each).
+    pub spawner: f64,
     /// The supervisor's reaped children.
     pub children: f64,
     /// The gateway.
@@ -213,10 +241,12 @@ impl CpuReading {
     /// The CPU time used so far by the processes of `stack` and the bench.
     pub fn of(stack: &Stack) -> Result<Self> {
         let (supervisor, children) = cpu_seconds(stack.supervisor.pid())?;
+        let (spawner, _) = cpu_seconds(spawner_pid(stack.supervisor.pid())?)?;
         let (gateway, _) = cpu_seconds(stack.gateway.pid())?;
         let (bench, _) = cpu_seconds(std::process::id())?;
         Ok(Self {
             supervisor,
+            spawner,
             children,
             gateway,
             bench,
@@ -227,6 +257,7 @@ impl CpuReading {
     pub fn since(&self, earlier: &CpuReading) -> CpuReading {
         CpuReading {
             supervisor: self.supervisor - earlier.supervisor,
+            spawner: self.spawner - earlier.spawner,
             children: self.children - earlier.children,
             gateway: self.gateway - earlier.gateway,
             bench: self.bench - earlier.bench,
@@ -236,8 +267,9 @@ impl CpuReading {
     /// For a note: each part divided by `per` (e.g. jobs), in ms.
     pub fn describe_per(&self, per: f64, what: &str) -> String {
         format!(
-            "CPU per {what}: supervisor {:.2} ms, its reaped children (inits + commands) {:.2} ms, gateway {:.2} ms, bench clients {:.2} ms",
+            "CPU per {what}: supervisor {:.2} ms, its spawner (clone3 of each init) {:.2} ms, its reaped children (inits + commands) {:.2} ms, gateway {:.2} ms, bench clients {:.2} ms",
             self.supervisor * 1e3 / per,
+            self.spawner * 1e3 / per,
             self.children * 1e3 / per,
             self.gateway * 1e3 / per,
             self.bench * 1e3 / per,

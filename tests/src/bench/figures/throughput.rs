@@ -198,7 +198,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         drop(stack);
         let jobs = each.len().max(1) as f64;
         report.note(format!(
-            "throughput, {clients} clients: {} jobs in {wall:.1} s; {}; the floor, all in (its C program and /bin/true): {:.2} ms per job, so the jobs' inits take at least {:.2} ms per job beyond it (the floor's figure holds its clone3 of the namespaces, which the stack pays in the supervisor's time); the bench's wall time over 2 CPUs = {:.2} ms of CPU per job available",
+            "throughput, {clients} clients: {} jobs in {wall:.1} s; {}; the floor, all in (its C program and /bin/true): {:.2} ms per job, so the jobs' inits take at least {:.2} ms per job beyond it (the floor's figure holds its clone3 of the namespaces, which the stack pays in the spawner's time); the bench's wall time over 2 CPUs = {:.2} ms of CPU per job available",
             each.len(),
             cpu.describe_per(jobs, "job"),
             floor_cpu_per_job * 1e3,

@@ -1,0 +1,275 @@
+//! The spawner: the one process that clones every job's init, and its
+//! protocol with the supervisor.
+//!
+//! The supervisor is multithreaded, so a child it clones may run nothing but
+//! raw system calls until it execs: a job's init would have to be exec'd,
+//! which costs about as much as the rest of a job's start. The spawner is
+//! `jobworker-init` exec'd once, by the supervisor's engine as it starts (and
+//! again if it dies). It is single-threaded, so a fork-like clone3 of it may
+//! run ordinary code: each job's init is such a clone, which goes straight on
+//! as the init ([`crate::init`]) with no exec. The spawner holds no state,
+//! opens nothing, handles no signal (all stay blocked) and exits when the
+//! supervisor's end of its socket closes.
+//!
+//! The protocol, on a private `SOCK_SEQPACKET` socket pair, one request at a
+//! time:
+//! - the supervisor sends the byte [`REQUEST`] with two fds (`SCM_RIGHTS`):
+//!   the job's cgroup and the init's end of its control socket, on which the
+//!   job's spec is already waiting;
+//! - the spawner clones the init into that cgroup and new namespaces, as a
+//!   child of the supervisor ([`sys::clone_job_init`]), and answers with the
+//!   init's pid (4 bytes, native order) and a pidfd of it, or with clone3's
+//!   errno, negated;
+//! - the clone puts its control socket at [`sys::INIT_CONTROL_FD`] and runs
+//!   the init.
+//!
+//! Every init is a copy of the spawner's memory, so they share its address
+//! space layout; none of it is reachable by the job, whose command runs
+//! exec'd, under its own uid.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::ExitCode;
+
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::sys::{self, Cloned, Spawned};
+
+/// The one request's byte.
+pub const REQUEST: u8 = b'c';
+
+/// The comm (`/proc/PID/comm`) of the spawner; each init sets its own back
+/// to [`INIT_NAME`].
+pub const SPAWNER_NAME: &std::ffi::CStr = c"jobworker-spawn";
+/// The comm of a job's init (pid 1 of the job's view).
+pub const INIT_NAME: &std::ffi::CStr = c"jobworker-init";
+
+/// Runs the spawner until the supervisor closes its socket; in each clone,
+/// runs the job's init instead. The process exits with the result.
+pub fn main() -> ExitCode {
+    match serve() {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(init)) => match init.into_control() {
+            Ok(control) => crate::init::main(control),
+            Err(e) => {
+                eprintln!("jobworker-init: taking the control socket: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(message) => {
+            eprintln!("jobworker-init (spawner): {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A clone of the spawner, about to become a job's init.
+struct NewInit {
+    /// The spawner's socket to the supervisor, at [`sys::INIT_CONTROL_FD`].
+    socket: OwnedFd,
+    /// The init's control socket.
+    control: OwnedFd,
+}
+
+impl NewInit {
+    /// Puts the control socket at [`sys::INIT_CONTROL_FD`], in place of the
+    /// spawner's socket (which the init must not hold), and names the process.
+    fn into_control(self) -> io::Result<OwnedFd> {
+        let Self {
+            mut socket,
+            control,
+        } = self;
+        rustix::io::dup2(&control, &mut socket)?;
+        drop(control);
+        rustix::thread::set_name(INIT_NAME)?;
+        Ok(socket)
+    }
+}
+
+/// The spawner's loop: `Ok(None)` when the supervisor has gone, `Ok(Some)`
+/// in a clone (the new init).
+fn serve() -> Result<Option<NewInit>, String> {
+    sys::close_fds_from(sys::INIT_CONTROL_FD + 1, sys::CloseMode::Close)
+        .map_err(|e| format!("closing inherited fds: {e}"))?;
+    let socket = sys::take_control_fd().map_err(|e| format!("its socket: {e}"))?;
+    let single = sys::SingleThreaded::check().map_err(|e| format!("cannot clone inits: {e}"))?;
+    rustix::thread::set_name(SPAWNER_NAME).map_err(|e| format!("naming itself: {e}"))?;
+    loop {
+        let answer = match receive(&socket).map_err(|e| format!("receiving a request: {e}"))? {
+            Received::Closed => return Ok(None),
+            Received::Malformed => Err(io::Error::from_raw_os_error(libc::EPROTO)),
+            Received::Request { cgroup, control } => {
+                match sys::clone_job_init(&single, cgroup.as_fd()) {
+                    Ok(Cloned::Child) => return Ok(Some(NewInit { socket, control })),
+                    Ok(Cloned::Parent(spawned)) => Ok(spawned),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        send_answer(&socket, answer).map_err(|e| format!("answering: {e}"))?;
+    }
+}
+
+/// What the spawner received.
+enum Received {
+    /// The supervisor closed its end.
+    Closed,
+    /// Not a request (its fds, if any, are closed).
+    Malformed,
+    /// A request.
+    Request {
+        /// The job's cgroup.
+        cgroup: OwnedFd,
+        /// The init's control socket.
+        control: OwnedFd,
+    },
+}
+
+fn receive(socket: &OwnedFd) -> io::Result<Received> {
+    let mut byte = [0_u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let message = retry(|| {
+        rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut byte)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })?;
+    let fds = received_fds(&mut ancillary);
+    if message.bytes == 0 && fds.is_empty() {
+        return Ok(Received::Closed);
+    }
+    let whole = !message
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC);
+    match <[OwnedFd; 2]>::try_from(fds) {
+        Ok([cgroup, control]) if whole && message.bytes == 1 && byte[0] == REQUEST => {
+            Ok(Received::Request { cgroup, control })
+        }
+        _ => Ok(Received::Malformed),
+    }
+}
+
+fn send_answer(socket: &OwnedFd, answer: io::Result<Spawned>) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    let (code, pidfd) = match &answer {
+        Ok(spawned) => (
+            i32::try_from(spawned.pid).map_err(|_| io::Error::other("pid out of range"))?,
+            Some([spawned.pidfd.as_fd()]),
+        ),
+        Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), None),
+    };
+    if let Some(pidfd) = &pidfd {
+        ancillary.push(SendAncillaryMessage::ScmRights(pidfd));
+    }
+    let code = code.to_ne_bytes();
+    retry(|| {
+        rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(&code)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        )
+    })?;
+    Ok(())
+}
+
+/// Why the spawner cloned no init.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// clone3 failed in the spawner, with this errno: nothing was started.
+    #[error("{0}")]
+    Clone(#[source] io::Error),
+    /// The request could not be sent: the spawner has not seen it.
+    #[error("sending to the init spawner: {0}")]
+    Send(#[source] io::Error),
+    /// No well-formed answer came (the spawner died, hung or misbehaved);
+    /// an init may have been started.
+    #[error("the init spawner's answer: {0}")]
+    Answer(#[source] io::Error),
+}
+
+/// Asks the spawner at the other end of `socket` for a job's init in
+/// `cgroup` with the control socket `control`; blocks until it answers (or
+/// the socket's receive timeout passes). One request at a time per socket.
+pub fn request(
+    socket: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    control: BorrowedFd<'_>,
+) -> Result<Spawned, RequestError> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    let fds = [cgroup, control];
+    ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+    retry(|| {
+        rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(&[REQUEST])],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        )
+    })
+    .map_err(RequestError::Send)?;
+
+    let mut code = [0_u8; 4];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let message = retry(|| {
+        rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut code)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })
+    .map_err(RequestError::Answer)?;
+    let mut fds = received_fds(&mut ancillary);
+    if message.bytes == 0 {
+        return Err(RequestError::Answer(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "it exited",
+        )));
+    }
+    let malformed =
+        || RequestError::Answer(io::Error::new(io::ErrorKind::InvalidData, "malformed"));
+    if message.bytes != code.len() || message.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(malformed());
+    }
+    let code = i32::from_ne_bytes(code);
+    if code < 0 {
+        return Err(RequestError::Clone(io::Error::from_raw_os_error(-code)));
+    }
+    match (u32::try_from(code), fds.pop(), fds.is_empty()) {
+        (Ok(pid), Some(pidfd), true) if pid > 0 => Ok(Spawned { pid, pidfd }),
+        _ => Err(malformed()),
+    }
+}
+
+/// The fds an ancillary buffer received, owned (so that none leaks).
+fn received_fds(ancillary: &mut RecvAncillaryBuffer<'_>) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    fds
+}
+
+/// Runs `call` again while a signal interrupts it.
+fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => continue,
+            result => return result.map_err(io::Error::from),
+        }
+    }
+}
