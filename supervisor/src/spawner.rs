@@ -188,9 +188,10 @@ pub enum RequestError {
     /// clone3 failed in the spawner, with this errno: nothing was started.
     #[error("{0}")]
     Clone(#[source] io::Error),
-    /// The request could not be sent: the spawner has not seen it.
-    #[error("sending to the init spawner: {0}")]
-    Send(#[source] io::Error),
+    /// The spawner is gone without having read the request: it could not
+    /// be sent, or the spawner's end closed with it unread (`ECONNRESET`).
+    #[error("the init spawner is gone: {0}")]
+    Unseen(#[source] io::Error),
     /// No well-formed answer came (the spawner died, hung or misbehaved);
     /// an init may have been started.
     #[error("the init spawner's answer: {0}")]
@@ -217,7 +218,7 @@ pub fn request(
             SendFlags::NOSIGNAL,
         )
     })
-    .map_err(RequestError::Send)?;
+    .map_err(RequestError::Unseen)?;
 
     let mut code = [0_u8; 4];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -230,7 +231,11 @@ pub fn request(
             RecvFlags::CMSG_CLOEXEC,
         )
     })
-    .map_err(RequestError::Answer)?;
+    .map_err(|e| match e.raw_os_error() {
+        // A Unix socket closed with data unread tells its peer so.
+        Some(libc::ECONNRESET) => RequestError::Unseen(e),
+        _ => RequestError::Answer(e),
+    })?;
     let mut fds = received_fds(&mut ancillary);
     if message.bytes == 0 {
         return Err(RequestError::Answer(io::Error::new(

@@ -67,6 +67,15 @@ async fn a_spawner_that_died_is_replaced_and_no_start_fails() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // Dead (a zombie until the engine reaps it) before the next start.
+    let dead = std::time::Instant::now();
+    while !spawners().is_empty() {
+        assert!(
+            dead.elapsed() < std::time::Duration::from_secs(5),
+            "the spawner did not die"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let job = t.start("/bin/echo", &["second"]).await.unwrap();
     let (output, end) = t.output(&job).await;
     assert_eq!(output, b"second\n");

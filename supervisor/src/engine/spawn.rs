@@ -248,7 +248,7 @@ impl Spawner {
                     *running = Some(process);
                     return Err(SpawnError::Spawner(RequestError::Clone(e)));
                 }
-                Err(RequestError::Send(e)) if !resent => {
+                Err(RequestError::Unseen(e)) if !resent => {
                     tracing::error!(pid = process.pid, error = %e, "the init spawner is gone; starting another");
                     resent = true;
                 }
