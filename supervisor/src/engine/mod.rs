@@ -408,8 +408,9 @@ impl Engine {
         self.enforce_time_limit(job);
     }
 
-    /// Registers `job` and spawns the task that settles it: after its init
-    /// (behind `pidfd`) exits, or at once when there is none.
+    /// Registers `job` and spawns the task that settles it: when its init
+    /// (behind `pidfd`) sends its exit record or exits, or at once when
+    /// there is none.
     fn supervise(
         self: &Arc<Self>,
         job: &Arc<Job>,
@@ -420,17 +421,22 @@ impl Engine {
         let engine = Arc::clone(self);
         let job = Arc::clone(job);
         tokio::spawn(async move {
-            // The record comes just before the init exits.
+            // The record comes as the init ends, when every other process
+            // of the job is gone: the job has ended, and the init's exit is
+            // waited for after its followers know. Without a record, the
+            // init's exit decides.
             let record = match exit {
                 Some(exit) => exit.exit_record().await,
                 None => None,
             };
-            if let Some(pidfd) = pidfd
-                && let Err(e) = monitor::wait_exit(pidfd).await
-            {
-                tracing::error!(job = %job.spec.id, error = %e, "waiting for the job's init");
-            }
-            engine.settle(job, record).await;
+            let init = match (pidfd, &record) {
+                (Some(pidfd), None) => {
+                    monitor::wait_exit(&job, pidfd).await;
+                    None
+                }
+                (pidfd, _) => pidfd,
+            };
+            engine.settle(job, record, init).await;
         });
     }
 

@@ -1,11 +1,11 @@
-//! Watching a job's init until it exits, then settling the job. The end is
-//! decided by the init's exit and its exit record: the init was pid 1 of
-//! the job's pid namespace, so when it has exited every other process of the
-//! job has been killed and reaped by the kernel, and nothing waits for the
+//! Watching a job's init until it ends, then settling the job. The end is
+//! decided by the exit record the init sends as it ends (it has killed and
+//! reaped every other process of the job by then: it is pid 1 of the job's
+//! pid namespace), or by its exit without one; nothing waits for the
 //! cgroup to report itself empty (`cgroup.events` is rate-limited to one
-//! notification per ~10-16 ms). In order: the exit record and the usage
-//! (read before the cgroup goes), the status, the waiters woken (followers
-//! see the end here), then the record written and the cgroup removed
+//! notification per ~10-16 ms). In order: the usage (read before the cgroup
+//! goes), the status, the waiters woken (followers see the end here), then,
+//! once the init has exited, the record written and the cgroup removed
 //! (`cgroup.kill` and a wait only if it is, unexpectedly, still busy).
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -22,9 +22,18 @@ use crate::handoff::{EXIT_FILE, ExitRecord};
 /// did not go at once.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits until the process behind `pidfd` has exited (a pidfd becomes
-/// readable then), and reaps it if it is our child.
-pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<()> {
+/// Waits until `job`'s init behind `pidfd` has exited (a pidfd becomes
+/// readable then), and reaps it if it is our child; logs a failure to
+/// wait.
+pub async fn wait_exit(job: &Job, pidfd: OwnedFd) {
+    if let Err(e) = wait_exit_of(pidfd).await {
+        tracing::error!(job = %job.spec.id, error = %e, "waiting for the job's init");
+    }
+}
+
+/// Waits until the process behind `pidfd` has exited, and reaps it if it
+/// is our child.
+pub async fn wait_exit_of(pidfd: OwnedFd) -> std::io::Result<()> {
     let fd = crate::sys::register(pidfd, tokio::io::Interest::READABLE)?;
     let _ready = fd.readable().await?;
     // Not our child after a supervisor restart: then there is nothing to reap.
@@ -36,13 +45,19 @@ pub async fn wait_exit(pidfd: OwnedFd) -> std::io::Result<()> {
 }
 
 impl Engine {
-    /// Settles a job whose init has exited (or that has none), given the
-    /// exit record it sent, if it did: see the module docs. With the record,
-    /// the job ends here, on the runtime (the only files read are the
-    /// cgroup's, which the kernel serves from memory); without it, the
-    /// record file is read on the engine's threads. The cleanup (record,
-    /// cgroup, uid, retention) runs on the engine's threads after the end.
-    pub(super) async fn settle(self: &Arc<Self>, job: Arc<Job>, exit: Option<ExitRecord>) {
+    /// Settles a job whose init sent its exit record (`exit`; the init,
+    /// behind `init`, may still be exiting) or has exited without one (or
+    /// that has none): see the module docs. With the record, the job ends
+    /// here, on the runtime (the only files read are the cgroup's, which
+    /// the kernel serves from memory); without it, the record file is read
+    /// on the engine's threads. Once the init has exited, the cleanup
+    /// (record, cgroup, uid, retention) runs on the engine's threads.
+    pub(super) async fn settle(
+        self: &Arc<Self>,
+        job: Arc<Job>,
+        exit: Option<ExitRecord>,
+        init: Option<OwnedFd>,
+    ) {
         match exit {
             Some(record) => end(&job, Some(&record)),
             None => {
@@ -58,6 +73,9 @@ impl Engine {
         }
         self.figures.ended(&job.status());
         self.uncount_running(&job);
+        if let Some(init) = init {
+            wait_exit(&job, init).await;
+        }
         let engine = Arc::clone(self);
         let cleanup = self.workers.spawn(move || engine.clean_up(&job));
         if let Err(e) = cleanup {

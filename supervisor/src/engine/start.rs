@@ -788,7 +788,7 @@ impl Made {
 /// one that hangs.
 async fn stop_init(job: JobId, init: OwnedFd) {
     let _ = rustix::process::pidfd_send_signal(&init, rustix::process::Signal::KILL);
-    match tokio::time::timeout(UNDO_TIMEOUT, monitor::wait_exit(init)).await {
+    match tokio::time::timeout(UNDO_TIMEOUT, monitor::wait_exit_of(init)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(%job, error = %e, "waiting for a failed job's init"),
         Err(_) => tracing::error!(%job, "a failed job's init did not exit after SIGKILL"),

@@ -13,9 +13,10 @@
 //! 4. exempts itself from the OOM killer;
 //! 5. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
-//! 6. when the command has ended, kills whatever is left of the job, drains
-//!    the last output, writes the [`ExitRecord`] in the job's directory and
-//!    sends it on the control socket.
+//! 6. when the command has ended, kills and reaps whatever is left of the
+//!    job, drains the last output, sends the [`ExitRecord`] on the control
+//!    socket (the supervisor ends the job there), then flushes the log and
+//!    writes the record in the job's directory, and exits.
 //!
 //! Because the init, not the supervisor, holds the output pipe and records the
 //! exit, a supervisor restart loses neither bytes nor exit statuses.
@@ -126,13 +127,15 @@ fn run(control: OwnedFd) -> Result<(), String> {
         started_at_us: Some(started_at),
         ended_at_us: outcome.ended_at,
     };
-    let written = write_exit_record(&job_dir, exit_file, &record)
-        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()));
     // The supervisor that started the job learns of its end from this
-    // message, without reading the file (even if it could not be written);
-    // one restarted since reads the file.
+    // message, first (every other process of the job is gone: killed and
+    // reaped above), without reading the file, even if it cannot be
+    // written; one restarted since reads the file, which it waits for: it
+    // is written before the init exits.
     let _ = handoff::write_message(&mut control, &record);
-    written
+    pump::flush(&outcome.log);
+    write_exit_record(&job_dir, exit_file, &record)
+        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))
 }
 
 /// The room made for the exit record at the job's start: more than a

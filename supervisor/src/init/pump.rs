@@ -43,6 +43,8 @@ pub struct Outcome {
     /// Bytes dropped because the log could not take them at the job's end
     /// (its file system still full), or at all (it failed otherwise).
     pub lost_bytes: u64,
+    /// The output log, to flush once the end is reported.
+    pub log: File,
 }
 
 /// How often a paused output retries its write.
@@ -220,6 +222,7 @@ pub fn run(
         output_bytes: sink.written + sink.dropped + sink.lost,
         dropped_bytes: sink.dropped,
         lost_bytes: sink.lost,
+        log: sink.log,
     })
 }
 
@@ -287,8 +290,8 @@ fn forward_signals(signals: &SignalFd) -> io::Result<bool> {
 }
 
 /// Once the command has ended: kills and reaps whatever is left of the job,
-/// drains the pipe if it is still open, gives held-back output up to
-/// [`END_WAIT`] to find space, and flushes the log to disk.
+/// drains the pipe if it is still open, and gives held-back output up to
+/// [`END_WAIT`] to find space.
 fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
     // The job is its command: what it left behind goes with it. As pid 1,
     // kill(-1) reaches every other process of the namespace; collect them
@@ -299,12 +302,17 @@ fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<
         drain(&mut pipe, sink, buf)?;
     }
     sink.finish(END_WAIT);
-    // Best effort: a log that cannot be flushed still has its bytes in the
-    // page cache, and the job's exit status matters more.
-    if let Err(e) = sink.log.sync_data() {
+    Ok(())
+}
+
+/// Flushes the ended job's log to disk, before the init's exit record is
+/// written and it exits (so before the supervisor records the end durably).
+/// Best effort: a log that cannot be flushed still has its bytes in the
+/// page cache, and the job's exit status matters more.
+pub fn flush(log: &File) {
+    if let Err(e) = log.sync_data() {
         eprintln!("jobworker-init: flushing the output log: {e}");
     }
-    Ok(())
 }
 
 /// Reads what is left in the pipe once every process of the job is gone. It
