@@ -15,6 +15,8 @@
 //!   to it.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
 //! - [`records`]: writing job records, and the durability contract.
+//! - [`requests`]: starts that carry a request id, one at a time per owner
+//!   and request id.
 //! - [`output`]: output readers, each job's shared tail, and the inotify
 //!   watcher that wakes them.
 //! - [`recovery`]: accounting for every job on disk after a restart.
@@ -30,6 +32,7 @@ pub mod output;
 pub mod owners;
 pub mod records;
 pub mod recovery;
+pub mod requests;
 pub mod retention;
 pub mod spawn;
 pub mod start;
@@ -193,9 +196,9 @@ pub struct Engine {
     /// The uids jobs get, unless they all run as one account.
     uid_pool: Option<Mutex<UidPool>>,
     started: Instant,
-    /// Held across a start that carries a request id, so that two retries of
-    /// one request cannot both start a job.
-    idempotency: tokio::sync::Mutex<()>,
+    /// Starts that carry a request id, one at a time per owner and request
+    /// id, so that two retries of one request cannot both start a job.
+    requests: requests::InFlight,
     /// Starts under way, per owner: with the running jobs, what the cap on
     /// an owner's running jobs counts.
     starting: owners::PerOwner,
@@ -260,7 +263,7 @@ impl Engine {
             spawner,
             uid_pool,
             started: Instant::now(),
-            idempotency: tokio::sync::Mutex::new(()),
+            requests: requests::InFlight::default(),
             starting: owners::PerOwner::default(),
             running: owners::PerOwner::default(),
             retention: Mutex::new(retention::Index::default()),

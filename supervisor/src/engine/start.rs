@@ -268,11 +268,11 @@ impl Engine {
     ) -> Result<JobInfo, StartError> {
         let _one_at_a_time = match &spec.request_id {
             Some(request_id) => {
-                let lock = self.idempotency.lock().await;
+                let turn = self.requests.turn(&owner, request_id).await;
                 if let Some(job) = self.started_before(&owner, request_id) {
                     return Ok(job.recorded_info());
                 }
-                Some(lock)
+                Some(turn)
             }
             None => None,
         };
