@@ -13,6 +13,9 @@
 //!
 //! The protocol, on a private `SOCK_SEQPACKET` socket pair, one request at a
 //! time:
+//! - the spawner sends the byte [`READY`] once it has set itself up (the
+//!   supervisor waits for it, so that a spawner that cannot run fails the
+//!   engine's start with its exit status, not the first job);
 //! - the supervisor sends the byte [`REQUEST`] with two fds (`SCM_RIGHTS`):
 //!   the job's cgroup and the init's end of its control socket, on which the
 //!   job's spec is already waiting;
@@ -42,6 +45,8 @@ use crate::sys::{self, Cloned, Spawned};
 
 /// The one request's byte.
 pub const REQUEST: u8 = b'c';
+/// The spawner's first message: it is ready for requests.
+pub const READY: u8 = b'r';
 
 /// The comm (`/proc/PID/comm`) of the spawner; each init sets its own back
 /// to [`INIT_NAME`].
@@ -97,19 +102,18 @@ fn serve() -> Result<Option<NewInit>, String> {
     sys::close_fds_from(sys::INIT_CONTROL_FD + 1, sys::CloseMode::Close)
         .map_err(|e| format!("closing inherited fds: {e}"))?;
     let socket = sys::take_control_fd().map_err(|e| format!("its socket: {e}"))?;
-    let single = sys::SingleThreaded::check().map_err(|e| format!("cannot clone inits: {e}"))?;
+    sys::single_threaded().map_err(|e| format!("cannot clone inits: {e}"))?;
     rustix::thread::set_name(SPAWNER_NAME).map_err(|e| format!("naming itself: {e}"))?;
+    send(socket.as_fd(), &[READY], &[]).map_err(|e| format!("telling it is ready: {e}"))?;
     loop {
         let answer = match receive(&socket).map_err(|e| format!("receiving a request: {e}"))? {
             Received::Closed => return Ok(None),
             Received::Malformed => Err(io::Error::from_raw_os_error(libc::EPROTO)),
-            Received::Request { cgroup, control } => {
-                match sys::clone_job_init(&single, cgroup.as_fd()) {
-                    Ok(Cloned::Child) => return Ok(Some(NewInit { socket, control })),
-                    Ok(Cloned::Parent(spawned)) => Ok(spawned),
-                    Err(e) => Err(e),
-                }
-            }
+            Received::Request { cgroup, control } => match sys::clone_job_init(cgroup.as_fd()) {
+                Ok(Cloned::Child) => return Ok(Some(NewInit { socket, control })),
+                Ok(Cloned::Parent(spawned)) => Ok(spawned),
+                Err(e) => Err(e),
+            },
         };
         send_answer(&socket, answer).map_err(|e| format!("answering: {e}"))?;
     }
@@ -132,25 +136,12 @@ enum Received {
 
 fn receive(socket: &OwnedFd) -> io::Result<Received> {
     let mut byte = [0_u8; 1];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let message = retry(|| {
-        rustix::net::recvmsg(
-            socket,
-            &mut [IoSliceMut::new(&mut byte)],
-            &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
-        )
-    })?;
-    let fds = received_fds(&mut ancillary);
+    let (message, fds) = receive_message(socket.as_fd(), &mut byte)?;
     if message.bytes == 0 && fds.is_empty() {
         return Ok(Received::Closed);
     }
-    let whole = !message
-        .flags
-        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC);
     match <[OwnedFd; 2]>::try_from(fds) {
-        Ok([cgroup, control]) if whole && message.bytes == 1 && byte[0] == REQUEST => {
+        Ok([cgroup, control]) if whole(&message) && byte == [REQUEST] => {
             Ok(Received::Request { cgroup, control })
         }
         _ => Ok(Received::Malformed),
@@ -158,28 +149,17 @@ fn receive(socket: &OwnedFd) -> io::Result<Received> {
 }
 
 fn send_answer(socket: &OwnedFd, answer: io::Result<Spawned>) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    let (code, pidfd) = match &answer {
-        Ok(spawned) => (
-            i32::try_from(spawned.pid).map_err(|_| io::Error::other("pid out of range"))?,
-            Some([spawned.pidfd.as_fd()]),
-        ),
-        Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), None),
-    };
-    if let Some(pidfd) = &pidfd {
-        ancillary.push(SendAncillaryMessage::ScmRights(pidfd));
+    match &answer {
+        Ok(spawned) => {
+            let pid =
+                i32::try_from(spawned.pid).map_err(|_| io::Error::other("pid out of range"))?;
+            send(socket.as_fd(), &pid.to_ne_bytes(), &[spawned.pidfd.as_fd()])
+        }
+        Err(e) => {
+            let code = -e.raw_os_error().unwrap_or(libc::EIO);
+            send(socket.as_fd(), &code.to_ne_bytes(), &[])
+        }
     }
-    let code = code.to_ne_bytes();
-    retry(|| {
-        rustix::net::sendmsg(
-            socket,
-            &[IoSlice::new(&code)],
-            &mut ancillary,
-            SendFlags::NOSIGNAL,
-        )
-    })?;
-    Ok(())
 }
 
 /// Why the spawner cloned no init.
@@ -206,37 +186,15 @@ pub fn request(
     cgroup: BorrowedFd<'_>,
     control: BorrowedFd<'_>,
 ) -> Result<Spawned, RequestError> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    let fds = [cgroup, control];
-    ancillary.push(SendAncillaryMessage::ScmRights(&fds));
-    retry(|| {
-        rustix::net::sendmsg(
-            socket,
-            &[IoSlice::new(&[REQUEST])],
-            &mut ancillary,
-            SendFlags::NOSIGNAL,
-        )
-    })
-    .map_err(RequestError::Unseen)?;
-
+    send(socket, &[REQUEST], &[cgroup, control]).map_err(RequestError::Unseen)?;
     let mut code = [0_u8; 4];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let message = retry(|| {
-        rustix::net::recvmsg(
-            socket,
-            &mut [IoSliceMut::new(&mut code)],
-            &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
-        )
-    })
-    .map_err(|e| match e.raw_os_error() {
-        // A Unix socket closed with data unread tells its peer so.
-        Some(libc::ECONNRESET) => RequestError::Unseen(e),
-        _ => RequestError::Answer(e),
+    let (message, mut fds) = receive_message(socket, &mut code).map_err(|e| {
+        match e.raw_os_error() {
+            // A Unix socket closed with data unread tells its peer so.
+            Some(libc::ECONNRESET) => RequestError::Unseen(e),
+            _ => RequestError::Answer(e),
+        }
     })?;
-    let mut fds = received_fds(&mut ancillary);
     if message.bytes == 0 {
         return Err(RequestError::Answer(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -245,7 +203,7 @@ pub fn request(
     }
     let malformed =
         || RequestError::Answer(io::Error::new(io::ErrorKind::InvalidData, "malformed"));
-    if message.bytes != code.len() || message.flags.contains(ReturnFlags::CTRUNC) {
+    if message.bytes != code.len() || !whole(&message) {
         return Err(malformed());
     }
     let code = i32::from_ne_bytes(code);
@@ -256,6 +214,70 @@ pub fn request(
         (Ok(pid), Some(pidfd), true) if pid > 0 => Ok(Spawned { pid, pidfd }),
         _ => Err(malformed()),
     }
+}
+
+/// Waits for the spawner at the other end of `socket` to say it is ready
+/// (see the module docs); an error if it exited (`UnexpectedEof`) or said
+/// something else.
+pub fn wait_ready(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let mut byte = [0_u8; 1];
+    let (message, _) = receive_message(socket, &mut byte)?;
+    match (message.bytes, byte) {
+        (0, _) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "it exited before it was ready",
+        )),
+        (1, [READY]) if whole(&message) => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it said something other than that it is ready",
+        )),
+    }
+}
+
+/// Sends one message: `data`, with `fds` (at most two).
+fn send(socket: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("more fds than a message here carries"));
+    }
+    retry(|| {
+        rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(data)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        )
+    })?;
+    Ok(())
+}
+
+/// Receives one message into `data`, with the fds it carried (at most two
+/// fit; more are cut off, which [`whole`] tells), owned so that none leaks.
+fn receive_message(
+    socket: BorrowedFd<'_>,
+    data: &mut [u8],
+) -> io::Result<(rustix::net::RecvMsg, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let message = retry(|| {
+        rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(data)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })?;
+    Ok((message, received_fds(&mut ancillary)))
+}
+
+/// Whether a received message came whole: neither its data nor its fds
+/// were cut off.
+fn whole(message: &rustix::net::RecvMsg) -> bool {
+    !message
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
 }
 
 /// The fds an ancillary buffer received, owned (so that none leaks).

@@ -101,22 +101,15 @@ pub fn spawn_with_control(
     Ok(Spawned { pid, pidfd })
 }
 
-/// Proof that the process was single-threaded when it was checked, which
-/// [`clone_job_init`] needs; neither `Send` nor `Sync`. Only the spawner
-/// makes one, and it never starts a thread.
-pub struct SingleThreaded(PhantomData<*const ()>);
-
-impl SingleThreaded {
-    /// Checks that the calling process has exactly one thread.
-    pub fn check() -> io::Result<Self> {
-        let threads = std::fs::read_dir("/proc/self/task")?.count();
-        if threads != 1 {
-            return Err(io::Error::other(format!(
-                "the process has {threads} threads; it must have one"
-            )));
-        }
-        Ok(Self(PhantomData))
+/// Fails unless the calling process has exactly one thread.
+pub fn single_threaded() -> io::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "the process has {threads} threads; it must have one"
+        )));
     }
+    Ok(())
 }
 
 /// Which side of [`clone_job_init`] returned.
@@ -128,14 +121,22 @@ pub enum Cloned {
     Parent(Spawned),
 }
 
-/// Clones the calling (single-threaded) process like fork, the child
-/// directly in the cgroup `cgroup` (no moment outside it), in new pid,
-/// mount, network, uts, ipc and cgroup namespaces (the job's cgroup is the
-/// root of the latter), and a child of the caller's parent (`CLONE_PARENT`:
-/// the supervisor, which reaps it through the pidfd), with the caller's
-/// exit signal. Returns twice, as fork does: [`Cloned::Child`] in the
-/// child, which continues on a copy of the caller's memory and fds.
-pub fn clone_job_init(_proof: &SingleThreaded, cgroup: BorrowedFd<'_>) -> io::Result<Cloned> {
+// The child of `clone_job_init` runs on after a raw clone3 with glibc's
+// state copied as it was; what that relies on is glibc's (see the SAFETY
+// comment there).
+#[cfg(not(target_env = "gnu"))]
+compile_error!("the spawner's fork-like clone3 is reasoned about for glibc only");
+
+/// Clones the calling process like fork, the child directly in the cgroup
+/// `cgroup` (no moment outside it), in new pid, mount, network, uts, ipc and
+/// cgroup namespaces (the job's cgroup is the root of the latter), and a
+/// child of the caller's parent (`CLONE_PARENT`: the supervisor, which
+/// reaps it through the pidfd), with the caller's exit signal. Returns
+/// twice, as fork does: [`Cloned::Child`] in the child, which continues on
+/// a copy of the caller's memory and fds. Refuses (nothing is cloned) if
+/// the process has more than one thread, checked at each call.
+pub fn clone_job_init(cgroup: BorrowedFd<'_>) -> io::Result<Cloned> {
+    single_threaded()?;
     let cgroup_fd =
         u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     let mut pidfd: RawFd = -1;
@@ -153,10 +154,13 @@ pub fn clone_job_init(_proof: &SingleThreaded, cgroup: BorrowedFd<'_>) -> io::Re
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork:
     // the child continues on a copy of this thread's stack and memory.
     // `args` is a valid clone_args of the size passed. The process has one
-    // thread (`_proof`), so no lock or allocator state is held by a thread
-    // that the child would lack; glibc's cached thread id in the child is
-    // stale, which only `raise` and robust or error-checking pthread mutexes
-    // would read, and glibc's `raise` asks the kernel instead.
+    // thread (checked above, and only the spawner, which never starts one,
+    // calls this), so no lock or allocator state is held by a thread that
+    // the child would lack. glibc's cached thread id in the child is the
+    // caller's: glibc's `raise` asks the kernel instead, and the locks that
+    // record it as their owner (recursive, error-checking or robust
+    // mutexes) are free at the clone and taken and released by the child
+    // alone, consistently.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -405,12 +409,7 @@ pub fn spawn_sharing_memory(
     child: &mut dyn FnMut() -> isize,
     stack: &mut [u8],
 ) -> io::Result<nix::unistd::Pid> {
-    let threads = std::fs::read_dir("/proc/self/task")?.count();
-    if threads != 1 {
-        return Err(io::Error::other(format!(
-            "refusing to spawn from a process with {threads} threads"
-        )));
-    }
+    single_threaded()?;
     let flags = nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK;
     // SAFETY: the process is single-threaded (checked above) and suspended
     // until the child execs or exits, so the child's use of the shared
@@ -520,14 +519,19 @@ pub fn close_fds_from(first: RawFd, mode: CloseMode) -> io::Result<()> {
 
 /// Takes ownership of the socket the supervisor left at
 /// [`INIT_CONTROL_FD`] when it started the spawner. Called once, by the
-/// spawner.
+/// spawner; a second call fails.
 pub fn take_control_fd() -> io::Result<OwnedFd> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(io::Error::other("the control socket was taken already"));
+    }
     // SAFETY: F_GETFD only reads the fd's flags.
     if unsafe { libc::fcntl(INIT_CONTROL_FD, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the fd is open (checked above), was put there by
-    // spawn_with_control for this process, and nothing else here owns it.
+    // spawn_with_control for this process, and nothing else here owns it:
+    // this is the one call that takes it (`TAKEN`).
     Ok(unsafe { OwnedFd::from_raw_fd(INIT_CONTROL_FD) })
 }
 

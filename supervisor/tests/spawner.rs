@@ -10,8 +10,11 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
+use std::path::Path;
+
 use common::TestEngine;
 use jobworker_ipc::{JobState, Termination};
+use jobworker_supervisor::engine::spawn::Spawner;
 use jobworker_supervisor::spawner::{self, RequestError};
 use jobworker_supervisor::sys;
 use rustix::net::{
@@ -86,13 +89,14 @@ async fn a_spawner_that_died_is_replaced_and_no_start_fails() {
     };
     assert_ne!(second, first, "a new spawner");
     assert!(
-        !std::path::Path::new(&format!("/proc/{first}")).exists(),
+        !Path::new(&format!("/proc/{first}")).exists(),
         "the dead spawner was reaped"
     );
 }
 
 #[test]
-fn the_spawner_refuses_a_malformed_request_answers_clone3_s_errno_and_exits_with_its_socket() {
+fn the_spawner_says_it_is_ready_refuses_a_malformed_request_answers_clone3_s_errno_and_exits_with_its_socket()
+ {
     let _one = ONE_AT_A_TIME.blocking_lock();
     common::require_root_and_cgroup2();
     let program = std::ffi::CString::new(env!("CARGO_BIN_EXE_jobworker-init")).unwrap();
@@ -111,6 +115,7 @@ fn the_spawner_refuses_a_malformed_request_answers_clone3_s_errno_and_exits_with
     )
     .unwrap();
     drop(theirs);
+    spawner::wait_ready(ours.as_fd()).unwrap();
 
     // A request without its two fds.
     let mut none = SendAncillaryBuffer::new(&mut []);
@@ -151,4 +156,20 @@ fn the_spawner_refuses_a_malformed_request_answers_clone3_s_errno_and_exits_with
             .unwrap()
             .unwrap();
     assert_eq!(status.exit_status(), Some(0));
+}
+
+#[test]
+fn a_spawner_that_cannot_run_fails_the_engine_s_start_with_the_reason() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    let exited = Spawner::start(Path::new("/bin/false")).err().unwrap();
+    assert!(
+        exited.to_string().contains(
+            "starting the init spawner /bin/false: it exited with status 1 before it was ready"
+        ),
+        "{exited}"
+    );
+    let missing = Spawner::start(Path::new("/nonexistent/jobworker-init"))
+        .err()
+        .unwrap();
+    assert!(missing.to_string().contains("its exec failed"), "{missing}");
 }

@@ -83,9 +83,15 @@ impl Engine {
         }
     }
 
-    /// What follows a job's end, off its critical path. Blocks.
+    /// What follows a job's end (and its init's exit), off its critical
+    /// path. Blocks.
     fn clean_up(self: &Arc<Self>, job: &Arc<Job>) {
         self.watcher.unwatch(job);
+        // Read again now that the init has exited: its flush of the log
+        // and its last moments count too.
+        if let Ok(usage) = job.cgroup.usage() {
+            job.status().usage = usage;
+        }
         if let Err(e) = job.persist(&self.records) {
             tracing::error!(job = %job.spec.id, error = %e, "writing the job's record");
         }

@@ -32,6 +32,7 @@ use jobworker_ipc::{Args, Command, JobId, Owner, UnixMicros, UserName};
 use super::job::{Job, RECORD_VERSION, Record, RecordError, Spec, Status, record_path};
 use super::lifecycle::{self, Found, Recovery};
 use super::{Engine, EngineError};
+use crate::cgroup::JobCgroup;
 use crate::handoff::EXIT_FILE;
 
 /// How many jobs recovery found in each condition.
@@ -139,8 +140,8 @@ impl Engine {
             None
         } else {
             match pid {
-                Some(pid) => live_init(&job, pid).map(|pidfd| (pid, pidfd)),
-                None => find_init(&job),
+                Some(pid) => live_init(&job.cgroup, pid).map(|pidfd| (pid, pidfd)),
+                None => find_init(&job.cgroup),
             }
         };
         let found = Found {
@@ -227,24 +228,25 @@ fn unreadable(id: JobId, reason: String) -> Record {
     }
 }
 
-/// The init behind `pid`, if it still runs and is that job's: a pidfd opened
-/// for the pid, then checked to be in the job's cgroup (so a reused pid is
-/// never taken for the init).
-fn live_init(job: &Job, pid: u32) -> Option<std::os::fd::OwnedFd> {
+/// The init behind `pid`, if it still runs and is the job's of `cgroup`: a
+/// pidfd opened for the pid, then checked to be in the job's cgroup (so a
+/// reused pid is never taken for the init).
+fn live_init(cgroup: &JobCgroup, pid: u32) -> Option<std::os::fd::OwnedFd> {
     let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
     let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
-    job.cgroup.pids().ok()?.contains(&pid).then_some(pidfd)
+    cgroup.pids().ok()?.contains(&pid).then_some(pidfd)
 }
 
-/// The init of a job whose record names none: the process of its cgroup that
-/// is pid 1 of its own pid namespace (`NSpid` in `/proc/<pid>/status` ends in
-/// 1), as a pidfd checked against the cgroup like [`live_init`]'s.
-fn find_init(job: &Job) -> Option<(u32, std::os::fd::OwnedFd)> {
-    job.cgroup.pids().ok()?.into_iter().find_map(|pid| {
+/// The init of the job of `cgroup`, found without its pid: the process of
+/// the cgroup that is pid 1 of its own pid namespace (`NSpid` in
+/// `/proc/<pid>/status` ends in 1), as a pidfd checked against the cgroup
+/// like [`live_init`]'s.
+pub(super) fn find_init(cgroup: &JobCgroup) -> Option<(u32, std::os::fd::OwnedFd)> {
+    cgroup.pids().ok()?.into_iter().find_map(|pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
         (nspid.split_whitespace().last()? == "1")
-            .then(|| live_init(job, pid))
+            .then(|| live_init(cgroup, pid))
             .flatten()
             .map(|pidfd| (pid, pidfd))
     })

@@ -175,12 +175,17 @@ impl Spawner {
         let argv = [spawner::INIT_NAME.to_owned()];
         let spawned =
             sys::spawn_with_control(theirs.as_fd(), &self.program, &argv, &[]).map_err(failed)?;
-        tracing::debug!(pid = spawned.pid, "the init spawner started");
-        Ok(SpawnerProcess {
+        drop(theirs);
+        let process = SpawnerProcess {
             socket: ours,
             pid: spawned.pid,
             pidfd: spawned.pidfd,
-        })
+        };
+        if let Err(e) = spawner::wait_ready(process.socket.as_fd()) {
+            return Err(failed(process.failed_start(e)));
+        }
+        tracing::debug!(pid = process.pid, "the init spawner started");
+        Ok(process)
     }
 
     /// Writes `spec` into a new control socket and has the spawner clone
@@ -201,15 +206,29 @@ impl Spawner {
                 Err(e) => return Err(SpawnError::ControlSocket(e)),
             }
         }
-        let spawned = self
-            .request(cgroup_fd.as_fd(), theirs.as_fd())
-            .map_err(|e| match e {
-                SpawnError::Spawner(RequestError::Clone(source)) => SpawnError::Clone {
+        let spawned = match self.request(cgroup_fd.as_fd(), theirs.as_fd()) {
+            Ok(spawned) => spawned,
+            Err(SpawnError::Spawner(RequestError::Clone(source))) => {
+                return Err(SpawnError::Clone {
                     cgroup: cgroup.path().to_path_buf(),
                     source,
-                },
-                other => other,
-            })?;
+                });
+            }
+            // The spawner is gone (dead and reaped) after it may have
+            // cloned the init: if it did, the init is in the job's fresh
+            // cgroup, reading the spec already written, and the start goes
+            // on with it (else it would run unknown, and a retry twice).
+            Err(SpawnError::Spawner(RequestError::Answer(e))) => {
+                match super::recovery::find_init(cgroup) {
+                    Some((pid, pidfd)) => {
+                        tracing::warn!(pid, error = %e, "the init spawner failed after cloning a job's init; the start goes on with it");
+                        sys::Spawned { pid, pidfd }
+                    }
+                    None => return Err(SpawnError::Spawner(RequestError::Answer(e))),
+                }
+            }
+            Err(other) => return Err(other),
+        };
         drop(theirs);
         message.drain(..sent);
         Ok(Spawned {
@@ -224,9 +243,9 @@ impl Spawner {
 
     /// One request to the spawner, started first if it is not running. A
     /// request it never saw is sent again to a new spawner, once; after one
-    /// it may have seen, the spawner is replaced at the next start (an init
-    /// it may have cloned finds no spec's end and is killed with the failed
-    /// start's cgroup).
+    /// it may have seen and not answered, the spawner is killed and reaped
+    /// here (so that no clone of it can still appear), and another is
+    /// started for the next job.
     fn request(
         &self,
         cgroup: std::os::fd::BorrowedFd<'_>,
@@ -257,6 +276,35 @@ impl Spawner {
                     return Err(SpawnError::Spawner(e));
                 }
             }
+        }
+    }
+}
+
+impl SpawnerProcess {
+    /// Why a spawner that did not become ready failed, with its exit status
+    /// if it exited (it wrote its reason to the log); it is killed and
+    /// reaped.
+    fn failed_start(self, error: io::Error) -> io::Error {
+        if error.kind() != io::ErrorKind::UnexpectedEof {
+            return io::Error::new(error.kind(), format!("it did not become ready: {error}"));
+        }
+        let status = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        );
+        match status {
+            Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
+                (Some(127), _) => io::Error::other("its exec failed (exit status 127)"),
+                (Some(code), _) => io::Error::other(format!(
+                    "it exited with status {code} before it was ready (its reason is in this log, \
+                     from `jobworker-init (spawner)`)"
+                )),
+                (_, Some(signal)) => io::Error::other(format!(
+                    "it was killed by signal {signal} before it was ready"
+                )),
+                _ => error,
+            },
+            _ => error,
         }
     }
 }

@@ -1,14 +1,16 @@
 //! The engine's own blocking threads: a fixed pool, started with the engine,
 //! that runs every short file-system step of a job's life (a start's
-//! directories, cgroup, record and clone3; a job's settling; record writes;
-//! a running job's usage) off the async runtime's workers.
+//! directories, cgroup, record and request to the spawner; a job's
+//! settling; record writes; a running job's usage) off the async runtime's
+//! workers.
 //!
 //! Not tokio's blocking pool: that one makes its threads when work comes,
 //! and a host out of pids (where clone3 of a job fails with `EAGAIN`, the
 //! case a start must report cleanly) cannot make a thread then. These exist
 //! from the start. Nothing that may wait long runs here (a wait for an
 //! init's report is async; a cgroup that will not empty is waited for on
-//! tokio's blocking pool), so a few threads serve any number of jobs.
+//! tokio's blocking pool; a spawner that does not answer a start within
+//! 10 s is replaced), so a few threads serve any number of jobs.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, Sender, channel};

@@ -14,9 +14,9 @@
 //! 5. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
 //! 6. when the command has ended, kills and reaps whatever is left of the
-//!    job, drains the last output, sends the [`ExitRecord`] on the control
-//!    socket (the supervisor ends the job there), then flushes the log and
-//!    writes the record in the job's directory, and exits.
+//!    job, drains the last output, writes the [`ExitRecord`] in the job's
+//!    directory, sends it on the control socket (the supervisor ends the
+//!    job there), flushes the log and exits.
 //!
 //! Because the init, not the supervisor, holds the output pipe and records the
 //! exit, a supervisor restart loses neither bytes nor exit statuses.
@@ -127,15 +127,18 @@ fn run(control: OwnedFd) -> Result<(), String> {
         started_at_us: Some(started_at),
         ended_at_us: outcome.ended_at,
     };
-    // The supervisor that started the job learns of its end from this
-    // message, first (every other process of the job is gone: killed and
-    // reaped above), without reading the file, even if it cannot be
-    // written; one restarted since reads the file, which it waits for: it
-    // is written before the init exits.
+    // The file first (unsynced, into room made at the start), so that a
+    // supervisor restarted from here on finds the end its followers were
+    // told; then the message, from which the supervisor that started the
+    // job learns of its end without reading the file (even if it could not
+    // be written: every other process of the job is gone, killed and
+    // reaped above); the log's flush last, off its followers' path and
+    // before the init's exit (on which the supervisor records the end).
+    let written = write_exit_record(&job_dir, exit_file, &record)
+        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()));
     let _ = handoff::write_message(&mut control, &record);
     pump::flush(&outcome.log);
-    write_exit_record(&job_dir, exit_file, &record)
-        .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()))
+    written
 }
 
 /// The room made for the exit record at the job's start: more than a

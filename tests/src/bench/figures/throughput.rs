@@ -31,11 +31,11 @@ const PHASES: [(&str, &str); 4] = [
     ),
     (
         "started_ended",
-        "started_at -> ended_at (command runs, init drains and exits)",
+        "started_at -> ended_at (the command runs until the init reaps it)",
     ),
     (
         "ended_seen",
-        "ended_at -> the client reads the stream's end (settle, cgroup removal, record)",
+        "ended_at -> the client reads the stream's end (the init's exit record, the settle, the end through the gateway)",
     ),
 ];
 
