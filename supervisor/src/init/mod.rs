@@ -14,9 +14,9 @@
 //! 5. pumps the command's output into the log, forwards SIGTERM/SIGINT,
 //!    reaps orphans ([`pump`]);
 //! 6. when the command has ended, kills and reaps whatever is left of the
-//!    job, drains the last output, writes the [`ExitRecord`] in the job's
-//!    directory, sends it on the control socket (the supervisor ends the
-//!    job there), flushes the log and exits.
+//!    job, drains the last output, sends the [`ExitRecord`] on the control
+//!    socket (the supervisor ends the job there), writes it in the job's
+//!    directory, flushes the log and exits.
 //!
 //! Because the init, not the supervisor, holds the output pipe and records the
 //! exit, a supervisor restart loses neither bytes nor exit statuses.
@@ -127,16 +127,17 @@ fn run(control: OwnedFd) -> Result<(), String> {
         started_at_us: Some(started_at),
         ended_at_us: outcome.ended_at,
     };
-    // The file first (unsynced, into room made at the start), so that a
-    // supervisor restarted from here on finds the end its followers were
-    // told; then the message, from which the supervisor that started the
-    // job learns of its end without reading the file (even if it could not
-    // be written: every other process of the job is gone, killed and
-    // reaped above); the log's flush last, off its followers' path and
-    // before the init's exit (on which the supervisor records the end).
+    // The message first: the supervisor that started the job learns of its
+    // end from it (every other process of the job is gone, killed and
+    // reaped above) without reading the file, even if that cannot be
+    // written. The file next, at once (unsynced, into room made at the
+    // start: no wait on the disk), so that a supervisor restarted from here
+    // on finds the end the followers were told. The log's flush last, off
+    // the followers' path and before the init's exit, on which the
+    // supervisor records the end.
+    let _ = handoff::write_message(&mut control, &record);
     let written = write_exit_record(&job_dir, exit_file, &record)
         .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()));
-    let _ = handoff::write_message(&mut control, &record);
     pump::flush(&outcome.log);
     written
 }
