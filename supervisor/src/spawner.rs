@@ -192,6 +192,11 @@ pub fn request(
         match e.raw_os_error() {
             // A Unix socket closed with data unread tells its peer so.
             Some(libc::ECONNRESET) => RequestError::Unseen(e),
+            // The socket's receive timeout passed.
+            Some(libc::EAGAIN) => RequestError::Answer(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "none came in time (the spawner is stuck)",
+            )),
             _ => RequestError::Answer(e),
         }
     })?;

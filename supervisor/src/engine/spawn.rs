@@ -285,6 +285,15 @@ impl SpawnerProcess {
     /// if it exited (it wrote its reason to the log); it is killed and
     /// reaped.
     fn failed_start(self, error: io::Error) -> io::Error {
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "it did not say it was ready within {} s",
+                    SPAWNER_TIMEOUT.as_secs()
+                ),
+            );
+        }
         if error.kind() != io::ErrorKind::UnexpectedEof {
             return io::Error::new(error.kind(), format!("it did not become ready: {error}"));
         }
