@@ -134,7 +134,8 @@ struct SpawnerProcess {
 }
 
 impl Spawner {
-    /// Starts the spawner, `init_program`. Blocks for its clone and exec.
+    /// Starts the spawner, `init_program`. Blocks until it says it is ready
+    /// (a few milliseconds) or fails.
     pub fn start(init_program: &Path) -> Result<Self, SpawnError> {
         let program = CString::new(init_program.as_os_str().as_bytes()).map_err(|_| {
             SpawnError::ProgramPath {
