@@ -49,6 +49,29 @@ pub async fn run_true(client: &mut JobServiceClient<Channel>) -> Result<(String,
     Ok((id, job))
 }
 
+/// The command every start variant runs: it writes one line and ends.
+pub const ECHO: [&str; 2] = ["/bin/echo", "hi"];
+
+/// Starts [`ECHO`] through `client` and follows it to its end: the time
+/// from sending StartJob to its reply, and to the job's first output byte.
+pub async fn echo_to_first_byte(
+    client: &mut JobServiceClient<Channel>,
+) -> Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let id = client
+        .start_job(crate::fixture::gateway::start_request(ECHO[0], &ECHO[1..]))
+        .await
+        .context("StartJob")?
+        .into_inner()
+        .job_id;
+    let replied = start.elapsed();
+    let (bytes, first, _) = follow(client, &id).await?;
+    let first = first
+        .filter(|_| bytes > 0)
+        .with_context(|| format!("job {id} wrote nothing"))?;
+    Ok((replied, first - start))
+}
+
 /// Follows a job's output from offset 0 to its end: (bytes received, the
 /// time the first data byte arrived, the final status).
 pub async fn follow(

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use jobworker_proto::v1;
 use jobworker_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
@@ -19,11 +19,9 @@ use crate::bench::Options;
 use crate::bench::report::{Report, Unit};
 use crate::bench::stack::{self, USER};
 use crate::bench::stats::Samples;
-use crate::fixture::gateway::start_request;
 use crate::fixture::{Gateway, GatewayOptions, Pki, Postgres, Supervisor, SupervisorOptions};
 
 /// The command of the start figure.
-const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
 /// Warm-up runs, not sampled.
 const WARMUP: usize = 3;
 /// Concurrent clients of the rate.
@@ -35,17 +33,9 @@ const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 async fn to_first_byte(client: &mut JobServiceClient<Channel>, n: usize) -> Result<Samples> {
     let mut samples = Samples::new();
     for i in 0..WARMUP + n {
-        let start = Instant::now();
-        let id = client
-            .start_job(start_request(COMMAND[0], &COMMAND[1..]))
-            .await
-            .context("StartJob")?
-            .into_inner()
-            .job_id;
-        let (_, first, _) = stack::follow(client, &id).await?;
-        let first = first.context("the job wrote nothing")?;
+        let (_, first) = stack::echo_to_first_byte(client).await?;
         if i >= WARMUP {
-            samples.push_duration(first - start);
+            samples.push_duration(first);
         }
     }
     Ok(samples)

@@ -18,11 +18,7 @@ use crate::bench::floor::{self, Floor};
 use crate::bench::report::{Report, Unit};
 use crate::bench::stack::{self, USER};
 use crate::bench::stats::Samples;
-use crate::fixture::gateway::start_request;
 use crate::fixture::{Cgroup, supervisor};
-
-/// The command every variant runs.
-const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
 
 /// Warm-up runs per variant, not sampled.
 const WARMUP: usize = 3;
@@ -42,14 +38,14 @@ fn sample_program(argv: &[String], n: usize) -> Result<Samples> {
 /// Runs the figure.
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let n = options.start_samples;
-    let command: Vec<String> = COMMAND.iter().map(|s| (*s).to_owned()).collect();
+    let command: Vec<String> = stack::ECHO.iter().map(|s| (*s).to_owned()).collect();
 
     // The bare programs, on a blocking thread.
     let floor = Floor::compile()?;
     let cgroup = Cgroup::fresh("floor")?;
     std::fs::create_dir(cgroup.path())
         .with_context(|| format!("creating {}", cgroup.path().display()))?;
-    let floor_argv = floor.command(cgroup.path(), &COMMAND);
+    let floor_argv = floor.command(cgroup.path(), &stack::ECHO);
     let unshare: Vec<String> = [
         "unshare",
         "--pid",
@@ -105,21 +101,9 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let mut to_first = Samples::new();
     let mut reply = Samples::new();
     for i in 0..WARMUP + n {
-        let start = Instant::now();
-        let id = client
-            .start_job(start_request(COMMAND[0], &COMMAND[1..]))
-            .await
-            .context("StartJob")?
-            .into_inner()
-            .job_id;
-        let replied = start.elapsed();
-        let (bytes, first, _) = stack::follow(&mut client, &id).await?;
-        let first = first.context("the job wrote nothing")?;
-        if bytes == 0 {
-            bail!("job {id} wrote nothing");
-        }
+        let (replied, first) = stack::echo_to_first_byte(&mut client).await?;
         if i >= WARMUP {
-            to_first.push_duration(first - start);
+            to_first.push_duration(first);
             reply.push_duration(replied);
         }
     }
@@ -128,7 +112,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let mut ipc = Samples::new();
     let mut control = stack.supervisor.connect().await?;
     for i in 0..WARMUP + n {
-        let spec = supervisor::job_spec(COMMAND[0], &COMMAND[1..])?;
+        let spec = supervisor::job_spec(stack::ECHO[0], &stack::ECHO[1..])?;
         let start = Instant::now();
         let job = match control.call(Request::StartJob(spec)).await? {
             Response::Job(info) => info.id,
