@@ -94,11 +94,6 @@ impl Prepared {
     }
 }
 
-/// Replaces `path` with `value` as pretty JSON, atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    write(path, &json(value)?)
-}
-
 /// Whether a write failed for want of room on its file system (space or
 /// quota).
 pub fn is_full(e: &io::Error) -> bool {

@@ -1,8 +1,8 @@
 //! One job as the engine holds it: what was asked (fixed at start), what
 //! happened (its status, behind a lock), and a watch channel that wakes output
-//! readers when the log grows or the job ends. The status is persisted as
-//! `job.json` in the job's directory on every change of state, through the
-//! engine's [`Records`].
+//! readers when the log grows or the job ends. The status is persisted in
+//! `job.json` in the job's directory on every change of state (a line
+//! each), through the engine's [`Records`].
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::output::Tail;
-use super::records::Records;
+use super::records::{self, Records};
 use crate::cgroup::JobCgroup;
 use crate::handoff::OUTPUT_FILE;
 
@@ -90,14 +90,15 @@ impl Status {
 }
 
 /// The version of [`Record`] this supervisor writes.
-pub const RECORD_VERSION: u32 = 4;
+pub const RECORD_VERSION: u32 = 5;
 
 /// The job's record on disk (`job.json`): a type of its own, versioned, so
 /// that the wire type ([`JobInfo`]) can change without the disk's format.
 /// Older versions are still read ([`Record::decode`]): version 1 (no
 /// `version` field) held the wire type itself, versions 1 and 2 held
-/// times in milliseconds (microseconds since version 3), and version 4 added
-/// time limits and labels.
+/// times in milliseconds (microseconds since version 3), version 4 added
+/// time limits and labels, and version 5 records are lines of a file that
+/// holds a job's records ([`super::records`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// [`RECORD_VERSION`].
@@ -159,9 +160,30 @@ pub enum RecordError {
 }
 
 impl Record {
-    /// A record of any version this supervisor knows.
+    /// The current record of a record file, of any version this supervisor
+    /// knows: its newest line that is a whole record (see
+    /// [`super::records`]), else its first JSON value (a file of version 4
+    /// or older: one record, written whole over several lines).
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        for line in records::lines_newest_first(bytes) {
+            match serde_json::from_slice(line)
+                .map_err(RecordError::from)
+                .and_then(Self::from_value)
+            {
+                Ok(record) => return Ok(record),
+                Err(newer @ RecordError::Newer(_)) => return Err(newer),
+                // A line cut short, or a line of a record over several.
+                Err(_) => {}
+            }
+        }
+        let first = serde_json::Deserializer::from_slice(bytes)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| serde_json::from_slice(bytes))?;
+        Self::from_value(first)
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Self, RecordError> {
         match value.get("version").and_then(serde_json::Value::as_u64) {
             None => Ok(Record::from(serde_json::from_value::<RecordV1>(value)?).in_micros()),
             Some(version) if version < 3 => {
@@ -451,9 +473,13 @@ mod tests {
         let written = serde_json::to_vec(&record).unwrap();
         assert_eq!(Record::decode(&written).unwrap(), record);
         let mut newer: serde_json::Value = serde_json::from_slice(&written).unwrap();
-        newer["version"] = 5.into();
+        let next = RECORD_VERSION + 1;
+        newer["version"] = next.into();
         let err = Record::decode(newer.to_string().as_bytes()).unwrap_err();
-        assert!(matches!(err, RecordError::Newer(5)), "{err}");
+        assert!(
+            matches!(err, RecordError::Newer(v) if v == u64::from(next)),
+            "{err}"
+        );
         // Version 2: the same but times in milliseconds.
         let mut version_2: serde_json::Value = serde_json::from_slice(&written).unwrap();
         version_2["version"] = 2.into();
@@ -482,5 +508,34 @@ mod tests {
         let read = Record::decode(version_3.to_string().as_bytes()).unwrap();
         assert_eq!((read.spec.timeout, read.status.timed_out), (None, false));
         assert!(read.spec.labels.is_empty());
+    }
+
+    #[test]
+    fn a_record_file_reads_as_its_newest_whole_record() {
+        let first = Record::decode(VERSION_1.as_bytes()).unwrap();
+        let mut ended = first.clone();
+        ended.status.output_bytes = 345;
+        let line = |record: &Record| serde_json::to_string(record).unwrap();
+        // As written: the first record whole, each change a line after it.
+        let file = format!("{}\n\n{}\n", line(&first), line(&ended));
+        assert_eq!(Record::decode(file.as_bytes()).unwrap(), ended);
+        // The last change cut short by a host crash: the one before it.
+        let torn = format!("{}\n\n{}", line(&first), &line(&ended)[..40]);
+        assert_eq!(Record::decode(torn.as_bytes()).unwrap(), first);
+        // A change after a line cut short by a full disk still reads.
+        let after = format!("{torn}\n{}\n", line(&ended));
+        assert_eq!(Record::decode(after.as_bytes()).unwrap(), ended);
+        // A record of an older version, written whole over several lines,
+        // then changed by this supervisor, with or without that change torn.
+        let older = serde_json::to_string_pretty(&first).unwrap();
+        let changed = format!("{older}\n\n{}\n", line(&ended));
+        assert_eq!(Record::decode(changed.as_bytes()).unwrap(), ended);
+        let cut = format!("{older}\n\n{}", &line(&ended)[..40]);
+        assert_eq!(Record::decode(cut.as_bytes()).unwrap(), first);
+        assert!(matches!(Record::decode(b""), Err(RecordError::Decode(_))));
+        assert!(matches!(
+            Record::decode(b"{\"ver"),
+            Err(RecordError::Decode(_))
+        ));
     }
 }

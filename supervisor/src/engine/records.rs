@@ -1,20 +1,27 @@
 //! Writing job records, and what survives what (the durability contract):
 //!
+//! - **A record file holds a job's records, one per line, the last whole
+//!   one current.** The first is written whole under the file's final name
+//!   (a temporary file renamed to `job.json`: a reader finds the record or
+//!   no file, never a part); each change after it is appended as one line,
+//!   so a change makes no new file and frees none. An append starts a new
+//!   line first: a part left by an append that failed (a full disk) or was
+//!   cut short by a host crash stays a line of its own, which readers skip
+//!   ([`lines_newest_first`]), and the change after it still reads.
 //! - **A supervisor crash loses nothing.** [`Records::write`] returns once
-//!   the record is in the page cache under its final name (a temporary file
-//!   renamed over `job.json`: a reader sees the old record or the new, never
-//!   a part). A restarted supervisor reads what the kernel holds.
+//!   the record is in the page cache. A restarted supervisor reads what the
+//!   kernel holds.
 //! - **A host crash loses at most the last [`MAX_LAG`] of record changes.**
 //!   One syncer thread makes records durable in rounds (group commit): it
 //!   takes every record written since its last round, `fdatasync`s each and
-//!   `fsync`s each directory once, however many changes a record had
-//!   meanwhile. A write waits while the round in progress is older than half
-//!   of [`MAX_LAG`] (a disk that slow sets the pace): a change waits for at
-//!   most the rest of that round and one more, so no change stays volatile
-//!   longer than about [`MAX_LAG`]. A file whose sync fails is synced again
-//!   in the next round. A job whose last changes were lost
-//!   reads as it was before them: running (then FAILED by recovery, as its
-//!   init is gone) or not yet ended.
+//!   `fsync`s the directories of new ones once, however many changes a
+//!   record had meanwhile. A write waits while the round in progress is
+//!   older than half of [`MAX_LAG`] (a disk that slow sets the pace): a
+//!   change waits for at most the rest of that round and one more, so no
+//!   change stays volatile longer than about [`MAX_LAG`]. A file whose sync
+//!   fails is synced again in the next round. A job whose last changes were
+//!   lost reads as it was before them: running (then FAILED by recovery, as
+//!   its init is gone) or not yet ended.
 //!
 //! One second because that is what a job's own data gets anyway (its output
 //! log and exit record are never synced: a host crash ends every job, and
@@ -35,13 +42,14 @@
 //! refused). [`Records::hold_reserve`] makes it whole again once there is
 //! room.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
 use crate::atomic;
@@ -88,7 +96,9 @@ pub struct Records {
 #[derive(Default)]
 struct State {
     /// Files written since the syncer's round began.
-    dirty: HashSet<PathBuf>,
+    /// The records written since the last round, and whether each file was
+    /// made by one of them (its directories are then synced too).
+    dirty: HashMap<PathBuf, bool>,
     /// When the round in progress began.
     round_began: Option<Instant>,
     /// Writes so far, and writes known durable.
@@ -160,9 +170,9 @@ impl Records {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Replaces `path` with `value` as JSON, atomically, into the page cache;
-    /// the syncer makes it durable within [`MAX_LAG`]. Blocks: call it from a
-    /// blocking thread.
+    /// Adds `value` to the record file `path` as one line of JSON (made
+    /// with it, if there is none), into the page cache; the syncer makes it
+    /// durable within [`MAX_LAG`]. Blocks: call it from a blocking thread.
     pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> io::Result<()> {
         let mut state = self.state();
         while state
@@ -176,7 +186,8 @@ impl Records {
                 .0;
         }
         drop(state);
-        let mut written = atomic::write_json(path, value);
+        let line = record_line(value)?;
+        let mut written = append_or_make(path, &line);
         for _ in 0..MAX_RELEASES_PER_WRITE {
             if !written.as_ref().is_err_and(atomic::is_full)
                 || out_of_inodes(path)
@@ -184,11 +195,11 @@ impl Records {
             {
                 break;
             }
-            written = atomic::write_json(path, value);
+            written = append_or_make(path, &line);
         }
-        written?;
+        let made = written?;
         let mut state = self.state();
-        state.dirty.insert(path.to_path_buf());
+        *state.dirty.entry(path.to_path_buf()).or_default() |= made;
         state.written += 1;
         drop(state);
         self.changed.notify_all();
@@ -220,7 +231,9 @@ impl Records {
             state.round_began = None;
             let retry = !failed.is_empty();
             if retry {
-                state.dirty.extend(failed);
+                for (file, made) in failed {
+                    *state.dirty.entry(file).or_default() |= made;
+                }
             } else {
                 state.synced = upto;
             }
@@ -234,20 +247,49 @@ impl Records {
     }
 }
 
-/// Makes `files` and their directories durable; returns the files that
-/// could not be (each logged), to be synced again.
-fn sync_round(files: &HashSet<PathBuf>) -> Vec<PathBuf> {
+/// One record as a line of its file: a newline first (see the module
+/// docs), then the record as compact JSON, which holds no newline.
+fn record_line<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut line = vec![b'\n'];
+    serde_json::to_writer(&mut line, value)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Appends `line` to the record file `path`, or makes the file with it
+/// (atomically, without the leading newline); says whether it made it.
+fn append_or_make(path: &Path, line: &[u8]) -> io::Result<bool> {
+    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(file) => File::from(file).write_all(line).map(|()| false),
+        Err(rustix::io::Errno::NOENT) => atomic::write(path, &line[1..]).map(|()| true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The lines of a record file that are not blank, newest first: the
+/// current record is the first of them that is a whole record.
+pub fn lines_newest_first(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes
+        .rsplit(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+}
+
+/// Makes `files` durable, and the directories of those made since the last
+/// round; returns the files that could not be (each logged), to be synced
+/// again, with whether each was made.
+fn sync_round(files: &HashMap<PathBuf, bool>) -> Vec<(PathBuf, bool)> {
     let mut dirs = HashSet::new();
     let mut failed = Vec::new();
-    for file in files {
+    for (file, &made) in files {
         if let Err(e) = File::open(file).and_then(|f| f.sync_data()) {
             // A job removed by retention meanwhile: nothing to keep.
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::error!(path = %file.display(), error = %e, "syncing a job record");
-                failed.push(file.clone());
+                failed.push((file.clone(), made));
             }
         }
-        if let Some(dir) = file.parent() {
+        if made && let Some(dir) = file.parent() {
             dirs.insert(dir);
             // A new job's directory is an entry of its parent.
             dirs.extend(dir.parent());
@@ -258,7 +300,12 @@ fn sync_round(files: &HashSet<PathBuf>) -> Vec<PathBuf> {
             && e.kind() != io::ErrorKind::NotFound
         {
             tracing::error!(path = %dir.display(), error = %e, "syncing a job directory");
-            failed.extend(files.iter().filter(|f| f.parent() == Some(dir)).cloned());
+            failed.extend(
+                files
+                    .iter()
+                    .filter(|(f, _)| f.parent() == Some(dir))
+                    .map(|(f, &made)| (f.clone(), made)),
+            );
         }
     }
     failed
@@ -266,6 +313,8 @@ fn sync_round(files: &HashSet<PathBuf>) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     #[test]
@@ -276,15 +325,49 @@ mod tests {
         let path = dir.path().join("job.json");
         for n in 0..50 {
             records.write(&path, &n).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
             assert_eq!(
-                std::fs::read_to_string(&path).unwrap().trim(),
-                n.to_string()
+                lines_newest_first(&bytes).next(),
+                Some(n.to_string().as_bytes())
             );
         }
         records.flush();
         let state = records.state();
         assert_eq!((state.written, state.synced), (50, 50));
         assert!(state.dirty.is_empty() && state.round_began.is_none());
+    }
+
+    #[test]
+    fn a_record_is_made_whole_then_changed_by_lines_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::start(dir.path()).unwrap();
+        let path = dir.path().join("job.json");
+        records.write(&path, &[1]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"[1]\n");
+        let made = std::fs::metadata(&path).unwrap().ino();
+        // What an append cut short by a host crash, or by a full disk, leaves.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"\n[2, 3").unwrap();
+        assert_eq!(
+            lines_newest_first(&std::fs::read(&path).unwrap()).collect::<Vec<_>>(),
+            [&b"[2, 3"[..], b"[1]"]
+        );
+        records.write(&path, &[4]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"[1]\n\n[2, 3\n[4]\n");
+        assert_eq!(
+            lines_newest_first(&std::fs::read(&path).unwrap()).next(),
+            Some(&b"[4]"[..])
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            made,
+            "changed in place"
+        );
+        records.flush();
+        assert!(records.state().dirty.is_empty());
     }
 
     #[test]
