@@ -379,6 +379,29 @@ async fn bad_frames_close_only_their_connection() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// The socket it binds itself appears with its group and mode 0660 already
+/// set (it is bound beside its path and renamed there), and a restart binds
+/// it again in its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bound_socket_appears_with_its_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut d = Daemon::start("");
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    for round in ["first start", "restart"] {
+        let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660, "{round}");
+        assert_eq!(meta.gid(), nogroup.gid.as_raw(), "{round}");
+        let mut beside = d.socket.clone().into_os_string();
+        beside.push(".new");
+        assert!(!std::path::Path::new(&beside).exists(), "{round}");
+        assert!(
+            matches!(d.local(Request::Ping).await, Response::Pong(_)),
+            "{round}"
+        );
+        d.restart().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_activation_serves_the_passed_socket_and_reports_ready() {
     let mut d = Daemon::start("");

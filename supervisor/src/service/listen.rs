@@ -2,7 +2,8 @@
 //! activation), or one it binds itself at the configured path with mode 0660
 //! and the configured group. Binding happens before the runtime starts, while
 //! the process is single-threaded, so the umask can make the socket private
-//! from its first moment.
+//! from its first moment; it is bound beside the path and renamed to it once
+//! its group and mode are set.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -63,15 +64,35 @@ pub fn listener(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(context("inspecting", e)),
     }
-    let previous = umask(Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    umask(previous);
-    let listener = bound.map_err(|e| context("binding", e))?;
-    if let Some(gid) = gid {
-        chown(path, None, Some(Gid::from_raw(gid)))
-            .map_err(|e| context("setting the group of", e.into()))?;
+    // Bound under a name of its own, given its group and mode, then renamed
+    // into place: a client (the gateway) never finds the socket before it
+    // may connect to it, as it would between a bind at the path and the
+    // chown and chmod after it (EACCES).
+    let mut new_name = path.as_os_str().to_owned();
+    new_name.push(".new");
+    let new_path = Path::new(&new_name);
+    match std::fs::remove_file(new_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(context("removing the leftover socket of", e));
+        }
+        _ => {}
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| context("setting the mode of", e))?;
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(new_path);
+    umask(previous);
+    let listener = bound.map_err(|e| context("binding beside", e))?;
+    let placed = (|| {
+        if let Some(gid) = gid {
+            chown(new_path, None, Some(Gid::from_raw(gid)))
+                .map_err(|e| context("setting the group of the socket for", e.into()))?;
+        }
+        std::fs::set_permissions(new_path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| context("setting the mode of the socket for", e))?;
+        std::fs::rename(new_path, path).map_err(|e| context("moving the socket to", e))
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(new_path);
+        return Err(e);
+    }
     Ok((listener, Origin::Bound(path.to_path_buf())))
 }
