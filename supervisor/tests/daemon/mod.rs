@@ -34,6 +34,7 @@ impl Daemon {
                 gateway_user: GATEWAY_USER.to_owned(),
                 extra: extra.to_owned(),
                 bin_dir: Path::new(BINARY).parent().map(Path::to_path_buf),
+                ..SupervisorOptions::default()
             })
             .unwrap(),
         )

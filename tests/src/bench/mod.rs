@@ -41,4 +41,11 @@ pub struct Options {
     pub footprint_streams: usize,
     /// Followers of the steady writer (figure 6).
     pub steady_followers: usize,
+    /// Where every figure's supervisor keeps its files (job directories)
+    /// until the run ends: removing one figure's thousands of job files
+    /// right before the next figure would slow that figure's file
+    /// creations on a journal-less ext4 (its allocator skips each inode
+    /// freed in the last minutes, one inode-table lookup each), which is
+    /// the bench's cost, not the figure's.
+    pub files_in: std::path::PathBuf,
 }

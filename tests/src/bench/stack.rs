@@ -12,20 +12,23 @@ use jobworker_proto::v1;
 use jobworker_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::Channel;
 
+use super::Options;
 use crate::fixture::{GatewayOptions, Stack, StackOptions, SupervisorOptions};
 
 /// The remote user the bench acts as (role `user`).
 pub const USER: &str = "bench";
 
 /// Starts a stack with a certificate for [`USER`]; the supervisor's stop
-/// grace period is 2 s, and `supervisor_extra` lines are added to its
-/// configuration. The bench's one user may use the whole gateway (its
+/// grace period is 2 s, `supervisor_extra` lines are added to its
+/// configuration, and its files stay in the run's directory
+/// ([`Options::files_in`]) until the run ends. The bench's one user may use the whole gateway (its
 /// per-user shares are raised to the shared limits): it measures capacity,
 /// not fairness.
-pub fn start(supervisor_extra: &str) -> Result<Stack> {
+pub fn start(bench: &Options, supervisor_extra: &str) -> Result<Stack> {
     let options = StackOptions {
         supervisor: SupervisorOptions {
             extra: format!("grace_period_ms = 2000\n{supervisor_extra}"),
+            dir_in: Some(bench.files_in.clone()),
             ..SupervisorOptions::default()
         },
         gateway: GatewayOptions {

@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use jobworker_tests::bench::report::{self, Report};
 use jobworker_tests::bench::{Options, figures};
@@ -83,6 +83,10 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
     }
+    let files = tempfile::Builder::new()
+        .prefix("jobworker-bench-")
+        .tempdir()
+        .context("creating the run's directory")?;
     let options = Options {
         start_samples: cli.start_samples,
         control_samples: cli.control_samples,
@@ -94,6 +98,7 @@ async fn run(cli: Cli) -> Result<()> {
         footprint_jobs: cli.footprint_jobs,
         footprint_streams: cli.footprint_streams,
         steady_followers: cli.steady_followers,
+        files_in: files.path().to_path_buf(),
     };
     let selected = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
     let mut report = Report::default();

@@ -25,7 +25,7 @@ const WARMUP: usize = 100;
 
 /// Runs the figure.
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
-    let stack = stack::start("")?;
+    let stack = stack::start(options, "")?;
     let channel = stack.channel(USER).await?;
     let mut jobs = v1::job_service_client::JobServiceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);

@@ -82,7 +82,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let f = "7 fleet";
 
     // One host, no database.
-    let single = stack::start("")?;
+    let single = stack::start(options, "")?;
     let mut client = single.client(USER).await?;
     let single_first = to_first_byte(&mut client, n).await?;
     let mut clients = Vec::new();
@@ -103,6 +103,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     for host in HOSTS {
         let supervisor = Supervisor::start(&SupervisorOptions {
             extra: "grace_period_ms = 2000\n".into(),
+            dir_in: Some(options.files_in.clone()),
             ..SupervisorOptions::default()
         })?;
         let extra = format!(

@@ -59,7 +59,7 @@ fn one(value: f64) -> Samples {
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let f = "6 followers";
     let n = options.steady_followers;
-    let stack = stack::start("")?;
+    let stack = stack::start(options, "")?;
     let mut control = stack.client(USER).await?;
     let id = control
         .start_job(start_request("/bin/sh", &["-c", WRITER]))

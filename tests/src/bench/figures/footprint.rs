@@ -66,7 +66,7 @@ fn add_rss(
 /// Runs the figure.
 pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let f = "5 footprint";
-    let stack = stack::start("")?;
+    let stack = stack::start(options, "")?;
     let (sup, gw) = (stack.supervisor.pid(), stack.gateway.pid());
     tokio::time::sleep(Duration::from_secs(1)).await;
     add_rss(

@@ -96,7 +96,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let bwrap_samples = next();
 
     // The stack.
-    let stack = stack::start("")?;
+    let stack = stack::start(options, "")?;
     let mut client = stack.client(USER).await?;
     let mut to_first = Samples::new();
     let mut reply = Samples::new();

@@ -152,9 +152,10 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let big = options.stream_bytes;
     let small = options.fanout_bytes;
     let cap = big.max(small) + (1 << 20);
-    let stack = stack::start(&format!(
-        "output_cap_bytes = {cap}\n[retention]\nmax_total_bytes = 0\nmax_age_secs = 0\n"
-    ))?;
+    let stack = stack::start(
+        options,
+        &format!("output_cap_bytes = {cap}\n[retention]\nmax_total_bytes = 0\nmax_age_secs = 0\n"),
+    )?;
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
 
     // The plain pipe into a file, next to the supervisor's state directory.

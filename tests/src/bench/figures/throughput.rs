@@ -154,7 +154,7 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
         );
 
         // The stack, fresh for each level.
-        let stack = stack::start("")?;
+        let stack = stack::start(options, "")?;
         let mut clients_v = Vec::new();
         for _ in 0..clients {
             clients_v.push(stack.client(USER).await?);
