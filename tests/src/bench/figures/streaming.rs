@@ -6,12 +6,14 @@
 //! the job's own run time with 64 followers against none. Baseline: the
 //! same bytes from the same command through a plain pipe into a file (the
 //! bench reads the pipe in 64 KiB reads and writes the file), on the same
-//! file system as the supervisor's state directory.
+//! file system as the supervisor's state directory. Each run starts with
+//! that file system's dirty pages written back ([`settle`]).
 //!
 //! The fan-out runs (8 and 64 followers) use a smaller job when
 //! `fanout_bytes < stream_bytes`; the report says so.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,9 +32,21 @@ use crate::fixture::gateway::start_request;
 /// Runs of the job alone and of the pipe.
 const REPEATS: usize = 3;
 
+/// Writes back every dirty page of the file system of `dir`, before each
+/// run: every run, the pipe's and the job's alike, then writes into memory
+/// with no dirty page of the runs before it, which would otherwise
+/// throttle it to the disk's pace (the kernel's dirty limits), so that the
+/// order of the runs would decide their rates. Blocks.
+fn settle(dir: &Path) -> Result<()> {
+    let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    nix::unistd::syncfs(&file)
+        .with_context(|| format!("syncing the file system of {}", dir.display()))
+}
+
 /// `head -c N /dev/zero` into a pipe, read by us into a new file `name`
 /// (kept, like a job's log, until the stack is dropped): bytes/s.
-fn pipe_to_file(bytes: u64, dir: &std::path::Path, name: &str) -> Result<f64> {
+fn pipe_to_file(bytes: u64, dir: &Path, name: &str) -> Result<f64> {
+    settle(dir)?;
     let path = dir.join(name);
     let mut file = std::fs::File::create(&path)?;
     let start = Instant::now();
@@ -98,6 +112,8 @@ async fn run_once(
     bytes: u64,
 ) -> Result<(f64, Samples, f64, String)> {
     let n = bytes.to_string();
+    let dir = stack.supervisor.dir().to_owned();
+    tokio::task::spawn_blocking(move || settle(&dir)).await??;
     let cpu_before = CpuReading::of(stack)?;
     let id = control
         .start_job(start_request("head", &["-c", &n, "/dev/zero"]))
