@@ -95,9 +95,8 @@ pub struct Records {
 
 #[derive(Default)]
 struct State {
-    /// Files written since the syncer's round began.
-    /// The records written since the last round, and whether each file was
-    /// made by one of them (its directories are then synced too).
+    /// The records written since the last round began, and whether each
+    /// file was made by one of them (its directories are then synced too).
     dirty: HashMap<PathBuf, bool>,
     /// When the round in progress began.
     round_began: Option<Instant>,
