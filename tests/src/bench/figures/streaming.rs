@@ -32,15 +32,46 @@ use crate::fixture::gateway::start_request;
 /// Runs of the job alone and of the pipe.
 const REPEATS: usize = 3;
 
-/// Writes back every dirty page of the file system of `dir`, before each
-/// run: every run, the pipe's and the job's alike, then writes into memory
-/// with no dirty page of the runs before it, which would otherwise
-/// throttle it to the disk's pace (the kernel's dirty limits), so that the
-/// order of the runs would decide their rates. Blocks.
+/// Before each run: writes back every dirty page of the file system of
+/// `dir` and drops the cached pages of the files under `dir` (the pipe's
+/// files, the jobs' logs), so that every run, the pipe's and the job's
+/// alike, writes into memory in the same state. Otherwise a run after
+/// others is throttled to the disk's pace by their dirty pages (the
+/// kernel's dirty limits), and on this VM it also writes into memory the
+/// host must first back (free memory is handed back to the host, see
+/// BENCHMARKS.md): the order of the runs, not what they measure, would
+/// decide their rates. Blocks.
 fn settle(dir: &Path) -> Result<()> {
     let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     nix::unistd::syncfs(&file)
-        .with_context(|| format!("syncing the file system of {}", dir.display()))
+        .with_context(|| format!("syncing the file system of {}", dir.display()))?;
+    drop_cached(dir)
+}
+
+/// Drops the (clean) cached pages of every regular file under `dir`; what
+/// goes meanwhile (an ended job's empty work directory) is skipped.
+fn drop_cached(dir: &Path) -> Result<()> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if gone(&e) => return Ok(()),
+        entries => entries.with_context(|| format!("reading {}", dir.display()))?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            drop_cached(&entry.path())?;
+        } else if kind.is_file() {
+            let file = match std::fs::File::open(entry.path()) {
+                Err(e) if gone(&e) => continue,
+                file => file.with_context(|| format!("opening {}", entry.path().display()))?,
+            };
+            let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+            nix::fcntl::posix_fadvise(&file, 0, 0, advice)
+                .with_context(|| format!("dropping the cache of {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `head -c N /dev/zero` into a pipe, read by us into a new file `name`
