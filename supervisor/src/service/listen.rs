@@ -71,11 +71,20 @@ pub fn listener(
     let mut new_name = path.as_os_str().to_owned();
     new_name.push(".new");
     let new_path = Path::new(&new_name);
-    match std::fs::remove_file(new_path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(context("removing the leftover socket of", e));
+    match std::fs::symlink_metadata(new_path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(new_path)
+            .map_err(|e| context("removing the leftover socket beside", e))?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    new_path.display()
+                ),
+            ));
         }
-        _ => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(context("inspecting the socket beside", e)),
     }
     let previous = umask(Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(new_path);
@@ -95,4 +104,33 @@ pub fn listener(
         return Err(e);
     }
     Ok((listener, Origin::Bound(path.to_path_buf())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_in_place_with_its_mode_and_refuses_a_file_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervisor.sock");
+        let beside = dir.path().join("supervisor.sock.new");
+        // A socket left beside the path (a start that died midway) goes.
+        drop(UnixListener::bind(&beside).unwrap());
+        let (bound, origin) = listener(None, &path, None).unwrap();
+        assert!(matches!(origin, Origin::Bound(ref p) if p == &path));
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o660);
+        assert!(!beside.exists());
+        UnixStream::connect(&path).unwrap();
+        drop(bound);
+        // Anything else beside it is not replaced.
+        std::fs::write(&beside, b"an operator's file").unwrap();
+        let err = listener(None, &path, None).unwrap_err().to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&beside).unwrap(), b"an operator's file");
+    }
 }
