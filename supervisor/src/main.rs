@@ -79,6 +79,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .with_ansi(false)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is
+        // lost, not reported with eprintln!, which panics when stderr fails
+        // and so would end the task that logged (a connection, a call).
+        .log_internal_errors(false)
         .init();
     raise_fd_limit(config.file.max_connections);
     // Held until the end of this function: for the supervisor's life.

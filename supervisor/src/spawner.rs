@@ -62,12 +62,12 @@ pub fn main() -> ExitCode {
         Ok(Some(init)) => match init.into_control() {
             Ok(control) => crate::init::main(control),
             Err(e) => {
-                eprintln!("jobworker-init: taking the control socket: {e}");
+                crate::init::say!("jobworker-init: taking the control socket: {e}");
                 ExitCode::FAILURE
             }
         },
         Err(message) => {
-            eprintln!("jobworker-init (spawner): {message}");
+            crate::init::say!("jobworker-init (spawner): {message}");
             ExitCode::FAILURE
         }
     }

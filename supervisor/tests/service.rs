@@ -465,6 +465,46 @@ async fn wait_state(d: &Daemon, job: JobId, state: JobState) -> JobInfo {
     panic!("job {job} never reached {state:?}");
 }
 
+/// A supervisor whose log cannot be written (stderr on a full disk:
+/// `/dev/full`) loses its log lines and serves on: each request, which logs
+/// an audit line, is answered, and a job runs to its end (its init, which
+/// writes to the same stderr, records it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_on_a_full_disk_does_not_stop_the_service() {
+    let mut d = Daemon::start("");
+    d.kill9();
+    std::fs::remove_file(&d.socket).unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut supervisor = Command::new(BINARY)
+        .arg("--config")
+        .arg(&d.config)
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut connection = d.connect().await;
+    for _ in 0..3 {
+        assert!(matches!(
+            connection.call(Request::Ping).await.unwrap(),
+            Response::Pong(_)
+        ));
+    }
+    let job = d.local_job(start("sh", &["-c", "echo done"])).await;
+    let ended = wait_state(&d, job.id, JobState::Finished).await;
+    assert_eq!(ended.output_bytes, 5);
+    supervisor.kill().unwrap();
+    supervisor.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_outlive_a_killed_supervisor() {
     let mut d = Daemon::start("");

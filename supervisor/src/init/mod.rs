@@ -21,6 +21,18 @@
 //! Because the init, not the supervisor, holds the output pipe and records the
 //! exit, a supervisor restart loses neither bytes nor exit statuses.
 
+/// Writes one line to stderr (the supervisor's log) as `eprintln!` does,
+/// except that a line that cannot be written (stderr on a full disk) is
+/// lost, where `eprintln!` would panic: the init must go on to record how
+/// its job ended.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 mod command;
 mod pump;
 pub mod sandbox;
@@ -59,7 +71,7 @@ pub fn main(control: OwnedFd) -> ExitCode {
     match run(control) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("jobworker-init: {message}");
+            say!("jobworker-init: {message}");
             ExitCode::FAILURE
         }
     }
@@ -106,7 +118,7 @@ fn run(control: OwnedFd) -> Result<(), String> {
     // gets its exit status recorded (best effort: a disk already full, or
     // one that cannot preallocate, gets the plain write at the end).
     let exit_file = atomic::Prepared::new(&job_dir, EXIT_FILE.as_ref(), EXIT_ROOM)
-        .map_err(|e| eprintln!("jobworker-init: making room for the exit record: {e}"))
+        .map_err(|e| say!("jobworker-init: making room for the exit record: {e}"))
         .ok();
 
     let outcome = match pump::run(child, output, log, spec.output_cap, &signal_fd) {
@@ -157,7 +169,7 @@ fn write_exit_record(
     if let Some(prepared) = prepared {
         match prepared.commit_json(job_dir, record) {
             Ok(()) => return Ok(()),
-            Err(e) => eprintln!("jobworker-init: writing the prepared exit record: {e}"),
+            Err(e) => say!("jobworker-init: writing the prepared exit record: {e}"),
         }
     }
     atomic::write_json_at(job_dir, EXIT_FILE.as_ref(), record)
@@ -169,7 +181,7 @@ fn write_exit_record(
 /// in some containers), the init runs unexempted.
 fn exempt_from_the_oom_killer() {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        eprintln!("jobworker-init: cannot exempt the init from the OOM killer: {e}");
+        say!("jobworker-init: cannot exempt the init from the OOM killer: {e}");
     }
 }
 

@@ -131,7 +131,7 @@ impl Sink {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_full(&e) => break,
                 Err(e) => {
-                    eprintln!(
+                    crate::init::say!(
                         "jobworker-init: writing the output log: {e}; \
                          output is dropped from here on"
                     );
@@ -156,7 +156,7 @@ impl Sink {
             std::thread::sleep(RETRY);
         }
         if self.paused() {
-            eprintln!(
+            crate::init::say!(
                 "jobworker-init: the output log's file system is still full at the job's end: \
                  {} bytes dropped",
                 self.pending.len()
@@ -311,7 +311,7 @@ fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<
 /// page cache, and the job's exit status matters more.
 pub fn flush(log: &File) {
     if let Err(e) = log.sync_data() {
-        eprintln!("jobworker-init: flushing the output log: {e}");
+        crate::init::say!("jobworker-init: flushing the output log: {e}");
     }
 }
 
