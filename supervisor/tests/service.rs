@@ -472,25 +472,11 @@ async fn wait_state(d: &Daemon, job: JobId, state: JobState) -> JobInfo {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_on_a_full_disk_does_not_stop_the_service() {
     let mut d = Daemon::start("");
-    d.kill9();
-    std::fs::remove_file(&d.socket).unwrap();
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut supervisor = Command::new(BINARY)
-        .arg("--config")
-        .arg(&d.config)
-        .stdout(Stdio::null())
-        .stderr(full)
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.restart_writing_to(full).unwrap();
     let mut connection = d.connect().await;
     for _ in 0..3 {
         assert!(matches!(
@@ -501,8 +487,6 @@ async fn a_log_on_a_full_disk_does_not_stop_the_service() {
     let job = d.local_job(start("sh", &["-c", "echo done"])).await;
     let ended = wait_state(&d, job.id, JobState::Finished).await;
     assert_eq!(ended.output_bytes, 5);
-    supervisor.kill().unwrap();
-    supervisor.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
