@@ -39,31 +39,16 @@ pub fn listener(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| context("creating the directory of", e))?;
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is in use: another supervisor is serving it",
-                        path.display()
-                    ),
-                ));
-            }
-            std::fs::remove_file(path).map_err(|e| context("removing the stale socket", e))?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(context("inspecting", e)),
+    if UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} is in use: another supervisor is serving it",
+                path.display()
+            ),
+        ));
     }
+    remove_left_socket(path)?;
     // Bound under a name of its own, given its group and mode, then renamed
     // into place: a client (the gateway) never finds the socket before it
     // may connect to it, as it would between a bind at the path and the
@@ -71,21 +56,7 @@ pub fn listener(
     let mut new_name = path.as_os_str().to_owned();
     new_name.push(".new");
     let new_path = Path::new(&new_name);
-    match std::fs::symlink_metadata(new_path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(new_path)
-            .map_err(|e| context("removing the leftover socket beside", e))?,
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    new_path.display()
-                ),
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(context("inspecting the socket beside", e)),
-    }
+    remove_left_socket(new_path)?;
     let previous = umask(Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(new_path);
     umask(previous);
@@ -104,6 +75,28 @@ pub fn listener(
         return Err(e);
     }
     Ok((listener, Origin::Bound(path.to_path_buf())))
+}
+
+/// Removes a socket an earlier supervisor left at `path` (no one serves
+/// it), if there is one; refuses to replace anything else there.
+fn remove_left_socket(path: &Path) -> io::Result<()> {
+    let failed = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|e| failed("removing the stale socket", e))
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(failed("inspecting", e)),
+    }
 }
 
 #[cfg(test)]
