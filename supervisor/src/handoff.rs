@@ -6,9 +6,13 @@
 //!
 //! Messages on the control socket are a 4-byte big-endian length and a JSON
 //! body of at most [`MAX_MESSAGE`] bytes. Both ends are ours and the socket is
-//! private to them, but the reader still bounds what it allocates.
+//! private to them, but the reader still bounds what it allocates. The spec's
+//! first bytes carry the job's directory and log ([`JobFiles`]).
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use jobworker_ipc::{Termination, UnixMicros};
@@ -185,6 +189,51 @@ impl TryFrom<AnyExitRecord> for ExitRecord {
     }
 }
 
+/// The job's directory and its output log, opened by the supervisor and
+/// passed to the init with its spec; the init writes the log and the exit
+/// record through them. They are the host's mount of the state directory,
+/// not the copy in the job's mount namespace, so that the sandbox can make
+/// that copy read-only (a file open for writing on it would make that
+/// fail), and the init needs no mount of its own to reach them.
+#[derive(Debug)]
+pub struct JobFiles {
+    /// The job's directory.
+    pub dir: File,
+    /// The output log, open for appending.
+    pub log: File,
+}
+
+/// Sends the first part of a spec's message (see [`write_message`]) on the
+/// control socket, which must not block, with the job's files; returns how
+/// many bytes went (the rest goes once the init reads).
+pub fn send_spec(socket: BorrowedFd<'_>, message: &[u8], files: &JobFiles) -> io::Result<usize> {
+    crate::fdpass::send(socket, message, &[files.dir.as_fd(), files.log.as_fd()])
+}
+
+/// Reads the spec from the control socket, with the job's files that come
+/// with its first bytes.
+pub fn read_spec(control: &mut UnixStream) -> io::Result<(InitSpec, JobFiles)> {
+    let mut prefix = [0; 4];
+    let (message, fds) = crate::fdpass::receive(control.as_fd(), &mut prefix)?;
+    if message.bytes == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let files = match <[OwnedFd; 2]>::try_from(fds) {
+        Ok([dir, log]) if crate::fdpass::whole(&message) => JobFiles {
+            dir: dir.into(),
+            log: log.into(),
+        },
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the spec came without the job's directory and log",
+            ));
+        }
+    };
+    control.read_exact(&mut prefix[message.bytes..])?;
+    Ok((read_body(control, prefix)?, files))
+}
+
 /// Writes one control message.
 pub fn write_message<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     let body = serde_json::to_vec(msg)?;
@@ -197,10 +246,8 @@ pub fn write_message<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()
     w.flush()
 }
 
-/// Reads one control message.
-pub fn read_message<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<T> {
-    let mut prefix = [0; 4];
-    r.read_exact(&mut prefix)?;
+/// Reads the body of a control message whose prefix was read.
+fn read_body<T: DeserializeOwned>(r: &mut impl Read, prefix: [u8; 4]) -> io::Result<T> {
     let mut body = vec![0; body_len(prefix)?];
     r.read_exact(&mut body)?;
     Ok(serde_json::from_slice(&body)?)
@@ -223,17 +270,65 @@ pub fn body_len(prefix: [u8; 4]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn messages_round_trip_and_are_bounded() {
-        let mut buf = Vec::new();
-        write_message(&mut buf, &InitReport::Failed("cannot execute x".into())).unwrap();
-        let back: InitReport = read_message(&mut buf.as_slice()).unwrap();
-        assert_eq!(back, InitReport::Failed("cannot execute x".into()));
+    fn spec() -> InitSpec {
+        InitSpec {
+            job_dir: "/state/jobs/1".into(),
+            command: "echo".into(),
+            args: vec!["hi".into()],
+            env: vec!["PATH=/bin".into()],
+            working_dir: WORK_MOUNT.into(),
+            uid: 1000,
+            gid: 1000,
+            hostname: "job".into(),
+            output_cap: 1 << 20,
+            sandbox: Sandbox {
+                work_dir: "/state/jobs/1/work".into(),
+                tmp_size: 1 << 20,
+                masked_paths: vec![],
+                bind_paths: vec![],
+                allow_io_uring: false,
+                max_processes: 64,
+            },
+        }
+    }
 
-        let mut huge = u32::MAX.to_be_bytes().to_vec();
-        huge.extend_from_slice(b"{}");
-        let err = read_message::<InitReport>(&mut huge.as_slice()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    #[test]
+    fn a_spec_comes_with_its_files_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = || JobFiles {
+            dir: File::open(dir.path()).unwrap(),
+            log: tempfile::tempfile().unwrap(),
+        };
+        let mut message = Vec::new();
+        write_message(&mut message, &spec()).unwrap();
+
+        // As the supervisor sends it: its first bytes with the files (here
+        // only part of the length prefix), the rest later.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        assert_eq!(send_spec(ours.as_fd(), &message[..2], &files()).unwrap(), 2);
+        (&ours).write_all(&message[2..]).unwrap();
+        let (back, received) = read_spec(&mut theirs).unwrap();
+        assert_eq!(
+            (back.command.as_str(), back.args),
+            ("echo", vec!["hi".to_owned()])
+        );
+        assert!(received.dir.metadata().unwrap().is_dir());
+        assert!(received.log.metadata().unwrap().is_file());
+
+        // Without the files, or announcing more than the bound: refused
+        // before anything is allocated for the body.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        (&ours).write_all(&message).unwrap();
+        assert_eq!(
+            read_spec(&mut theirs).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        send_spec(ours.as_fd(), &u32::MAX.to_be_bytes(), &files()).unwrap();
+        assert_eq!(
+            read_spec(&mut theirs).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]

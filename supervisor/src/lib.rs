@@ -7,6 +7,7 @@
 //!   usage, kill.
 //! - [`sys`]: the raw system calls (clone3 into cgroup and namespaces, fork,
 //!   ioctl): the only `unsafe` code of the workspace.
+//! - [`fdpass`]: messages that carry fds over a Unix socket.
 //! - [`spawner`]: the process that clones every job's init, and its protocol.
 //! - [`init`]: the job's init, pid 1 of its namespaces (a clone of the
 //!   spawner).
@@ -19,6 +20,7 @@ pub mod atomic;
 pub mod cgroup;
 pub mod config;
 pub mod engine;
+pub mod fdpass;
 pub mod handoff;
 pub mod init;
 pub mod service;

@@ -30,17 +30,11 @@
 //! space layout; none of it is reachable by the job, whose command runs
 //! exec'd, under its own uid.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 
-use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
-
+use crate::fdpass::{self, whole};
 use crate::sys::{self, Cloned, Spawned};
 
 /// The one request's byte.
@@ -104,7 +98,7 @@ fn serve() -> Result<Option<NewInit>, String> {
     let socket = sys::take_control_fd().map_err(|e| format!("its socket: {e}"))?;
     sys::single_threaded().map_err(|e| format!("cannot clone inits: {e}"))?;
     rustix::thread::set_name(SPAWNER_NAME).map_err(|e| format!("naming itself: {e}"))?;
-    send(socket.as_fd(), &[READY], &[]).map_err(|e| format!("telling it is ready: {e}"))?;
+    fdpass::send(socket.as_fd(), &[READY], &[]).map_err(|e| format!("telling it is ready: {e}"))?;
     loop {
         let answer = match receive(&socket).map_err(|e| format!("receiving a request: {e}"))? {
             Received::Closed => return Ok(None),
@@ -136,7 +130,7 @@ enum Received {
 
 fn receive(socket: &OwnedFd) -> io::Result<Received> {
     let mut byte = [0_u8; 1];
-    let (message, fds) = receive_message(socket.as_fd(), &mut byte)?;
+    let (message, fds) = fdpass::receive(socket.as_fd(), &mut byte)?;
     if message.bytes == 0 && fds.is_empty() {
         return Ok(Received::Closed);
     }
@@ -153,11 +147,11 @@ fn send_answer(socket: &OwnedFd, answer: io::Result<Spawned>) -> io::Result<()> 
         Ok(spawned) => {
             let pid =
                 i32::try_from(spawned.pid).map_err(|_| io::Error::other("pid out of range"))?;
-            send(socket.as_fd(), &pid.to_ne_bytes(), &[spawned.pidfd.as_fd()])
+            fdpass::send(socket.as_fd(), &pid.to_ne_bytes(), &[spawned.pidfd.as_fd()]).map(drop)
         }
         Err(e) => {
             let code = -e.raw_os_error().unwrap_or(libc::EIO);
-            send(socket.as_fd(), &code.to_ne_bytes(), &[])
+            fdpass::send(socket.as_fd(), &code.to_ne_bytes(), &[]).map(drop)
         }
     }
 }
@@ -186,9 +180,9 @@ pub fn request(
     cgroup: BorrowedFd<'_>,
     control: BorrowedFd<'_>,
 ) -> Result<Spawned, RequestError> {
-    send(socket, &[REQUEST], &[cgroup, control]).map_err(RequestError::Unseen)?;
+    fdpass::send(socket, &[REQUEST], &[cgroup, control]).map_err(RequestError::Unseen)?;
     let mut code = [0_u8; 4];
-    let (message, mut fds) = receive_message(socket, &mut code).map_err(|e| {
+    let (message, mut fds) = fdpass::receive(socket, &mut code).map_err(|e| {
         match e.raw_os_error() {
             // A Unix socket closed with data unread tells its peer so.
             Some(libc::ECONNRESET) => RequestError::Unseen(e),
@@ -226,7 +220,7 @@ pub fn request(
 /// something else.
 pub fn wait_ready(socket: BorrowedFd<'_>) -> io::Result<()> {
     let mut byte = [0_u8; 1];
-    let (message, _) = receive_message(socket, &mut byte)?;
+    let (message, _) = fdpass::receive(socket, &mut byte)?;
     match (message.bytes, byte) {
         (0, _) => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -237,71 +231,5 @@ pub fn wait_ready(socket: BorrowedFd<'_>) -> io::Result<()> {
             io::ErrorKind::InvalidData,
             "it said something other than that it is ready",
         )),
-    }
-}
-
-/// Sends one message: `data`, with `fds` (at most two).
-fn send(socket: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("more fds than a message here carries"));
-    }
-    retry(|| {
-        rustix::net::sendmsg(
-            socket,
-            &[IoSlice::new(data)],
-            &mut ancillary,
-            SendFlags::NOSIGNAL,
-        )
-    })?;
-    Ok(())
-}
-
-/// Receives one message into `data`, with the fds it carried (at most two
-/// fit; more are cut off, which [`whole`] tells), owned so that none leaks.
-fn receive_message(
-    socket: BorrowedFd<'_>,
-    data: &mut [u8],
-) -> io::Result<(rustix::net::RecvMsg, Vec<OwnedFd>)> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let message = retry(|| {
-        rustix::net::recvmsg(
-            socket,
-            &mut [IoSliceMut::new(data)],
-            &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
-        )
-    })?;
-    Ok((message, received_fds(&mut ancillary)))
-}
-
-/// Whether a received message came whole: neither its data nor its fds
-/// were cut off.
-fn whole(message: &rustix::net::RecvMsg) -> bool {
-    !message
-        .flags
-        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
-}
-
-/// The fds an ancillary buffer received, owned (so that none leaks).
-fn received_fds(ancillary: &mut RecvAncillaryBuffer<'_>) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    for message in ancillary.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = message {
-            fds.extend(rights);
-        }
-    }
-    fds
-}
-
-/// Runs `call` again while a signal interrupts it.
-fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
-    loop {
-        match call() {
-            Err(Errno::INTR) => continue,
-            result => return result.map_err(io::Error::from),
-        }
     }
 }

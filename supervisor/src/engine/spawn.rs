@@ -1,6 +1,6 @@
 //! Starting a job's init: its [`InitSpec`] written into a socket pair (as
 //! much as the socket holds: all of any ordinary spec, so that the init reads
-//! it at once), the init cloned into the job's cgroup and namespaces by the
+//! it at once), the job's directory and log with it ([`JobFiles`]), the init cloned into the job's cgroup and namespaces by the
 //! spawner ([`crate::spawner`]), which this module starts and keeps running,
 //! then, asynchronously, the rest of the spec and the wait for the init's
 //! report on the exec.
@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cgroup::{CgroupError, JobCgroup};
-use crate::handoff::{self, ExitRecord, InitReport, InitSpec};
+use crate::handoff::{self, ExitRecord, InitReport, InitSpec, JobFiles};
 use crate::spawner::{self, RequestError};
 use crate::sys;
 
@@ -189,17 +189,26 @@ impl Spawner {
         Ok(process)
     }
 
-    /// Writes `spec` into a new control socket and has the spawner clone
-    /// the init of a job into `cgroup` with the other end. Blocks until the
-    /// spawner answers, about a millisecond (other starts wait their turn).
-    pub fn clone_init(&self, cgroup: &JobCgroup, spec: &InitSpec) -> Result<Spawned, SpawnError> {
+    /// Writes `spec` into a new control socket, with the job's `files`, and
+    /// has the spawner clone the init of a job into `cgroup` with the other
+    /// end. Blocks until the spawner answers, about a millisecond (other
+    /// starts wait their turn).
+    pub fn clone_init(
+        &self,
+        cgroup: &JobCgroup,
+        spec: &InitSpec,
+        files: &JobFiles,
+    ) -> Result<Spawned, SpawnError> {
         let mut message = Vec::new();
         handoff::write_message(&mut message, spec).map_err(SpawnError::Encode)?;
         let cgroup_fd = cgroup.open_fd().map_err(SpawnError::OpenCgroup)?;
         let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::ControlSocket)?;
         ours.set_nonblocking(true)
             .map_err(SpawnError::ControlSocket)?;
-        let mut sent = 0;
+        // The files go with the first bytes (a fresh socket has room for
+        // them), as much of the rest as fits now, the rest with the report.
+        let mut sent =
+            handoff::send_spec(ours.as_fd(), &message, files).map_err(SpawnError::ControlSocket)?;
         while sent < message.len() {
             match ours.write(&message[sent..]) {
                 Ok(n) => sent += n,

@@ -23,7 +23,7 @@ use super::uids::JobIds;
 use super::workers::WorkFailed;
 use super::{DEFAULT_PATH, DEFAULT_TMP_SIZE, Engine, WORK_DIR, internal, lifecycle, lock, monitor};
 use crate::cgroup::{CgroupError, JobCgroup};
-use crate::handoff::{InitReport, InitSpec, OUTPUT_FILE, Sandbox};
+use crate::handoff::{InitReport, InitSpec, JobFiles, OUTPUT_FILE, Sandbox};
 
 /// How long a failed start's init may take to exit after SIGKILL, and its
 /// cgroup to empty after `cgroup.kill`.
@@ -431,7 +431,7 @@ impl Engine {
     ) -> Result<(Arc<Job>, Spawned), StartError> {
         self.check_free_space()?;
         let id = guard.made.job;
-        let dir = self.make_job_dir(guard, (uid, gid))?;
+        let (dir, files) = self.make_job_dir(guard, (uid, gid))?;
         let (cgroup, enforced) = self.make_cgroup(guard, &limits)?;
         let init_spec = self.init_spec(&id, &dir, &spec, &limits, (uid, gid));
         let fixed = job::Spec {
@@ -456,7 +456,7 @@ impl Engine {
                 path: job::record_path(&job.dir),
                 source,
             })?;
-        let spawned = self.spawner.clone_init(&job.cgroup, &init_spec)?;
+        let spawned = self.spawner.clone_init(&job.cgroup, &init_spec, &files)?;
         // Not recorded until the job ends: a supervisor restarted meanwhile
         // finds the init in the job's cgroup (see recovery).
         job.status().pid = Some(spawned.pid);
@@ -465,12 +465,13 @@ impl Engine {
     }
 
     /// Makes the job's directory, in it its work directory, owned by its
-    /// uid and private to it, and its (empty) output log.
+    /// uid and private to it, and its (empty) output log; returns the
+    /// directory and what its init writes through.
     fn make_job_dir(
         &self,
         guard: &mut StartGuard,
         (uid, gid): (u32, u32),
-    ) -> Result<PathBuf, StartError> {
+    ) -> Result<(PathBuf, JobFiles), StartError> {
         let dir = self
             .config
             .state_dir
@@ -493,13 +494,21 @@ impl Engine {
         // Made here, so that followers are woken from the first byte on (the
         // init appends to it).
         let log = dir.join(OUTPUT_FILE);
-        std::fs::OpenOptions::new()
-            .write(true)
+        let log = std::fs::OpenOptions::new()
+            .append(true)
             .create_new(true)
             .mode(0o600)
             .open(&log)
             .map_err(|source| StartError::JobDir { path: log, source })?;
-        Ok(dir)
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir)
+            .map_err(|source| StartError::JobDir {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok((dir, JobFiles { dir: opened, log }))
     }
 
     /// Makes the job's cgroup with its limits; refuses limits it cannot

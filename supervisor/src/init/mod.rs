@@ -2,7 +2,8 @@
 //! ([`crate::spawner`]) that runs on without an exec. It is single-threaded
 //! and owes the supervisor nothing once the command runs:
 //!
-//! 1. reads its [`InitSpec`] from the control socket;
+//! 1. reads its [`InitSpec`] from the control socket, with the job's
+//!    directory and log ([`JobFiles`]);
 //! 2. builds the job's sandbox ([`sandbox`]): the host's tree read-only
 //!    with its private parts masked, a fresh `/proc` and `/sys`, a `/dev`
 //!    of its own, private temporary directories, its work directory, `lo`
@@ -46,9 +47,8 @@ use std::process::ExitCode;
 use jobworker_ipc::UnixMicros;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use rustix::fs::{Mode, OFlags};
 
-use crate::handoff::{self, EXIT_FILE, ExitRecord, InitReport, InitSpec, OUTPUT_FILE};
+use crate::handoff::{self, EXIT_FILE, ExitRecord, InitReport, InitSpec, JobFiles};
 use crate::{atomic, sys};
 
 /// The signals the init handles through its signalfd.
@@ -88,8 +88,8 @@ fn run(control: OwnedFd) -> Result<(), String> {
     // Its own session: a terminal's Ctrl-C or hangup that reaches the
     // supervisor's process group must not reach the jobs.
     nix::unistd::setsid().map_err(|e| format!("starting a session: {e}"))?;
-    let spec: InitSpec =
-        handoff::read_message(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
+    let (spec, files) =
+        handoff::read_spec(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
 
     let signals = handled_signals();
     // Exactly these: the spawner, and so its clone, has every signal blocked.
@@ -98,7 +98,7 @@ fn run(control: OwnedFd) -> Result<(), String> {
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("creating the signalfd: {e}"))?;
 
-    let started = start(&spec);
+    let started = start(&spec, files);
     let started_at = UnixMicros::now();
     let report = match &started {
         Ok(_) => InitReport::Started,
@@ -109,8 +109,7 @@ fn run(control: OwnedFd) -> Result<(), String> {
     let Started {
         child,
         output,
-        log,
-        job_dir,
+        files: JobFiles { dir: job_dir, log },
     } = started?;
     // Off the start's critical path: the supervisor has its answer.
     exempt_from_the_oom_killer();
@@ -189,43 +188,18 @@ fn exempt_from_the_oom_killer() {
 struct Started {
     child: nix::unistd::Pid,
     output: OwnedFd,
-    log: File,
-    job_dir: File,
+    files: JobFiles,
 }
 
-/// Opens the job's directory and its log (the job cannot reach either: the
-/// state directory is root's alone), builds the sandbox and starts the
-/// command.
-fn start(spec: &InitSpec) -> Result<Started, String> {
-    let job_dir = sandbox::open_job_dir(&spec.job_dir).map_err(|e| {
-        format!(
-            "opening the job's directory {}: {e}",
-            spec.job_dir.display()
-        )
-    })?;
-    let log = open_log(&job_dir).map_err(|e| {
-        format!(
-            "opening the output log {}: {e}",
-            spec.job_dir.join(OUTPUT_FILE).display()
-        )
-    })?;
+/// Builds the sandbox and starts the command; keeps the job's directory and
+/// log (the job cannot reach either: the state directory is root's alone).
+fn start(spec: &InitSpec, files: JobFiles) -> Result<Started, String> {
     let prepared = command::prepare(spec)?;
     sandbox::build(spec)?;
     let (child, output) = command::spawn(&prepared, spec)?;
     Ok(Started {
         child,
         output,
-        log,
-        job_dir,
+        files,
     })
-}
-
-fn open_log(job_dir: &File) -> rustix::io::Result<File> {
-    rustix::fs::openat(
-        job_dir,
-        OUTPUT_FILE,
-        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map(File::from)
 }

@@ -43,7 +43,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, FileType, Mode, OFlags, makedev, mknodat};
+use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use rustix::mount::{
     MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, mount, mount_change,
     mount_remount, move_mount, open_tree,
@@ -156,21 +156,6 @@ fn copies(sandbox: &Sandbox) -> Result<(OwnedFd, Vec<Detached>), String> {
         })
         .collect::<Result<_, _>>()?;
     Ok((work, binds))
-}
-
-/// Opens the job's directory through a detached copy of its mount, before
-/// the sandbox: the init writes the job's log and exit record there after
-/// step 4 has made the host's tree read-only, and a file open for writing on
-/// a mount of that tree would make step 4 fail (EBUSY).
-pub fn open_job_dir(path: &Path) -> io::Result<File> {
-    let tree = copy_tree(path, true, false)?;
-    let dir = rustix::fs::openat(
-        tree.as_fd(),
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    Ok(File::from(dir))
 }
 
 /// A step's error as a start error that names the step.
