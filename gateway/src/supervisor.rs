@@ -6,16 +6,20 @@
 //!
 //! - each `StreamOutput` gets a connection of its own for its whole life
 //!   (at most `max_output_streams` at once; more are refused with
-//!   RESOURCE_EXHAUSTED). Dropping the stream closes the connection, which
-//!   ends the stream on the supervisor's side too;
+//!   RESOURCE_EXHAUSTED): an idle one from the pool below if there is one
+//!   (the one a start just used, typically), else a new one. Dropping the
+//!   stream before its end closes the connection, which ends the stream on
+//!   the supervisor's side too; after its end the connection goes back to
+//!   the pool (the next start needs no connect and handshake);
 //! - unary calls (at most `max_unary_calls` in flight; more wait their turn)
 //!   take an idle connection from a small pool (at most
 //!   `max_idle_supervisor_connections`, each kept at most
 //!   [`IDLE_LIFETIME`]) or open a new one, and give it back after the
 //!   answer. A pooled connection is checked for a hang-up before use, and a
 //!   call that fails on one is retried once on a new connection, except a
-//!   `StartJob` without a request id, which is never repeated and always
-//!   gets a new connection.
+//!   `StartJob` without a request id that the supervisor may have read
+//!   (it is retried only when it provably never reached the supervisor,
+//!   [`ClientError::unseen`]: a repeat would start a second job).
 //!
 //! Nothing is shared between calls but the pool, so a slow call (a stop
 //! waiting out its grace period, a stream following a job) never holds up
@@ -174,7 +178,7 @@ pub struct Supervisor {
     unary: Semaphore,
     stops: Semaphore,
     streams: Arc<Semaphore>,
-    idle: Mutex<Vec<(Connection, Instant)>>,
+    idle: Arc<Idle>,
     shares: Shares,
     reachable: watch::Sender<bool>,
     /// A connection was lost, or connecting failed, since the last
@@ -200,7 +204,10 @@ impl Supervisor {
             unary: Semaphore::new(limits.max_unary_calls),
             stops: Semaphore::new(limits.max_stop_calls),
             streams: Arc::new(Semaphore::new(limits.max_output_streams)),
-            idle: Mutex::new(Vec::new()),
+            idle: Arc::new(Idle {
+                conns: Mutex::new(Vec::new()),
+                max: limits.max_idle,
+            }),
             shares: Shares::new(limits.per_user),
             reachable: watch::channel(true).0,
             lost: AtomicBool::new(false),
@@ -246,12 +253,18 @@ impl Supervisor {
             .acquire()
             .await
             .map_err(|_| SupervisorError::Unexpected("the client is shutting down".into()))?;
+        // A start without a request id would start a second job if it were
+        // repeated after the supervisor had read it.
         let repeatable = !matches!(&request, Request::StartJob(spec) if spec.request_id.is_none());
-        if repeatable && let Some(mut conn) = self.take_idle() {
+        if let Some(mut conn) = self.take_idle() {
             match exchange(&mut conn, identity, request.clone()).await {
                 Ok(response) => {
                     self.put_idle(conn);
                     return Ok(response);
+                }
+                Err(e) if !repeatable && !e.unseen() => {
+                    self.lost.store(true, Ordering::Relaxed);
+                    return Err(e.into());
                 }
                 Err(e) => {
                     self.lost.store(true, Ordering::Relaxed);
@@ -305,7 +318,11 @@ impl Supervisor {
             },
         };
         match conn.stream_as(identity, request).await {
-            Ok(stream) => Ok(OutputStream { stream, slots }),
+            Ok(stream) => Ok(OutputStream {
+                stream: Some(stream),
+                slots,
+                idle: Arc::clone(&self.idle),
+            }),
             Err(e) => Err((e.into(), slots)),
         }
     }
@@ -389,7 +406,7 @@ impl Supervisor {
 
     /// A pooled connection that is still open, if any.
     fn take_idle(&self) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         while let Some((conn, since)) = idle.pop() {
             if since.elapsed() >= IDLE_LIFETIME {
                 continue;
@@ -404,9 +421,28 @@ impl Supervisor {
     }
 
     fn put_idle(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        self.idle.put(conn);
+    }
+}
+
+/// The idle connections, each with when it was last used.
+struct Idle {
+    conns: Mutex<Vec<(Connection, Instant)>>,
+    /// The most kept.
+    max: usize,
+}
+
+impl Idle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Connection, Instant)>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `conn` for the next call, if there is room and it is still
+    /// open.
+    fn put(&self, conn: Connection) {
+        let mut idle = self.lock();
         idle.retain(|(_, since)| since.elapsed() < IDLE_LIFETIME);
-        if idle.len() < self.limits.max_idle && conn.is_reusable() {
+        if idle.len() < self.max && conn.is_reusable() {
             idle.push((conn, Instant::now()));
         }
     }
@@ -424,11 +460,15 @@ async fn exchange(
     }
 }
 
-/// The frames of one `StreamOutput` call. Dropping it closes its
-/// connection, which ends the stream on the supervisor's side.
+/// The frames of one `StreamOutput` call. Dropping it before its last
+/// frame closes its connection, which ends the stream on the supervisor's
+/// side; after its last frame the connection is idle again, and pooled for
+/// the next call (a start, typically: no connect and handshake for it).
 pub struct OutputStream {
-    stream: client::OutputStream,
+    /// `None` once the last frame came.
+    stream: Option<client::OutputStream>,
     slots: StreamSlots,
+    idle: Arc<Idle>,
 }
 
 /// What an output stream holds of the limits: one of `max_output_streams`
@@ -441,7 +481,16 @@ pub struct StreamSlots {
 impl OutputStream {
     /// The next frame: `Output`, then `End` or `Error` last; `None` after it.
     pub async fn next(&mut self) -> Result<Option<StreamFrame>, SupervisorError> {
-        Ok(self.stream.next().await?)
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        let frame = stream.next().await?;
+        if matches!(frame, Some(StreamFrame::End(_) | StreamFrame::Error(_)))
+            && let Some(conn) = self.stream.take().and_then(client::OutputStream::into_idle)
+        {
+            self.idle.put(conn);
+        }
+        Ok(frame)
     }
 
     /// Closes the connection, keeping the slots (to resume in them).

@@ -126,6 +126,31 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether the call provably never reached the peer, so that sending it
+    /// again cannot carry it out twice: it could not be sent (the peer had
+    /// closed the connection), or the peer closed the connection with it
+    /// unread (a Unix socket closed with data unread reports a reset to its
+    /// peer; one closed after the call was read reports an end of file,
+    /// [`ClientError::Closed`]).
+    pub fn unseen(&self) -> bool {
+        match self {
+            Self::Send {
+                source: FrameError::Io { source, .. },
+                ..
+            } => matches!(
+                source.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            Self::Receive {
+                source: FrameError::Io { source, .. },
+                ..
+            } => source.kind() == io::ErrorKind::ConnectionReset,
+            _ => false,
+        }
+    }
+}
+
 /// One connection to the socket, handshake done, carrying one call at a
 /// time. Dropping it closes the connection.
 pub struct Connection {
@@ -383,5 +408,12 @@ impl OutputStream {
         };
         self.ended = !matches!(frame, StreamFrame::Output { .. });
         Ok(Some(frame))
+    }
+
+    /// The connection, once the stream's last frame came: it is between
+    /// calls again, ready for the next. `None` (the connection closed)
+    /// before that.
+    pub fn into_idle(self) -> Option<Connection> {
+        self.ended.then_some(self.conn)
     }
 }

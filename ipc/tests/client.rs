@@ -305,6 +305,38 @@ async fn a_call_without_an_answer_is_closed() {
 }
 
 #[tokio::test]
+async fn a_call_the_peer_closed_on_unread_was_unseen_and_one_it_read_was_not() {
+    // Closed with the call unread: a reset.
+    let (socket, listener) = Socket::new();
+    let server = serve_one(listener, |framed| async move {
+        framed.get_ref().readable().await.unwrap();
+        drop(framed);
+    });
+    let mut conn = socket.connect().await.unwrap();
+    let error = conn.call(Request::Ping).await.unwrap_err();
+    assert!(error.unseen(), "{error:?}");
+    server.await.unwrap();
+
+    // Closed before the call was sent: it cannot be sent.
+    let (socket, listener) = Socket::new();
+    let server = serve_one(listener, |framed| async move { drop(framed) });
+    let mut conn = socket.connect().await.unwrap();
+    server.await.unwrap();
+    let error = conn.call(Request::Ping).await.unwrap_err();
+    assert!(error.unseen(), "{error:?}");
+
+    // Read, then closed without an answer: it may have been carried out.
+    let (socket, listener) = Socket::new();
+    let server = serve_one(listener, |mut framed| async move {
+        framed.next().await.unwrap().unwrap();
+    });
+    let mut conn = socket.connect().await.unwrap();
+    let error = conn.call(Request::Ping).await.unwrap_err();
+    assert!(!error.unseen(), "{error:?}");
+    server.await.unwrap();
+}
+
+#[tokio::test]
 async fn frames_out_of_protocol_are_unexpected() {
     let (socket, listener) = Socket::new();
     let server = serve_one(listener, |mut framed| async move {
