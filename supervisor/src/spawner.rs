@@ -54,7 +54,7 @@ pub fn main() -> ExitCode {
     match serve() {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(init)) => match init.into_control() {
-            Ok(control) => crate::init::main(control),
+            Ok((control, oom_exempt)) => crate::init::main(control, oom_exempt),
             Err(e) => {
                 crate::init::say!("jobworker-init: taking the control socket: {e}");
                 ExitCode::FAILURE
@@ -73,21 +73,42 @@ struct NewInit {
     socket: OwnedFd,
     /// The init's control socket.
     control: OwnedFd,
+    /// Whether inits may exempt themselves from the OOM killer here.
+    oom_exempt: bool,
 }
 
 impl NewInit {
     /// Puts the control socket at [`sys::INIT_CONTROL_FD`], in place of the
-    /// spawner's socket (which the init must not hold), and names the process.
-    fn into_control(self) -> io::Result<OwnedFd> {
+    /// spawner's socket (which the init must not hold), and names the
+    /// process; with whether the init may exempt itself from the OOM killer.
+    fn into_control(self) -> io::Result<(OwnedFd, bool)> {
         let Self {
             mut socket,
             control,
+            oom_exempt,
         } = self;
         rustix::io::dup2(&control, &mut socket)?;
         drop(control);
         rustix::thread::set_name(INIT_NAME)?;
-        Ok(socket)
+        Ok((socket, oom_exempt))
     }
+}
+
+/// Whether this process may lower an OOM score (`CAP_SYS_RESOURCE`), as
+/// each init does for itself; said once here when it may not (a container
+/// without the capability), rather than by every job's init.
+fn may_exempt_from_the_oom_killer() -> bool {
+    let may = rustix::thread::capabilities(None).is_ok_and(|caps| {
+        caps.effective
+            .contains(rustix::thread::CapabilitySet::SYS_RESOURCE)
+    });
+    if !may {
+        crate::init::say!(
+            "jobworker-init (spawner): no CAP_SYS_RESOURCE here: jobs' inits run without an \
+             exemption from the OOM killer"
+        );
+    }
+    may
 }
 
 /// The spawner's loop: `Ok(None)` when the supervisor has gone, `Ok(Some)`
@@ -98,13 +119,20 @@ fn serve() -> Result<Option<NewInit>, String> {
     let socket = sys::take_control_fd().map_err(|e| format!("its socket: {e}"))?;
     sys::single_threaded().map_err(|e| format!("cannot clone inits: {e}"))?;
     rustix::thread::set_name(SPAWNER_NAME).map_err(|e| format!("naming itself: {e}"))?;
+    let oom_exempt = may_exempt_from_the_oom_killer();
     fdpass::send(socket.as_fd(), &[READY], &[]).map_err(|e| format!("telling it is ready: {e}"))?;
     loop {
         let answer = match receive(&socket).map_err(|e| format!("receiving a request: {e}"))? {
             Received::Closed => return Ok(None),
             Received::Malformed => Err(io::Error::from_raw_os_error(libc::EPROTO)),
             Received::Request { cgroup, control } => match sys::clone_job_init(cgroup.as_fd()) {
-                Ok(Cloned::Child) => return Ok(Some(NewInit { socket, control })),
+                Ok(Cloned::Child) => {
+                    return Ok(Some(NewInit {
+                        socket,
+                        control,
+                        oom_exempt,
+                    }));
+                }
                 Ok(Cloned::Parent(spawned)) => Ok(spawned),
                 Err(e) => Err(e),
             },

@@ -65,10 +65,11 @@ fn handled_signals() -> SigSet {
     set
 }
 
-/// Runs the init with its control socket (at [`sys::INIT_CONTROL_FD`]);
-/// the process exits with the result.
-pub fn main(control: OwnedFd) -> ExitCode {
-    match run(control) {
+/// Runs the init with its control socket (at [`sys::INIT_CONTROL_FD`]),
+/// exempting itself from the OOM killer if `oom_exempt` (the host allows
+/// it); the process exits with the result.
+pub fn main(control: OwnedFd, oom_exempt: bool) -> ExitCode {
+    match run(control, oom_exempt) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             say!("jobworker-init: {message}");
@@ -77,7 +78,7 @@ pub fn main(control: OwnedFd) -> ExitCode {
     }
 }
 
-fn run(control: OwnedFd) -> Result<(), String> {
+fn run(control: OwnedFd, oom_exempt: bool) -> Result<(), String> {
     // Whatever else the spawner held.
     sys::close_fds_from(sys::INIT_CONTROL_FD + 1, sys::CloseMode::Close)
         .map_err(|e| format!("closing inherited fds: {e}"))?;
@@ -112,7 +113,9 @@ fn run(control: OwnedFd) -> Result<(), String> {
         files: JobFiles { dir: job_dir, log },
     } = started?;
     // Off the start's critical path: the supervisor has its answer.
-    exempt_from_the_oom_killer();
+    if oom_exempt {
+        exempt_from_the_oom_killer();
+    }
     // Room for the exit record, made now: a job that fills its disk still
     // gets its exit status recorded (best effort: a disk already full, or
     // one that cannot preallocate, gets the plain write at the end).
@@ -177,7 +180,7 @@ fn write_exit_record(
 /// The OOM killer should pick the job's processes, not the init that
 /// records how they ended (the command, forked before this, keeps the
 /// default score). Where the host does not allow it (no CAP_SYS_RESOURCE, as
-/// in some containers), the init runs unexempted.
+/// in some containers), the init runs unexempted: the spawner said so once.
 fn exempt_from_the_oom_killer() {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
         say!("jobworker-init: cannot exempt the init from the OOM killer: {e}");
