@@ -541,6 +541,51 @@ async fn a_newer_record_stops_recovery_and_stays_untouched() {
     );
 }
 
+/// A follower learns of output while the job runs (its log is watched from
+/// its first follower on), not only at the job's end: the job here writes
+/// its second line only once the follower has its first, and never ends by
+/// itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_is_woken_by_output_while_the_job_runs() {
+    let t = TestEngine::new();
+    let job = t
+        .start(
+            "sh",
+            &[
+                "-c",
+                "echo first; while [ ! -e /work/go ]; do sleep 0.05; done; echo second; sleep 1000",
+            ],
+        )
+        .await
+        .unwrap();
+    let go = t.job_dir(&job).join("work").join("go");
+    let mut stream = t.engine.output(job.id, 0, true).unwrap();
+    let mut seen = Vec::new();
+    // Bounded so that a broken watch fails rather than hangs: without it,
+    // output after the follower's first read would come only with the
+    // job's end, which never comes.
+    let woken = tokio::time::timeout(Duration::from_secs(60), async {
+        for (line, then) in [(&b"first\n"[..], Some(&go)), (b"second\n", None)] {
+            while !seen.ends_with(line) {
+                match stream.next().await.unwrap() {
+                    Some(jobworker_supervisor::engine::Chunk::Data { bytes, .. }) => {
+                        seen.extend_from_slice(&bytes);
+                    }
+                    other => panic!("the job's output ended early: {other:?}"),
+                }
+            }
+            if let Some(path) = then {
+                std::fs::write(path, b"").unwrap();
+            }
+        }
+    })
+    .await;
+    let state = t.engine.get(job.id).await.unwrap().state;
+    t.engine.stop(job.id, None).await.unwrap();
+    assert!(woken.is_ok(), "the follower was not woken: {seen:?}");
+    assert_eq!(state, JobState::Running, "woken while the job runs");
+}
+
 /// Followers of one job share its tail; one that falls far behind it (more
 /// than the tail keeps) reads the rest from the log; each gets every byte
 /// exactly once, in order.

@@ -381,16 +381,7 @@ impl Engine {
         }
     }
 
-    /// Starts waking `job`'s followers when its log grows. Blocks (inotify
-    /// looks up the path).
-    fn watch_output(&self, job: &Arc<Job>) {
-        if let Err(e) = self.watcher.watch(job) {
-            tracing::warn!(job = %job.spec.id, error = %e,
-                "watching the output log; followers wake only at the job's end");
-        }
-    }
-
-    /// Takes charge of a running job (its log watched already): its pidfd,
+    /// Takes charge of a running job: its pidfd,
     /// a task that settles it when its init exits (learning how from
     /// `exit`, the init's control socket, when this supervisor started it),
     /// and one that stops it at its deadline if it has a time limit.
@@ -673,7 +664,7 @@ impl Engine {
         }
         Ok(OutputStream::new(
             job,
-            Arc::clone(&self.workers),
+            (Arc::clone(&self.workers), Arc::clone(&self.watcher)),
             offset,
             follow.then(|| self.figures.follower()),
         ))

@@ -4,8 +4,10 @@
 //!
 //! The job's init appends to the log. A job that has followers has a
 //! [`Tail`]: one reader (on the engine's threads) reads each new byte of the
-//! log once, woken by one inotify instance watching every running job's log
-//! (`IN_MODIFY`), and keeps the last [`TAIL_BYTES`] as shared buffers
+//! log once, woken by one inotify instance watching the log of every running
+//! job that has had a follower (`IN_MODIFY`; watched from its first
+//! follower on, so that the writes of a job nobody follows wake nothing),
+//! and keeps the last [`TAIL_BYTES`] as shared buffers
 //! ([`Bytes`]) that every follower takes without a copy; the job's watch
 //! channel wakes them. The tail never waits for a follower: one that falls
 //! behind it (or starts before it) reads the log itself, in large reads on
@@ -72,6 +74,8 @@ struct TailState {
     reading: bool,
     /// The log grew since the reader last found its end.
     grown: bool,
+    /// The log is watched (or was, or will not be: the job ended).
+    watched: bool,
 }
 
 /// Where an offset is, seen from the tail.
@@ -208,6 +212,7 @@ fn read_at(file: &File, offset: u64, max: usize) -> std::io::Result<Option<Bytes
 pub struct OutputStream {
     job: Arc<Job>,
     workers: Arc<Workers>,
+    watcher: Arc<Watcher>,
     offset: u64,
     follow: bool,
     /// Counts this stream among the followers while it follows.
@@ -223,10 +228,11 @@ pub struct OutputStream {
 
 impl OutputStream {
     /// A stream of `job`'s output from `offset`; one that follows the job
-    /// while it runs when it is given its `follower` count.
+    /// while it runs when it is given its `follower` count (its log is then
+    /// watched by `watcher`).
     pub fn new(
         job: Arc<Job>,
-        workers: Arc<Workers>,
+        (workers, watcher): (Arc<Workers>, Arc<Watcher>),
         offset: u64,
         follower: Option<Follower>,
     ) -> Self {
@@ -234,6 +240,7 @@ impl OutputStream {
         Self {
             job,
             workers,
+            watcher,
             offset,
             follow: follower.is_some(),
             _follower: follower,
@@ -305,8 +312,9 @@ impl OutputStream {
     }
 
     /// Joins the job's followers, setting up its tail if this is the first
-    /// (the log's end found on the engine's threads, and in the same trip
-    /// the log read from this stream's offset, into `pending`).
+    /// (the log watched and its end found on the engine's threads, and in
+    /// the same trip the log read from this stream's offset, into
+    /// `pending`).
     async fn attach(&mut self) -> std::io::Result<()> {
         self.attached = true;
         let first = {
@@ -318,9 +326,11 @@ impl OutputStream {
             return Ok(());
         }
         let (job, opened, offset) = (Arc::clone(&self.job), self.file.clone(), self.offset);
+        let watcher = Arc::clone(&self.watcher);
         let read = self
             .workers
             .run(move || {
+                watcher.watch(&job);
                 set_up_tail(&job)?;
                 read_log(opened, &job.output_path(), offset)
             })
@@ -446,20 +456,32 @@ impl Watcher {
         self.watches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts waking `job`'s tail when its log grows. Blocks (inotify looks
-    /// up the path).
-    pub fn watch(&self, job: &Arc<Job>) -> std::io::Result<()> {
-        let wd = self
+    /// Starts waking `job`'s tail when its log grows, if it is not watched
+    /// yet and has not ended (its first follower calls this, before the
+    /// tail finds the log's end, so that no growth is missed). A failure is
+    /// logged: the job's followers then wake only at its end. Blocks
+    /// (inotify looks up the path).
+    pub fn watch(&self, job: &Arc<Job>) {
+        if job.is_ended() || std::mem::replace(&mut job.tail.state().watched, true) {
+            return;
+        }
+        match self
             .inotify
             .get_ref()
             .get_ref()
-            .add_watch(&job.output_path(), AddWatchFlags::IN_MODIFY)?;
-        self.watches().insert(wd, Arc::downgrade(job));
-        Ok(())
+            .add_watch(&job.output_path(), AddWatchFlags::IN_MODIFY)
+        {
+            Ok(wd) => {
+                self.watches().insert(wd, Arc::downgrade(job));
+            }
+            Err(e) => tracing::warn!(job = %job.spec.id, error = %e,
+                "watching the output log; followers wake only at the job's end"),
+        }
     }
 
-    /// Stops watching `job` (it has ended).
+    /// Stops watching `job` (it has ended), if it was.
     pub fn unwatch(&self, job: &Job) {
+        job.tail.state().watched = true;
         let mut watches = self.watches();
         let gone: Vec<_> = watches
             .iter()

@@ -163,7 +163,6 @@ impl Engine {
             }
             (Recovery::Adopt, Some((pid, pidfd))) => {
                 job.status().pid = Some(pid);
-                self.watch_output(&job);
                 self.adopt(&job, pidfd, None);
                 Ok(Kind::Adopted)
             }

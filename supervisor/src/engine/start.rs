@@ -460,7 +460,6 @@ impl Engine {
         // Not recorded until the job ends: a supervisor restarted meanwhile
         // finds the init in the job's cgroup (see recovery).
         job.status().pid = Some(spawned.pid);
-        self.watch_output(&job);
         Ok((job, spawned))
     }
 

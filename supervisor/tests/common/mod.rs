@@ -126,14 +126,14 @@ impl TestEngine {
             .await
     }
 
+    /// The job's directory in the state directory.
+    pub fn job_dir(&self, job: &JobInfo) -> PathBuf {
+        self.state.path().join("jobs").join(job.id.to_string())
+    }
+
     /// The job's output log as it is on disk.
     pub fn output_log(&self, job: &JobInfo) -> Vec<u8> {
-        let path = self
-            .state
-            .path()
-            .join("jobs")
-            .join(job.id.to_string())
-            .join("output.log");
+        let path = self.job_dir(job).join("output.log");
         std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
