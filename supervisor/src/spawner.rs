@@ -7,9 +7,10 @@
 //! `jobworker-init` exec'd once, by the supervisor's engine as it starts (and
 //! again if it dies). It is single-threaded, so a fork-like clone3 of it may
 //! run ordinary code: each job's init is such a clone, which goes straight on
-//! as the init ([`crate::init`]) with no exec. The spawner holds no state,
-//! opens nothing, handles no signal (all stay blocked) and exits when the
-//! supervisor's end of its socket closes.
+//! as the init ([`crate::init`]) with no exec. The spawner holds no state
+//! but whether inits may exempt themselves from the OOM killer (checked
+//! once), opens nothing, handles no signal (all stay blocked) and exits when
+//! the supervisor's end of its socket closes.
 //!
 //! The protocol, on a private `SOCK_SEQPACKET` socket pair, one request at a
 //! time:

@@ -381,10 +381,10 @@ impl Engine {
         }
     }
 
-    /// Takes charge of a running job: its pidfd,
-    /// a task that settles it when its init exits (learning how from
-    /// `exit`, the init's control socket, when this supervisor started it),
-    /// and one that stops it at its deadline if it has a time limit.
+    /// Takes charge of a running job: its pidfd, a task that settles it when
+    /// its init exits (learning how from `exit`, the init's control socket,
+    /// when this supervisor started it), and one that stops it at its
+    /// deadline if it has a time limit.
     fn adopt(self: &Arc<Self>, job: &Arc<Job>, pidfd: OwnedFd, exit: Option<ExitWatch>) {
         self.count_running(job);
         match pidfd.try_clone() {

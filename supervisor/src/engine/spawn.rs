@@ -1,9 +1,10 @@
 //! Starting a job's init: its [`InitSpec`] written into a socket pair (as
 //! much as the socket holds: all of any ordinary spec, so that the init reads
-//! it at once), the job's directory and log with it ([`JobFiles`]), the init cloned into the job's cgroup and namespaces by the
-//! spawner ([`crate::spawner`]), which this module starts and keeps running,
-//! then, asynchronously, the rest of the spec and the wait for the init's
-//! report on the exec.
+//! it at once), the job's directory and log with it ([`JobFiles`]), the init
+//! cloned into the job's cgroup and namespaces by the spawner
+//! ([`crate::spawner`]), which this module starts and keeps running, then,
+//! asynchronously, the rest of the spec and the wait for the init's report
+//! on the exec.
 
 use std::ffi::CString;
 use std::io::{self, Write};
