@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -71,10 +71,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     type Error = FrameError;
 
     fn encode(&mut self, msg: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let mut buf = Vec::new();
-        frame::encode(&msg, &mut buf)?;
-        dst.put_slice(&buf);
-        Ok(())
+        frame::encode(&msg, dst)
     }
 }
 

@@ -6,6 +6,7 @@
 //! limit, so a body claiming a huge string or vector fails instead of
 //! allocating. A body must be consumed exactly: trailing bytes are an error.
 
+use bytes::BufMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -27,17 +28,37 @@ fn config() -> Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
 }
 
-/// Appends one frame holding `msg` to `dst`.
-pub fn encode<T: Serialize>(msg: &T, dst: &mut Vec<u8>) -> Result<(), FrameError> {
+/// A buffer frames are appended to: a `Vec<u8>`, or the `BytesMut` a framed
+/// connection writes from.
+pub trait FrameBuf: BufMut + std::ops::DerefMut<Target = [u8]> {
+    /// Cuts the buffer back to its first `len` bytes.
+    fn cut(&mut self, len: usize);
+}
+
+impl FrameBuf for Vec<u8> {
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+impl FrameBuf for bytes::BytesMut {
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+/// Appends one frame holding `msg` to `dst`, encoding it in place.
+pub fn encode<T: Serialize>(msg: &T, dst: &mut impl FrameBuf) -> Result<(), FrameError> {
     let start = dst.len();
-    dst.extend_from_slice(&[0; LEN_PREFIX]);
-    if let Err(e) = bincode::serde::encode_into_std_write(msg, dst, config()) {
-        dst.truncate(start);
+    dst.put_slice(&[0; LEN_PREFIX]);
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, &mut (&mut *dst).writer(), config())
+    {
+        dst.cut(start);
         return Err(FrameError::Encode(e.to_string()));
     }
     let len = dst.len() - start - LEN_PREFIX;
     if len > MAX_FRAME_LEN {
-        dst.truncate(start);
+        dst.cut(start);
         return Err(FrameError::EncodeTooLarge {
             len,
             max: MAX_FRAME_LEN,

@@ -161,8 +161,7 @@ impl Response {
 
 /// Output bytes, at most [`MAX_OUTPUT_CHUNK`] of them: a shared buffer, so
 /// that one job's output goes to each of its followers without a copy.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "serde_bytes::ByteBuf")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputData(bytes::Bytes);
 
 impl OutputData {
@@ -198,11 +197,37 @@ impl Serialize for OutputData {
     }
 }
 
-impl TryFrom<serde_bytes::ByteBuf> for OutputData {
-    type Error = Invalid;
+/// Decodes output as the bytes the frame holds: copied out of the frame once
+/// its length is checked, into memory that is not zeroed first. (Decoding
+/// them as a `Vec<u8>` zeroes a fresh buffer for every chunk, which the
+/// allocator does by handing its pages back and faulting them in again.)
+impl<'de> Deserialize<'de> for OutputData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
 
-    fn try_from(buf: serde_bytes::ByteBuf) -> Result<Self, Invalid> {
-        Self::new(buf.into_vec())
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = OutputData;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "at most {MAX_OUTPUT_CHUNK} bytes of output")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, data: &[u8]) -> Result<OutputData, E> {
+                if data.len() > MAX_OUTPUT_CHUNK {
+                    return Err(E::invalid_length(data.len(), &self));
+                }
+                Ok(OutputData(bytes::Bytes::copy_from_slice(data)))
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, data: Vec<u8>) -> Result<OutputData, E> {
+                if data.len() > MAX_OUTPUT_CHUNK {
+                    return Err(E::invalid_length(data.len(), &self));
+                }
+                Ok(OutputData(data.into()))
+            }
+        }
+
+        deserializer.deserialize_bytes(Visitor)
     }
 }
 

@@ -313,6 +313,30 @@ fn body_claiming_a_huge_string_is_refused() {
     assert!(err.to_string().contains("LimitExceeded"), "{err}");
 }
 
+/// Output over the chunk limit is refused as it is decoded, within a frame
+/// that is itself under the frame limit.
+#[test]
+fn output_over_the_chunk_limit_is_refused() {
+    let mut buf = encoded(&Response::Output {
+        offset: 0,
+        data: OutputData::new(vec![0xAB; MAX_OUTPUT_CHUNK]).unwrap(),
+    });
+    // The data's length, a bincode varint: 0xFC, then a u32 LE.
+    let limit = u32::try_from(MAX_OUTPUT_CHUNK).unwrap().to_le_bytes();
+    let at = buf
+        .windows(6)
+        .position(|w| w[0] == 0xFC && w[1..5] == limit && w[5] == 0xAB)
+        .unwrap();
+    buf[at + 1..at + 5]
+        .copy_from_slice(&(u32::try_from(MAX_OUTPUT_CHUNK).unwrap() + 1).to_le_bytes());
+    buf.push(0xAB);
+    let body_len = u32::try_from(buf.len() - LEN_PREFIX).unwrap();
+    buf[..LEN_PREFIX].copy_from_slice(&body_len.to_be_bytes());
+    let err = frame::decode_exact::<Response>(&buf).unwrap_err();
+    assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    assert!(err.to_string().contains("65537"), "{err}");
+}
+
 /// Mirrors of the real messages with unvalidated strings, to put invalid
 /// values on the wire the way a hostile peer would.
 mod raw {
