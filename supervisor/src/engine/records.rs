@@ -12,12 +12,14 @@
 //!   the record is in the page cache. A restarted supervisor reads what the
 //!   kernel holds.
 //! - **A host crash loses at most the last [`MAX_LAG`] of record changes.**
-//!   One syncer thread makes records durable in rounds (group commit): it
-//!   takes every record written since its last round, `fdatasync`s each and
-//!   `fsync`s the directories of new ones once, however many changes a
-//!   record had meanwhile. A write waits while the round in progress is
-//!   older than half of [`MAX_LAG`] (a disk that slow sets the pace): a
-//!   change waits for at most the rest of that round and one more, so no
+//!   One syncer thread makes records durable in rounds (group commit): a
+//!   round begins [`GATHER`] after the first change since the last one
+//!   (at once for [`Records::flush`]), takes every record written until
+//!   then, `fdatasync`s each and `fsync`s the directories of new ones once,
+//!   however many changes a record had meanwhile. A write waits while the
+//!   round in progress is older than half of what [`GATHER`] leaves of
+//!   [`MAX_LAG`] (a disk that slow sets the pace): a change waits for at
+//!   most the rest of that round, [`GATHER`] and one more round, so no
 //!   change stays volatile longer than about [`MAX_LAG`]. A file whose sync
 //!   fails is synced again in the next round. A job whose last changes were
 //!   lost reads as it was before them: running (then FAILED by recovery, as
@@ -26,8 +28,10 @@
 //! One second because that is what a job's own data gets anyway (its output
 //! log and exit record are never synced: a host crash ends every job, and
 //! the kernel writes dirty pages back within seconds), and a shorter bound
-//! would only add fsyncs under load: the round's cost, not its period, is
-//! what rounds take here (a few ms on an idle disk).
+//! would only add fsyncs under load. The gathering is what makes a round
+//! cheap per job: a short job's records (made, started, ended) all fall in
+//! one round, so its file and its directory are synced once, and the jobs'
+//! directory once per round, not once per job.
 //!
 //! Writers run on blocking threads (the start, the settling of a job), never
 //! on the async runtime's workers; the syncer is a thread of its own.
@@ -57,6 +61,14 @@ use crate::atomic;
 /// The longest a record change may stay in the page cache only; see the
 /// module docs.
 pub const MAX_LAG: Duration = Duration::from_secs(1);
+
+/// How long the syncer gathers changes before a round; see the module docs.
+const GATHER: Duration = Duration::from_millis(250);
+
+/// A round in progress older than this holds up writes: half of what
+/// [`GATHER`] leaves of [`MAX_LAG`]; see the module docs.
+const SLOW_ROUND: Duration = Duration::from_millis(375);
+const _: () = assert!(2 * SLOW_ROUND.as_millis() + GATHER.as_millis() == MAX_LAG.as_millis());
 
 /// How long the syncer waits after a round in which a sync failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -88,8 +100,8 @@ pub struct Records {
     /// The file holding back room for records.
     reserve: PathBuf,
     state: Mutex<State>,
-    /// Wakes the syncer when records are written; wakes writers and
-    /// [`Records::flush`] when a round ends.
+    /// Wakes the syncer when there are records to sync, or a flush waits;
+    /// wakes writers and [`Records::flush`] when a round ends.
     changed: Condvar,
 }
 
@@ -98,6 +110,10 @@ struct State {
     /// The records written since the last round began, and whether each
     /// file was made by one of them (its directories are then synced too).
     dirty: HashMap<PathBuf, bool>,
+    /// When the first of them was written.
+    dirty_since: Option<Instant>,
+    /// Callers of [`Records::flush`] waiting: the next round begins at once.
+    flushing: usize,
     /// When the round in progress began.
     round_began: Option<Instant>,
     /// Writes so far, and writes known durable.
@@ -176,11 +192,11 @@ impl Records {
         let mut state = self.state();
         while state
             .round_began
-            .is_some_and(|began| began.elapsed() > MAX_LAG / 2)
+            .is_some_and(|began| began.elapsed() > SLOW_ROUND)
         {
             state = self
                 .changed
-                .wait_timeout(state, MAX_LAG / 2)
+                .wait_timeout(state, SLOW_ROUND)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -200,8 +216,12 @@ impl Records {
         let mut state = self.state();
         *state.dirty.entry(path.to_path_buf()).or_default() |= made;
         state.written += 1;
+        let first = state.dirty_since.is_none();
+        state.dirty_since.get_or_insert_with(Instant::now);
         drop(state);
-        self.changed.notify_all();
+        if first {
+            self.changed.notify_all();
+        }
         Ok(())
     }
 
@@ -210,18 +230,40 @@ impl Records {
     pub fn flush(&self) {
         let mut state = self.state();
         let target = state.written;
+        state.flushing += 1;
+        self.changed.notify_all();
         while state.synced < target {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.flushing -= 1;
+    }
+
+    /// Waits until a round is due: [`GATHER`] after the first change since
+    /// the last round, or at once if a flush waits.
+    fn next_round(&self) -> MutexGuard<'_, State> {
+        let mut state = self.state();
+        loop {
+            let wait = match state.dirty_since {
+                Some(_) if state.flushing > 0 => return state,
+                Some(since) => match GATHER.checked_sub(since.elapsed()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return state,
+                },
+                None => Duration::MAX,
+            };
+            state = self
+                .changed
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
     fn sync_forever(&self) {
         loop {
             let (files, upto) = {
-                let mut state = self.state();
-                while state.dirty.is_empty() {
-                    state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-                }
+                let mut state = self.next_round();
+                state.dirty_since = None;
                 state.round_began = Some(Instant::now());
                 (std::mem::take(&mut state.dirty), state.written)
             };
@@ -233,6 +275,7 @@ impl Records {
                 for (file, made) in failed {
                     *state.dirty.entry(file).or_default() |= made;
                 }
+                state.dirty_since.get_or_insert_with(Instant::now);
             } else {
                 state.synced = upto;
             }
@@ -367,6 +410,24 @@ mod tests {
         );
         records.flush();
         assert!(records.state().dirty.is_empty());
+    }
+
+    #[test]
+    fn changes_are_made_durable_after_the_gathering_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::start(dir.path()).unwrap();
+        for n in 0..3 {
+            records
+                .write(&dir.path().join(format!("{n}.json")), &n)
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while records.state().synced < 3 {
+            assert!(Instant::now() < deadline, "not synced within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let state = records.state();
+        assert!(state.dirty.is_empty() && state.dirty_since.is_none());
     }
 
     #[test]
