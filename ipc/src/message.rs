@@ -218,13 +218,6 @@ impl<'de> Deserialize<'de> for OutputData {
                 }
                 Ok(OutputData(bytes::Bytes::copy_from_slice(data)))
             }
-
-            fn visit_byte_buf<E: serde::de::Error>(self, data: Vec<u8>) -> Result<OutputData, E> {
-                if data.len() > MAX_OUTPUT_CHUNK {
-                    return Err(E::invalid_length(data.len(), &self));
-                }
-                Ok(OutputData(data.into()))
-            }
         }
 
         deserializer.deserialize_bytes(Visitor)
