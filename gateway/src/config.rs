@@ -319,16 +319,27 @@ mod tests {
 
     /// deploy/gateway.toml with each commented-out `key = value` (and
     /// table) of it set: every key it shows is one the gateway takes. The
-    /// one file the configuration reads, `database_ca`, is made for it.
+    /// one file the configuration reads, `database_ca`, is made for it, and
+    /// the accounts it names (which only an install makes) are ones every
+    /// Debian host has.
     #[test]
     fn the_deployed_example_shows_only_real_keys() {
         let dir = tempfile::tempdir().unwrap();
         let validity = jobworker_certs::Validity::with_overrides(1, None, None).unwrap();
         jobworker_certs::init(dir.path(), &validity, jobworker_certs::Overwrite::Refuse).unwrap();
-        let example = include_str!("../../deploy/gateway.toml").replace(
-            "/etc/jobworker/postgresql-ca.pem",
-            &dir.path().join("server-ca.pem").to_string_lossy(),
-        );
+        let example = include_str!("../../deploy/gateway.toml")
+            .replace(
+                "/etc/jobworker/postgresql-ca.pem",
+                &dir.path().join("server-ca.pem").to_string_lossy(),
+            )
+            .replace(
+                "run_as_user = \"jobworker-gateway\"",
+                "run_as_user = \"nobody\"",
+            )
+            .replace(
+                "run_as_group = \"jobworker-gateway\"",
+                "run_as_group = \"nogroup\"",
+            );
         let set: String = example
             .lines()
             .map(|line| match line.strip_prefix("# ") {
