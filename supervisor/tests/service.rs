@@ -715,15 +715,34 @@ async fn retention_removes_the_oldest_ended_jobs_and_never_a_running_one() {
     );
 }
 
+/// A request id names one job of its owner's: a retry finds it, after a
+/// restart too; another owner's start with the same id is another job.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_request_id_gives_one_job() {
-    let d = Daemon::start("");
+    let mut d = Daemon::start("");
     let mut retried = spec("sleep", &["1000"]);
     retried.request_id = Some(RequestId::new("retry-42").unwrap());
     let first = d.local_job(Request::StartJob(retried.clone())).await;
-    let second = d.local_job(Request::StartJob(retried)).await;
+    let second = d.local_job(Request::StartJob(retried.clone())).await;
     assert_eq!(first.id, second.id);
     assert_eq!(listed(&d).await.len(), 1);
+
+    let as_bob = |d: &Daemon| match d
+        .as_gateway("bob", Role::User, Request::StartJob(retried.clone()))
+        .as_slice()
+    {
+        [Response::Job(info)] => info.id,
+        other => panic!("expected a job, got {other:?}"),
+    };
+    let bobs = as_bob(&d);
+    assert_ne!(bobs, first.id);
+    assert_eq!(listed(&d).await.len(), 2);
+
+    d.restart().unwrap();
+    let after = d.local_job(Request::StartJob(retried.clone())).await;
+    assert_eq!(after.id, first.id);
+    assert_eq!(as_bob(&d), bobs);
+    assert_eq!(listed(&d).await.len(), 2);
 }
 
 #[test]

@@ -21,6 +21,8 @@
 //!   watcher that wakes them.
 //! - [`recovery`]: accounting for every job on disk after a restart.
 //! - [`retention`]: removing the oldest ended jobs.
+//! - [`table`]: the jobs, by id and by the request id each was started
+//!   with.
 //! - [`uids`]: the uid and gid each job runs as.
 //! - [`workers`]: the engine's own threads for blocking steps.
 
@@ -36,10 +38,10 @@ pub mod requests;
 pub mod retention;
 pub mod spawn;
 pub mod start;
+pub mod table;
 pub mod uids;
 pub mod workers;
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -187,7 +189,7 @@ pub struct Engine {
     cgroups: CgroupTree,
     controllers: Controllers,
     io_device: Option<(u32, u32)>,
-    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    jobs: Mutex<table::JobTable>,
     records: Arc<Records>,
     workers: Arc<workers::Workers>,
     watcher: Arc<output::Watcher>,
@@ -256,7 +258,7 @@ impl Engine {
             cgroups,
             controllers,
             io_device,
-            jobs: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(table::JobTable::default()),
             records,
             workers,
             watcher,
@@ -336,7 +338,7 @@ impl Engine {
         }
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, table::JobTable> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -411,7 +413,7 @@ impl Engine {
         pidfd: Option<OwnedFd>,
         exit: Option<ExitWatch>,
     ) {
-        self.jobs().insert(job.spec.id, Arc::clone(job));
+        self.jobs().insert(Arc::clone(job));
         let engine = Arc::clone(self);
         let job = Arc::clone(job);
         tokio::spawn(async move {

@@ -158,7 +158,7 @@ impl Engine {
                     let _ = job.cgroup.destroy(Duration::from_secs(10));
                 }
                 self.index_recovered(&job);
-                self.jobs().insert(id, job);
+                self.jobs().insert(job);
                 Ok(Kind::Ended)
             }
             (Recovery::Adopt, Some((pid, pidfd))) => {

@@ -380,12 +380,7 @@ impl Engine {
 
     /// The job `owner` started with `request_id`, if any.
     fn started_before(&self, owner: &Owner, request_id: &RequestId) -> Option<Arc<Job>> {
-        self.jobs()
-            .values()
-            .find(|job| {
-                &job.spec.owner == owner && job.spec.request_id.as_ref() == Some(request_id)
-            })
-            .cloned()
+        self.jobs().started_with(owner, request_id).cloned()
     }
 
     /// The limits a job gets: its own, else the defaults, else the maxima.
