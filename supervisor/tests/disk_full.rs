@@ -63,6 +63,17 @@ fn run(program: &str, args: &[&str], dir: &Path) {
     );
 }
 
+/// `script`, run once the job's gate is open (a file `go` in its working
+/// directory, made by [`open_gate`]).
+fn gated(script: &str) -> String {
+    format!("while [ ! -e go ]; do sleep 0.01; done; {script}")
+}
+
+/// Opens the gate of `job`, whose state directory is `state_dir`.
+fn open_gate(state_dir: &Path, job: &JobInfo) {
+    std::fs::write(state_dir.join(format!("jobs/{}/work/go", job.id)), "").unwrap();
+}
+
 /// Bytes free on the file system of `dir`.
 fn free_bytes(dir: &Path) -> u64 {
     let stat = rustix::fs::statvfs(dir).unwrap();
@@ -95,12 +106,23 @@ async fn a_full_state_disk_pauses_output_and_loses_nothing() {
 
     let counter = "i=0; while [ $i -lt 400 ]; do echo $i; i=$((i+1)); sleep 0.01; done";
     let neighbour = d.local_job(start("sh", &["-c", counter])).await;
+    // The two that fill the disk wait until both have started: a start on
+    // a full disk is refused.
     let writer = d
-        .local_job(start("sh", &["-c", "head -c 40000000 /dev/zero; exit 5"]))
+        .local_job(start(
+            "sh",
+            &["-c", &gated("head -c 40000000 /dev/zero; exit 5")],
+        ))
         .await;
     let stopped = d
-        .local_job(start("head", &["-c", "40000000", "/dev/zero"]))
+        .local_job(start(
+            "sh",
+            &["-c", &gated("exec head -c 40000000 /dev/zero")],
+        ))
         .await;
+    for job in [&writer, &stopped] {
+        open_gate(&state_dir, job);
+    }
     let began = Instant::now();
     while free_bytes(&state_dir) >= 1 << 20 {
         assert!(
