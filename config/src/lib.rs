@@ -4,11 +4,13 @@
 //! when a value cannot be used ([`ConfigError`]), and the accounts and
 //! groups a file names by name or number ([`user`], [`group`]). What each
 //! daemon's keys mean and how they are checked stays with that daemon.
-//! Beside it, the one other thing both daemons do at start the same way:
-//! raising their limit on open files ([`open_files`]).
+//! Beside it, the other things both daemons do at start the same way:
+//! raising their limit on open files ([`open_files`]) and setting up their
+//! log ([`logging`]).
 
 #![forbid(unsafe_code)]
 
+pub mod logging;
 pub mod open_files;
 
 pub use open_files::{OpenFiles, raise_open_files_limit};

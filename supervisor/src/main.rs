@@ -72,18 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", config.describe());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A log line that cannot be written (stderr on a full disk) is
-        // lost, not reported with eprintln!, which panics when stderr fails
-        // and so would end the task that logged (a connection, a call).
-        .log_internal_errors(false)
-        .init();
+    jobworker_config::logging::init();
     raise_fd_limit(config.file.max_connections);
     // Held until the end of this function: for the supervisor's life.
     let _lock = StateLock::acquire(&config.file.state_dir)?;
