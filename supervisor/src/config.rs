@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::uids::JobIds;
 use crate::handoff::{BindPath, PRIVATE_TMP, REPLACED, WORK_MOUNT, sandbox_can_make};
+use crate::service::listen::MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES;
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/jobworker/supervisor.toml";
@@ -352,10 +353,22 @@ fn timeouts(file: &FileConfig) -> Result<Timeouts, (&'static str, String)> {
 }
 
 /// Checks the paths the supervisor itself uses (`socket_path`, `state_dir`,
-/// `working_dir`: absolute) and `max_connections` (not 0).
+/// `working_dir`: absolute; `socket_path` short enough to bind) and
+/// `max_connections` (not 0).
 fn server_keys(file: &FileConfig) -> Result<(), (&'static str, String)> {
     if !file.socket_path.is_absolute() {
         return Err(("socket_path", "must be an absolute path".into()));
+    }
+    let socket_bytes = file.socket_path.as_os_str().len();
+    if socket_bytes > MAX_SOCKET_PATH_BYTES {
+        return Err((
+            "socket_path",
+            format!(
+                "is {socket_bytes} bytes long, and a Unix socket's path can be at most \
+                 {MAX_SOCKET_PATH_BYTES} here (107, less the \".new\" it is bound as first): \
+                 pick a shorter path"
+            ),
+        ));
     }
     if !file.state_dir.is_absolute() {
         return Err(("state_dir", "must be an absolute path".into()));
@@ -720,8 +733,10 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
+        let too_long_socket = format!("socket_path = \"/{}\"", "s".repeat(MAX_SOCKET_PATH_BYTES));
         let cases = [
             ("socket_path = \"relative\"", "socket_path"),
+            (&too_long_socket, "socket_path"),
             ("job_user = \"no-such-user-here\"", "job_user"),
             ("job_user = \"root\"", "job_user"),
             ("gateway_user = \"root\"", "gateway_user"),

@@ -14,6 +14,14 @@ use std::path::Path;
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, chown};
 
+/// What the socket is bound as first, beside its path: `<path>.new`.
+const NEW_SUFFIX: &str = ".new";
+
+/// The longest socket path the supervisor can bind, in bytes: a Unix
+/// socket's address holds 107 (and a NUL), and the socket is bound as
+/// `<path>.new` first.
+pub const MAX_PATH_BYTES: usize = 107 - NEW_SUFFIX.len();
+
 /// Where the listening socket came from.
 #[derive(Debug)]
 pub enum Origin {
@@ -54,7 +62,7 @@ pub fn listener(
     // may connect to it, as it would between a bind at the path and the
     // chown and chmod after it (EACCES).
     let mut new_name = path.as_os_str().to_owned();
-    new_name.push(".new");
+    new_name.push(NEW_SUFFIX);
     let new_path = Path::new(&new_name);
     remove_left_socket(new_path)?;
     let previous = umask(Mode::from_bits_truncate(0o177));
@@ -125,5 +133,21 @@ mod tests {
         let err = listener(None, &path, None).unwrap_err().to_string();
         assert!(err.contains("is not a socket"), "{err}");
         assert_eq!(std::fs::read(&beside).unwrap(), b"an operator's file");
+    }
+
+    /// The longest path the configuration lets through binds; one byte more
+    /// cannot (so the configuration's check is not stricter than it must
+    /// be).
+    #[test]
+    fn the_longest_allowed_path_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = MAX_PATH_BYTES - dir.path().as_os_str().len() - 1;
+        let path = dir.path().join("s".repeat(room));
+        assert_eq!(path.as_os_str().len(), MAX_PATH_BYTES);
+        let (_bound, _) = listener(None, &path, None).unwrap();
+        UnixStream::connect(&path).unwrap();
+        let longer = dir.path().join("s".repeat(room + 1));
+        let err = listener(None, &longer, None).unwrap_err().to_string();
+        assert!(err.contains("binding beside"), "{err}");
     }
 }
