@@ -16,7 +16,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use rustix::fs::{Mode, OFlags};
 
-use super::{CgroupError, io_error, parse, parse_error, read, read_optional, write};
+use super::{CgroupError, Controllers, io_error, parse, parse_error, read, read_optional, write};
 
 /// How often [`JobCgroup::wait_empty`] looks when inotify cannot be used.
 const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -25,12 +25,16 @@ const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobCgroup {
     path: PathBuf,
+    /// Our controllers the cgroup has (its parent enables them for it):
+    /// the files of the others are never looked for.
+    controllers: Controllers,
 }
 
 impl JobCgroup {
-    /// The job cgroup at `path` (made by [`CgroupTree`](super::CgroupTree)).
-    pub(super) fn new(path: PathBuf) -> Self {
-        Self { path }
+    /// The job cgroup at `path` (made by [`CgroupTree`](super::CgroupTree)),
+    /// which has `controllers`.
+    pub(super) fn new(path: PathBuf, controllers: Controllers) -> Self {
+        Self { path, controllers }
     }
 
     /// The cgroup's directory.
@@ -98,9 +102,10 @@ impl JobCgroup {
 
     /// What the job used: CPU time from `cpu.stat`, peak memory from
     /// `memory.peak` (`None` without it), bytes read and written from
-    /// `io.stat` summed over devices. A missing file (its controller is not
-    /// enabled) counts as nothing used; an unreadable or garbled one is an
-    /// error.
+    /// `io.stat` summed over devices. The file of a controller the cgroup
+    /// does not have is not looked for, and a missing one (a kernel without
+    /// `memory.peak`) counts as nothing used; an unreadable or garbled one
+    /// is an error.
     pub fn usage(&self) -> Result<Usage, CgroupError> {
         let cpu_stat = self.path.join("cpu.stat");
         let cpu_usec = match read_optional(&cpu_stat)? {
@@ -109,12 +114,21 @@ impl JobCgroup {
                 .map_err(|reason| parse_error(&cpu_stat, reason))?,
             None => 0,
         };
-        let peak = self.path.join("memory.peak");
-        let memory_peak_bytes = read_optional(&peak)?
-            .map(|text| parse::number(&text).map_err(|reason| parse_error(&peak, reason)))
-            .transpose()?;
+        let memory_peak_bytes = match self.controllers.memory {
+            true => {
+                let peak = self.path.join("memory.peak");
+                read_optional(&peak)?
+                    .map(|text| parse::number(&text).map_err(|reason| parse_error(&peak, reason)))
+                    .transpose()?
+            }
+            false => None,
+        };
         let io_stat = self.path.join("io.stat");
-        let (io_read_bytes, io_write_bytes) = match read_optional(&io_stat)? {
+        let io_text = match self.controllers.io {
+            true => read_optional(&io_stat)?,
+            false => None,
+        };
+        let (io_read_bytes, io_write_bytes) = match io_text {
             Some(text) => {
                 parse::io_stat_bytes(&text).map_err(|reason| parse_error(&io_stat, reason))?
             }
@@ -129,8 +143,12 @@ impl JobCgroup {
     }
 
     /// Whether the kernel's OOM killer killed a process of the cgroup
-    /// (`oom_kill` in `memory.events`; false without that file).
+    /// (`oom_kill` in `memory.events`; false without the memory controller
+    /// or that file).
     pub fn oom_killed(&self) -> Result<bool, CgroupError> {
+        if !self.controllers.memory {
+            return Ok(false);
+        }
         let events = self.path.join("memory.events");
         let Some(text) = read_optional(&events)? else {
             return Ok(false);
@@ -230,7 +248,7 @@ mod tests {
     /// A fake job cgroup offering `controllers`, and the job's handle on it.
     fn fake_job(controllers: &str) -> (tempfile::TempDir, JobCgroup) {
         let dir = fake::cgroup(controllers);
-        let job = JobCgroup::new(dir.path().to_path_buf());
+        let job = JobCgroup::new(dir.path().to_path_buf(), parse::controllers(controllers));
         (dir, job)
     }
 
@@ -253,6 +271,13 @@ mod tests {
                 ..Usage::default()
             }
         );
+        assert!(!job.oom_killed().unwrap());
+        // The files of controllers it does not have are not looked at, even
+        // where one is there (as none is on cgroupfs).
+        for file in ["memory.peak", "memory.events", "io.stat"] {
+            fs::write(dir.path().join(file), "garbled\n").unwrap();
+        }
+        assert_eq!(job.usage().unwrap().cpu_usec, 1500);
         assert!(!job.oom_killed().unwrap());
         fake::set(dir.path().join("cgroup.events"), "populated 0\nfrozen 0\n");
         assert!(!job.is_populated().unwrap());
@@ -376,7 +401,7 @@ mod tests {
         assert!(err.starts_with("removing "), "{err}");
         assert_eq!(fake::content(dir.path().join("cgroup.kill")), "1");
         // Gone already: nothing to kill, and no cgroup.events to wait on.
-        let gone = JobCgroup::new(dir.path().join("gone"));
+        let gone = JobCgroup::new(dir.path().join("gone"), Controllers::default());
         let err = gone
             .destroy(Duration::from_secs(1))
             .unwrap_err()
@@ -387,7 +412,7 @@ mod tests {
     #[test]
     fn remove_tolerates_a_missing_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let job = JobCgroup::new(dir.path().join("gone"));
+        let job = JobCgroup::new(dir.path().join("gone"), Controllers::default());
         fs::create_dir(job.path()).unwrap();
         job.remove().unwrap();
         assert!(!job.path().exists());
@@ -404,7 +429,7 @@ mod tests {
     #[test]
     fn open_fd_opens_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let job = JobCgroup::new(dir.path().to_path_buf());
+        let job = JobCgroup::new(dir.path().to_path_buf(), Controllers::default());
         let fd = job.open_fd().unwrap();
         let stat = rustix::fs::fstat(&fd).unwrap();
         assert_eq!(
@@ -413,7 +438,7 @@ mod tests {
         );
         let flags = rustix::io::fcntl_getfd(&fd).unwrap();
         assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
-        let missing = JobCgroup::new(dir.path().join("missing"));
+        let missing = JobCgroup::new(dir.path().join("missing"), Controllers::default());
         let err = missing.open_fd().unwrap_err().to_string();
         assert!(
             err.starts_with("opening ") && err.contains("missing"),

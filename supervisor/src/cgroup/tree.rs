@@ -153,7 +153,7 @@ impl CgroupTree {
             _ => io_error("creating", &path)(e),
         })?;
         match write_limits(&path, self.available, limits, io_device) {
-            Ok(enforced) => Ok((JobCgroup::new(path), enforced)),
+            Ok(enforced) => Ok((JobCgroup::new(path, self.available), enforced)),
             Err(err) => {
                 if let Err(e) = fs::remove_dir(&path) {
                     tracing::warn!(path = %path.display(), error = %e,
@@ -167,14 +167,15 @@ impl CgroupTree {
     /// The cgroup of job `name`, whether or not its directory exists (a job
     /// that has ended has none left).
     pub fn job_handle(&self, name: &str) -> Result<JobCgroup, CgroupError> {
-        self.job_path(name).map(JobCgroup::new)
+        self.job_path(name)
+            .map(|path| JobCgroup::new(path, self.available))
     }
 
     /// The existing cgroup of job `name` (after a restart), if its directory
     /// exists and the name is valid.
     pub fn job(&self, name: &str) -> Option<JobCgroup> {
         let path = self.job_path(name).ok()?;
-        path.is_dir().then(|| JobCgroup::new(path))
+        path.is_dir().then(|| JobCgroup::new(path, self.available))
     }
 
     /// The names of the directories under `<root>/jobs`, sorted (none if
