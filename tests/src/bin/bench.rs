@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use jobworker_tests::bench::report::{self, Report};
 use jobworker_tests::bench::{Options, figures};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Every figure, in the order they run.
 const FIGURES: [&str; 7] = [
@@ -162,12 +163,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // On Ctrl-C the run is dropped, and with it every stack: the supervisor
-    // and gateway are killed and the cgroup subtrees removed.
+    // On Ctrl-C or SIGTERM (a `timeout`, a CI job's end) the run is
+    // dropped, and with it every stack: the supervisor and gateway are
+    // killed and the cgroup subtrees removed.
     let outcome = runtime.block_on(async {
+        let mut terminate = match signal(SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(e) => return Err(anyhow::anyhow!("listening for SIGTERM: {e}")),
+        };
         tokio::select! {
             outcome = run(cli) => outcome,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+            _ = terminate.recv() => Err(anyhow::anyhow!("terminated; cleaned up")),
         }
     });
     match outcome {
