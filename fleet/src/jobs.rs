@@ -3,7 +3,8 @@
 //! with free slots, its lease held and not drained, claims the oldest it may
 //! run ([`claim`]: `FOR UPDATE SKIP LOCKED`, so that hosts never wait for
 //! each other and never take the same job), starts it on its supervisor and
-//! reports what the supervisor says ([`report`], [`refused`]); a job this
+//! reports what the supervisor says ([`report`], [`refused`]: a job one
+//! host refused goes on to the others, and fails once all have); a job this
 //! version cannot read goes back to the queue (for a host of a newer
 //! release) rather than blocking its host. Every report
 //! names the host's generation ([`Fence`]): one whose generation has moved
@@ -438,6 +439,7 @@ pub async fn claim(client: &Client, fence: &Fence, most: u32) -> Result<Vec<Job>
                  picked AS (
                      SELECT q.id FROM jobworker_jobs q
                      WHERE q.state = 'queued' AND q.placement <@ (SELECT labels FROM me)
+                       AND NOT ($1 = ANY(q.refused_by))
                      ORDER BY q.seq
                      LIMIT GREATEST((SELECT free FROM me), 0)
                      FOR UPDATE OF q SKIP LOCKED
@@ -504,27 +506,63 @@ pub async fn report(
     Ok(changed > 0)
 }
 
-/// Records that host `fence`'s supervisor refused to start job `id`: it
-/// FAILED, and whoever waits for its start gets `refusal`.
+/// What became of a job its host refused ([`refused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Back in the queue, for a live host that has not refused it.
+    Requeued,
+    /// FAILED: every live host that may run it has refused it; whoever
+    /// waits for its start gets the last refusal.
+    Failed,
+}
+
+/// Records that host `fence`'s supervisor refused to start job `id` with
+/// `refusal`. A refusal says what one host cannot do (its disk is full, it
+/// has no free uid, the limits are over its maximum, the command is
+/// missing there, it is stopping), so the job goes back to the queue while
+/// a live host that may run it (its lease held, its labels the job's
+/// placement) has not refused it yet; the hosts that did never claim it
+/// again. Once none is left, it FAILED with the last refusal. `None` if
+/// the write was fenced.
 pub async fn refused(
     client: &Client,
     fence: &Fence,
     job: &Job,
     refusal: &IpcError,
-) -> Result<bool, DbError> {
+) -> Result<Option<Refused>, DbError> {
     const OP: &str = "recording a job its host refused";
     let mut info = job.info();
     info.state = JobState::Failed;
-    info.failure = Some(format!("host {} could not start it: {refusal}", fence.host));
+    info.failure = Some(format!(
+        "no host could start it; the last, {}: {refusal}",
+        fence.host
+    ));
     info.ended_at = Some(UnixMicros::now());
-    let changed = client
-        .execute(
+    let row = client
+        .query_opt(
             &format!(
-                "UPDATE jobworker_jobs j SET state = 'failed', info = $4, refusal = $5,
-                     ended_us = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                "WITH other AS (
+                     SELECT EXISTS (
+                         SELECT 1 FROM jobworker_hosts h, jobworker_jobs q
+                         WHERE q.id = $3 AND h.id <> $1 AND h.lease_until > now()
+                           AND q.placement <@ h.labels AND NOT (h.id = ANY(q.refused_by))
+                     ) AS untried
+                 )
+                 UPDATE jobworker_jobs j SET
+                     refused_by = array_append(j.refused_by, $1::text),
+                     state = CASE WHEN other.untried THEN 'queued' ELSE 'failed' END,
+                     host = CASE WHEN other.untried THEN NULL ELSE j.host END,
+                     generation = CASE WHEN other.untried THEN NULL ELSE j.generation END,
+                     info = CASE WHEN other.untried THEN j.info ELSE $4::jsonb END,
+                     refusal = CASE WHEN other.untried THEN NULL ELSE $5::jsonb END,
+                     ended_us = CASE WHEN other.untried THEN NULL
+                         ELSE (extract(epoch FROM clock_timestamp()) * 1000000)::bigint END,
                      updated_at = now()
+                 FROM other
                  WHERE {FENCED} AND j.state = 'starting'
-                 RETURNING pg_notify('{CHANNEL}', j.id::text)::text"
+                 RETURNING other.untried,
+                     pg_notify('{CHANNEL}',
+                         CASE WHEN other.untried THEN '{QUEUED}' ELSE j.id::text END)::text"
             ),
             &[
                 &fence.host,
@@ -536,7 +574,17 @@ pub async fn refused(
         )
         .await
         .map_err(db(OP))?;
-    Ok(changed > 0)
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let requeued = row.try_get::<_, bool>(0).map_err(|e| DbError::Row {
+        op: OP,
+        reason: e.to_string(),
+    })?;
+    Ok(Some(match requeued {
+        true => Refused::Requeued,
+        false => Refused::Failed,
+    }))
 }
 
 /// Gives job `id`, claimed by host `fence` but not started (this version

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0003_peer_address.sql"),
     ),
     (4, "reaper", include_str!("migrations/0004_reaper.sql")),
+    (
+        5,
+        "refused_by",
+        include_str!("migrations/0005_refused_by.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -90,7 +90,13 @@ impl Bed {
     /// A whole host: its own supervisor, and a gateway in fleet mode as
     /// host `host` in zone `zone`.
     fn whole_host(&self, host: &str, zone: &str) -> Host {
-        let supervisor = Supervisor::start();
+        self.whole_host_with(host, zone, "")
+    }
+
+    /// A whole host whose supervisor has `supervisor_extra` in its
+    /// configuration.
+    fn whole_host_with(&self, host: &str, zone: &str, supervisor_extra: &str) -> Host {
+        let supervisor = Supervisor::start_with(supervisor_extra);
         let gateway = Gateway::start(
             &self.pki,
             &supervisor.socket,
@@ -421,6 +427,110 @@ async fn jobs_wait_for_a_free_slot_in_order_and_a_stopped_queued_job_never_runs(
         (never.host.as_str(), never.pid, never.started_at),
         ("", None, None)
     );
+}
+
+/// A start of `sh -c "echo ran"` asking for `pids` tasks.
+fn start_with_pids(pids: u32) -> v1::StartJobRequest {
+    v1::StartJobRequest {
+        limits: Some(v1::Limits {
+            pids: Some(pids),
+            ..Default::default()
+        }),
+        ..start_request("sh", &["-c", "echo ran"])
+    }
+}
+
+/// The hosts that refused job `id`, as the database holds them.
+async fn refused_by(db: &tokio_postgres::Client, id: &str) -> Vec<String> {
+    db.query_one(
+        "SELECT refused_by FROM jobworker_jobs WHERE id::text = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_a_host_refuses_runs_on_another_and_fails_once_every_host_has() {
+    let bed = Bed::new();
+    // h1 allows a job at most 10 tasks, h2 at most 100.
+    let h1 = bed.whole_host_with("h1", "a", "[max_limits]\npids = 10\n");
+    let h2 = bed.whole_host_with("h2", "a", "[max_limits]\npids = 100\n");
+    let db = connect(&bed.pg).await;
+    registered(&db, "h1", 1).await;
+    registered(&db, "h2", 1).await;
+    let mut alice = h1.gateway.client(&bed.pki, "alice").await;
+
+    // With h2 drained, h1 claims a job of 50 tasks and refuses it: the job
+    // is not failed but queued again, for h2, and h1 never claims it again.
+    assert!(
+        jobworker_fleet::hosts::set_draining(&db, "h2", true)
+            .await
+            .unwrap()
+    );
+    let job = alice
+        .start_job(start_with_pids(50))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    eventually("h1 refused the job", || async {
+        (refused_by(&db, &job.id).await == ["h1"]).then_some(())
+    })
+    .await;
+    h1.gateway.wait_log("back in the queue for another host", 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queued = get(&mut alice, &job.id).await.unwrap();
+    assert_eq!(queued.state(), v1::JobState::Queued, "{queued:?}");
+    assert_eq!(refused_by(&db, &job.id).await, ["h1"], "claimed once only");
+
+    // Undrained, h2 runs it.
+    assert!(
+        jobworker_fleet::hosts::set_draining(&db, "h2", false)
+            .await
+            .unwrap()
+    );
+    let ended = wait_ended(&mut alice, &job.id).await;
+    assert_eq!(ended.state(), v1::JobState::Finished, "{ended:?}");
+    assert_eq!(ended.host, "h2");
+    let mut there = h2.gateway.client(&bed.pki, "alice").await;
+    let (bytes, _) = output(&mut there, &job.id).await.unwrap();
+    assert_eq!(bytes, b"ran\n");
+
+    // A job of 500 tasks, over both maximums: h1 refuses it (h2 drained),
+    // then h2 does, and with no live host left to try it fails, saying so.
+    assert!(
+        jobworker_fleet::hosts::set_draining(&db, "h2", true)
+            .await
+            .unwrap()
+    );
+    let job = alice
+        .start_job(start_with_pids(500))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    eventually("h1 refused the second job", || async {
+        (refused_by(&db, &job.id).await == ["h1"]).then_some(())
+    })
+    .await;
+    assert!(
+        jobworker_fleet::hosts::set_draining(&db, "h2", false)
+            .await
+            .unwrap()
+    );
+    let failed = wait_ended(&mut alice, &job.id).await;
+    assert_eq!(failed.state(), v1::JobState::Failed, "{failed:?}");
+    let failure = &failed.failure;
+    assert!(
+        failure.starts_with("no host could start it; the last, h2: ")
+            && failure.contains("limits.pids is above the maximum"),
+        "{failure}"
+    );
+    assert_eq!(refused_by(&db, &job.id).await, ["h1", "h2"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,11 @@
 //! starts each on the local supervisor under the owner's identity, with
 //! the job's fleet id as the request id, so that starting it again (after
 //! any outage) finds the job it started instead of running it twice. It
-//! follows each started job to its end and records it. A supervisor that
+//! follows each started job to its end and records it. A job its supervisor
+//! refuses (a full disk, no free uid, limits over this host's maximum, a
+//! command missing here, a supervisor stopping) goes back to the queue for
+//! the other hosts, and this one never claims it again; it fails once every
+//! live host that may run it has refused it. A supervisor that
 //! cannot be reached gets no claim; a job whose start got no answer stays
 //! the host's, and is started again (found) when the supervisor is back:
 //! it may have started, so no other host may run it.
@@ -26,7 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_fleet::jobs::{self, Fence, Job, State};
+use jobworker_fleet::jobs::{self, Fence, Job, Refused, State};
 use jobworker_ipc::{Identity, IpcError, JobId, JobInfo, JobState, Request, RequestId, Response};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -274,7 +278,20 @@ async fn start(fleet: Arc<Fleet>, fence: Fence, job: Job, _starting: Starting) {
             }
             started
         }
-        Ok(Response::Error(e)) => jobs::refused(&db, &fence, &job, &e).await,
+        Ok(Response::Error(e)) => match jobs::refused(&db, &fence, &job, &e).await {
+            Ok(Some(Refused::Requeued)) => {
+                tracing::info!(job = %job.id, error = %e,
+                    "fleet: the supervisor refused a job; back in the queue for another host");
+                Ok(true)
+            }
+            Ok(Some(Refused::Failed)) => {
+                tracing::info!(job = %job.id, error = %e,
+                    "fleet: the supervisor refused a job every live host has refused; it failed");
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        },
         Ok(other) => {
             tracing::error!(job = %job.id, answer = other.name(),
                 "fleet: the supervisor answered a start out of protocol");

@@ -91,7 +91,16 @@ pub struct Supervisor(fixture::Supervisor);
 
 impl Supervisor {
     pub fn start() -> Self {
-        Self(fixture::Supervisor::start(&SupervisorOptions::default()).unwrap())
+        Self::start_with("")
+    }
+
+    /// Starts one with `extra` added to its configuration.
+    pub fn start_with(extra: &str) -> Self {
+        let options = SupervisorOptions {
+            extra: extra.to_owned(),
+            ..SupervisorOptions::default()
+        };
+        Self(fixture::Supervisor::start(&options).unwrap())
     }
 
     /// Starts the supervisor again (after `kill9`) and waits until it serves.
