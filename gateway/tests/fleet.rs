@@ -451,6 +451,29 @@ async fn refused_by(db: &tokio_postgres::Client, id: &str) -> Vec<String> {
     .get(0)
 }
 
+/// Drains host `id`, or undrains it.
+async fn drain(db: &tokio_postgres::Client, id: &str, draining: bool) {
+    let changed = jobworker_fleet::hosts::set_draining(db, id, draining).await;
+    assert!(changed.unwrap(), "no host {id}");
+}
+
+/// Drains h2 and starts a job of `pids` tasks for `client`, which h1 claims
+/// and refuses; returns its id once the database shows the refusal.
+async fn refused_by_h1(
+    client: &mut JobServiceClient<Channel>,
+    db: &tokio_postgres::Client,
+    pids: u32,
+) -> String {
+    drain(db, "h2", true).await;
+    let started = client.start_job(start_with_pids(pids)).await.unwrap();
+    let job = started.into_inner().job.unwrap().id;
+    eventually("h1 refused the job", || async {
+        (refused_by(db, &job).await == ["h1"]).then_some(())
+    })
+    .await;
+    job
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_a_host_refuses_runs_on_another_and_fails_once_every_host_has() {
     let bed = Bed::new();
@@ -464,65 +487,27 @@ async fn a_job_a_host_refuses_runs_on_another_and_fails_once_every_host_has() {
 
     // With h2 drained, h1 claims a job of 50 tasks and refuses it: the job
     // is not failed but queued again, for h2, and h1 never claims it again.
-    assert!(
-        jobworker_fleet::hosts::set_draining(&db, "h2", true)
-            .await
-            .unwrap()
-    );
-    let job = alice
-        .start_job(start_with_pids(50))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
-    eventually("h1 refused the job", || async {
-        (refused_by(&db, &job.id).await == ["h1"]).then_some(())
-    })
-    .await;
+    let job = refused_by_h1(&mut alice, &db, 50).await;
     h1.gateway.wait_log("back in the queue for another host", 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let queued = get(&mut alice, &job.id).await.unwrap();
+    let queued = get(&mut alice, &job).await.unwrap();
     assert_eq!(queued.state(), v1::JobState::Queued, "{queued:?}");
-    assert_eq!(refused_by(&db, &job.id).await, ["h1"], "claimed once only");
+    assert_eq!(refused_by(&db, &job).await, ["h1"], "claimed once only");
 
     // Undrained, h2 runs it.
-    assert!(
-        jobworker_fleet::hosts::set_draining(&db, "h2", false)
-            .await
-            .unwrap()
-    );
-    let ended = wait_ended(&mut alice, &job.id).await;
+    drain(&db, "h2", false).await;
+    let ended = wait_ended(&mut alice, &job).await;
     assert_eq!(ended.state(), v1::JobState::Finished, "{ended:?}");
     assert_eq!(ended.host, "h2");
     let mut there = h2.gateway.client(&bed.pki, "alice").await;
-    let (bytes, _) = output(&mut there, &job.id).await.unwrap();
+    let (bytes, _) = output(&mut there, &job).await.unwrap();
     assert_eq!(bytes, b"ran\n");
 
     // A job of 500 tasks, over both maximums: h1 refuses it (h2 drained),
     // then h2 does, and with no live host left to try it fails, saying so.
-    assert!(
-        jobworker_fleet::hosts::set_draining(&db, "h2", true)
-            .await
-            .unwrap()
-    );
-    let job = alice
-        .start_job(start_with_pids(500))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
-    eventually("h1 refused the second job", || async {
-        (refused_by(&db, &job.id).await == ["h1"]).then_some(())
-    })
-    .await;
-    assert!(
-        jobworker_fleet::hosts::set_draining(&db, "h2", false)
-            .await
-            .unwrap()
-    );
-    let failed = wait_ended(&mut alice, &job.id).await;
+    let job = refused_by_h1(&mut alice, &db, 500).await;
+    drain(&db, "h2", false).await;
+    let failed = wait_ended(&mut alice, &job).await;
     assert_eq!(failed.state(), v1::JobState::Failed, "{failed:?}");
     let failure = &failed.failure;
     assert!(
@@ -530,7 +515,7 @@ async fn a_job_a_host_refuses_runs_on_another_and_fails_once_every_host_has() {
             && failure.contains("limits.pids is above the maximum"),
         "{failure}"
     );
-    assert_eq!(refused_by(&db, &job.id).await, ["h1", "h2"]);
+    assert_eq!(refused_by(&db, &job).await, ["h1", "h2"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
