@@ -581,9 +581,10 @@ pub async fn refused(
         op: OP,
         reason: e.to_string(),
     })?;
-    Ok(Some(match requeued {
-        true => Refused::Requeued,
-        false => Refused::Failed,
+    Ok(Some(if requeued {
+        Refused::Requeued
+    } else {
+        Refused::Failed
     }))
 }
 

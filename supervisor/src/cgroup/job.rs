@@ -114,19 +114,19 @@ impl JobCgroup {
                 .map_err(|reason| parse_error(&cpu_stat, reason))?,
             None => 0,
         };
-        let memory_peak_bytes = match self.controllers.memory {
-            true => {
-                let peak = self.path.join("memory.peak");
-                read_optional(&peak)?
-                    .map(|text| parse::number(&text).map_err(|reason| parse_error(&peak, reason)))
-                    .transpose()?
-            }
-            false => None,
+        let memory_peak_bytes = if self.controllers.memory {
+            let peak = self.path.join("memory.peak");
+            read_optional(&peak)?
+                .map(|text| parse::number(&text).map_err(|reason| parse_error(&peak, reason)))
+                .transpose()?
+        } else {
+            None
         };
         let io_stat = self.path.join("io.stat");
-        let io_text = match self.controllers.io {
-            true => read_optional(&io_stat)?,
-            false => None,
+        let io_text = if self.controllers.io {
+            read_optional(&io_stat)?
+        } else {
+            None
         };
         let (io_read_bytes, io_write_bytes) = match io_text {
             Some(text) => {
