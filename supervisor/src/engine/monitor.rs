@@ -47,29 +47,24 @@ pub async fn wait_exit_of(pidfd: OwnedFd) -> std::io::Result<()> {
 impl Engine {
     /// Settles a job whose init sent its exit record (`exit`; the init,
     /// behind `init`, may still be exiting) or has exited without one (or
-    /// that has none): see the module docs. With the record, the job ends
-    /// here, on the runtime (the only files read are the cgroup's, which
-    /// the kernel serves from memory); without it, the record file is read
-    /// on the engine's threads. Once the init has exited, the cleanup
-    /// (record, cgroup, uid, retention) runs on the engine's threads.
+    /// that has none): see the module docs. The job ends on the engine's
+    /// threads, which read its cgroup's usage files (and, without the
+    /// record, the record file): no file is read on the runtime. Once the
+    /// init has exited, the cleanup (record, cgroup, uid, retention) runs
+    /// there too.
     pub(super) async fn settle(
         self: &Arc<Self>,
         job: Arc<Job>,
         exit: Option<ExitRecord>,
         init: Option<OwnedFd>,
     ) {
-        match exit {
-            Some(record) => end(&job, Some(&record)),
-            None => {
-                let ending = Arc::clone(&job);
-                let ended = self.workers.run(move || {
-                    let record = read_exit_record(&ending);
-                    end(&ending, record.as_ref());
-                });
-                if let Err(e) = ended.await {
-                    tracing::error!(job = %job.spec.id, error = %e, "ending the job");
-                }
-            }
+        let ending = Arc::clone(&job);
+        let ended = self.workers.run(move || {
+            let record = exit.or_else(|| read_exit_record(&ending));
+            end(&ending, record.as_ref());
+        });
+        if let Err(e) = ended.await {
+            tracing::error!(job = %job.spec.id, error = %e, "ending the job");
         }
         self.figures.ended(&job.status());
         self.uncount_running(&job);
@@ -122,8 +117,8 @@ impl Engine {
 
 /// Ends the job's status (as its exit record tells, if there is one; see
 /// [`lifecycle::end`]) with its final usage, and wakes its waiters:
-/// followers see the end here. Without an exit record it reads the log's
-/// length: call it on a blocking thread then.
+/// followers see the end here. It reads the cgroup's files (and, without an
+/// exit record, the log's length): call it on the engine's threads.
 fn end(job: &Job, exit: Option<&ExitRecord>) {
     let usage = job.cgroup.usage();
     let oom_killed = job.cgroup.oom_killed().unwrap_or(false);
