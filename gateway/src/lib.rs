@@ -11,6 +11,8 @@
 //!   (`jobworker_identity`).
 //! - [`supervisor`]: the supervisor's client: a connection per output
 //!   stream, a small pool for unary calls.
+//! - [`fanout`]: one supervisor stream per followed job, shared by its
+//!   followers.
 //! - [`convert`]: proto <-> ipc messages, ipc errors -> gRPC statuses.
 //! - [`service`]: the job service (`jobworker.v1.JobService`), on the
 //!   public port and, in fleet mode, the peer port.
@@ -28,6 +30,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod fanout;
 pub mod fleet;
 pub mod listener;
 pub mod metrics;

@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::fleet::Fleet;
 use crate::fleet::peers::PeerTls;
 use crate::listener::{self, AcceptLimits};
@@ -158,6 +159,7 @@ pub async fn run(
         Arc::clone(metrics.gateway()),
     );
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
+    let fanout = Arc::new(Fanout::default());
     let fleet = config
         .fleet
         .clone()
@@ -172,6 +174,7 @@ pub async fn run(
         let peers = JobServiceServer::new(JobService::new(
             Port::Peer,
             Arc::clone(&supervisor),
+            Arc::clone(&fanout),
             stopping_seen.clone(),
             fleet.clone(),
         ))
@@ -191,6 +194,7 @@ pub async fn run(
     let jobs = JobServiceServer::new(JobService::new(
         Port::Public,
         supervisor,
+        fanout,
         stopping_seen,
         fleet,
     ))

@@ -16,7 +16,8 @@
 //! An output stream outlives its supervisor connection: when the supervisor
 //! goes away (a restart), the stream is opened again from the first byte
 //! not yet sent, with backoff, for up to [`RESUME_LIMIT`]; the gRPC client
-//! sees a pause, not an error, and no byte twice.
+//! sees a pause, not an error, and no byte twice. The followers of one job
+//! share one supervisor stream once it has two ([`crate::fanout`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::fanout::{Fanout, Follower, Member, Shared};
 use crate::fleet::Fleet;
 use crate::fleet::calls::{Got, Place, Shown, Stopped};
 use crate::fleet::peers::{ON_BEHALF_OF_ROLE, ON_BEHALF_OF_USER};
@@ -62,6 +64,8 @@ pub enum Port {
 pub struct JobService {
     port: Port,
     supervisor: Arc<Supervisor>,
+    /// The shared streams of followed jobs.
+    fanout: Arc<Fanout>,
     /// Turns true when the gateway stops: output streams end then.
     stopping: watch::Receiver<bool>,
     /// Fleet mode's state, in fleet mode.
@@ -69,18 +73,21 @@ pub struct JobService {
 }
 
 impl JobService {
-    /// The service, forwarding to `supervisor`; its output streams end when
-    /// `stopping` turns true. In fleet mode, `fleet` serves the calls over
-    /// the fleet. It serves `port`.
+    /// The service, forwarding to `supervisor`, its followers sharing the
+    /// streams of `fanout`; its output streams end when `stopping` turns
+    /// true. In fleet mode, `fleet` serves the calls over the fleet. It
+    /// serves `port`.
     pub fn new(
         port: Port,
         supervisor: Arc<Supervisor>,
+        fanout: Arc<Fanout>,
         stopping: watch::Receiver<bool>,
         fleet: Option<Arc<Fleet>>,
     ) -> Self {
         Self {
             port,
             supervisor,
+            fanout,
             stopping,
             fleet,
         }
@@ -274,6 +281,7 @@ impl JobService {
             offset,
             follow,
             shown,
+            follower: follow.then(|| self.fanout.follower(job)),
             state: Some(Held::Open(stream)),
         };
         Ok(Box::pin(chunks(resuming, self.stopping.clone())))
@@ -291,14 +299,18 @@ struct Resuming {
     /// In fleet mode, how callers see the job (its final status is shown
     /// so).
     shown: Option<Shown>,
+    /// A follower, counted among its job's followers.
+    follower: Option<Follower>,
     /// The supervisor's stream, or the slots it held while it is resumed.
     state: Option<Held>,
 }
 
 /// What a [`Resuming`] stream holds.
 enum Held {
-    /// The supervisor's stream.
+    /// A supervisor stream of its own.
     Open(OutputStream),
+    /// A place on its job's shared stream, and its slots of the limits.
+    Shared(Member, StreamSlots),
     /// Its slots of the limits, while the supervisor is away.
     Lost(StreamSlots),
 }
@@ -313,10 +325,19 @@ impl Resuming {
             let error = match self.state.take() {
                 Some(Held::Open(mut stream)) => match stream.next().await {
                     Ok(frame) => {
-                        if let Some(StreamFrame::Output { offset, data }) = &frame {
-                            self.offset = offset.saturating_add(data.as_slice().len() as u64);
-                        }
-                        self.state = Some(Held::Open(stream));
+                        let shared = match &frame {
+                            Some(StreamFrame::Output { offset, data }) => {
+                                self.offset = offset.saturating_add(data.len() as u64);
+                                self.follower.as_ref().and_then(|follower| {
+                                    follower.share(&self.supervisor, &self.identity, self.offset)
+                                })
+                            }
+                            _ => None,
+                        };
+                        self.state = Some(match shared {
+                            Some(member) => Held::Shared(member, stream.into_slots()),
+                            None => Held::Open(stream),
+                        });
                         return Ok(frame);
                     }
                     Err(e) => {
@@ -326,6 +347,19 @@ impl Resuming {
                         }
                         self.state = Some(Held::Lost(stream.into_slots()));
                         e
+                    }
+                },
+                Some(Held::Shared(mut member, slots)) => match member.next().await {
+                    Shared::Output { offset, data } => {
+                        self.offset = offset.saturating_add(data.len() as u64);
+                        self.state = Some(Held::Shared(member, slots));
+                        return Ok(Some(StreamFrame::Output { offset, data }));
+                    }
+                    Shared::End(info) => return Ok(Some(StreamFrame::End(info))),
+                    Shared::Alone => {
+                        // From a stream of its own, at once.
+                        self.state = Some(Held::Lost(slots));
+                        continue;
                     }
                 },
                 Some(Held::Lost(slots)) => {

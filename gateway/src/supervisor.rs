@@ -342,7 +342,7 @@ impl Supervisor {
             offset: i64::MAX.unsigned_abs(),
             follow: true,
         };
-        let mut stream = self.connect().await?.stream_as(identity, request).await?;
+        let mut stream = self.stream_outside_limits(identity, request).await?;
         loop {
             match stream.next().await? {
                 Some(StreamFrame::Output { .. }) => {}
@@ -355,6 +355,18 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Opens a `StreamOutput` call on a connection of its own, outside the
+    /// limits of the callers' streams: for the gateway's own streams (the
+    /// fleet's agent awaiting a job's end, the stream a job's followers
+    /// share), each bounded by the callers' streams it serves.
+    pub async fn stream_outside_limits(
+        &self,
+        identity: &Identity,
+        request: Request,
+    ) -> Result<client::OutputStream, SupervisorError> {
+        Ok(self.connect().await?.stream_as(identity, request).await?)
     }
 
     /// A new connection, handshake done. A failure is logged here with the

@@ -698,6 +698,118 @@ async fn hundreds_of_concurrent_streams_and_calls_complete() {
     }
 }
 
+/// The followers of a job share one supervisor stream: with eight of them
+/// on a steady writer, the supervisor serves one stream, not eight, and
+/// each of them gets every byte and the job's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_followers_of_a_job_share_one_supervisor_stream() {
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    let mut alice = gateway.client(&pki, "alice").await;
+    let script = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done";
+    let job = start_job(&mut alice, "sh", &["-c", script]).await;
+    let before = socket_count(supervisor.pid());
+    let mut followers = Vec::new();
+    for _ in 0..8 {
+        let mut client = gateway.client(&pki, "alice").await;
+        let job = job.clone();
+        followers.push(tokio::spawn(async move { output(&mut client, &job).await }));
+    }
+    wait_until(
+        "the eight followers sharing one supervisor stream",
+        Duration::from_secs(20),
+        || socket_count(supervisor.pid()) <= before + 1,
+    );
+    alice.stop_job(stop_request(&job)).await.unwrap();
+    let mut outputs = Vec::new();
+    for follower in followers {
+        let (bytes, end) = tokio::time::timeout(Duration::from_secs(20), follower)
+            .await
+            .expect("followers end when their job does")
+            .unwrap()
+            .unwrap();
+        assert_eq!(end.state(), v1::JobState::Stopped);
+        assert_eq!(end.output_bytes, bytes.len() as u64, "every byte, once");
+        outputs.push(String::from_utf8(bytes).unwrap());
+    }
+    let expected: String = (0..outputs[0].lines().count())
+        .map(|i| format!("{i}\n"))
+        .collect();
+    assert!(outputs.iter().all(|output| *output == expected));
+}
+
+/// A follower that stops reading holds up the others sharing its job's
+/// stream for at most a second; it then reads the rest on a stream of its
+/// own, and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_stops_reading_holds_up_no_other() {
+    let pki = Pki::new();
+    let supervisor = Supervisor::start();
+    let gateway = Gateway::start(&pki, &supervisor.socket, "");
+    let mut alice = gateway.client(&pki, "alice").await;
+    // Ten lines slowly, so that all five followers come to share the
+    // stream, then 20 MB at once: more than the shared stream holds for its
+    // slowest member and the HTTP/2 windows together.
+    let lines = 3_000_000;
+    let script =
+        format!("for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.2; done; seq 1 {lines}");
+    let expected: Vec<u8> = (1..=10)
+        .chain(1..=lines)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let job = start_job(&mut alice, "sh", &["-c", &script]).await;
+    let mut stalled = gateway
+        .client(&pki, "alice")
+        .await
+        .stream_output(v1::StreamOutputRequest {
+            job_id: job.clone(),
+            offset: 0,
+            follow: Some(true),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stalled.message().await.unwrap().unwrap();
+    let mut followers = Vec::new();
+    for _ in 0..4 {
+        let mut client = gateway.client(&pki, "alice").await;
+        let job = job.clone();
+        followers.push(tokio::spawn(async move { output(&mut client, &job).await }));
+    }
+    // The others end while the stalled one reads nothing.
+    for follower in followers {
+        let (bytes, end) = tokio::time::timeout(Duration::from_secs(60), follower)
+            .await
+            .expect("the others are not held up by the stalled follower")
+            .unwrap()
+            .unwrap();
+        assert!(bytes == expected, "{} bytes of output", bytes.len());
+        assert_eq!(end.state(), v1::JobState::Finished);
+    }
+    let mut bytes = match first.kind {
+        Some(v1::output_chunk::Kind::Output(out)) => out.data,
+        other => panic!("expected output first, got {other:?}"),
+    };
+    let end = loop {
+        match stalled.message().await.unwrap().unwrap().kind.unwrap() {
+            v1::output_chunk::Kind::Output(out) => {
+                assert_eq!(out.offset, bytes.len() as u64, "chunks are contiguous");
+                bytes.extend_from_slice(&out.data);
+            }
+            v1::output_chunk::Kind::End(end) => break end,
+        }
+    };
+    assert!(bytes == expected, "{} bytes of output", bytes.len());
+    assert_eq!(end.state(), v1::JobState::Finished);
+    assert!(
+        gateway
+            .log_text()
+            .contains("fell behind the job's shared stream"),
+        "the stalled follower was left behind"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_refuse_and_a_client_that_goes_away_ends_its_streams() {
     let pki = Pki::new();
@@ -823,7 +935,8 @@ async fn the_gateway_outlives_a_supervisor_restart() {
 
 /// A stream open across a kill -9 and restart of the supervisor goes on:
 /// the gateway resumes it from the next byte, and the gRPC client sees
-/// neither an error nor a gap nor a repeat.
+/// neither an error nor a gap nor a repeat. So do three followers sharing
+/// one stream: each resumes on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_outlives_a_supervisor_restart_unseen() {
     let pki = Pki::new();
@@ -831,24 +944,29 @@ async fn a_stream_outlives_a_supervisor_restart_unseen() {
     let gateway = Gateway::start(&pki, &supervisor.socket, "");
     let mut alice = gateway.client(&pki, "alice").await;
     let script = "i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done; exit 4";
-    let job = start_job(&mut alice, "sh", &["-c", script]).await;
-    let follower = {
-        let mut alice = alice.clone();
-        let job = job.clone();
-        tokio::spawn(async move { output(&mut alice, &job).await })
-    };
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    supervisor.kill9();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    supervisor.spawn();
-    let (bytes, end) = tokio::time::timeout(Duration::from_secs(30), follower)
-        .await
-        .expect("the stream ends")
-        .unwrap()
-        .expect("no error reaches the client");
     let expected: String = (0..30).map(|i| format!("{i}\n")).collect();
-    assert_eq!(String::from_utf8(bytes).unwrap(), expected);
-    assert_eq!(end.exit_code, Some(4));
+    for n in [1, 3] {
+        let job = start_job(&mut alice, "sh", &["-c", script]).await;
+        let mut followers = Vec::new();
+        for _ in 0..n {
+            let mut client = gateway.client(&pki, "alice").await;
+            let job = job.clone();
+            followers.push(tokio::spawn(async move { output(&mut client, &job).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        supervisor.kill9();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        supervisor.spawn();
+        for follower in followers {
+            let (bytes, end) = tokio::time::timeout(Duration::from_secs(30), follower)
+                .await
+                .expect("the stream ends")
+                .unwrap()
+                .expect("no error reaches the client");
+            assert_eq!(String::from_utf8(bytes).unwrap(), expected, "{n} followers");
+            assert_eq!(end.exit_code, Some(4));
+        }
+    }
     assert!(gateway.log_text().contains("resumed an output stream"));
 }
 

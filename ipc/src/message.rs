@@ -185,6 +185,23 @@ impl OutputData {
         &self.0
     }
 
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes from the `from`th on (none when `from` is past the end),
+    /// sharing this buffer.
+    #[must_use]
+    pub fn tail(&self, from: usize) -> Self {
+        Self(self.0.slice(from.min(self.0.len())..))
+    }
+
     /// The bytes, owned (without a copy when this is their only holder).
     pub fn into_vec(self) -> Vec<u8> {
         self.0.into()
