@@ -14,6 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("jobworker_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Output bytes are shared buffers, so the gateway hands one job's output
+    // to each of its followers without a copy.
+    tonic_prost_build::configure()
+        .bytes(".jobworker.v1.Output.data")
+        .compile_fds(fds)?;
     Ok(())
 }

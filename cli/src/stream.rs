@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use jobworker_proto::v1;
 use jobworker_proto::v1::output_chunk::Kind;
 
@@ -28,7 +29,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// One event of an output stream.
 pub enum Event {
     /// Output bytes.
-    Data(Vec<u8>),
+    Data(Bytes),
     /// The job's status at the stream's end.
     End(Box<JobView>),
 }
@@ -141,16 +142,14 @@ impl OutputStream {
 
 /// The bytes of `output` from `offset` on (a resumed stream may send some
 /// delivered ones again); advances `offset` past them.
-fn fresh(offset: &mut u64, output: v1::Output) -> Option<Vec<u8>> {
+fn fresh(offset: &mut u64, output: v1::Output) -> Option<Bytes> {
     let end = output.offset.saturating_add(output.data.len() as u64);
     if end <= *offset {
         return None;
     }
     let skip = usize::try_from(offset.saturating_sub(output.offset)).unwrap_or(0);
     *offset = end;
-    let mut data = output.data;
-    data.drain(..skip.min(data.len()));
-    Some(data)
+    Some(output.data.slice(skip.min(output.data.len())..))
 }
 
 /// Says on stderr that the stream of job `id` lost its connection, and
@@ -187,20 +186,29 @@ mod tests {
     fn output(offset: u64, data: &[u8]) -> v1::Output {
         v1::Output {
             offset,
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
         }
     }
 
     #[test]
     fn a_resumed_stream_delivers_each_byte_once() {
         let mut offset = 0;
-        assert_eq!(fresh(&mut offset, output(0, b"abc")), Some(b"abc".to_vec()));
+        assert_eq!(
+            fresh(&mut offset, output(0, b"abc")),
+            Some(Bytes::from_static(b"abc"))
+        );
         // Sent again after a resume: skipped, whole or in part.
         assert_eq!(fresh(&mut offset, output(0, b"abc")), None);
-        assert_eq!(fresh(&mut offset, output(1, b"bcde")), Some(b"de".to_vec()));
+        assert_eq!(
+            fresh(&mut offset, output(1, b"bcde")),
+            Some(Bytes::from_static(b"de"))
+        );
         assert_eq!(offset, 5);
         assert_eq!(fresh(&mut offset, output(5, b"")), None);
-        assert_eq!(fresh(&mut offset, output(5, b"f")), Some(b"f".to_vec()));
+        assert_eq!(
+            fresh(&mut offset, output(5, b"f")),
+            Some(Bytes::from_static(b"f"))
+        );
         assert_eq!(offset, 6);
     }
 }

@@ -452,7 +452,7 @@ mod tests {
 
     fn output(read: (Read, bool)) -> (u64, Vec<u8>) {
         match read.0 {
-            Read::Next(Shared::Output { offset, data }) => (offset, data.into_vec()),
+            Read::Next(Shared::Output { offset, data }) => (offset, data.as_slice().to_vec()),
             other => panic!("expected output, got {other:?}"),
         }
     }

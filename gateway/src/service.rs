@@ -419,7 +419,7 @@ fn chunks(
                 Ok(v1::OutputChunk {
                     kind: Some(v1::output_chunk::Kind::Output(v1::Output {
                         offset,
-                        data: data.into_vec(),
+                        data: data.into_bytes(),
                     })),
                 }),
                 true,

@@ -788,7 +788,7 @@ async fn a_follower_that_stops_reading_holds_up_no_other() {
         assert_eq!(end.state(), v1::JobState::Finished);
     }
     let mut bytes = match first.kind {
-        Some(v1::output_chunk::Kind::Output(out)) => out.data,
+        Some(v1::output_chunk::Kind::Output(out)) => out.data.to_vec(),
         other => panic!("expected output first, got {other:?}"),
     };
     let end = loop {

@@ -75,7 +75,7 @@ async fn started_with_systemds_default_limits_both_daemons_serve_1000_streams() 
                 while let Some(chunk) = stream.message().await? {
                     match chunk.kind {
                         Some(v1::output_chunk::Kind::Output(output)) if !told => {
-                            assert_eq!(output.data, b"hi\n");
+                            assert_eq!(output.data, &b"hi\n"[..]);
                             told = true;
                             let _ = first_bytes.send(()).await;
                         }

@@ -202,9 +202,9 @@ impl OutputData {
         Self(self.0.slice(from.min(self.0.len())..))
     }
 
-    /// The bytes, owned (without a copy when this is their only holder).
-    pub fn into_vec(self) -> Vec<u8> {
-        self.0.into()
+    /// The shared buffer itself: handing it on copies nothing.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.0
     }
 }
 
