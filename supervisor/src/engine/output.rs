@@ -16,10 +16,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use jobworker_ipc::{JobInfo, MAX_OUTPUT_CHUNK};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
@@ -194,18 +193,17 @@ fn keep(job: &Job, bytes: Bytes, end: u64, generation: u64) -> bool {
     true
 }
 
-/// Up to `max` bytes of `file` from `offset`; `None` at its end. Only the
-/// bytes read are ever initialized.
+/// Up to `max` bytes of `file` from `offset`; `None` at its end. The read
+/// goes into fresh capacity: no buffer is zeroed first.
 fn read_at(file: &File, offset: u64, max: usize) -> std::io::Result<Option<Bytes>> {
     let len = file.metadata()?.len();
     let want = usize::try_from(len.saturating_sub(offset)).map_or(max, |left| left.min(max));
     if want == 0 {
         return Ok(None);
     }
-    let mut buf = BytesMut::zeroed(want);
-    let n = file.read_at(&mut buf, offset)?;
-    buf.truncate(n);
-    Ok((n > 0).then(|| buf.freeze()))
+    let mut buf = Vec::with_capacity(want);
+    let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), offset)?;
+    Ok((n > 0).then(|| Bytes::from(buf)))
 }
 
 /// Reads a job's output from an offset, optionally following it.
