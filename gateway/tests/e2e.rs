@@ -44,6 +44,29 @@ fn stop_request(job: &str) -> v1::StopJobRequest {
     }
 }
 
+/// What a spawned follower got, its bytes and the job at the stream's end,
+/// within `secs` seconds (else the test fails, saying `what` was expected).
+async fn followed(
+    follower: tokio::task::JoinHandle<Result<(Vec<u8>, v1::Job), tonic::Status>>,
+    secs: u64,
+    what: &str,
+) -> (Vec<u8>, v1::Job) {
+    tokio::time::timeout(Duration::from_secs(secs), follower)
+        .await
+        .expect(what)
+        .expect("the follower's task")
+        .expect("no error reaches the client")
+}
+
+/// Follows `job`'s output from its first byte.
+fn follow_request(job: &str) -> v1::StreamOutputRequest {
+    v1::StreamOutputRequest {
+        job_id: job.into(),
+        offset: 0,
+        follow: Some(true),
+    }
+}
+
 async fn list_ids(
     client: &mut v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
 ) -> BTreeSet<String> {
@@ -688,11 +711,7 @@ async fn hundreds_of_concurrent_streams_and_calls_complete() {
 
     alice.stop_job(stop_request(&sleeper)).await.unwrap();
     for follower in followers {
-        let (bytes, end) = tokio::time::timeout(Duration::from_secs(10), follower)
-            .await
-            .expect("followers end when their job does")
-            .unwrap()
-            .unwrap();
+        let (bytes, end) = followed(follower, 10, "followers end when their job does").await;
         assert!(bytes.is_empty());
         assert_eq!(end.state(), v1::JobState::Stopped);
     }
@@ -724,11 +743,7 @@ async fn the_followers_of_a_job_share_one_supervisor_stream() {
     alice.stop_job(stop_request(&job)).await.unwrap();
     let mut outputs = Vec::new();
     for follower in followers {
-        let (bytes, end) = tokio::time::timeout(Duration::from_secs(20), follower)
-            .await
-            .expect("followers end when their job does")
-            .unwrap()
-            .unwrap();
+        let (bytes, end) = followed(follower, 20, "followers end when their job does").await;
         assert_eq!(end.state(), v1::JobState::Stopped);
         assert_eq!(end.output_bytes, bytes.len() as u64, "every byte, once");
         outputs.push(String::from_utf8(bytes).unwrap());
@@ -762,11 +777,7 @@ async fn a_follower_that_stops_reading_holds_up_no_other() {
     let mut stalled = gateway
         .client(&pki, "alice")
         .await
-        .stream_output(v1::StreamOutputRequest {
-            job_id: job.clone(),
-            offset: 0,
-            follow: Some(true),
-        })
+        .stream_output(follow_request(&job))
         .await
         .unwrap()
         .into_inner();
@@ -779,11 +790,12 @@ async fn a_follower_that_stops_reading_holds_up_no_other() {
     }
     // The others end while the stalled one reads nothing.
     for follower in followers {
-        let (bytes, end) = tokio::time::timeout(Duration::from_secs(60), follower)
-            .await
-            .expect("the others are not held up by the stalled follower")
-            .unwrap()
-            .unwrap();
+        let (bytes, end) = followed(
+            follower,
+            60,
+            "the others are not held up by the stalled follower",
+        )
+        .await;
         assert!(bytes == expected, "{} bytes of output", bytes.len());
         assert_eq!(end.state(), v1::JobState::Finished);
     }
@@ -831,14 +843,7 @@ async fn limits_refuse_and_a_client_that_goes_away_ends_its_streams() {
     let mut leaving = gateway.client(&pki, "alice").await;
     let mut open = Vec::new();
     for _ in 0..3 {
-        let stream = leaving
-            .stream_output(v1::StreamOutputRequest {
-                job_id: job.clone(),
-                offset: 0,
-                follow: Some(true),
-            })
-            .await
-            .unwrap();
+        let stream = leaving.stream_output(follow_request(&job)).await.unwrap();
         open.push(stream);
     }
     assert_status(
@@ -856,11 +861,7 @@ async fn limits_refuse_and_a_client_that_goes_away_ends_its_streams() {
     );
     // Their slots are free again.
     let mut follow = alice
-        .stream_output(v1::StreamOutputRequest {
-            job_id: job.clone(),
-            offset: 0,
-            follow: Some(true),
-        })
+        .stream_output(follow_request(&job))
         .await
         .unwrap()
         .into_inner();
@@ -958,11 +959,7 @@ async fn a_stream_outlives_a_supervisor_restart_unseen() {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         supervisor.spawn();
         for follower in followers {
-            let (bytes, end) = tokio::time::timeout(Duration::from_secs(30), follower)
-                .await
-                .expect("the stream ends")
-                .unwrap()
-                .expect("no error reaches the client");
+            let (bytes, end) = followed(follower, 30, "the stream ends").await;
             assert_eq!(String::from_utf8(bytes).unwrap(), expected, "{n} followers");
             assert_eq!(end.exit_code, Some(4));
         }
@@ -986,11 +983,7 @@ async fn sighup_reloads_certificates_without_dropping_streams() {
     )
     .await;
     let mut stream = alice
-        .stream_output(v1::StreamOutputRequest {
-            job_id: job.clone(),
-            offset: 0,
-            follow: Some(true),
-        })
+        .stream_output(follow_request(&job))
         .await
         .unwrap()
         .into_inner();
@@ -1072,11 +1065,7 @@ async fn sigterm_stops_the_gateway_within_its_grace() {
     let job = start_job(&mut alice, "/bin/sleep", &["30"]).await;
     // A stream that would follow the job for 30 s.
     let mut stream = alice
-        .stream_output(v1::StreamOutputRequest {
-            job_id: job.clone(),
-            offset: 0,
-            follow: Some(true),
-        })
+        .stream_output(follow_request(&job))
         .await
         .unwrap()
         .into_inner();
