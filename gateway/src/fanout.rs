@@ -5,24 +5,26 @@
 //! A follower starts on a stream of its own: the supervisor decides there
 //! whether the caller may follow the job, and serves what it missed from
 //! the job's log. Once a job has two followers, each of them, at its first
-//! output byte within the job's shared window, moves over to the job's
+//! output byte that the job's shared stream holds, moves over to the job's
 //! [`Hub`]: one task reading one supervisor stream into a bounded [`Ring`]
 //! of chunks, which every member reads at its own pace, by offset.
 //!
 //! Flow control: the hub reads the next chunk only while the ring has room,
-//! so it goes at the pace of its slowest member; the job itself never waits
-//! (the supervisor stores its output whatever its streams do). A member
-//! that still holds the ring's oldest chunk after [`EVICT_AFTER`] with the
-//! ring full is evicted, and goes back to a stream of its own from its
-//! offset, as any follower that falls behind reads the rest from the log.
-//! When the hub's stream fails (the supervisor restarted, say), its members
-//! drain the ring and go back to streams of their own the same way; those
-//! resume as any stream does.
+//! so it goes at the pace of its slowest member, down to [`MIN_PACE`]; the
+//! job itself never waits (the supervisor stores its output whatever its
+//! streams do). When the ring has stayed full for [`EVICT_AFTER`] (it did
+//! not drain to half meanwhile) and its oldest byte moved on less than
+//! [`MIN_PACE`] bytes in that time, the members holding that byte are
+//! evicted: each goes back to a stream of its own from its offset, as any
+//! follower that falls behind reads the rest from the log, and does not
+//! come back to that hub. When the hub's stream fails (the supervisor
+//! restarted, say), its members drain the ring and go back to streams of
+//! their own the same way; those resume as any stream does.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use jobworker_ipc::client::StreamFrame;
 use jobworker_ipc::{Identity, JobId, JobInfo, OutputData, Request};
@@ -33,9 +35,13 @@ use crate::supervisor::Supervisor;
 /// The most output bytes a job's ring holds for its slowest member.
 const RING_BYTES: usize = 4 << 20;
 
-/// How long the hub waits, its ring full, for the member holding the
-/// oldest chunk before it evicts that member.
+/// How long the ring may stay full while its slowest members read less
+/// than [`MIN_PACE`] before they are evicted.
 pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// The bytes the slowest members must read per [`EVICT_AFTER`] while the
+/// ring is full to stay on the shared stream (1 MiB/s).
+pub const MIN_PACE: u64 = 1 << 20;
 
 /// The shared streams of this gateway's followed jobs.
 #[derive(Default)]
@@ -59,6 +65,7 @@ impl Fanout {
         Follower {
             fanout: Arc::clone(self),
             job,
+            left: Weak::new(),
         }
     }
 
@@ -84,14 +91,16 @@ impl Fanout {
 pub struct Follower {
     fanout: Arc<Fanout>,
     job: JobId,
+    /// The shared stream it last left: it does not join that one again.
+    left: Weak<Hub>,
 }
 
 impl Follower {
     /// A place on the job's shared stream for a follower whose next byte is
-    /// `offset`, if the job has one that still holds that byte, or has two
-    /// followers or more (the shared stream is then opened from `offset`,
-    /// on behalf of `identity`, whom the supervisor already let follow the
-    /// job).
+    /// `offset`, if the job has one that holds that byte (and this follower
+    /// did not leave it), or has two followers or more (the shared stream
+    /// is then opened from `offset`, on behalf of `identity`, whom the
+    /// supervisor already let follow the job).
     pub fn share(
         &self,
         supervisor: &Arc<Supervisor>,
@@ -101,6 +110,9 @@ impl Follower {
         let mut jobs = self.fanout.lock();
         let followed = jobs.get_mut(&self.job)?;
         if let Some(hub) = &followed.hub {
+            if std::ptr::eq(Arc::as_ptr(hub), self.left.as_ptr()) {
+                return None;
+            }
             let id = hub.lock().attach(offset)?;
             return Some(Member {
                 hub: Arc::clone(hub),
@@ -126,6 +138,11 @@ impl Follower {
             offset,
         ));
         Some(Member { hub, id })
+    }
+
+    /// Leaves the shared stream of `member`, for good.
+    pub fn leave(&mut self, member: Member) {
+        self.left = Arc::downgrade(&member.hub);
     }
 }
 
@@ -193,19 +210,22 @@ impl Hub {
                 return Last::Lost;
             }
         };
+        let mut pace = Pace::default();
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            let (members, full) = {
+            let (members, deadline) = {
                 let ring = self.lock();
-                (ring.members(), ring.is_full())
+                (ring.members(), pace.deadline(Instant::now(), &ring))
             };
             if members == 0 {
                 return Last::Lost;
             }
-            if full {
-                if tokio::time::timeout(EVICT_AFTER, room).await.is_err() {
+            if let Some(deadline) = deadline {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                if tokio::time::timeout_at(deadline, room).await.is_err() {
                     let evicted = self.lock().evict_oldest();
+                    pace = Pace::default();
                     tracing::info!(%job, evicted, "followers fell behind the job's shared stream; they read on alone");
                     self.data.notify_waiters();
                 }
@@ -226,6 +246,34 @@ impl Hub {
                 Ok(Some(StreamFrame::Error(_)) | None) | Err(_) => return Last::Lost,
             }
         }
+    }
+}
+
+/// Whether a full ring waits on members too slow to keep: it has been full
+/// since a moment (not drained to half meanwhile), and its oldest byte has
+/// moved on less than [`MIN_PACE`] bytes since.
+#[derive(Default)]
+struct Pace {
+    /// Since when, and the ring's oldest byte then.
+    window: Option<(Instant, u64)>,
+}
+
+impl Pace {
+    /// When the slowest members are to be evicted if the ring gets no room
+    /// before: `None` unless it is full.
+    fn deadline(&mut self, now: Instant, ring: &Ring) -> Option<Instant> {
+        if ring.held <= RING_BYTES / 2 {
+            self.window = None;
+            return None;
+        }
+        if !ring.is_full() {
+            return None;
+        }
+        let (since, from) = self.window.get_or_insert((now, ring.start));
+        if ring.start >= from.saturating_add(MIN_PACE) {
+            (*since, *from) = (now, ring.start);
+        }
+        Some(*since + EVICT_AFTER)
     }
 }
 
@@ -327,10 +375,10 @@ impl Ring {
         }
     }
 
-    /// A new member whose next byte is `offset`, unless the ring no longer
-    /// holds that byte or its stream failed.
+    /// A new member whose next byte is `offset`, unless the ring does not
+    /// hold that byte (or it is the next one to come), or its stream failed.
     fn attach(&mut self, offset: u64) -> Option<MemberId> {
-        if offset < self.start || matches!(self.last, Some(Last::Lost)) {
+        if offset < self.start || offset > self.end || matches!(self.last, Some(Last::Lost)) {
             return None;
         }
         let id = self.next_id;
@@ -400,7 +448,7 @@ impl Ring {
         true
     }
 
-    /// Evicts the members holding the oldest chunk; how many.
+    /// Evicts the members whose next byte is the oldest held; how many.
     fn evict_oldest(&mut self) -> usize {
         let Some(oldest) = self.members.values().flatten().min().copied() else {
             return 0;
@@ -461,9 +509,9 @@ mod tests {
     fn each_member_reads_every_byte_from_its_offset_and_the_oldest_sets_what_is_kept() {
         let mut ring = Ring::new(100);
         let a = ring.attach(100).unwrap();
-        let b = ring.attach(103).unwrap();
         assert_eq!(ring.read(a).0, Read::Wait);
         assert!(ring.push(100, chunk(1, 5)));
+        let b = ring.attach(103).unwrap();
         assert!(ring.push(105, chunk(2, 5)));
         assert_eq!(output(ring.read(b)), (103, vec![1, 1]));
         assert_eq!(output(ring.read(b)), (105, vec![2; 5]));
@@ -509,6 +557,63 @@ mod tests {
         // Its leaving is room, and the last member's leaving stops the hub.
         assert!(!ring.detach(slow));
         assert!(ring.detach(fast));
+    }
+
+    #[test]
+    fn a_member_joins_only_where_the_ring_holds_its_byte_or_the_next_to_come() {
+        let mut ring = Ring::new(100);
+        ring.attach(100).unwrap();
+        assert!(ring.push(100, chunk(1, 10)));
+        assert_eq!(ring.attach(99), None);
+        assert_eq!(ring.attach(111), None, "ahead of the shared stream");
+        assert!(ring.attach(105).is_some());
+        assert!(ring.attach(110).is_some());
+    }
+
+    /// Fills `ring` with chunks of 64 KiB from `offset` until it is full;
+    /// where they end.
+    fn fill(ring: &mut Ring, mut offset: u64) -> u64 {
+        while !ring.is_full() {
+            assert!(ring.push(offset, chunk(7, 64 * 1024)));
+            offset += 64 * 1024;
+        }
+        offset
+    }
+
+    #[test]
+    fn a_full_ring_evicts_after_a_second_below_the_minimum_pace_and_not_above_it() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut ring = Ring::new(0);
+        let slow = ring.attach(0).unwrap();
+        let mut pace = Pace::default();
+        assert_eq!(
+            pace.deadline(at(0), &ring),
+            None,
+            "an empty ring waits on no one"
+        );
+        let mut end = fill(&mut ring, 0);
+        assert_eq!(pace.deadline(at(0), &ring), Some(at(1000)));
+        // A chunk read every 900 ms does not put the deadline off...
+        output(ring.read(slow));
+        end = fill(&mut ring, end);
+        assert_eq!(pace.deadline(at(900), &ring), Some(at(1000)));
+        // ...but reading MIN_PACE bytes does.
+        while ring.start < MIN_PACE {
+            output(ring.read(slow));
+        }
+        fill(&mut ring, end);
+        assert_eq!(pace.deadline(at(950), &ring), Some(at(1950)));
+        // Not full: no deadline, and the window holds until the ring has
+        // drained to half.
+        output(ring.read(slow));
+        assert!(!ring.is_full());
+        assert_eq!(pace.deadline(at(960), &ring), None);
+        assert!(pace.window.is_some());
+        ring.detach(slow);
+        assert!(ring.held <= RING_BYTES / 2);
+        assert_eq!(pace.deadline(at(970), &ring), None);
+        assert!(pace.window.is_none());
     }
 
     #[test]

@@ -358,6 +358,9 @@ impl Resuming {
                     Shared::End(info) => return Ok(Some(StreamFrame::End(info))),
                     Shared::Alone => {
                         // From a stream of its own, at once.
+                        if let Some(follower) = &mut self.follower {
+                            follower.leave(member);
+                        }
                         self.state = Some(Held::Lost(slots));
                         continue;
                     }
@@ -374,8 +377,10 @@ impl Resuming {
                         .await
                     {
                         Ok(stream) => {
-                            tracing::info!(job = %self.job, offset = self.offset,
-                                "resumed an output stream after the supervisor came back");
+                            if since.is_some() {
+                                tracing::info!(job = %self.job, offset = self.offset,
+                                    "resumed an output stream after the supervisor came back");
+                            }
                             self.state = Some(Held::Open(stream));
                             continue;
                         }
