@@ -11,8 +11,11 @@
 //! ([`Bytes`]) that every follower takes without a copy; the job's watch
 //! channel wakes them. The tail never waits for a follower: one that falls
 //! behind it (or starts before it) reads the log itself, in large reads on
-//! the engine's threads, until it catches up. Without followers nothing
-//! reads the log.
+//! the engine's threads, until it catches up. And the tail reads only for
+//! followers waiting at its end ("parked"): while every follower is behind
+//! a job that writes faster than they read, nothing reads a byte that the
+//! followers will read again themselves. Without followers nothing reads
+//! the log.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -32,8 +35,8 @@ use crate::sys::{self, Registered};
 /// The most recent output a job's tail keeps for its followers.
 pub const TAIL_BYTES: u64 = 4 << 20;
 
-/// The most a follower that is behind the tail reads from the log at once
-/// (then handed out in chunks of [`MAX_OUTPUT_CHUNK`]).
+/// The most the tail's reader, or a follower behind the tail, reads from
+/// the log at once (then handed out in chunks of [`MAX_OUTPUT_CHUNK`]).
 const CATCH_UP_READ: usize = 1 << 20;
 
 /// One step of an output stream.
@@ -75,15 +78,20 @@ struct TailState {
     grown: bool,
     /// The log is watched (or was, or will not be: the job ended).
     watched: bool,
+    /// Followers waiting at the tail's end for more ([`Parked`]): the
+    /// reader reads only while there are some.
+    parked: usize,
 }
 
 /// Where an offset is, seen from the tail.
 enum Place {
     /// In the tail: these bytes start there.
     Kept(Bytes),
-    /// Before the tail's first kept byte, or there is no tail yet.
+    /// Before the tail's first kept byte, past its end (the follower read
+    /// the log itself further than the tail has), or there is no tail yet:
+    /// read the log.
     Behind,
-    /// At or past the tail's end: wait for more.
+    /// At the tail's end: wait for more.
     Ahead,
 }
 
@@ -99,7 +107,10 @@ impl Tail {
         let Some((_, end)) = state.log else {
             return Place::Behind;
         };
-        if offset >= end {
+        if offset > end {
+            return Place::Behind;
+        }
+        if offset == end {
             return Place::Ahead;
         }
         let mut at = end - state.kept;
@@ -119,25 +130,91 @@ impl Tail {
     }
 
     /// Notes that the log grew; says whether the caller is to start the
-    /// reader (there are followers and it is not running).
+    /// reader (a follower waits for it and it is not running).
     fn grew(&self) -> bool {
         let mut state = self.state();
         state.grown = true;
-        if state.followers == 0 || state.log.is_none() || state.reading {
+        state.wants_reader()
+    }
+
+    /// Counts a follower at `offset` among those waiting at the tail's end,
+    /// moving the tail there first if the follower read the log itself
+    /// past it; says whether the caller is to start the reader (the log
+    /// grew since it last ran).
+    fn park(&self, offset: u64) -> bool {
+        let mut state = self.state();
+        state.parked += 1;
+        if let Some((_, end)) = state.log.as_mut()
+            && offset > *end
+        {
+            // What the tail would read up to here, this follower has read:
+            // the tail starts again where it waits (a reader still running
+            // notices and starts again there too).
+            *end = offset;
+            state.chunks.clear();
+            state.kept = 0;
+            state.generation += 1;
+        }
+        state.wants_reader()
+    }
+}
+
+impl TailState {
+    /// Whether the reader is to start now, then marked running: the log
+    /// grew, a follower waits at the tail's end, and it is not running.
+    fn wants_reader(&mut self) -> bool {
+        if !self.grown
+            || self.parked == 0
+            || self.followers == 0
+            || self.log.is_none()
+            || self.reading
+        {
             return false;
         }
-        state.reading = true;
+        self.reading = true;
         true
     }
 }
 
+/// A follower waiting at the tail's end ([`Tail::park`]), until dropped.
+struct Parked<'a>(&'a Tail);
+
+impl<'a> Parked<'a> {
+    /// Parks a follower of `job` at `offset`, starting the tail's reader on
+    /// `workers` if it is wanted.
+    fn new(job: &'a Arc<Job>, workers: &Workers, offset: u64) -> Self {
+        if job.tail.park(offset) {
+            start_reader(workers, job);
+        }
+        Self(&job.tail)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.parked = state.parked.saturating_sub(1);
+    }
+}
+
+/// Runs [`read_tail`] for `job` on `workers` (its tail is marked reading).
+fn start_reader(workers: &Workers, job: &Arc<Job>) {
+    let reading = Arc::clone(job);
+    if let Err(e) = workers.spawn(move || read_tail(&reading)) {
+        job.tail.state().reading = false;
+        tracing::error!(job = %job.spec.id, error = %e, "reading a job's output for its followers");
+    }
+}
+
 /// Reads what the log gained into `job`'s tail, until nothing more came
-/// meanwhile, waking the followers after each read. Blocks.
+/// meanwhile or no follower waits for more, waking the followers after each
+/// read. Blocks.
 fn read_tail(job: &Job) {
     loop {
         let (file, mut end, generation) = {
             let mut state = job.tail.state();
-            match (&state.log, state.grown && state.followers > 0) {
+            let wanted = state.grown && state.followers > 0 && state.parked > 0;
+            match (&state.log, wanted) {
                 (Some((file, end)), true) => {
                     let pass = (Arc::clone(file), *end, state.generation);
                     state.grown = false;
@@ -150,13 +227,16 @@ fn read_tail(job: &Job) {
             }
         };
         loop {
-            match read_at(&file, end, MAX_OUTPUT_CHUNK) {
+            match read_at(&file, end, CATCH_UP_READ) {
                 Ok(Some(bytes)) => {
                     end += bytes.len() as u64;
-                    if !keep(job, bytes, end, generation) {
+                    let kept = keep(&job.tail, bytes, end, generation);
+                    if kept != Kept::Stale {
+                        job.notify();
+                    }
+                    if kept != Kept::Wanted {
                         break;
                     }
-                    job.notify();
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -170,16 +250,28 @@ fn read_tail(job: &Job) {
     }
 }
 
+/// What became of a read of the tail's reader ([`keep`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// Kept, and followers still wait at the tail's end: read on.
+    Wanted,
+    /// Kept, and no follower waits now (they are busy with what came):
+    /// pause until one waits again (there may be more: the log counts as
+    /// grown).
+    Idle,
+    /// Not kept: the tail was set up again, or moved, since (or is gone).
+    Stale,
+}
+
 /// Appends `bytes` (which end at `end`) to the tail, dropping its oldest
-/// bytes beyond [`TAIL_BYTES`]; false if the tail was set up again since
-/// (or is gone).
-fn keep(job: &Job, bytes: Bytes, end: u64, generation: u64) -> bool {
-    let mut state = job.tail.state();
+/// bytes beyond [`TAIL_BYTES`].
+fn keep(tail: &Tail, bytes: Bytes, end: u64, generation: u64) -> Kept {
+    let mut state = tail.state();
     if state.generation != generation {
-        return false;
+        return Kept::Stale;
     }
     let Some((_, position)) = state.log.as_mut() else {
-        return false;
+        return Kept::Stale;
     };
     *position = end;
     state.kept += bytes.len() as u64;
@@ -190,7 +282,11 @@ fn keep(job: &Job, bytes: Bytes, end: u64, generation: u64) -> bool {
         };
         state.kept -= oldest.len() as u64;
     }
-    true
+    if state.parked == 0 {
+        state.grown = true;
+        return Kept::Idle;
+    }
+    Kept::Wanted
 }
 
 /// Up to `max` bytes of `file` from `offset`; `None` at its end. The read
@@ -282,6 +378,7 @@ impl OutputStream {
                 self.done = true;
                 return Ok(Some(Chunk::End(Box::new(self.status().await))));
             }
+            let _parked = Parked::new(&self.job, &self.workers, self.offset);
             if self.changes.changed().await.is_err() {
                 // The job is gone from the engine; read what is there and end.
                 self.follow = false;
@@ -527,13 +624,78 @@ impl Watcher {
             .filter_map(|(_, job)| job.upgrade())
             .collect();
         for job in grown {
-            if !job.tail.grew() {
-                continue;
-            }
-            let reading = Arc::clone(&job);
-            if let Err(e) = self.workers.spawn(move || read_tail(&reading)) {
-                tracing::error!(job = %job.spec.id, error = %e, "reading a job's output for its followers");
+            if job.tail.grew() {
+                start_reader(&self.workers, &job);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tail over a log of `len` bytes whose reader is at its end, with
+    /// one follower attached.
+    fn tail_at(len: u64) -> (Tail, tempfile::NamedTempFile) {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let tail = Tail::default();
+        {
+            let mut state = tail.state();
+            state.followers = 1;
+            state.log = Some((Arc::new(log.reopen().unwrap()), len));
+        }
+        (tail, log)
+    }
+
+    #[test]
+    fn the_reader_starts_only_for_a_follower_waiting_at_the_end() {
+        let (tail, _log) = tail_at(100);
+        assert!(!tail.grew(), "nobody waits: the growth is only noted");
+        assert!(tail.park(100), "a follower waits and the log grew");
+        assert!(!tail.grew(), "the reader runs already");
+        tail.state().reading = false;
+        tail.state().grown = false;
+        assert!(!tail.park(100), "nothing new to read");
+        assert!(tail.grew(), "two wait, and the log grew");
+    }
+
+    #[test]
+    fn a_read_nobody_waits_for_pauses_the_reader() {
+        let (tail, _log) = tail_at(0);
+        let generation = tail.state().generation;
+        let bytes = Bytes::from_static(b"0123456789");
+        assert_eq!(keep(&tail, bytes.clone(), 10, generation), Kept::Idle);
+        assert!(
+            tail.state().grown,
+            "there may be more: the next waiter starts the reader"
+        );
+        tail.state().parked = 1;
+        assert_eq!(keep(&tail, bytes.clone(), 20, generation), Kept::Wanted);
+        assert_eq!(keep(&tail, bytes, 30, generation + 1), Kept::Stale);
+        assert!(matches!(tail.place(15), Place::Kept(b) if b.as_ref() == b"56789"));
+    }
+
+    #[test]
+    fn a_follower_that_read_past_the_tail_moves_it_to_where_it_waits() {
+        let (tail, _log) = tail_at(0);
+        let generation = tail.state().generation;
+        tail.state().parked = 1;
+        keep(&tail, Bytes::from_static(b"0123456789"), 10, generation);
+        assert!(
+            matches!(tail.place(50), Place::Behind),
+            "past the tail: read the log"
+        );
+        assert!(!tail.park(50));
+        assert!(matches!(tail.place(50), Place::Ahead));
+        assert!(
+            matches!(tail.place(5), Place::Behind),
+            "the tail kept nothing before it"
+        );
+        assert_eq!(
+            keep(&tail, Bytes::from_static(b"x"), 11, generation),
+            Kept::Stale,
+            "a reader still at the old place starts again at the new one"
+        );
     }
 }
