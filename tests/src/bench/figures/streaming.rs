@@ -77,9 +77,12 @@ fn drop_cached(dir: &Path) -> Result<()> {
 }
 
 /// `head -c N /dev/zero` into a pipe, read by us into a new file `name`
-/// (kept, like a job's log, until the stack is dropped): bytes/s.
-fn pipe_to_file(bytes: u64, dir: &Path, name: &str) -> Result<f64> {
+/// (kept, like a job's log, until the stack is dropped): bytes/s, and the
+/// CPU seconds of the bench and of its reaped children (`head`) meanwhile
+/// (not counting the settling before).
+fn pipe_to_file(bytes: u64, dir: &Path, name: &str) -> Result<(f64, f64, f64)> {
     settle(dir)?;
+    let (cpu_before, children_before) = stack::cpu_seconds(std::process::id())?;
     let path = dir.join(name);
     let mut file = std::fs::File::create(&path)?;
     let start = Instant::now();
@@ -100,10 +103,15 @@ fn pipe_to_file(bytes: u64, dir: &Path, name: &str) -> Result<f64> {
     }
     child.wait()?;
     let secs = start.elapsed().as_secs_f64();
+    let (cpu_after, children_after) = stack::cpu_seconds(std::process::id())?;
     if total != bytes {
         bail!("the pipe carried {total} bytes, not {bytes}");
     }
-    Ok(bytes as f64 / secs)
+    Ok((
+        bytes as f64 / secs,
+        cpu_after - cpu_before,
+        children_after - children_before,
+    ))
 }
 
 /// Waits until the job has ended; its record.
@@ -218,14 +226,12 @@ pub async fn run(options: &Options, report: &mut Report) -> Result<()> {
     let mut last_note = String::new();
     for i in 0..REPEATS {
         let dir = stack.supervisor.dir().to_owned();
-        let (cpu_before, cpu_children_before) = stack::cpu_seconds(std::process::id())?;
-        let rate =
+        let (rate, cpu, cpu_children) =
             tokio::task::spawn_blocking(move || pipe_to_file(big, &dir, &format!("pipe-{i}.out")))
                 .await??;
-        let (cpu_after, cpu_children_after) = stack::cpu_seconds(std::process::id())?;
         pipe.push(rate);
-        pipe_cpu += cpu_after - cpu_before;
-        pipe_cpu_children += cpu_children_after - cpu_children_before;
+        pipe_cpu += cpu;
+        pipe_cpu_children += cpu_children;
         let (secs, _, _, note) = run_once(&stack, &mut control, &[], big).await?;
         alone.push(big as f64 / secs);
         last_note = note;
