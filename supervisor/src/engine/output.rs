@@ -230,11 +230,11 @@ fn read_tail(job: &Job) {
             match read_at(&file, end, CATCH_UP_READ) {
                 Ok(Some(bytes)) => {
                     end += bytes.len() as u64;
-                    let kept = keep(&job.tail, bytes, end, generation);
-                    if kept != Kept::Stale {
+                    let after = keep(&job.tail, bytes, end, generation);
+                    if after != AfterKeep::Stale {
                         job.notify();
                     }
-                    if kept != Kept::Wanted {
+                    if after != AfterKeep::ReadOn {
                         break;
                     }
                 }
@@ -250,28 +250,28 @@ fn read_tail(job: &Job) {
     }
 }
 
-/// What became of a read of the tail's reader ([`keep`]).
+/// What the tail's reader does after [`keep`]ing a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kept {
+enum AfterKeep {
     /// Kept, and followers still wait at the tail's end: read on.
-    Wanted,
+    ReadOn,
     /// Kept, and no follower waits now (they are busy with what came):
     /// pause until one waits again (there may be more: the log counts as
     /// grown).
-    Idle,
+    Pause,
     /// Not kept: the tail was set up again, or moved, since (or is gone).
     Stale,
 }
 
 /// Appends `bytes` (which end at `end`) to the tail, dropping its oldest
 /// bytes beyond [`TAIL_BYTES`].
-fn keep(tail: &Tail, bytes: Bytes, end: u64, generation: u64) -> Kept {
+fn keep(tail: &Tail, bytes: Bytes, end: u64, generation: u64) -> AfterKeep {
     let mut state = tail.state();
     if state.generation != generation {
-        return Kept::Stale;
+        return AfterKeep::Stale;
     }
     let Some((_, position)) = state.log.as_mut() else {
-        return Kept::Stale;
+        return AfterKeep::Stale;
     };
     *position = end;
     state.kept += bytes.len() as u64;
@@ -284,9 +284,9 @@ fn keep(tail: &Tail, bytes: Bytes, end: u64, generation: u64) -> Kept {
     }
     if state.parked == 0 {
         state.grown = true;
-        return Kept::Idle;
+        return AfterKeep::Pause;
     }
-    Kept::Wanted
+    AfterKeep::ReadOn
 }
 
 /// Up to `max` bytes of `file` from `offset`; `None` at its end. The read
@@ -665,14 +665,17 @@ mod tests {
         let (tail, _log) = tail_at(0);
         let generation = tail.state().generation;
         let bytes = Bytes::from_static(b"0123456789");
-        assert_eq!(keep(&tail, bytes.clone(), 10, generation), Kept::Idle);
+        assert_eq!(keep(&tail, bytes.clone(), 10, generation), AfterKeep::Pause);
         assert!(
             tail.state().grown,
             "there may be more: the next waiter starts the reader"
         );
         tail.state().parked = 1;
-        assert_eq!(keep(&tail, bytes.clone(), 20, generation), Kept::Wanted);
-        assert_eq!(keep(&tail, bytes, 30, generation + 1), Kept::Stale);
+        assert_eq!(
+            keep(&tail, bytes.clone(), 20, generation),
+            AfterKeep::ReadOn
+        );
+        assert_eq!(keep(&tail, bytes, 30, generation + 1), AfterKeep::Stale);
         assert!(matches!(tail.place(15), Place::Kept(b) if b.as_ref() == b"56789"));
     }
 
@@ -694,7 +697,7 @@ mod tests {
         );
         assert_eq!(
             keep(&tail, Bytes::from_static(b"x"), 11, generation),
-            Kept::Stale,
+            AfterKeep::Stale,
             "a reader still at the old place starts again at the new one"
         );
     }

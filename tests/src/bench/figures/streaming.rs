@@ -7,9 +7,9 @@
 //! same bytes from the same command through a plain pipe into a file (the
 //! bench reads the pipe in 64 KiB reads and writes the file), on the same
 //! file system as the supervisor's state directory, in turns with the job
-//! alone (one of each, three times). Each run starts with
-//! that file system's dirty pages written back and the earlier runs' files
-//! dropped from the cache ([`settle`]).
+//! alone (one of each, three times). Each run starts with that file
+//! system's dirty pages written back and the earlier runs' files dropped
+//! from the cache ([`settle`]).
 //!
 //! The fan-out runs (8 and 64 followers) use a smaller job when
 //! `fanout_bytes < stream_bytes`; the report says so.
