@@ -152,7 +152,7 @@ fn run(control: OwnedFd, oom_exempt: bool) -> Result<(), String> {
     let _ = handoff::write_message(&mut control, &record);
     let written = write_exit_record(&job_dir, exit_file, &record)
         .map_err(|e| format!("writing {}: {e}", spec.job_dir.join(EXIT_FILE).display()));
-    pump::flush(&outcome.log);
+    pump::flush(outcome.log.as_ref());
     written
 }
 

@@ -43,8 +43,9 @@ pub struct Outcome {
     /// Bytes dropped because the log could not take them at the job's end
     /// (its file system still full), or at all (it failed otherwise).
     pub lost_bytes: u64,
-    /// The output log, to flush once the end is reported.
-    pub log: File,
+    /// The output log, to flush once the end is reported; `None` when
+    /// nothing went into it (an empty log has nothing to flush).
+    pub log: Option<File>,
 }
 
 /// How often a paused output retries its write.
@@ -222,7 +223,7 @@ pub fn run(
         output_bytes: sink.written + sink.dropped + sink.lost,
         dropped_bytes: sink.dropped,
         lost_bytes: sink.lost,
-        log: sink.log,
+        log: (sink.written > 0).then_some(sink.log),
     })
 }
 
@@ -305,11 +306,14 @@ fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<
     Ok(())
 }
 
-/// Flushes the ended job's log to disk, before the init's exit record is
-/// written and it exits (so before the supervisor records the end durably).
+/// Flushes the ended job's log to disk (if anything went into it), before
+/// the init exits (so before the supervisor records the end durably).
 /// Best effort: a log that cannot be flushed still has its bytes in the
 /// page cache, and the job's exit status matters more.
-pub fn flush(log: &File) {
+pub fn flush(log: Option<&File>) {
+    let Some(log) = log else {
+        return;
+    };
     if let Err(e) = log.sync_data() {
         crate::init::say!("jobworker-init: flushing the output log: {e}");
     }
