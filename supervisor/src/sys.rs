@@ -589,7 +589,8 @@ pub fn join_new_session_keyring() -> io::Result<()> {
 }
 
 /// Ends the calling process at once, without running exit handlers or
-/// flushing stdio: for a forked child whose exec failed.
+/// flushing stdio: for a forked child whose exec failed, and for a job's
+/// init when it is done.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns.
     unsafe { libc::_exit(code) }

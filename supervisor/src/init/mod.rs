@@ -42,7 +42,6 @@ pub mod seccomp;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::process::ExitCode;
 
 use jobworker_ipc::UnixMicros;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
@@ -67,13 +66,16 @@ fn handled_signals() -> SigSet {
 
 /// Runs the init with its control socket (at [`sys::INIT_CONTROL_FD`]),
 /// exempting itself from the OOM killer if `oom_exempt` (the host allows
-/// it); the process exits with the result.
-pub fn main(control: OwnedFd, oom_exempt: bool) -> ExitCode {
+/// it); the process exits with the result. It exits at once: nothing is
+/// buffered (stderr is not), and the C library's and Rust's exit handlers
+/// would only fault in pages of the spawner's memory that the init never
+/// touched.
+pub fn main(control: OwnedFd, oom_exempt: bool) -> ! {
     match run(control, oom_exempt) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => sys::exit_now(0),
         Err(message) => {
             say!("jobworker-init: {message}");
-            ExitCode::FAILURE
+            sys::exit_now(1)
         }
     }
 }

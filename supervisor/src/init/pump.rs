@@ -13,7 +13,7 @@
 //! is left dropped, and counted apart from the cap's drops.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -189,7 +189,9 @@ pub fn run(
     let mut termination = None;
     let mut ended_at = UnixMicros(0);
     let mut stopped = false;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Filled by each read, never zeroed: a job that writes little touches
+    // (and faults in) little of it.
+    let mut buf = Vec::with_capacity(64 * 1024);
 
     while termination.is_none() {
         // While output waits for space the pipe is left unread, and the
@@ -253,17 +255,25 @@ fn wait(signals: &SignalFd, output: Option<&File>, retry: bool) -> io::Result<Re
 
 /// Moves one read's worth of output from the pipe into the sink; at end of
 /// file, closes the pipe (sets `output` to `None`).
-fn read_output(output: &mut Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
-    let Some(pipe) = output.as_mut() else {
+fn read_output(output: &mut Option<File>, sink: &mut Sink, buf: &mut Vec<u8>) -> io::Result<()> {
+    let Some(pipe) = output.as_ref() else {
         return Ok(());
     };
-    match pipe.read(buf) {
-        Ok(0) => *output = None,
-        Ok(n) => sink.take(&buf[..n]),
+    match read(pipe, buf) {
+        Ok([]) => *output = None,
+        Ok(bytes) => sink.take(bytes),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// One read from `pipe` into `buf`'s capacity (what it held before is
+/// dropped); the bytes read.
+fn read<'a>(pipe: &File, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+    buf.clear();
+    rustix::io::read(pipe, rustix::buffer::spare_capacity(buf))?;
+    Ok(buf)
 }
 
 /// Reads every pending signal and passes stops on to every process of the
@@ -293,14 +303,14 @@ fn forward_signals(signals: &SignalFd) -> io::Result<bool> {
 /// Once the command has ended: kills and reaps whatever is left of the job,
 /// drains the pipe if it is still open, and gives held-back output up to
 /// [`END_WAIT`] to find space.
-fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
+fn end_job(output: Option<File>, sink: &mut Sink, buf: &mut Vec<u8>) -> io::Result<()> {
     // The job is its command: what it left behind goes with it. As pid 1,
     // kill(-1) reaches every other process of the namespace; collect them
     // all, so that none lingers as a zombie and none still writes.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(Pid::from_raw(-1), None).is_ok() {}
-    if let Some(mut pipe) = output {
-        drain(&mut pipe, sink, buf)?;
+    if let Some(pipe) = output {
+        drain(&pipe, sink, buf)?;
     }
     sink.finish(END_WAIT);
     Ok(())
@@ -322,12 +332,12 @@ pub fn flush(log: Option<&File>) {
 /// Reads what is left in the pipe once every process of the job is gone. It
 /// does not wait for EOF: a process outside the job that got hold of the
 /// pipe's write end must not keep the job from ending.
-fn drain(pipe: &mut File, sink: &mut Sink, buf: &mut [u8]) -> io::Result<()> {
-    rustix::fs::fcntl_setfl(&*pipe, rustix::fs::OFlags::NONBLOCK)?;
+fn drain(pipe: &File, sink: &mut Sink, buf: &mut Vec<u8>) -> io::Result<()> {
+    rustix::fs::fcntl_setfl(pipe, rustix::fs::OFlags::NONBLOCK)?;
     loop {
-        match pipe.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => sink.take(&buf[..n]),
+        match read(pipe, buf) {
+            Ok([]) => return Ok(()),
+            Ok(bytes) => sink.take(bytes),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
