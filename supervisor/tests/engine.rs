@@ -622,3 +622,62 @@ async fn followers_share_the_tail_and_a_slow_one_catches_up_from_the_log() {
         assert_eq!(end.termination, Some(Termination::Exited(0)));
     }
 }
+
+/// The pids in the cgroup `dir`.
+fn cgroup_pids(dir: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+/// Waits (up to 10 s) until the engine's spare init waits in `<root>/spare`;
+/// its pid.
+async fn spare_init(t: &TestEngine) -> u32 {
+    let spare = t.cgroup_root.join("spare");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let [pid] = cgroup_pids(&spare)[..] {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare init after a start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_on_the_spare_init_runs_in_its_own_cgroup_rooted_there() {
+    let t = TestEngine::new();
+    let first = t.start("/bin/true", &[]).await.unwrap();
+    t.output(&first).await;
+
+    // A start after it takes the spare init the first left: the init is
+    // moved into the job's cgroup, and nothing is left in the spare's.
+    let spare = spare_init(&t).await;
+    let job = t.start("sleep", &["1"]).await.unwrap();
+    assert_eq!(job.pid, Some(spare), "the spare init took the job");
+    let job_cgroup = t.cgroup_root.join("jobs").join(job.id.to_string());
+    let in_job = cgroup_pids(&job_cgroup);
+    assert!(in_job.contains(&spare), "{in_job:?}");
+    assert_eq!(in_job.len(), 2, "the init and sleep: {in_job:?}");
+    assert!(
+        !cgroup_pids(&t.cgroup_root.join("spare")).contains(&spare),
+        "the init left the spare's cgroup"
+    );
+    let (_, end) = t.output(&job).await;
+    assert_eq!(end.termination, Some(Termination::Exited(0)));
+
+    // Its view of cgroups is rooted at its own.
+    let spare = spare_init(&t).await;
+    let job = t.start("cat", &["/proc/self/cgroup"]).await.unwrap();
+    assert_eq!(job.pid, Some(spare), "the spare init took the job");
+    let (output, end) = t.output(&job).await;
+    let output = String::from_utf8_lossy(&output);
+    let unified: Vec<&str> = output.lines().filter(|l| l.starts_with("0::")).collect();
+    assert_eq!(unified, ["0::/"], "{output}");
+    assert_eq!(end.termination, Some(Termination::Exited(0)));
+}

@@ -53,6 +53,12 @@ impl JobCgroup {
         .map_err(|e| io_error("opening", &self.path)(e.into()))
     }
 
+    /// Moves the process `pid` (a spare init, single-threaded) into the
+    /// cgroup (writes it to `cgroup.procs`).
+    pub fn adopt(&self, pid: u32) -> Result<(), CgroupError> {
+        write(&self.path.join("cgroup.procs"), &pid.to_string())
+    }
+
     /// Kills every process in the cgroup, atomically, including ones being
     /// forked (writes 1 to `cgroup.kill`).
     pub fn kill(&self) -> Result<(), CgroupError> {

@@ -65,6 +65,8 @@ pub use tree::CgroupTree;
 const SUPERVISOR_LEAF: &str = "supervisor";
 /// The parent of every job cgroup.
 const JOBS_DIR: &str = "jobs";
+/// The cgroup of the engine's spare init, until a job takes it.
+const SPARE_DIR: &str = "spare";
 
 /// What went wrong with a cgroup operation; every message names the operation
 /// and the path.

@@ -11,9 +11,12 @@ use jobworker_ipc::{EnforcedLimits, Limits};
 
 use super::limits::write_limits;
 use super::{
-    CgroupError, Controllers, JOBS_DIR, JobCgroup, SUPERVISOR_LEAF, discover, io_error, parse,
-    parse_error, read, write,
+    CgroupError, Controllers, JOBS_DIR, JobCgroup, SPARE_DIR, SUPERVISOR_LEAF, discover, io_error,
+    parse, parse_error, read, write,
 };
+
+/// How long a spare init left in `<root>/spare` may take to die.
+const SPARE_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where jobworker's cgroup subtree is, and which of our controllers it
 /// offers.
@@ -80,14 +83,30 @@ impl CgroupTree {
     }
 
     /// Removes `<root>/jobs` if it is there, once every job cgroup in it is
-    /// gone; the rest belongs to whoever made the root (systemd removes a
-    /// unit's cgroup with its holder in the leaf).
+    /// gone, and `<root>/spare` (killing a spare init still in it: it ends
+    /// by itself once its supervisor has gone); the rest belongs to whoever
+    /// made the root (systemd removes a unit's cgroup with its holder in the
+    /// leaf).
     pub fn remove_jobs_dir(&self) -> Result<(), CgroupError> {
+        let spare = self.root.join(SPARE_DIR);
+        if spare.is_dir() && !JobCgroup::new(spare.clone(), self.available).destroy(SPARE_EXIT)? {
+            return Err(io_error("removing", &spare)(io::Error::from_raw_os_error(
+                libc::EBUSY,
+            )));
+        }
         let path = self.root.join(JOBS_DIR);
         match fs::remove_dir(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("removing", &path)(e)),
             _ => Ok(()),
         }
+    }
+
+    /// `<root>/spare`, made if missing: where the engine's spare init waits
+    /// for a job (see the engine's `spare`).
+    pub fn spare(&self) -> Result<JobCgroup, CgroupError> {
+        let path = self.root.join(SPARE_DIR);
+        self.create_dir_idempotent(&path)?;
+        Ok(JobCgroup::new(path, self.available))
     }
 
     /// The subtree root.

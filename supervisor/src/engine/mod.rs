@@ -13,6 +13,7 @@
 //!   a failed one.
 //! - [`spawn`]: the spawner process, the clone of an init and the handoff
 //!   to it.
+//! - [`spare`]: one init cloned ahead of demand, for the next start.
 //! - [`monitor`]: waiting for the init to exit and settling the job.
 //! - [`records`]: writing job records, and the durability contract.
 //! - [`requests`]: starts that carry a request id, one at a time per owner
@@ -36,6 +37,7 @@ pub mod records;
 pub mod recovery;
 pub mod requests;
 pub mod retention;
+pub mod spare;
 pub mod spawn;
 pub mod start;
 pub mod table;
@@ -195,6 +197,8 @@ pub struct Engine {
     watcher: Arc<output::Watcher>,
     /// The process that clones jobs' inits.
     spawner: spawn::Spawner,
+    /// The init cloned ahead of the next start.
+    spare: spare::Slot,
     /// The uids jobs get, unless they all run as one account.
     uid_pool: Option<Mutex<UidPool>>,
     started: Instant,
@@ -263,6 +267,7 @@ impl Engine {
             workers,
             watcher,
             spawner,
+            spare: spare::Slot::default(),
             uid_pool,
             started: Instant::now(),
             requests: requests::InFlight::default(),

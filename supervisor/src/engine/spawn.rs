@@ -2,9 +2,10 @@
 //! much as the socket holds: all of any ordinary spec, so that the init reads
 //! it at once), the job's directory and log with it ([`JobFiles`]), the init
 //! cloned into the job's cgroup and namespaces by the spawner
-//! ([`crate::spawner`]), which this module starts and keeps running, then,
-//! asynchronously, the rest of the spec and the wait for the init's report
-//! on the exec.
+//! ([`crate::spawner`]), which this module starts and keeps running; or an
+//! init cloned ahead of its job ([`Spare`]) moved into the job's cgroup and
+//! given the spec then. Then, asynchronously, the rest of the spec and the
+//! wait for the init's report on the exec.
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -54,6 +55,9 @@ pub enum SpawnError {
     /// The job's cgroup could not be opened for `CLONE_INTO_CGROUP`.
     #[error("opening the job's cgroup: {0}")]
     OpenCgroup(#[source] CgroupError),
+    /// The spare init could not be moved into the job's cgroup.
+    #[error("moving the spare init into the job's cgroup: {0}")]
+    Adopt(#[source] CgroupError),
     /// The job spec could not be encoded.
     #[error("encoding the job spec: {0}")]
     Encode(#[source] io::Error),
@@ -200,56 +204,53 @@ impl Spawner {
         spec: &InitSpec,
         files: &JobFiles,
     ) -> Result<Spawned, SpawnError> {
-        let mut message = Vec::new();
-        handoff::write_message(&mut message, spec).map_err(SpawnError::Encode)?;
+        let (control, theirs) = control_pair()?;
+        // Written first, so that the init reads it at once.
+        let rest = write_spec(&control, spec, files)?;
+        let spawned = self.clone_into(cgroup, theirs)?;
+        Ok(Spawned {
+            pid: spawned.pid,
+            pidfd: spawned.pidfd,
+            handoff: Handoff { control, rest },
+        })
+    }
+
+    /// Has the spawner clone an init into `cgroup` ahead of its job: it
+    /// waits for its spec ([`Spare::hand_over`]). Blocks until the spawner
+    /// answers.
+    pub fn clone_spare(&self, cgroup: &JobCgroup) -> Result<Spare, SpawnError> {
+        let (control, theirs) = control_pair()?;
+        let spawned = self.clone_into(cgroup, theirs)?;
+        Ok(Spare {
+            init: Some((spawned, control)),
+        })
+    }
+
+    /// Has the spawner clone an init into `cgroup` with `control`, the
+    /// init's end of its control socket.
+    fn clone_into(&self, cgroup: &JobCgroup, control: OwnedFd) -> Result<sys::Spawned, SpawnError> {
         let cgroup_fd = cgroup.open_fd().map_err(SpawnError::OpenCgroup)?;
-        let (mut ours, theirs) = UnixStream::pair().map_err(SpawnError::ControlSocket)?;
-        ours.set_nonblocking(true)
-            .map_err(SpawnError::ControlSocket)?;
-        // The files go with the first bytes (a fresh socket has room for
-        // them), as much of the rest as fits now, the rest with the report.
-        let mut sent =
-            handoff::send_spec(ours.as_fd(), &message, files).map_err(SpawnError::ControlSocket)?;
-        while sent < message.len() {
-            match ours.write(&message[sent..]) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(SpawnError::ControlSocket(e)),
-            }
-        }
-        let spawned = match self.request(cgroup_fd.as_fd(), theirs.as_fd()) {
-            Ok(spawned) => spawned,
-            Err(SpawnError::Spawner(RequestError::Clone(source))) => {
-                return Err(SpawnError::Clone {
-                    cgroup: cgroup.path().to_path_buf(),
-                    source,
-                });
-            }
+        match self.request(cgroup_fd.as_fd(), control.as_fd()) {
+            Ok(spawned) => Ok(spawned),
+            Err(SpawnError::Spawner(RequestError::Clone(source))) => Err(SpawnError::Clone {
+                cgroup: cgroup.path().to_path_buf(),
+                source,
+            }),
             // The spawner is gone (dead and reaped) after it may have
-            // cloned the init: if it did, the init is in the job's fresh
-            // cgroup, reading the spec already written, and the start goes
-            // on with it (else it would run unknown, and a retry twice).
+            // cloned the init: if it did, the init is in the cgroup, reading
+            // its control socket, and goes on (else it would run unknown,
+            // and a retry twice).
             Err(SpawnError::Spawner(RequestError::Answer(e))) => {
                 match super::recovery::find_init(cgroup) {
                     Some((pid, pidfd)) => {
                         tracing::warn!(pid, error = %e, "the init spawner failed after cloning a job's init; the start goes on with it");
-                        sys::Spawned { pid, pidfd }
+                        Ok(sys::Spawned { pid, pidfd })
                     }
-                    None => return Err(SpawnError::Spawner(RequestError::Answer(e))),
+                    None => Err(SpawnError::Spawner(RequestError::Answer(e))),
                 }
             }
-            Err(other) => return Err(other),
-        };
-        drop(theirs);
-        message.drain(..sent);
-        Ok(Spawned {
-            pid: spawned.pid,
-            pidfd: spawned.pidfd,
-            handoff: Handoff {
-                control: ours,
-                rest: message,
-            },
-        })
+            Err(other) => Err(other),
+        }
     }
 
     /// One request to the spawner, started first if it is not running. A
@@ -289,6 +290,95 @@ impl Spawner {
             }
         }
     }
+}
+
+/// A new control socket: our end (non-blocking: the spec is written as far
+/// as it fits, the rest with the report) and the init's.
+fn control_pair() -> Result<(UnixStream, OwnedFd), SpawnError> {
+    let (ours, theirs) = UnixStream::pair().map_err(SpawnError::ControlSocket)?;
+    ours.set_nonblocking(true)
+        .map_err(SpawnError::ControlSocket)?;
+    Ok((ours, theirs.into()))
+}
+
+/// Writes `spec` into `control`, the job's `files` with its first bytes (a
+/// fresh socket has room for them), as much of the rest as fits now; what
+/// is left to send with the report.
+fn write_spec(
+    mut control: &UnixStream,
+    spec: &InitSpec,
+    files: &JobFiles,
+) -> Result<Vec<u8>, SpawnError> {
+    let mut message = Vec::new();
+    handoff::write_message(&mut message, spec).map_err(SpawnError::Encode)?;
+    let mut sent =
+        handoff::send_spec(control.as_fd(), &message, files).map_err(SpawnError::ControlSocket)?;
+    while sent < message.len() {
+        match control.write(&message[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(SpawnError::ControlSocket(e)),
+        }
+    }
+    message.drain(..sent);
+    Ok(message)
+}
+
+/// An init cloned ahead of its job ([`Spawner::clone_spare`]), waiting for
+/// its spec in the cgroup it was cloned into. Dropped without a job, it is
+/// killed and reaped. Blocks then.
+pub struct Spare {
+    init: Option<(sys::Spawned, UnixStream)>,
+}
+
+impl Spare {
+    /// Gives the spare its job: moves it into the job's `cgroup`, then
+    /// writes `spec` and the job's `files` for it. On an error the spare
+    /// is killed and reaped (nothing of the job ran).
+    pub fn hand_over(
+        mut self,
+        cgroup: &JobCgroup,
+        spec: &InitSpec,
+        files: &JobFiles,
+    ) -> Result<Spawned, SpawnError> {
+        let Some((spawned, control)) = self.init.take() else {
+            return Err(SpawnError::ControlSocket(
+                io::ErrorKind::NotConnected.into(),
+            ));
+        };
+        let handed = cgroup
+            .adopt(spawned.pid)
+            .map_err(SpawnError::Adopt)
+            .and_then(|()| write_spec(&control, spec, files));
+        match handed {
+            Ok(rest) => Ok(Spawned {
+                pid: spawned.pid,
+                pidfd: spawned.pidfd,
+                handoff: Handoff { control, rest },
+            }),
+            Err(e) => {
+                end(&spawned);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some((spawned, _)) = self.init.take() {
+            end(&spawned);
+        }
+    }
+}
+
+/// Kills an init that will not get its job, and reaps it.
+fn end(init: &sys::Spawned) {
+    let _ = rustix::process::pidfd_send_signal(&init.pidfd, rustix::process::Signal::KILL);
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(init.pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    );
 }
 
 impl SpawnerProcess {

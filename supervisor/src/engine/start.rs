@@ -319,6 +319,7 @@ impl Engine {
                 // ends, never undone.
                 guard.commit();
                 self.figures.started(asked.elapsed());
+                self.refill_spare();
                 self.running(&job, spawned.pidfd, exit);
                 return Ok(job.recorded_info());
             }
@@ -451,7 +452,16 @@ impl Engine {
                 path: job::record_path(&job.dir),
                 source,
             })?;
-        let spawned = self.spawner.clone_init(&job.cgroup, &init_spec, &files)?;
+        let spawned = match self.take_spare() {
+            Some(spare) => match spare.hand_over(&job.cgroup, &init_spec, &files) {
+                Ok(spawned) => spawned,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "the spare init could not take the job; cloning one for it");
+                    self.spawner.clone_init(&job.cgroup, &init_spec, &files)?
+                }
+            },
+            None => self.spawner.clone_init(&job.cgroup, &init_spec, &files)?,
+        };
         // Not recorded until the job ends: a supervisor restarted meanwhile
         // finds the init in the job's cgroup (see recovery).
         job.status().pid = Some(spawned.pid);

@@ -93,6 +93,10 @@ fn run(control: OwnedFd, oom_exempt: bool) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("starting a session: {e}"))?;
     let (spec, files) =
         handoff::read_spec(&mut control).map_err(|e| format!("reading the job spec: {e}"))?;
+    // A cgroup namespace rooted at the job's cgroup: a spare init was cloned
+    // into another and moved into the job's before its spec came.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("making the job's cgroup namespace: {e}"))?;
 
     let signals = handled_signals();
     // Exactly these: the spawner, and so its clone, has every signal blocked.
