@@ -1,6 +1,6 @@
-//! One init cloned ahead of demand: after each start, the engine's threads
-//! have the spawner clone an init into `<root>/spare`, where it waits for
-//! its spec; the next start moves it into its job's cgroup (`cgroup.procs`,
+//! One init cloned ahead of demand: after a start (when no other is under
+//! way), the engine's threads have the spawner clone an init into
+//! `<root>/spare`, where it waits for its spec; the next start moves it into its job's cgroup (`cgroup.procs`,
 //! about 10 µs) and hands it the spec, so that the clone3 (about half a
 //! millisecond) is off that start's path. A start that finds no spare (the
 //! first one, or the refill not done yet) clones its init as before.
@@ -38,11 +38,14 @@ impl Engine {
             .take()
     }
 
-    /// Has a spare init made on the engine's threads, unless there is one
-    /// or one is being made. A failure (a host out of pids) is logged at
-    /// debug level: starts clone their own inits then.
+    /// Has a spare init made on the engine's threads, unless there is one,
+    /// one is being made, or another start is under way: under concurrent
+    /// starts a spare saves none of them a wait (the next takes it at once)
+    /// and its clone holds the spawner from them. A failure (a host out of
+    /// pids) is logged at debug level: starts clone their own inits then.
     pub(super) fn refill_spare(self: &Arc<Self>) {
-        if self.spare.refilling.swap(true, Ordering::AcqRel) {
+        // The start that calls this is still counted.
+        if self.starting.total() > 1 || self.spare.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let engine = Arc::clone(self);
