@@ -1,9 +1,10 @@
 //! One init cloned ahead of demand: after a start (when no other is under
 //! way), the engine's threads have the spawner clone an init into
-//! `<root>/spare`, where it waits for its spec; the next start moves it into its job's cgroup (`cgroup.procs`,
-//! about 10 µs) and hands it the spec, so that the clone3 (about half a
-//! millisecond) is off that start's path. A start that finds no spare (the
-//! first one, or the refill not done yet) clones its init as before.
+//! `<root>/spare`, where it waits for its spec; the next start moves it
+//! into its job's cgroup (`cgroup.procs`, about 10 µs) and hands it the
+//! spec, so that the clone3 (about half a millisecond) is off that start's
+//! path. A start that finds no spare (the first one, or the refill not done
+//! yet) clones its init as before.
 //!
 //! What moves with the spare: its processes. What does not: the memory
 //! charged to `<root>/spare` before the move (the clone's kernel memory, its
@@ -62,13 +63,7 @@ impl Engine {
                 });
             match made {
                 Ok(spare) => {
-                    let replaced = engine
-                        .spare
-                        .spare
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .replace(spare);
-                    drop(replaced);
+                    *engine.spare.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(spare);
                 }
                 Err(e) => tracing::debug!(error = %e, "no spare init"),
             }
