@@ -357,7 +357,7 @@ impl Spare {
                 handoff: Handoff { control, rest },
             }),
             Err(e) => {
-                end(&spawned);
+                kill_and_reap(&spawned.pidfd);
                 Err(e)
             }
         }
@@ -367,16 +367,17 @@ impl Spare {
 impl Drop for Spare {
     fn drop(&mut self) {
         if let Some((spawned, _)) = self.init.take() {
-            end(&spawned);
+            kill_and_reap(&spawned.pidfd);
         }
     }
 }
 
-/// Kills an init that will not get its job, and reaps it.
-fn end(init: &sys::Spawned) {
-    let _ = rustix::process::pidfd_send_signal(&init.pidfd, rustix::process::Signal::KILL);
+/// Kills the process behind `pidfd` (our child: an init that will not get
+/// its job, or a spawner) and reaps it. Blocks until it has exited.
+fn kill_and_reap(pidfd: &OwnedFd) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
     let _ = rustix::process::waitid(
-        rustix::process::WaitId::PidFd(init.pidfd.as_fd()),
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
         rustix::process::WaitIdOptions::EXITED,
     );
 }
@@ -423,11 +424,7 @@ impl Drop for SpawnerProcess {
     /// Ends the spawner (it would end by itself once its socket closes) and
     /// reaps it: SIGKILL, so that the wait is short.
     fn drop(&mut self) {
-        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
-        let _ = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
-            rustix::process::WaitIdOptions::EXITED,
-        );
+        kill_and_reap(&self.pidfd);
     }
 }
 
